@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from naive_published import naive_fewshot, naive_joint_fit  # noqa: E402
 
 from lore_rm import Comparisons, LowRankReward  # noqa: E402
-from lore_rm.config import FitConfig  # noqa: E402
 from lore_rm.fit import fit_user_weights  # noqa: E402
+from lore_rm.fit.config import FitConfig  # noqa: E402
 
 
 def timed(fn, repeat: int = 1) -> float:

@@ -45,7 +45,7 @@ WORDS = (
 def build_model(folder: Path, d: int, seed: int) -> list[str]:
     """Fit a small rank-4 model on a simulated population (d wide); return its user ids."""
     from lore_rm import LowRankReward
-    from lore_rm.simulate import simulate_population
+    from lore_rm.evaluate.simulate import simulate_population
 
     pop = simulate_population(d=d, n_seen=40, n_unseen=4, train_per_user=30, seed=seed)
     with warnings.catch_warnings():

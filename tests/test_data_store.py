@@ -13,7 +13,7 @@ from data_helpers import assert_fails_cleanly, folder_bytes
 from lore_rm.data import PreferenceDataset, TextTable, write_dataset
 from lore_rm.data.assign import cap_per_group, rank_in_groups
 from lore_rm.data.layout import read_conversations
-from lore_rm.data.store import message
+from lore_rm.data.writer import message
 from lore_rm.errors import DataError
 
 U = [message("user", "What is 2+2?")]
@@ -130,7 +130,7 @@ def test_invalid_comparisons_leave_nothing(tmp_path, columns, fragment):
 
 
 def test_failure_during_write_leaves_nothing(tmp_path, monkeypatch):
-    import lore_rm.data.store as store
+    import lore_rm.data.writer as store
 
     calls = []
 

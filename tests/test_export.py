@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from lore_rm import Comparisons, LowRankReward
 from lore_rm.cli import app as cli_app
 from lore_rm.errors import LoreError, UnknownUserError
-from lore_rm.export import USER_WEIGHTS_FILE, export_reward_model
 from lore_rm.serve import create_app, default_db_path
+from lore_rm.serve.export import USER_WEIGHTS_FILE, export_reward_model
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

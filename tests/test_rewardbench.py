@@ -10,7 +10,7 @@ import torch
 
 from lore_rm import LowRankReward
 from lore_rm.errors import DataError
-from lore_rm.rewardbench import evaluate_rewardbench, read_rewardbench
+from lore_rm.evaluate.rewardbench import evaluate_rewardbench, read_rewardbench
 
 
 class TableEmbedder:

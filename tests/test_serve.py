@@ -21,7 +21,7 @@ from lore_rm.embed.hashing import HashingEmbedder
 from lore_rm.errors import ModelFormatError
 from lore_rm.serve import Limits, create_app
 from lore_rm.serve.service import RewardService
-from lore_rm.serve.store import Store, StoredComparison
+from lore_rm.serve.user_store import Store, StoredComparison
 
 TOKEN = "s3cret-token"
 

@@ -104,7 +104,7 @@ def test_fifo_lock_hands_over_in_arrival_order():
     import threading
     import time
 
-    from lore_rm.serve.store import FifoLock
+    from lore_rm.serve.user_store import FifoLock
 
     lock = FifoLock()
     order: list[int] = []

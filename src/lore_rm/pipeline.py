@@ -1,18 +1,5 @@
-"""Glue from a dataset folder with embeddings to what the fit needs."""
+"""Kept for compatibility: :func:`load_split` lives in :mod:`lore_rm.embed.split`."""
 
-from __future__ import annotations
+from lore_rm.embed.split import load_split
 
-from pathlib import Path
-
-from lore_rm.splits import ProtocolSplit
-
-
-def load_split(dataset_dir: str | Path) -> tuple[ProtocolSplit, dict]:
-    """The dataset's four roles over its embedding store, and the store's backbone record."""
-    from lore_rm.data.dataset import PreferenceDataset
-    from lore_rm.embed.store import EmbeddingStore
-
-    dataset = PreferenceDataset(dataset_dir)
-    store = EmbeddingStore(dataset_dir)
-    split = dataset.to_split(store.load(), store.reference_head())
-    return split, store.backbone
+__all__ = ["load_split"]

@@ -4,8 +4,8 @@ from lore_rm.data.dataset import PreferenceDataset
 from lore_rm.data.generic import GenericConfig, prepare_generic
 from lore_rm.data.personalllm import PersonalLLMConfig, prepare_personalllm
 from lore_rm.data.prism import PRISMConfig, prepare_prism
-from lore_rm.data.store import TextTable, write_dataset
 from lore_rm.data.tldr import TLDRConfig, prepare_tldr
+from lore_rm.data.writer import TextTable, write_dataset
 
 __all__ = [
     "GenericConfig",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lore_rm.splits import ROLES
+from lore_rm.protocol import ROLES
 
 ROLE_CODES = {r: i for i, r in enumerate(ROLES)}
 

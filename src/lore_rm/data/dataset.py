@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lore_rm.comparisons import Comparisons
+from lore_rm.conversation import Conversation
 from lore_rm.data.layout import (
     COMPARISONS_FILE,
     DATASET_FILE,
@@ -21,9 +22,8 @@ from lore_rm.data.layout import (
     TEXTS_FILE,
     read_conversations,
 )
-from lore_rm.embed.base import Conversation
 from lore_rm.errors import DataError
-from lore_rm.splits import ROLES, ProtocolSplit
+from lore_rm.protocol import ROLES, ProtocolSplit
 
 
 class PreferenceDataset:

@@ -25,9 +25,9 @@ from lore_rm.data.assign import (
     roles_from,
 )
 from lore_rm.data.sources import SourceFile
-from lore_rm.data.store import Message, TextTable, categorical, file_digest, message, write_dataset
+from lore_rm.data.writer import Message, TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
-from lore_rm.splits import ROLES
+from lore_rm.protocol import ROLES
 
 MESSAGE_ROLES = ("system", "user", "assistant")
 

@@ -4,7 +4,7 @@
                              parameters (seeds, caps, rates), counts
     DIR/comparisons.parquet  one row per comparison: user_id (string), prompt_id (string),
                              chosen, rejected (int64 row indices into texts.parquet and the
-                             embedding store), split (one of lore_rm.splits.ROLES), plus any
+                             embedding store), split (one of lore_rm.protocol.ROLES), plus any
                              source fields worth keeping
     DIR/texts.parquet        one row per unique conversation: text_id (int64, equal to the
                              row index), prompt_id (string), messages (JSON string: a list of
@@ -15,7 +15,7 @@
                              embedding texts.parquet row i
 
 Identical conversations are stored once; texts no comparison uses are not stored. Folders are
-written by lore_rm.data.store.write_dataset (atomically) and read by
+written by lore_rm.data.writer.write_dataset (atomically) and read by
 lore_rm.data.dataset.PreferenceDataset. docs/data.md describes the format for users.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from lore_rm.embed.base import Conversation
+from lore_rm.conversation import Conversation
 
 DATASET_FILE = "dataset.json"
 COMPARISONS_FILE = "comparisons.parquet"

@@ -24,10 +24,10 @@ import pyarrow as pa
 
 from lore_rm.data.hub import resolve
 from lore_rm.data.sources import SourceFile, find_data_files, name_list
-from lore_rm.data.store import TextTable, categorical, file_digest, message, write_dataset
+from lore_rm.data.writer import TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
 from lore_rm.progress import progress_bar
-from lore_rm.splits import ROLES
+from lore_rm.protocol import ROLES
 
 HUB_NAME = "namkoong-lab/PersonalLLM"
 USERS_FILE = "users.parquet"

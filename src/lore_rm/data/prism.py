@@ -26,10 +26,10 @@ import numpy as np
 
 from lore_rm.data.hub import resolve
 from lore_rm.data.sources import SourceFile, find_data_files
-from lore_rm.data.store import Message, TextTable, categorical, file_digest, message, write_dataset
+from lore_rm.data.writer import Message, TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
 from lore_rm.progress import progress_bar
-from lore_rm.splits import ROLES
+from lore_rm.protocol import ROLES
 
 HUB_NAME = "HannahRoseKirk/prism-alignment"
 

@@ -24,10 +24,10 @@ import numpy as np
 from lore_rm.data.assign import ROLE_CODES, cap_per_group, factorize, roles_from
 from lore_rm.data.hub import fetch, looks_like_hub_name
 from lore_rm.data.sources import SourceFile, expand_inputs, split_of_name
-from lore_rm.data.store import TextTable, categorical, file_digest, message, write_dataset
+from lore_rm.data.writer import TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
 from lore_rm.progress import progress_bar
-from lore_rm.splits import ROLES
+from lore_rm.protocol import ROLES
 
 HUB_NAME = "openai/summarize_from_feedback"
 TRAIN_SPLITS = ("train",)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lore_rm.embed.base import Conversation, Embedder
+from lore_rm.conversation import Conversation
+from lore_rm.embed.base import Embedder
 from lore_rm.embed.hashing import HashingEmbedder
 
 if TYPE_CHECKING:  # pragma: no cover

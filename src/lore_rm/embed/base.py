@@ -7,9 +7,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-# A conversation: the prompt messages followed by the assistant response being scored,
-# each a {"role": "system" | "user" | "assistant", "content": str} mapping.
-Conversation = list[dict[str, str]]
+from lore_rm.conversation import Conversation
+
+__all__ = ["Conversation", "Embedder"]
 
 
 @runtime_checkable

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lore_rm.embed.base import Conversation
+from lore_rm.conversation import Conversation
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 

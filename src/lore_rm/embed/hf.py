@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lore_rm.embed.base import Conversation
+from lore_rm.conversation import Conversation
 from lore_rm.errors import LoreError
 
 DTYPES = {

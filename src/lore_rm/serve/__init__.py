@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lore_rm.serve.integrations import make_remote_reward_func, make_reward_func
 from lore_rm.serve.service import RewardService, default_db_path
-from lore_rm.serve.trl import make_remote_reward_func, make_reward_func
 
 __all__ = [
     "Limits",

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import LoreError
-from lore_rm.model import LowRankReward
+from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.formats import (
     DEFAULT_STRIP_SUFFIXES,
     as_messages,
@@ -44,7 +44,7 @@ from lore_rm.serve.formats import (
     to_conversation,
 )
 from lore_rm.serve.service import RewardService
-from lore_rm.serve.store import StoredComparison
+from lore_rm.serve.user_store import StoredComparison
 
 TOKEN_ENV = "LORE_SERVE_TOKEN"
 TOKEN_FILE_ENV = "LORE_SERVE_TOKEN_FILE"

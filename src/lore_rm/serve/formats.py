@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from lore_rm.embed.base import Conversation
+from lore_rm.conversation import Conversation
 from lore_rm.errors import DataError
 
 ROLES = ("system", "user", "assistant")

@@ -1,7 +1,7 @@
 """The serving core, free of any web framework: score, onboard, persist.
 
-:class:`RewardService` wraps a fitted :class:`~lore_rm.model.LowRankReward`, an
-:class:`~lore_rm.embed.base.Embedder` and a :class:`~lore_rm.serve.store.Store`:
+:class:`RewardService` wraps a fitted :class:`~lore_rm.fit.model.LowRankReward`, an
+:class:`~lore_rm.embed.base.Embedder` and a :class:`~lore_rm.serve.user_store.Store`:
 
 * start-up loads every weight row of the database over the model's own users (a restart
   serves exactly the weights it had) and refits users whose stored comparisons outnumber
@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.embed.base import Conversation, Embedder
+from lore_rm.conversation import Conversation
+from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, ModelFormatError
-from lore_rm.model import LowRankReward
-from lore_rm.serve.store import FifoLock, Store, StoredComparison
+from lore_rm.fit.model import LowRankReward
+from lore_rm.serve.user_store import FifoLock, Store, StoredComparison
 
 DB_FILE = "lore-serve.sqlite"
 

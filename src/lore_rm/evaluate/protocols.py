@@ -1,4 +1,4 @@
-"""Pairwise accuracy and the published evaluation protocols (rank sweep, shots sweep)."""
+"""The published evaluation protocols: the four numbers, rank sweep, shots sweep."""
 
 from __future__ import annotations
 
@@ -9,35 +9,14 @@ from collections.abc import Sequence
 import torch
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.model import LowRankReward
+from lore_rm.fit.model import LowRankReward
+from lore_rm.metrics import mean_accuracy
 from lore_rm.progress import progress_bar
-from lore_rm.splits import ProtocolSplit
+from lore_rm.protocol import ProtocolSplit
 
 Tensor = torch.Tensor
 
 METRICS = ("train", "seen_test", "fewshot_train", "unseen_test")
-
-
-def per_user_accuracy(margins: Tensor, comparisons: Comparisons) -> Tensor:
-    """Accuracy of each user of ``comparisons.user_ids`` (NaN where a user has none).
-
-    A comparison is right when its margin is strictly positive: a tie counts as wrong.
-    """
-    u = comparisons.user_index.cpu()
-    n = comparisons.n_users
-    right = torch.bincount(u, weights=(margins.cpu() > 0).to(torch.float64), minlength=n)
-    total = torch.bincount(u, minlength=n).to(torch.float64)
-    return torch.where(total > 0, right / total.clamp_min(1), torch.full_like(total, math.nan))
-
-
-def mean_accuracy(margins: Tensor, comparisons: Comparisons) -> tuple[float, float]:
-    """Mean and standard deviation over users of per-user accuracy."""
-    acc = per_user_accuracy(margins, comparisons)
-    acc = acc[~torch.isnan(acc)]
-    if acc.numel() == 0:
-        return math.nan, math.nan
-    std = float(acc.std(unbiased=False)) if acc.numel() > 1 else 0.0
-    return float(acc.mean()), std
 
 
 def four_numbers(seen: LowRankReward, split: ProtocolSplit) -> dict[str, float]:

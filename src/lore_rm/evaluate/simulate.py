@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.evaluate import mean_accuracy
-from lore_rm.fit import bt_margins
-from lore_rm.splits import ProtocolSplit
+from lore_rm.fit.solvers import bt_margins
+from lore_rm.metrics import mean_accuracy
+from lore_rm.protocol import ProtocolSplit
 
 Tensor = torch.Tensor
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from lore_rm.cli_common import fail, parse_float_list, parse_int_list
+from lore_rm.cli.common import fail, parse_float_list, parse_int_list
 from lore_rm.errors import LoreError
 
 DATASET = typer.Argument(
@@ -47,10 +47,10 @@ def fit_cmd(
     progress: bool = PROGRESS,
 ) -> None:
     """Fit the basis and the seen users' weights; save the model and print the four numbers."""
-    from lore_rm.evaluate import four_numbers
-    from lore_rm.model import LowRankReward
+    from lore_rm.evaluate.protocols import four_numbers
+    from lore_rm.evaluate.report import LABELS, METRICS, write_json
+    from lore_rm.fit.model import LowRankReward
     from lore_rm.pipeline import load_split
-    from lore_rm.report import LABELS, METRICS, write_json
 
     console = Console()
     try:
@@ -106,10 +106,10 @@ def evaluate_cmd(
     progress: bool = PROGRESS,
 ) -> None:
     """The published protocol: four numbers for every (rank, alpha), then the shots sweep."""
-    from lore_rm.evaluate import rank_sweep, select_rank, shots_sweep
-    from lore_rm.model import LowRankReward
+    from lore_rm.evaluate.protocols import rank_sweep, select_rank, shots_sweep
+    from lore_rm.evaluate.report import print_tables, rank_table, shots_table, write_sweep_report
+    from lore_rm.fit.model import LowRankReward
     from lore_rm.pipeline import load_split
-    from lore_rm.report import print_tables, rank_table, shots_table, write_sweep_report
 
     console = Console()
     rank_list = parse_int_list(ranks, "--ranks")

@@ -31,7 +31,7 @@ from lore_rm.data.layout import (
     TEXTS_FILE,
 )
 from lore_rm.errors import DataError
-from lore_rm.splits import ROLES
+from lore_rm.protocol import ROLES
 
 Message = dict[str, str]
 REQUIRED_COLUMNS = ("user_id", "prompt_id", "chosen", "rejected", "split")

@@ -9,7 +9,7 @@ user id in a dataset column (``user_id`` by default) and the function reads it f
 
 >>> from lore_rm import LowRankReward
 >>> from lore_rm.embed.hashing import HashingEmbedder
->>> from lore_rm.serve.trl import make_reward_func
+>>> from lore_rm.serve.integrations import make_reward_func
 >>> reward_func = make_reward_func(model, HashingEmbedder(64), user_column="user_id")
 >>> trainer = GRPOTrainer(model=..., reward_funcs=reward_func, train_dataset=dataset)
 
@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
-from lore_rm.embed.base import Conversation, Embedder
+from lore_rm.conversation import Conversation
+from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError
-from lore_rm.model import LowRankReward
+from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.formats import to_conversation
 
 RewardFunc = Callable[..., list[float]]

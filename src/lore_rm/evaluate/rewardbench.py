@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lore_rm.embed.base import Conversation, Embedder
+from lore_rm.conversation import Conversation
+from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError
 
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")

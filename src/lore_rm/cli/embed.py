@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli_common import fail
+from lore_rm.cli.common import fail
 
 
 def embed(

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from lore_rm.cli_common import fail, parse_int_list
+from lore_rm.cli.common import fail, parse_int_list
 from lore_rm.errors import LoreError
 
 
@@ -31,10 +31,10 @@ def demo(
     Prints the four standard numbers per rank and a shots sweep, and writes report.json,
     ranks.csv, shots.csv, ranks.png, shots.png and config.json to OUT.
     """
-    from lore_rm.evaluate import rank_sweep, select_rank, shots_sweep
-    from lore_rm.model import LowRankReward
-    from lore_rm.report import print_tables, rank_table, shots_table, write_sweep_report
-    from lore_rm.simulate import PopulationConfig, simulate_population
+    from lore_rm.evaluate.protocols import rank_sweep, select_rank, shots_sweep
+    from lore_rm.evaluate.report import print_tables, rank_table, shots_table, write_sweep_report
+    from lore_rm.evaluate.simulate import PopulationConfig, simulate_population
+    from lore_rm.fit.model import LowRankReward
 
     console = Console()
     rank_list = parse_int_list(ranks, "--ranks")

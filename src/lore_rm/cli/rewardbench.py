@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli_common import fail
+from lore_rm.cli.common import fail
 
 
 def rewardbench(
@@ -33,8 +33,8 @@ def rewardbench(
 
     from lore_rm.embed import load_backbone
     from lore_rm.errors import LoreError
-    from lore_rm.model import LowRankReward
-    from lore_rm.rewardbench import SUBSETS, evaluate_rewardbench
+    from lore_rm.evaluate.rewardbench import SUBSETS, evaluate_rewardbench
+    from lore_rm.fit.model import LowRankReward
 
     try:
         model = LowRankReward.from_pretrained(model_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lore_rm.evaluate import METRICS
+from lore_rm.evaluate.protocols import METRICS
 
 LABELS = {
     "train": "train",

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lore_rm.cli_common import fail
+from lore_rm.cli.common import fail
 from lore_rm.errors import LoreError
 
 prepare_app = typer.Typer(

@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.config import FitConfig, Recipe
 from lore_rm.errors import DataError, LoreError, ModelFormatError, UnknownUserError
-from lore_rm.fit import bt_margins, fit_joint, fit_user_weights
+from lore_rm.fit.config import FitConfig, Recipe
+from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights
+from lore_rm.metrics import mean_accuracy, per_user_accuracy
 
 Tensor = torch.Tensor
 
@@ -35,7 +36,7 @@ class LowRankReward:
     pooled Bradley–Terry reward.
 
     Hyperparameters live in the constructor (``settings`` override single fields of the
-    recipe's :class:`~lore_rm.config.FitConfig`); learned state ends in ``_``.
+    recipe's :class:`~lore_rm.fit.config.FitConfig`); learned state ends in ``_``.
     """
 
     def __init__(
@@ -256,15 +257,11 @@ class LowRankReward:
 
     def accuracy_per_user(self, comparisons: Comparisons, **kw) -> dict[str, float]:
         """Pairwise accuracy of each user with comparisons (a tie counts as wrong)."""
-        from lore_rm.evaluate import per_user_accuracy
-
         acc = per_user_accuracy(self.margins(comparisons, **kw), comparisons)
         return {u: float(a) for u, a in zip(comparisons.user_ids, acc, strict=True) if a == a}
 
     def score(self, comparisons: Comparisons, **kw) -> float:
         """Mean over users of per-user pairwise accuracy."""
-        from lore_rm.evaluate import mean_accuracy
-
         return mean_accuracy(self.margins(comparisons, **kw), comparisons)[0]
 
     def copy(self) -> LowRankReward:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli_common import fail
+from lore_rm.cli.common import fail
 from lore_rm.errors import LoreError
 
 
@@ -97,7 +97,7 @@ def export(
     overwrite: bool = typer.Option(False, help="Replace a non-empty OUT folder."),
 ) -> None:
     """Write a standard Hugging Face reward model (score head = scale * V w_user, or --basis)."""
-    from lore_rm.export import export_reward_model
+    from lore_rm.serve.export import export_reward_model
 
     if (user is None) == (not basis):
         raise typer.BadParameter("give exactly one of --user ID and --basis", param_hint="--user")

@@ -1,4 +1,4 @@
-"""The ``lore`` command: one subcommand per job."""
+"""The ``lore`` command and its registry: one subcommand per job."""
 
 from __future__ import annotations
 
@@ -31,26 +31,26 @@ def _root(
 
 def _register() -> None:
     # Each job lives in its own module and registers itself here.
-    from lore_rm.cli_data import data_app, prepare_app
-    from lore_rm.cli_demo import demo
+    from lore_rm.cli.data import data_app, prepare_app
+    from lore_rm.cli.demo import demo
 
     app.command("demo")(demo)
-    from lore_rm.cli_fit import evaluate_cmd, fit_cmd
+    from lore_rm.cli.fit import evaluate_cmd, fit_cmd
 
     app.command("fit")(fit_cmd)
     app.command("evaluate")(evaluate_cmd)
     app.add_typer(prepare_app, name="prepare")
     app.add_typer(data_app, name="data")
-    from lore_rm.cli_serve import export, serve
+    from lore_rm.cli.serve import export, serve
 
     app.command("serve")(serve)
     app.command("export")(export)
 
-    from lore_rm.cli_embed import embed
+    from lore_rm.cli.embed import embed
 
     app.command("embed")(embed)
 
-    from lore_rm.cli_rewardbench import rewardbench
+    from lore_rm.cli.rewardbench import rewardbench
 
     app.command("rewardbench")(rewardbench)
 
@@ -60,7 +60,3 @@ _register()
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from lore_rm.errors import LoreError, ModelFormatError, UnknownUserError
-from lore_rm.model import LowRankReward
+from lore_rm.fit.model import LowRankReward
 
 EXPORT_FORMAT = "lore-rm-export"
 EXPORT_FILE = "lore_export.json"
@@ -40,7 +40,7 @@ def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankRewa
     if db is None or not Path(db).is_file():
         return model, []
     from lore_rm.serve.service import model_fingerprint
-    from lore_rm.serve.store import Store
+    from lore_rm.serve.user_store import Store
 
     store = Store(db)
     try:

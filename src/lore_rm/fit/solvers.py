@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.config import FitConfig
+from lore_rm.fit.config import FitConfig
 from lore_rm.progress import progress_bar
 
 Tensor = torch.Tensor

@@ -1,0 +1,29 @@
+"""Evaluation: the published protocols, reports, RewardBench and planted populations.
+
+The metrics themselves are pure functions in :mod:`lore_rm.metrics` (re-exported here).
+"""
+
+from lore_rm.evaluate.protocols import (
+    METRICS,
+    four_numbers,
+    rank_sweep,
+    sample_shots,
+    select_rank,
+    shots_sweep,
+)
+from lore_rm.evaluate.simulate import PopulationConfig, SimulatedPopulation, simulate_population
+from lore_rm.metrics import mean_accuracy, per_user_accuracy
+
+__all__ = [
+    "METRICS",
+    "PopulationConfig",
+    "SimulatedPopulation",
+    "four_numbers",
+    "mean_accuracy",
+    "per_user_accuracy",
+    "rank_sweep",
+    "sample_shots",
+    "select_rank",
+    "shots_sweep",
+    "simulate_population",
+]
