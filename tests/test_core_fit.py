@@ -147,8 +147,9 @@ def test_seeded_runs_repeat_exactly(easy_population, recipe):
     a = LowRankReward(rank=3, recipe=recipe, seed=5, n_iter=40).fit(data)
     b = LowRankReward(rank=3, recipe=recipe, seed=5, n_iter=40).fit(data)
     assert torch.equal(a.basis_, b.basis_) and torch.equal(a.user_weights_, b.user_weights_)
-    c = LowRankReward(rank=3, recipe=recipe, seed=6, n_iter=40).fit(data)
-    assert not torch.equal(a.basis_, c.basis_)
+    if recipe == "paper":  # random start: another seed, another fit
+        c = LowRankReward(rank=3, recipe=recipe, seed=6, n_iter=40).fit(data)
+        assert not torch.equal(a.basis_, c.basis_)
 
 
 def test_table_and_dense_forms_fit_identically(easy_population):

@@ -18,3 +18,16 @@ class UnknownUserError(LoreError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else "unknown user"
+
+
+class ConvergenceWarning(UserWarning):
+    """A solver stopped on its iteration cap before meeting its convergence tolerance."""
+
+
+class NoSignalWarning(UserWarning):
+    """The fitted model predicts held-out comparisons no better than a coin or than the
+    pooled rank-1 reward."""
+
+
+class DivergenceError(LoreError, FloatingPointError):
+    """A fit produced NaN or inf in a parameter."""

@@ -1,64 +1,108 @@
-"""Fit settings: one dataclass, two recipes (the published one and lore-rm's default)."""
+"""Fit settings: one dataclass, two recipes (the published one and lore-rm's default).
+
+Every field carries its own help text (``field(metadata={"help": ...})``): the command-line
+options of ``lore fit``, ``lore evaluate`` and ``lore demo`` are generated from it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Literal
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any, Literal
 
 from lore_rm.errors import LoreError
 
 Recipe = Literal["default", "paper"]
+AUTO = "auto"
+SOLVERS = ("adam-alternating", "lbfgs")
+FEWSHOT_SOLVERS = ("adam", "lbfgs")
+REGULARIZERS = ("cosine", "l2")
+INITS = ("spectral", "svd", "random")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list | tuple):
+        return field(default=tuple(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass(frozen=True)
 class FitConfig:
     """Every knob of the joint and few-shot fits. Build with :meth:`for_recipe`.
 
-    recipe: ``"paper"`` reproduces the published LoRe recipe; ``"default"`` is lore-rm's.
-    scale: the fixed scale ``s`` in ``P = sigmoid(s * x V w)`` (paper 0.01; default 1.0, on
-        standardised features).
-    standardize: divide each feature dimension by its RMS over the training comparisons
-        before fitting (folded back into the stored basis, so rewards stay in raw units).
-    solver: ``"adam-alternating"`` (paper: one Adam step on W then one on V per iteration)
-        or ``"lbfgs"`` (joint L-BFGS on V and W).
-    n_iter: iterations (paper 1000; default: the cap on L-BFGS iterations).
-    lr: learning rate (Adam) or step size (L-BFGS).
-    alpha: weight of the penalty tying basis columns to the reference head.
-    regularizer: ``"cosine"`` (alpha * mean_k(1 - cos(V_k, v_ref))) or ``"l2"``
-        (alpha * sum_k ||V_k - v_ref||^2).
-    warmup: fractions of n_iter where the alpha ramp starts and ends (paper 0.2, 0.8).
-    weight_decay: L2 penalty (weight_decay / 2) * ||V||^2 on the basis in the fitted units.
-    user_l2: L2 penalty on user logits (keeps weights off the simplex's corners).
-    validation_fraction: share of the seen users' training comparisons held out for early
-        stopping (0 = no early stopping).
-    patience: early-stopping checks without improvement before stopping.
-    prune_threshold: after fitting, drop basis columns whose largest user weight is below
-        this (kept weights are not renormalised, as published); None keeps every column.
-    fewshot_solver / fewshot_n_iter / fewshot_lr: the new-user fit.
-    fewshot_prior: strength of a Gaussian prior on a new user's logits centred on the seen
-        population's mean weights (0 = none, the published fit).
-    seed: seeds every random draw of the fit.
+    The field help texts below are the documentation (``FitConfig.help(name)``).
     """
 
-    recipe: Recipe = "default"
-    scale: float = 1.0
-    standardize: bool = True
-    solver: Literal["adam-alternating", "lbfgs"] = "lbfgs"
-    n_iter: int = 500
-    lr: float = 1.0
-    alpha: float = 0.0
-    regularizer: Literal["cosine", "l2"] = "cosine"
-    warmup: tuple[float, float] = (0.2, 0.8)
-    weight_decay: float = 1e-2
-    user_l2: float = 1e-3
-    validation_fraction: float = 0.1
-    patience: int = 5
-    prune_threshold: float | None = None
-    fewshot_solver: Literal["adam", "lbfgs"] = "lbfgs"
-    fewshot_n_iter: int = 100
-    fewshot_lr: float = 1.0
-    fewshot_prior: float = 0.3
-    seed: int = 0
+    recipe: Recipe = _f("default", "'default' (lore-rm's) or 'paper' (the published recipe).")
+    scale: float = _f(
+        1.0,
+        "Fixed scale s in P = sigmoid(s * x V w) (paper 0.01; default 1 on standardised features).",
+    )
+    standardize: bool = _f(
+        True,
+        "Divide each feature dimension by its RMS before fitting (folded back into the basis).",
+    )
+    solver: Literal["adam-alternating", "lbfgs"] = _f(
+        "lbfgs",
+        "'lbfgs' (joint, to convergence) or 'adam-alternating' (the published loop).",
+        choices=SOLVERS,
+    )
+    init: Literal["spectral", "svd", "random"] = _f(
+        "spectral",
+        "Start of the L-BFGS fit: 'spectral' (pooled direction + users' top spread directions), "
+        "'svd' (top singular vectors of the users' summed features) or 'random'.",
+        choices=INITS,
+    )
+    n_iter: int = _f(1000, "Iteration cap (paper: exactly 1000 Adam steps).")
+    tol: float = _f(1e-6, "L-BFGS stops when the largest gradient entry is below this.")
+    lr: float = _f(1.0, "Learning rate (Adam) or step size (L-BFGS).")
+    alpha: float = _f(0.0, "Weight of the penalty tying basis columns to the reference head.")
+    regularizer: Literal["cosine", "l2"] = _f(
+        "cosine",
+        "'cosine' (alpha * mean_k(1 - cos(V_k, v_ref))) or 'l2' (alpha * sum ||V_k - v_ref||^2).",
+        choices=REGULARIZERS,
+    )
+    warmup: tuple[float, float] = _f(
+        (0.2, 0.8), "Fractions of n_iter where the alpha ramp starts and ends (Adam solver)."
+    )
+    weight_decay: float | str = _f(
+        AUTO,
+        "Ridge (weight_decay/2) * ||V||^2 on the standardised basis; 'auto' chooses it by "
+        "cross-validation over weight_decay_grid.",
+    )
+    weight_decay_grid: tuple[float, ...] = _f(
+        (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), "Ridge values tried by weight_decay='auto'."
+    )
+    rank_grid: tuple[int, ...] = _f((1, 2, 3, 4, 6, 8), "Ranks tried by rank='auto'.")
+    cv_folds: int = _f(5, "Cross-validation folds (stratified by user) for the 'auto' settings.")
+    one_se: bool = _f(
+        True,
+        "Pick the simplest setting (lower rank, then stronger ridge) whose cross-validated "
+        "log-loss is within one standard error of the best.",
+    )
+    user_l2: float = _f(
+        1e-3, "L2 penalty on user logits (keeps weights off the simplex's corners)."
+    )
+    validation_fraction: float = _f(
+        0.0,
+        "Optional early-stopping guard: share of training comparisons held out; the fit stops "
+        "after `patience` checks (every 25 iterations) without held-out improvement (0 = off).",
+    )
+    patience: int = _f(5, "Checks without held-out improvement before the guard stops.")
+    prune_threshold: float | None = _f(
+        None, "After fitting, drop basis columns whose largest user weight is below this."
+    )
+    fewshot_solver: Literal["adam", "lbfgs"] = _f(
+        "lbfgs",
+        "New-user fit: 'lbfgs' (MAP, all users at once) or 'adam' (published).",
+        choices=FEWSHOT_SOLVERS,
+    )
+    fewshot_n_iter: int = _f(100, "Iterations of the new-user fit.")
+    fewshot_lr: float = _f(1.0, "Learning rate / step size of the new-user fit.")
+    fewshot_prior: float = _f(
+        0.3, "Strength of the Gaussian prior on a new user's logits around the population mean."
+    )
+    seed: int = _f(0, "Seeds every random draw of the fit.")
 
     @classmethod
     def for_recipe(cls, recipe: Recipe = "default", **overrides) -> FitConfig:
@@ -68,11 +112,11 @@ class FitConfig:
                 scale=0.01,
                 standardize=False,
                 solver="adam-alternating",
+                init="random",
                 n_iter=1000,
                 lr=0.5,
                 weight_decay=0.0,
                 user_l2=0.0,
-                validation_fraction=0.0,
                 prune_threshold=0.01,
                 fewshot_solver="adam",
                 fewshot_n_iter=500,
@@ -87,36 +131,95 @@ class FitConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise LoreError(f"unknown fit setting(s): {', '.join(unknown)}")
-        if "warmup" in overrides:
-            overrides["warmup"] = tuple(overrides["warmup"])
+        for name in ("warmup", "weight_decay_grid", "rank_grid"):
+            if name in overrides and overrides[name] is not None:
+                overrides[name] = tuple(overrides[name])
         cfg = replace(base, **overrides)
         cfg.validate()
         return cfg
 
+    @classmethod
+    def help(cls, name: str) -> str:
+        return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)
+
+    @property
+    def auto_weight_decay(self) -> bool:
+        return self.weight_decay == AUTO
+
     def validate(self) -> None:
-        if self.scale <= 0:
-            raise LoreError(f"scale must be > 0, got {self.scale}")
-        if self.n_iter < 0 or self.fewshot_n_iter < 0:
-            raise LoreError("n_iter and fewshot_n_iter must be >= 0")
+        """Raise :class:`LoreError` naming the first field whose value cannot work."""
+
+        def positive(name: str, strict: bool = True) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or v < 0 or (strict and v == 0):
+                raise LoreError(
+                    f"{name} must be a {'positive' if strict else 'non-negative'} number, got {v!r}"
+                )
+
+        for name, choices in (
+            ("solver", SOLVERS),
+            ("fewshot_solver", FEWSHOT_SOLVERS),
+            ("regularizer", REGULARIZERS),
+            ("init", INITS),
+            ("recipe", ("default", "paper")),
+        ):
+            if getattr(self, name) not in choices:
+                raise LoreError(
+                    f"{name} must be one of {', '.join(map(repr, choices))}, "
+                    f"got {getattr(self, name)!r}"
+                )
+        for name in ("scale", "lr", "fewshot_lr", "tol"):
+            positive(name)
+        for name in ("alpha", "user_l2", "fewshot_prior"):
+            positive(name, strict=False)
+        for name in ("n_iter", "fewshot_n_iter", "patience", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise LoreError(f"{name} must be a non-negative integer, got {v!r}")
+        if self.weight_decay != AUTO:
+            positive("weight_decay", strict=False)
+        if not self.weight_decay_grid or any(
+            not isinstance(v, int | float) or not math.isfinite(v) or v < 0
+            for v in self.weight_decay_grid
+        ):
+            raise LoreError(
+                f"weight_decay_grid must be non-negative numbers, got {self.weight_decay_grid!r}"
+            )
+        if not self.rank_grid or any(
+            not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in self.rank_grid
+        ):
+            raise LoreError(f"rank_grid must be positive integers, got {self.rank_grid!r}")
+        if not isinstance(self.cv_folds, int) or self.cv_folds < 2:
+            raise LoreError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise LoreError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
             )
+        if self.prune_threshold is not None:
+            positive("prune_threshold", strict=False)
+        if len(self.warmup) != 2:
+            raise LoreError(f"warmup must be two fractions (start, end), got {self.warmup!r}")
         lo, hi = self.warmup
         if not 0.0 <= lo <= hi <= 1.0:
             raise LoreError(f"warmup must satisfy 0 <= start <= end <= 1, got {self.warmup}")
-        if self.regularizer not in ("cosine", "l2"):
-            raise LoreError(f"regularizer must be 'cosine' or 'l2', got {self.regularizer!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["warmup"] = list(self.warmup)
+        for name in ("warmup", "weight_decay_grid", "rank_grid"):
+            d[name] = list(d[name])
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> FitConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        if "warmup" in kw:
-            kw["warmup"] = tuple(kw["warmup"])
+        for name in ("warmup", "weight_decay_grid", "rank_grid"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
         return cls(**kw)
+
+
+def field_default(name: str) -> Any:
+    f = next(f for f in fields(FitConfig) if f.name == name)
+    return f.default if f.default is not MISSING else None

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import DataError, LoreError, ModelFormatError, UnknownUserError
+from lore_rm.fit.auto import AUTO, diagnose, resolve_auto
 from lore_rm.fit.config import FitConfig, Recipe
 from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
@@ -62,8 +63,10 @@ class LowRankReward:
         return FitConfig.for_recipe(self.recipe, seed=self.seed, **self.settings)
 
     def _check_rank(self, d: int) -> None:
+        if self.rank == AUTO:
+            return
         if not isinstance(self.rank, int | np.integer) or self.rank < 0:
-            raise LoreError(f"rank must be a non-negative integer, got {self.rank!r}")
+            raise LoreError(f"rank must be a non-negative integer or 'auto', got {self.rank!r}")
         if self.rank > d:
             raise LoreError(f"rank {self.rank} is larger than the embedding dimension d = {d}")
 
@@ -83,7 +86,12 @@ class LowRankReward:
         *,
         progress: bool = False,
     ) -> LowRankReward:
-        """Learn the basis and the weights of every user in ``comparisons``."""
+        """Learn the basis and the weights of every user in ``comparisons``.
+
+        ``rank="auto"`` and ``weight_decay="auto"`` (the default) are chosen first by
+        cross-validation over ``comparisons`` (:mod:`lore_rm.fit.selection`); the model is
+        then refitted on all of them. The search is in ``history_["selection"]``.
+        """
         cfg = self.config
         _check_nonempty(comparisons, "fit")
         self._check_rank(comparisons.d)
@@ -95,21 +103,24 @@ class LowRankReward:
         if data.is_table:
             data = data.compact().centred().with_user_ids(comparisons.user_ids)
         ref_dev = ref.to(device) if ref is not None else None
+        rank, cfg, selection = resolve_auto(data, self.rank, cfg, ref_dev, progress=progress)
+        self.rank_ = rank
         self.d_ = comparisons.d
         self.users_ = list(comparisons.user_ids)
         self.reference_head_ = ref
         self.config_ = cfg
-        if self.rank == 0:
+        if rank == 0:
             self.basis_ = torch.zeros(self.d_, 0)
             self.user_weights_ = torch.zeros(len(self.users_), 0)
             self.scale_ = 1.0
             self.history_ = {}
         else:
-            result = fit_joint(data, self.rank, cfg, ref_dev, progress=progress)
+            result = fit_joint(data, rank, cfg, ref_dev, progress=progress)
             self.basis_ = result.basis.detach().cpu()
             self.user_weights_ = result.user_weights.detach().cpu()
             self.scale_ = float(cfg.scale)
             self.history_ = result.history
+        self.history_.update(diagnose(selection))
         counts = comparisons.counts_per_user().cpu()
         fitted = counts > 0
         self.population_weights_ = (

@@ -7,16 +7,21 @@ Every step costs one ``X @ V`` and one ``X.T @ G`` over the comparisons (see
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from lore_rm.comparisons import Comparisons
+from lore_rm.errors import ConvergenceWarning, DivergenceError, LoreError
 from lore_rm.fit.config import FitConfig
+from lore_rm.fit.start import initial_point
 from lore_rm.progress import progress_bar
 
 Tensor = torch.Tensor
+CHECK_EVERY = 25  # L-BFGS iterations between convergence / guard checks
 
 
 @dataclass
@@ -61,9 +66,6 @@ def fit_joint(
     """Fit a rank-``rank`` basis and the weights of every user in ``data.user_ids``."""
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     n_users = data.n_users
-    if rank == 1:
-        # one pooled Bradley–Terry reward: the single weight is 1 for everyone
-        pass
     if cfg.solver == "adam-alternating":
         fit = _fit_adam_alternating(data, rank, cfg, reference_head, gen, progress)
     else:
@@ -123,83 +125,176 @@ def _fit_adam_alternating(data, rank, cfg, v_ref, gen, progress) -> JointFit:
     return JointFit(basis.detach(), weights, {"loss": losses, "iterations": cfg.n_iter})
 
 
-def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
-    """Joint L-BFGS on (V, W) over standardised features, early-stopped on held-out rows."""
+def feature_scale(data: Comparisons, standardize: bool) -> Tensor:
+    """Per-dimension RMS of the feature rows (the fit's units); ones when not standardising."""
+    if not standardize:
+        return torch.ones(data.d, device=data.device)
+    _, rms = data.feature_moments()
+    sigma = rms.to(torch.float32)
+    return torch.where(sigma > 1e-6 * sigma.max(), sigma, sigma.max()).to(data.device)
+
+
+@dataclass
+class LbfgsResult:
+    basis: Tensor  # (G, d, K) in the fit's (standardised) units
+    logits: Tensor  # (G, U, K)
+    iterations: int
+    converged: bool
+    loss: list[float]
+
+
+def solve_lbfgs(
+    data: Comparisons,
+    sigma: Tensor,
+    basis0: Tensor,
+    logits0: Tensor,
+    weight_decay: Sequence[float],
+    cfg: FitConfig,
+    reference_head: Tensor | None = None,
+    row_weights: Tensor | None = None,
+    *,
+    stop_rows: Tensor | None = None,
+    progress: bool = False,
+    desc: str = "joint fit",
+) -> LbfgsResult:
+    """Joint L-BFGS on G independent problems over the same comparisons, run to convergence.
+
+    Problem g has basis ``basis0[g]`` (d, K) in standardised units, logits ``logits0[g]``
+    (U, K), ridge ``weight_decay[g]`` and row weights ``row_weights[g]`` (N,) (None: every
+    row). The objective is the sum of the problems' objectives, so they are independent;
+    one ``X @ V`` with G*K columns serves them all (cross-validation folds fit as one).
+    ``stop_rows`` (G == 1 only) are held out for the optional early-stopping guard.
+    """
+    n_problems, d, rank = basis0.shape
     device = data.device
-    if cfg.standardize:
-        _, rms = data.feature_moments()
-        sigma = rms.to(torch.float32)
-        sigma = torch.where(sigma > 1e-6 * sigma.max(), sigma, sigma.max()).to(device)
-    else:
-        sigma = torch.ones(data.d, device=device)
-    n_val = int(round(cfg.validation_fraction * data.n)) if cfg.validation_fraction else 0
-    perm = torch.randperm(data.n, generator=gen).to(device)
-    train, val = (data.subset(perm[n_val:]), data.subset(perm[:n_val])) if n_val else (data, None)
+    u = data.user_index
+    n_users = max(data.n_users, 1)
+    if row_weights is None:
+        row_weights = torch.ones(n_problems, data.n, device=device)
+    if stop_rows is not None:
+        row_weights = row_weights.clone()
+        row_weights[:, stop_rows] = 0.0
+    row_total = row_weights.sum(1).clamp_min(1.0)
+    decay = torch.as_tensor(list(weight_decay), dtype=torch.float32, device=device)
+    basis = basis0.clone().to(device).requires_grad_(True)
+    logits = logits0.clone().to(device).requires_grad_(True)
 
-    basis = (torch.randn(data.d, rank, generator=gen) / math.sqrt(data.d)).to(device)
-    logits = (0.01 * torch.randn(data.n_users, rank, generator=gen)).to(device)
-    basis.requires_grad_(True)
-    logits.requires_grad_(True)
+    def margins() -> Tensor:  # (G, N)
+        raw = (basis / sigma[None, :, None]).permute(1, 0, 2).reshape(d, n_problems * rank)
+        z = data.project(raw).reshape(-1, n_problems, rank)
+        w = logits.softmax(dim=-1)[:, u, :].permute(1, 0, 2)
+        return cfg.scale * (z * w).sum(-1).T
 
-    def objective(part: Comparisons, regularise: bool) -> Tensor:
-        raw = basis / sigma[:, None]
-        z = part.project(raw)
-        loss = F.softplus(-bt_margins(z, logits.softmax(dim=1), part.user_index, cfg.scale)).mean()
-        if regularise:
-            loss = loss + 0.5 * cfg.weight_decay * (basis**2).sum()
-            loss = loss + 0.5 * cfg.user_l2 * (logits**2).sum() / max(data.n_users, 1)
-            if cfg.alpha > 0 and v_ref is not None:
-                loss = loss + cfg.alpha * reference_penalty(raw, v_ref, cfg.regularizer)
-        return loss
+    def objective() -> Tensor:
+        per_row = F.softplus(-margins())
+        loss = ((per_row * row_weights).sum(1, dtype=torch.float64) / row_total).sum()
+        loss = loss + 0.5 * (decay * (basis**2).sum((1, 2))).sum()
+        loss = loss + 0.5 * cfg.user_l2 * (logits**2).sum() / n_users
+        if cfg.alpha > 0 and reference_head is not None:
+            for g in range(n_problems):  # G is the number of folds: a handful
+                raw = basis[g] / sigma[:, None]
+                loss = loss + cfg.alpha * reference_penalty(raw, reference_head, cfg.regularizer)
+        return loss.float()
 
     opt = torch.optim.LBFGS(
         [basis, logits],
         lr=cfg.lr,
-        max_iter=10,
+        max_iter=CHECK_EVERY,
+        max_eval=CHECK_EVERY * 2,
         history_size=20,
         line_search_fn="strong_wolfe",
-        tolerance_grad=1e-6,
-        tolerance_change=1e-9,
+        tolerance_grad=cfg.tol,
+        tolerance_change=1e-10,
     )
 
     def closure():
         opt.zero_grad(set_to_none=True)
-        loss = objective(train, True)
+        loss = objective()
         loss.backward()
         return loss
 
-    best = (math.inf, basis.detach().clone(), logits.detach().clone(), 0)
-    history = {"loss": [], "val_loss": []}
-    stale, done, prev = 0, 0, math.inf
-    bar = progress_bar(cfg.n_iter, "joint fit", progress)
-    while done < cfg.n_iter:
+    state = opt.state[opt._params[0]]
+    losses: list[float] = []
+    done, converged, stale = 0, False, 0
+    best_val, best = math.inf, (basis.detach().clone(), logits.detach().clone(), 0)
+    bar = progress_bar(cfg.n_iter, desc, progress)
+    while done < cfg.n_iter and not converged:
+        before_it, before_ev = state.get("n_iter", 0), state.get("func_evals", 0)
+        chunk = min(CHECK_EVERY, cfg.n_iter - done)
+        opt.param_groups[0]["max_iter"] = chunk
         loss = float(opt.step(closure).detach())
-        state = opt.state[opt._params[0]]
-        step = int(state.get("n_iter", done + 1)) - done
-        done += max(step, 1)
-        bar.update(max(step, 1))
-        history["loss"].append(loss)
-        if val is not None:
+        steps = state.get("n_iter", 0) - before_it
+        evals = state.get("func_evals", 0) - before_ev
+        converged = steps < chunk and evals < opt.param_groups[0]["max_eval"]
+        done += max(steps, 1)
+        bar.update(max(steps, 1))
+        losses.append(loss)
+        _check_finite_params(basis, logits)
+        if stop_rows is not None:
             with torch.no_grad():
-                vloss = float(objective(val, False))
-            history["val_loss"].append(vloss)
-            if vloss < best[0] - 1e-6:
-                best = (vloss, basis.detach().clone(), logits.detach().clone(), done)
-                stale = 0
+                val = float(F.softplus(-margins()[0, stop_rows]).mean())
+            if val < best_val - 1e-6:
+                best_val, best, stale = (
+                    val,
+                    (basis.detach().clone(), logits.detach().clone(), done),
+                    0,
+                )
             else:
                 stale += 1
                 if stale >= cfg.patience:
                     break
-        if abs(prev - loss) < 1e-9 or step == 0:
-            break
-        prev = loss
     bar.close()
-    if val is None:
-        best = (math.nan, basis.detach().clone(), logits.detach().clone(), done)
-    history["iterations"] = done
-    history["best_iteration"] = best[3]
-    raw = best[1] / sigma[:, None]
-    return JointFit(raw, best[2].softmax(dim=1), history)
+    if stop_rows is not None:
+        basis_out, logits_out = best[0], best[1]
+    else:
+        basis_out, logits_out = basis.detach(), logits.detach()
+    if not converged and stop_rows is None and cfg.n_iter > 0:
+        warnings.warn(
+            f"{desc}: L-BFGS stopped on its iteration cap (n_iter = {cfg.n_iter}) before "
+            f"reaching its tolerance (tol = {cfg.tol:g}); raise n_iter",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return LbfgsResult(basis_out, logits_out, done, converged, losses)
+
+
+def _check_finite_params(basis: Tensor, logits: Tensor) -> None:
+    for name, t in (("basis V", basis), ("user logits W", logits)):
+        if not bool(torch.isfinite(t).all()):
+            raise DivergenceError(
+                f"the fit diverged: the {name} holds NaN or inf; lower lr or raise weight_decay"
+            )
+
+
+def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
+    """Joint L-BFGS on (V, W) over standardised features from an informed start."""
+    sigma = feature_scale(data, cfg.standardize)
+    basis0, logits0 = initial_point(data, sigma, rank, cfg.init, gen)
+    stop_rows = None
+    if cfg.validation_fraction:
+        n_val = max(1, int(round(cfg.validation_fraction * data.n)))
+        stop_rows = torch.randperm(data.n, generator=gen)[:n_val].to(data.device)
+    weight_decay = cfg.weight_decay
+    if not isinstance(weight_decay, int | float):
+        raise LoreError("weight_decay='auto' is resolved by LowRankReward.fit before fitting")
+    res = solve_lbfgs(
+        data,
+        sigma,
+        basis0[None],
+        logits0[None],
+        [float(weight_decay)],
+        cfg,
+        v_ref,
+        stop_rows=stop_rows,
+        progress=progress,
+    )
+    history = {
+        "loss": res.loss,
+        "iterations": res.iterations,
+        "converged": res.converged,
+        "init": cfg.init,
+    }
+    return JointFit(res.basis[0] / sigma[:, None], res.logits[0].softmax(dim=1), history)
 
 
 def population_logits(population_weights: Tensor) -> Tensor:

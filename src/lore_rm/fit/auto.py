@@ -1,0 +1,63 @@
+"""Resolving ``rank="auto"`` / ``weight_decay="auto"`` and saying when a fit learned nothing."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import torch
+
+from lore_rm.comparisons import Comparisons
+from lore_rm.errors import LoreError, NoSignalWarning
+from lore_rm.fit.config import AUTO, FitConfig
+from lore_rm.fit.selection import Selection, select_settings, signal_problems
+from lore_rm.fit.solvers import feature_scale
+
+Tensor = torch.Tensor
+
+
+def resolve_auto(
+    data: Comparisons,
+    rank: int | str,
+    cfg: FitConfig,
+    reference_head: Tensor | None = None,
+    *,
+    progress: bool = False,
+) -> tuple[int, FitConfig, Selection | None]:
+    """The rank and config to fit with; runs the cross-validated search when either is auto.
+
+    With ``rank="auto"`` the grid includes rank 1, so the chosen model is also checked against
+    the pooled reward; with an explicit rank only the coin-flip check applies.
+    """
+    auto_rank = rank == AUTO
+    if not auto_rank and not cfg.auto_weight_decay:
+        return int(rank), cfg, None
+    if not auto_rank and int(rank) == 0:  # the reference head: nothing to fit
+        return 0, replace(cfg, weight_decay=0.0), None
+    if cfg.solver != "lbfgs":
+        raise LoreError(
+            "rank='auto' and weight_decay='auto' need solver='lbfgs' (the default recipe); "
+            "give explicit values with the paper recipe"
+        )
+    decays = cfg.weight_decay_grid if cfg.auto_weight_decay else (float(cfg.weight_decay),)
+    ranks = [k for k in cfg.rank_grid if k <= data.d] if auto_rank else [int(rank)]
+    if not ranks:
+        raise LoreError(f"rank_grid {cfg.rank_grid} has no rank <= d = {data.d}")
+    sigma = feature_scale(data, cfg.standardize)
+    selection = select_settings(data, sigma, ranks, decays, cfg, reference_head, progress=progress)
+    return selection.rank, replace(cfg, weight_decay=selection.weight_decay), selection
+
+
+def diagnose(selection: Selection | None) -> dict:
+    """History entries for a fit (and a :class:`NoSignalWarning` when it learned nothing)."""
+    if selection is None:
+        return {"validated": False}
+    problems = signal_problems(selection)
+    if problems:
+        warnings.warn(
+            "the fitted model may have learned nothing: " + "; ".join(problems) + ". Check the "
+            "labels and the embeddings, or gather more comparisons per user.",
+            NoSignalWarning,
+            stacklevel=3,
+        )
+    return {"validated": True, "selection": selection.to_dict(), "no_signal": problems}

@@ -1,0 +1,245 @@
+"""Choosing the rank and the ridge by cross-validation over the seen users' comparisons.
+
+Folds are stratified by user: each user's comparisons are dealt round-robin (after a seeded
+shuffle) over the folds, so every user with at least ``cv_folds`` comparisons is in every
+fold and keeps weights of its own in every training part. Every (rank, ridge) cell fits all
+folds at once (one L-BFGS over ``folds`` independent problems: one ``X @ V`` with
+``folds * K`` columns).
+
+For each rank the ridge path runs from WEAK to strong, each cell warm-started from the
+previous one (the weakest from the fold's deterministic informed start). The other direction
+fails here: a strongly regularised solution sits at the pooled saddle (every column alike,
+every user uniform), and a warm start from it stays there at every weaker ridge (measured in
+docs/recipes.md). A rank stops early once its held-out loss has risen for two stronger ridges
+in a row; the rank grid stops once two larger ranks in a row fail to improve on the best.
+
+The score is the held-out Bradley–Terry log-loss (mean over the fold's comparisons). The
+one-standard-error rule then picks the simplest cell (lowest rank, then strongest ridge) whose
+mean loss is within one standard error (over folds) of the best.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from lore_rm.comparisons import Comparisons
+from lore_rm.errors import ConvergenceWarning
+from lore_rm.fit.config import FitConfig
+from lore_rm.fit.solvers import solve_lbfgs
+from lore_rm.fit.start import initial_point
+from lore_rm.progress import progress_bar
+
+Tensor = torch.Tensor
+LN2 = math.log(2.0)
+SEARCH_TOL = 1e-5  # the search ranks cells; the final refit converges to cfg.tol
+
+
+@dataclass
+class Selection:
+    """The outcome of a search: the chosen cell and the whole curve."""
+
+    rank: int
+    weight_decay: float
+    rows: list[dict]
+    rule: str
+    folds: int
+    n_fits: int
+    seconds: float
+    pooled: dict | None = None  # the best rank-1 cell (the pooled Bradley–Terry reward)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def chosen(self) -> dict:
+        return next(
+            r
+            for r in self.rows
+            if r["rank"] == self.rank and r["weight_decay"] == self.weight_decay
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def user_folds(data: Comparisons, n_folds: int, generator: torch.Generator) -> Tensor:
+    """Fold id (N,) of every comparison: each user's comparisons dealt over the folds."""
+    n = data.n
+    order = torch.argsort(torch.rand(n, generator=generator))
+    users = data.user_index.cpu()
+    order = order[torch.argsort(users[order], stable=True)]
+    sorted_users = users[order]
+    counts = torch.bincount(sorted_users, minlength=data.n_users)
+    first = torch.cumsum(counts, 0) - counts
+    position = torch.arange(n) - first[sorted_users]
+    offset = torch.randint(n_folds, (data.n_users,), generator=generator)  # balances folds
+    fold = torch.empty(n, dtype=torch.int64)
+    fold[order] = (position + offset[sorted_users]) % n_folds
+    return fold.to(data.device)
+
+
+def _held_out_scores(
+    data: Comparisons, sigma: Tensor, basis: Tensor, logits: Tensor, held_out: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Per fold: mean held-out log-loss and mean-over-users held-out accuracy."""
+    n_folds, d, rank = basis.shape
+    with torch.no_grad():
+        raw = (basis / sigma[None, :, None]).permute(1, 0, 2).reshape(d, n_folds * rank)
+        z = data.project(raw).reshape(-1, n_folds, rank)
+        w = logits.softmax(dim=-1)[:, data.user_index, :].permute(1, 0, 2)
+        margins = scale * (z * w).sum(-1).T  # (F, N)
+        weight = held_out.to(margins.dtype)
+        loss = (F.softplus(-margins) * weight).sum(1) / weight.sum(1).clamp_min(1)
+        right = (margins > 0).to(margins.dtype) * weight
+        u = data.user_index
+        per_user = torch.zeros(n_folds, data.n_users, dtype=margins.dtype, device=data.device)
+        total = torch.zeros_like(per_user)
+        per_user.index_add_(1, u, right)
+        total.index_add_(1, u, weight)
+        has = total > 0
+        acc = (per_user / total.clamp_min(1) * has).sum(1) / has.sum(1).clamp_min(1)
+    return loss.double(), acc.double()
+
+
+def _mean_se(x: Tensor) -> tuple[float, float]:
+    se = float(x.std(unbiased=True)) / math.sqrt(x.numel()) if x.numel() > 1 else 0.0
+    return float(x.mean()), se
+
+
+def select_settings(
+    data: Comparisons,
+    sigma: Tensor,
+    ranks: Sequence[int],
+    weight_decays: Sequence[float],
+    cfg: FitConfig,
+    reference_head: Tensor | None = None,
+    *,
+    progress: bool = False,
+) -> Selection:
+    """Cross-validate every (rank, ridge) of the grids and pick one (see the module doc)."""
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    n_folds = cfg.cv_folds
+    fold = user_folds(data, n_folds, gen)
+    held_out = torch.stack([fold == f for f in range(n_folds)])  # (F, N)
+    train_weights = (~held_out).to(torch.float32)
+    ranks = sorted(set(int(k) for k in ranks))
+    decays = sorted(set(float(w) for w in weight_decays))  # weak -> strong
+    rows: list[dict] = []
+    best_loss, ranks_without_gain, n_fits = math.inf, 0, 0
+    not_converged = 0
+    bar = progress_bar(len(ranks) * len(decays), "selecting rank and ridge", progress)
+    for rank in ranks:
+        starts = [
+            initial_point(data, sigma, rank, cfg.init, gen, rows=(~held_out[f]).nonzero()[:, 0])
+            for f in range(n_folds)
+        ]
+        basis0 = torch.stack([b for b, _ in starts])
+        logits0 = torch.stack([lg for _, lg in starts])
+        search_cfg = replace(cfg, tol=max(cfg.tol, SEARCH_TOL))
+        rank_best, rising = math.inf, 0
+        for decay in decays:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                res = solve_lbfgs(
+                    data,
+                    sigma,
+                    basis0,
+                    logits0,
+                    [decay] * n_folds,
+                    search_cfg,
+                    reference_head,
+                    train_weights,
+                    desc=f"cv rank {rank}",
+                )
+            n_fits += n_folds
+            basis0, logits0 = res.basis, res.logits  # warm start for the next, stronger ridge
+            not_converged += not res.converged
+            loss, acc = _held_out_scores(data, sigma, res.basis, res.logits, held_out, cfg.scale)
+            mean, se = _mean_se(loss)
+            acc_mean, acc_se = _mean_se(acc)
+            rows.append(
+                {
+                    "rank": rank,
+                    "weight_decay": decay,
+                    "cv_loss": mean,
+                    "cv_loss_se": se,
+                    "cv_accuracy": acc_mean,
+                    "cv_accuracy_se": acc_se,
+                    "iterations": res.iterations,
+                    "converged": res.converged,
+                }
+            )
+            bar.update(1)
+            if mean < rank_best:
+                rank_best, rising = mean, 0
+            else:
+                rising += 1
+                if rising >= 2:  # stronger ridges only shrink more
+                    break
+        if rank_best < best_loss - 1e-12:
+            best_loss, ranks_without_gain = rank_best, 0
+        else:
+            ranks_without_gain += 1
+            if ranks_without_gain >= 2:
+                break
+    bar.close()
+    best = min(rows, key=lambda r: r["cv_loss"])
+    if cfg.one_se:
+        limit = best["cv_loss"] + best["cv_loss_se"]
+        chosen = min(
+            (r for r in rows if r["cv_loss"] <= limit),
+            key=lambda r: (r["rank"], -r["weight_decay"]),
+        )
+        rule = "one standard error"
+    else:
+        chosen, rule = best, "minimum"
+    for r in rows:
+        r["chosen"] = r is chosen
+    pooled_rows = [r for r in rows if r["rank"] == 1]
+    pooled = min(pooled_rows, key=lambda r: r["cv_loss"]) if pooled_rows else None
+    notes = []
+    if not_converged:
+        notes.append(
+            f"{not_converged} of the cross-validation cells stopped on the iteration cap "
+            f"(n_iter = {cfg.n_iter})"
+        )
+        warnings.warn(
+            f"model selection: {notes[-1]}; their scores may be pessimistic",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return Selection(
+        rank=chosen["rank"],
+        weight_decay=chosen["weight_decay"],
+        rows=rows,
+        rule=rule,
+        folds=n_folds,
+        n_fits=n_fits,
+        seconds=round(time.perf_counter() - t0, 3),
+        pooled=pooled,
+        notes=notes,
+    )
+
+
+def signal_problems(selection: Selection) -> list[str]:
+    """Why the chosen model may have learned nothing (empty when it learned something)."""
+    chosen = selection.chosen
+    problems = []
+    if chosen["cv_loss"] >= LN2:
+        problems.append(
+            f"its cross-validated log-loss {chosen['cv_loss']:.4f} is not below ln 2 = "
+            f"{LN2:.4f} (a coin flip)"
+        )
+    pooled = selection.pooled
+    if pooled is not None and chosen["rank"] > 1 and chosen["cv_accuracy"] <= pooled["cv_accuracy"]:
+        problems.append(
+            f"its cross-validated accuracy {chosen['cv_accuracy']:.4f} is not above the pooled "
+            f"rank-1 model's {pooled['cv_accuracy']:.4f}"
+        )
+    return problems

@@ -1,0 +1,120 @@
+"""Deterministic, informed starting points for the joint fit.
+
+The fit's objective is not convex (``x V w`` is bilinear) and has a symmetric saddle where
+every basis column is the same direction and every user has uniform weights: a start near it
+(small random columns, a strong ridge, or a warm start from a strongly regularised solution)
+lets L-BFGS stop there, which is the pooled rank-1 model. Starting from the data's own
+directions avoids it and makes the fit deterministic (no random draw at all).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lore_rm.comparisons import Comparisons
+from lore_rm.errors import LoreError
+
+Tensor = torch.Tensor
+
+INITS = ("spectral", "svd", "random")
+_CHUNK = 8192
+
+
+def user_feature_sums(data: Comparisons, rows: Tensor | None = None) -> Tensor:
+    """(U, d): each user's summed feature rows ``sum x`` (over ``rows`` only, if given)."""
+    sums = torch.zeros(data.n_users, data.d, dtype=torch.float32, device=data.device)
+    index = torch.arange(data.n, device=data.device) if rows is None else rows
+    for start in range(0, index.numel(), _CHUNK):  # bounded memory: O(chunk * d)
+        part = index[start : start + _CHUNK]
+        sub = data.subset(part)
+        sums.index_add_(0, sub.user_index, sub.feature_rows(0, sub.n))
+    return sums
+
+
+def _top_right_singular(m: Tensor, k: int) -> Tensor:
+    """(d, k) top right singular vectors of ``m`` (U, d), deterministic signs."""
+    if k == 0:
+        return m.new_zeros(m.shape[1], 0)
+    gram_small = m.shape[0] <= m.shape[1]
+    g = (m @ m.T) if gram_small else (m.T @ m)
+    vals, vecs = torch.linalg.eigh(g.double())
+    vecs = vecs[:, torch.argsort(vals, descending=True)[:k]]
+    top = (m.double().T @ vecs) if gram_small else vecs
+    keep = vals.sort(descending=True).values[:k] > 1e-9 * vals.abs().max().clamp_min(1e-30)
+    top = top[:, keep.to(top.device)]
+    top = top / top.norm(dim=0).clamp_min(1e-30)
+    signs = torch.sign(top[top.abs().argmax(dim=0), torch.arange(top.shape[1])])
+    return (top * signs).to(m.dtype)
+
+
+def _complete(directions: Tensor, unit: Tensor, k: int) -> Tensor:
+    """``k`` orthonormal directions orthogonal to ``unit``: ``directions`` first, then axes
+    (when there are fewer users than directions asked for)."""
+    if directions.shape[1] >= k:
+        return directions[:, :k]
+    d = unit.numel()
+    axes = torch.eye(d, dtype=directions.dtype, device=directions.device)
+    q, _ = torch.linalg.qr(torch.cat([unit[:, None], directions, axes], dim=1).double())
+    return q[:, 1 : 1 + k].to(directions.dtype)
+
+
+def initial_point(
+    data: Comparisons,
+    sigma: Tensor,
+    rank: int,
+    kind: str = "spectral",
+    generator: torch.Generator | None = None,
+    rows: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Basis (d, K) in standardised units and user logits (U, K) to start the joint fit from.
+
+    * ``"spectral"``: the pooled direction (sum of every standardised feature row) plus the
+      top K-1 directions in which users' mean feature rows differ from each other, arranged
+      as a regular simplex around the pooled direction, every user at its centre.
+    * ``"svd"``: the top-K right singular vectors of the users' summed feature rows (PReF's
+      start), signed so the pooled sum projects positively.
+    * ``"random"``: ``V ~ N(0, 1/d)``, logits ``N(0, 0.01^2)`` from ``generator``.
+
+    ``rows`` restricts the data the start looks at (a cross-validation fold's training rows).
+    """
+    d, n_users = data.d, data.n_users
+    device = data.device
+    if kind not in INITS:
+        raise LoreError(f"init must be one of {', '.join(INITS)}; got {kind!r}")
+    if kind == "random":
+        gen = generator or torch.Generator().manual_seed(0)
+        basis = torch.randn(d, rank, generator=gen) / math.sqrt(d)
+        logits = 0.01 * torch.randn(n_users, rank, generator=gen)
+        return basis.to(device), logits.to(device)
+    sums = user_feature_sums(data, rows) / sigma[None, :]
+    logits = torch.zeros(n_users, rank, device=device)
+    pooled = sums.sum(0)
+    if float(pooled.norm()) == 0.0:
+        pooled = torch.ones(d, device=device)
+    if kind == "svd":
+        basis = _top_right_singular(sums, rank)
+        if basis.shape[1] < rank:  # fewer users than columns: complete with axes
+            eye = torch.eye(d, dtype=torch.float64, device=device)
+            basis = torch.linalg.qr(torch.cat([basis.double(), eye], 1))[0][:, :rank].float()
+        sign = torch.sign(pooled @ basis)
+        return basis * torch.where(sign == 0, 1.0, sign), logits
+    unit = pooled / pooled.norm()
+    if rank == 1:
+        return unit[:, None].clone(), logits
+    index = data.user_index if rows is None else data.user_index[rows]
+    counts = torch.bincount(index, minlength=n_users).clamp_min(1).to(sums.dtype)
+    means = sums / counts[:, None]
+    spread = means - means.mean(0)
+    spread = spread - (spread @ unit)[:, None] * unit[None, :]
+    directions = _complete(_top_right_singular(spread, rank - 1), unit, rank - 1)  # (d, K-1)
+    coords = spread @ directions  # users' positions in those directions
+    pooled_mean = float(pooled.norm()) / float(counts.sum())
+    radius = float(coords.norm(dim=1).quantile(0.9)) / max(pooled_mean, 1e-12)
+    centred = torch.eye(rank, dtype=torch.float64) - 1.0 / rank  # K simplex vertices
+    q, _ = torch.linalg.qr(centred.T)
+    vertices = centred @ q[:, : rank - 1]
+    vertices = (vertices / vertices.norm(dim=1, keepdim=True)).to(sums.dtype).to(device)
+    basis = unit[:, None] + radius * directions @ vertices.T
+    return basis, logits
