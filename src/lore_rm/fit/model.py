@@ -75,6 +75,62 @@ class LowRankReward:
         if not self.is_fitted:
             raise LoreError("this model is not fitted yet: call fit() or from_pretrained()")
 
+    @classmethod
+    def from_arrays(
+        cls,
+        basis: Tensor | np.ndarray,
+        user_weights: Tensor | np.ndarray,
+        users: Sequence[str],
+        *,
+        scale: float = 1.0,
+        population_weights: Tensor | np.ndarray | None = None,
+        reference_head: Tensor | np.ndarray | None = None,
+        rank: int | None = None,
+        recipe: Recipe = "default",
+        backbone: str | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        fit_config: FitConfig | None = None,
+        **settings,
+    ) -> LowRankReward:
+        """A fitted model from its arrays: basis (d, K), user weights (U, K) and user ids.
+
+        ``population_weights`` default to the mean of ``user_weights``; ``rank`` defaults to
+        K; ``fit_config`` to the recipe's settings.
+        """
+        basis = torch.as_tensor(basis, dtype=torch.float32)
+        weights = torch.as_tensor(user_weights, dtype=torch.float32)
+        users = [str(u) for u in users]
+        if basis.ndim != 2:
+            raise DataError(f"basis must have shape (d, K), got {tuple(basis.shape)}")
+        d, k = basis.shape
+        if weights.shape != (len(users), k):
+            raise DataError(
+                f"user_weights must have shape ({len(users)}, {k}), got {tuple(weights.shape)}"
+            )
+        if population_weights is None:
+            population = weights.mean(dim=0) if len(users) else torch.full((k,), 1.0 / max(k, 1))
+        else:
+            population = torch.as_tensor(population_weights, dtype=torch.float32)
+        model = cls(
+            rank=k if rank is None else rank,
+            recipe=recipe,
+            backbone=backbone,
+            device=device,
+            seed=seed,
+            **settings,
+        )
+        model.d_ = int(d)
+        model.scale_ = float(scale)
+        model.users_ = users
+        model.config_ = fit_config if fit_config is not None else model.config
+        model.basis_ = basis
+        model.user_weights_ = weights
+        model.population_weights_ = population
+        model.reference_head_ = _as_reference(reference_head, int(d))
+        model.history_ = {}
+        return model
+
     # ---- fitting ---------------------------------------------------------------------------
     def fit(
         self,
@@ -130,8 +186,29 @@ class LowRankReward:
 
         New users are added; seen users named here get new weights from these comparisons
         alone. Ids in ``users`` with no comparison get the population's mean weights (with a
-        warning).
+        warning). :meth:`fit_user_weights` is the same fit without changing the model.
         """
+        ids, weights = self._user_weights(comparisons, users, progress)
+        self.set_user_weights(ids, weights)
+        return self
+
+    def fit_user_weights(
+        self,
+        comparisons: Comparisons,
+        users: Sequence[str] = (),
+        *,
+        progress: bool = False,
+    ) -> tuple[list[str], Tensor]:
+        """The weights :meth:`personalize` would set, without setting them.
+
+        Returns the user ids (those with comparisons, then the other ids of ``users``) and
+        their weights (len(ids), K); the model is left unchanged.
+        """
+        return self._user_weights(comparisons, users, progress)
+
+    def _user_weights(
+        self, comparisons: Comparisons, users: Sequence[str], progress: bool
+    ) -> tuple[list[str], Tensor]:
         self._require_fitted()
         if comparisons.n and comparisons.d != self.d_:
             raise DataError(
@@ -149,7 +226,7 @@ class LowRankReward:
             warnings.warn(
                 f"{len(empty)} user(s) have no comparisons (e.g. {empty[0]!r}): "
                 "they get the population's mean weights",
-                stacklevel=2,
+                stacklevel=3,  # the caller of personalize() or fit_user_weights()
             )
         device = torch.device(self.device)
         basis = self.basis_.to(device)
@@ -164,8 +241,7 @@ class LowRankReward:
             ).cpu()
         else:
             weights = self.population_weights_.expand(len(ids), -1).clone()
-        self.set_user_weights(ids, weights)
-        return self
+        return ids, weights
 
     def set_user_weights(self, ids: Sequence[str], weights: Tensor) -> None:
         """Set the weights (len(ids), K) of ``ids``, adding the ids not known yet."""
@@ -194,15 +270,19 @@ class LowRankReward:
         """Columns of the basis actually kept (the rank, less pruned columns)."""
         return int(self.basis_.shape[1])
 
-    def weights_for(self, users: Sequence[str], *, unknown: str = "error") -> tuple[Tensor, Tensor]:
+    def weights_for(
+        self, users: Sequence[str | None], *, unknown: str = "error"
+    ) -> tuple[Tensor, Tensor]:
         """Weights (M, K) for ``users`` and a bool mask of which were known.
 
         ``unknown="mean"`` gives unknown users the population's mean weights instead of an
-        error.
+        error. A ``None`` id always gets the population's mean weights (and is not known).
         """
         self._require_fitted()
+        if unknown not in ("error", "mean"):
+            raise LoreError(f"unknown must be 'error' or 'mean', got {unknown!r}")
         index = {u: i for i, u in enumerate(self.users_)}
-        rows = [index.get(str(u), -1) for u in users]
+        rows = [-1 if u is None else index.get(str(u), -1) for u in users]
         known = torch.tensor([r >= 0 for r in rows], dtype=torch.bool)
         if unknown == "error" and not bool(known.all()):
             bad = users[int((~known).nonzero()[0])]
@@ -210,8 +290,6 @@ class LowRankReward:
                 f"unknown user id {bad!r}: the model knows {len(self.users_)} users; "
                 "personalize() them first or pass unknown='mean'"
             )
-        if unknown not in ("error", "mean"):
-            raise LoreError(f"unknown must be 'error' or 'mean', got {unknown!r}")
         w = torch.empty(len(rows), self.n_components_)
         if known.any():
             w[known] = self.user_weights_[torch.tensor(rows)[known]]
@@ -219,8 +297,14 @@ class LowRankReward:
             w[~known] = self.population_weights_
         return w, known
 
-    def reward(self, embeddings, users: str | Sequence[str], *, unknown: str = "error") -> Tensor:
-        """Personalised reward (M,) of each embedding row for its user (or one user for all)."""
+    def reward(
+        self, embeddings, users: str | Sequence[str | None], *, unknown: str = "error"
+    ) -> Tensor:
+        """Personalised reward (M,) of each embedding row for its user (or one user for all).
+
+        ``reward = scale * e @ basis @ w_u``; rank 0 is the reference head ``e @ v_ref``.
+        A ``None`` user gets the population's mean weights.
+        """
         self._require_fitted()
         e = torch.as_tensor(embeddings)
         given_shape = tuple(e.shape)
@@ -322,29 +406,26 @@ class LowRankReward:
         if not wpath.is_file():
             raise ModelFormatError(f"{folder}: no {WEIGHTS_FILE}")
         tensors = load_file(str(wpath))
-        model = cls(
+        if tensors["user_weights"].shape[0] != len(config["users"]):
+            raise ModelFormatError(
+                f"{folder}: {len(config['users'])} users but "
+                f"{tensors['user_weights'].shape[0]} weight rows"
+            )
+        return cls.from_arrays(
+            tensors["basis"],
+            tensors["user_weights"],
+            config["users"],
+            scale=config["scale"],
+            population_weights=tensors["population_weights"],
+            reference_head=tensors.get("reference_head"),
             rank=config["rank"],
             recipe=config["recipe"],
             backbone=config.get("backbone"),
             device=device,
             seed=config.get("seed", 0),
+            fit_config=FitConfig.from_dict(config["fit_config"]),
             **config.get("settings", {}),
         )
-        model.d_ = config["d"]
-        model.scale_ = config["scale"]
-        model.users_ = list(config["users"])
-        model.config_ = FitConfig.from_dict(config["fit_config"])
-        model.basis_ = tensors["basis"]
-        model.user_weights_ = tensors["user_weights"]
-        model.population_weights_ = tensors["population_weights"]
-        model.reference_head_ = tensors.get("reference_head")
-        model.history_ = {}
-        if model.user_weights_.shape[0] != len(model.users_):
-            raise ModelFormatError(
-                f"{folder}: {len(model.users_)} users but "
-                f"{model.user_weights_.shape[0]} weight rows"
-            )
-        return model
 
 
 def _check_nonempty(c: Comparisons, what: str) -> None:

@@ -147,29 +147,6 @@ class RewardService:
             self._seq = newest
         return len(users)
 
-    def _fitter(self) -> LowRankReward:
-        """A model sharing the frozen basis with no users: personalize() runs on it, so the
-        served model's state changes only through :meth:`_apply`."""
-        m = self.model
-        f = LowRankReward(
-            rank=m.rank,
-            recipe=m.recipe,
-            backbone=m.backbone,
-            device=m.device,
-            seed=m.seed,
-            **m.settings,
-        )
-        f.d_ = m.d_
-        f.basis_ = m.basis_
-        f.scale_ = m.scale_
-        f.population_weights_ = m.population_weights_
-        f.reference_head_ = m.reference_head_
-        f.config_ = m.config_
-        f.users_ = []
-        f.user_weights_ = torch.zeros(0, m.n_components_)
-        f.history_ = {}
-        return f
-
     def _warm_up(self) -> None:
         """Run the backbone and the few-shot fit once: their first calls pay one-off costs
         (lazy imports, kernel selection; ~2 s for the fit on a CPU) that would otherwise land
@@ -180,16 +157,18 @@ class RewardService:
         x = torch.cat([e, -e]).numpy()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._fitter().personalize(Comparisons.from_features(x, ["warm-up"] * 2))
+            self.model.fit_user_weights(Comparisons.from_features(x, ["warm-up"] * 2))
 
     def _refit(self, user: str) -> tuple[np.ndarray, int]:
         x = self.store.features_of(user, self.model.d_)
         n = int(x.shape[0])
-        fitter = self._fitter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fitter.personalize(Comparisons.from_features(x, [user] * n), users=[user])
-        w = fitter.weights_for([user])[0][0].numpy().astype(np.float32)
+            # a pure fit on the frozen basis: the served weights change only through _apply()
+            _, weights = self.model.fit_user_weights(
+                Comparisons.from_features(x, [user] * n), users=[user]
+            )
+        w = weights[0].numpy().astype(np.float32)
         if self.store.put_weights(user, w, n):
             self._apply([user], w[None, :], [n])
         else:
@@ -226,19 +205,10 @@ class RewardService:
         if not conversations:
             return Scored(np.zeros(0), np.zeros(0, dtype=bool))
         e = self.embed(conversations)
-        ids = ["" if u is None else str(u) for u in users]
-        missing = torch.tensor([u is None for u in users], dtype=torch.bool)
-        m = self.model
+        ids = [None if u is None else str(u) for u in users]
         with self._lock:
-            w, known = m.weights_for(ids, unknown="mean")
-            basis, scale, ref = m.basis_, m.scale_, m.reference_head_
-            population = m.population_weights_
-        known = known & ~missing
-        if m.rank == 0:
-            r = e @ ref
-        else:
-            w[missing] = population.to(w.dtype)
-            r = scale * ((e @ basis) * w).sum(dim=1)
+            r = self.model.reward(e, ids, unknown="mean")
+            _, known = self.model.weights_for(ids, unknown="mean")
         return Scored(r.double().numpy(), known.numpy())
 
     def onboard(
