@@ -505,17 +505,14 @@ def test_database_of_another_model_is_refused(small_model, embedder, tmp_path):
 
 
 def test_rank_zero_model_serves_reference_head(small_model, embedder, tmp_path):
-    m = LowRankReward.from_arrays(
-        torch.zeros(small_model.d_, 0),
-        torch.zeros(len(small_model.users_), 0),
-        small_model.users_,
-        reference_head=small_model.reference_head_,
+    ref = small_model.reference_head_
+    m = LowRankReward.from_arrays(  # rank 0: the reference head as a one-column basis
+        ref[:, None], torch.ones(len(small_model.users_), 1), small_model.users_, rank=0
     )
-    assert m.rank == 0
     convs = [conversation("p", "apple"), conversation("p", "tiger")]
     with LiveServer(create_app(m, embedder, tmp_path / "db.sqlite")) as url:
         out = httpx.post(url + "/reward", json={"user": "seen1", "conversations": convs}).json()
-    want = (embedder.embed(convs) @ m.reference_head_).numpy()
+    want = (embedder.embed(convs) @ ref).numpy()
     np.testing.assert_allclose(out["rewards"], want, rtol=1e-5)
 
 

@@ -32,8 +32,9 @@ class LowRankReward:
 
     The reward of user ``u`` for a conversation with embedding ``e`` is
     ``scale * e @ V @ w_u`` (a Bradley–Terry logit: ``P(a > b) = sigmoid(r(a) - r(b))``).
-    Rank 0 is the reference head (``e @ v_ref``, the same for every user); rank 1 is one
-    pooled Bradley–Terry reward.
+    Rank 0 is the reference head, held as data: the basis is ``v_ref`` as one column and every
+    user's weight is 1 (``e @ v_ref``, the same for every user); rank 1 is one pooled
+    Bradley–Terry reward.
 
     Hyperparameters live in the constructor (``settings`` override single fields of the
     recipe's :class:`~lore_rm.fit.config.FitConfig`); learned state ends in ``_``.
@@ -155,9 +156,9 @@ class LowRankReward:
         self.users_ = list(comparisons.user_ids)
         self.reference_head_ = ref
         self.config_ = cfg
-        if self.rank == 0:
-            self.basis_ = torch.zeros(self.d_, 0)
-            self.user_weights_ = torch.zeros(len(self.users_), 0)
+        if self.rank == 0:  # the reference head as a one-column basis, weight 1 for everyone
+            self.basis_ = ref[:, None].clone()
+            self.user_weights_ = torch.ones(len(self.users_), 1)
             self.scale_ = 1.0
             self.history_ = {}
         else:
@@ -302,7 +303,8 @@ class LowRankReward:
     ) -> Tensor:
         """Personalised reward (M,) of each embedding row for its user (or one user for all).
 
-        ``reward = scale * e @ basis @ w_u``; rank 0 is the reference head ``e @ v_ref``.
+        ``reward = scale * e @ basis @ w_u`` (rank 0: the basis is the reference head and
+        every weight is 1).
         A ``None`` user gets the population's mean weights.
         """
         self._require_fitted()
@@ -319,8 +321,6 @@ class LowRankReward:
             users = [users] * e.shape[0]
         if len(users) != e.shape[0]:
             raise DataError(f"{len(users)} users given for {e.shape[0]} embeddings")
-        if self.rank == 0:
-            return e @ self.reference_head_
         w, _ = self.weights_for(list(users), unknown=unknown)
         return self.scale_ * ((e @ self.basis_) * w).sum(dim=1)
 
@@ -329,8 +329,6 @@ class LowRankReward:
         self._require_fitted()
         _check_dim(comparisons, self.d_)
         data = comparisons.to(dtype=torch.float32)
-        if self.rank == 0:
-            return data.project(self.reference_head_[:, None])[:, 0]
         w, _ = self.weights_for(list(comparisons.user_ids), unknown=unknown)
         z = data.project(self.basis_.to(data.device))
         return bt_margins(z, w.to(z.device), data.user_index, self.scale_).cpu()
@@ -357,18 +355,14 @@ class LowRankReward:
         self._require_fitted()
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "basis": self.basis_.contiguous(),
-            "user_weights": self.user_weights_.contiguous(),
-            "population_weights": self.population_weights_.contiguous(),
-        }
+        tensors = _file_tensors(self)
         if self.reference_head_ is not None:
             tensors["reference_head"] = self.reference_head_.contiguous()
         config = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "rank": self.rank,
-            "n_components": self.n_components_,
+            "n_components": int(tensors["basis"].shape[1]),
             "d": self.d_,
             "scale": self.scale_,
             "recipe": self.recipe,
@@ -411,12 +405,23 @@ class LowRankReward:
                 f"{folder}: {len(config['users'])} users but "
                 f"{tensors['user_weights'].shape[0]} weight rows"
             )
-        return cls.from_arrays(
+        basis, weights, population = (
             tensors["basis"],
             tensors["user_weights"],
+            tensors["population_weights"],
+        )
+        if config["rank"] == 0:  # saved as an empty basis: the reference head as data
+            if "reference_head" not in tensors:
+                raise ModelFormatError(f"{folder}: a rank-0 model without a reference head")
+            basis = tensors["reference_head"].flatten()[:, None]
+            weights = torch.ones(weights.shape[0], 1)
+            population = torch.ones(1)
+        return cls.from_arrays(
+            basis,
+            weights,
             config["users"],
             scale=config["scale"],
-            population_weights=tensors["population_weights"],
+            population_weights=population,
             reference_head=tensors.get("reference_head"),
             rank=config["rank"],
             recipe=config["recipe"],
@@ -426,6 +431,16 @@ class LowRankReward:
             fit_config=FitConfig.from_dict(config["fit_config"]),
             **config.get("settings", {}),
         )
+
+
+def _file_tensors(m: LowRankReward) -> dict[str, Tensor]:
+    """The tensors of ``model.safetensors``; rank 0 is stored as an empty basis (version 1)."""
+    k = 0 if m.rank == 0 else m.n_components_
+    return {
+        "basis": m.basis_[:, :k].contiguous(),
+        "user_weights": m.user_weights_[:, :k].contiguous(),
+        "population_weights": m.population_weights_[:k].contiguous(),
+    }
 
 
 def _check_nonempty(c: Comparisons, what: str) -> None:
@@ -463,7 +478,8 @@ def _model_card(m: LowRankReward) -> str:
     return (
         "# lore-rm personalised reward model\n\n"
         f"- backbone: `{m.backbone or 'unspecified'}` (frozen; this folder holds only the head)\n"
-        f"- rank K = {m.rank} ({m.n_components_} basis columns kept), d = {m.d_}, "
+        f"- rank K = {m.rank} ({0 if m.rank == 0 else m.n_components_} basis columns kept), "
+        f"d = {m.d_}, "
         f"scale = {m.scale_}\n"
         f"- users: {len(m.users_)}; recipe: {m.recipe}\n\n"
         "Reward of user u for embedding e: `scale * e @ basis @ user_weights[u]` "

@@ -64,16 +64,13 @@ def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankRewa
 def reward_head(model: LowRankReward, user: str | None, *, basis: bool) -> torch.Tensor:
     """The score-head matrix (num_labels, d): ``h_u`` (1, d) or ``(scale * V).T`` (K, d)."""
     if basis:
-        if model.rank == 0 or model.n_components_ == 0:
+        if model.rank == 0:
             raise LoreError("a rank-0 model has no basis: export one user (the reference head)")
         return (model.scale_ * model.basis_).T.contiguous().to(torch.float32)
-    if model.rank == 0:
-        if model.reference_head_ is None:
-            raise ModelFormatError("this rank-0 model has no reference head")
-        return model.reference_head_[None, :].to(torch.float32)
-    if user is None:
+    if user is None and model.rank > 0:
         raise LoreError("name the user to export (--user ID), or export the basis (--basis)")
-    w, _ = model.weights_for([user])
+    # rank 0: every user's weight is 1, the population's too
+    w, _ = model.weights_for([user], unknown="mean" if model.rank == 0 else "error")
     return (model.scale_ * model.basis_ @ w[0])[None, :].contiguous().to(torch.float32)
 
 

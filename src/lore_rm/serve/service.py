@@ -42,12 +42,10 @@ def default_db_path(model_dir: str | Path) -> Path:
 
 
 def model_fingerprint(model: LowRankReward) -> str:
-    """A hash of what user weights are defined over: the basis, the scale (and rank 0's head)."""
+    """A hash of what user weights are defined over: the basis and the scale."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(model.basis_.to(torch.float32).numpy()).tobytes())
     h.update(repr((float(model.scale_), tuple(model.basis_.shape))).encode())
-    if model.rank == 0 and model.reference_head_ is not None:
-        h.update(np.ascontiguousarray(model.reference_head_.to(torch.float32).numpy()).tobytes())
     return h.hexdigest()[:32]
 
 
