@@ -46,6 +46,7 @@ from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE, read_conversations
 from lore_rm.embed.backbones import backbone_identity
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError
+from lore_rm.io import atomic_write, atomic_write_json
 
 STORE_FORMAT = "lore-rm-embeddings"
 STORE_FORMAT_VERSION = 1
@@ -75,26 +76,8 @@ def shard_file(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write to a hidden temporary name, then rename: the final name is always whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # shards readable like any other file
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_json(path: Path, obj: dict) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+    atomic_write_json(path, obj)
 
 
 def texts_fingerprint(dataset_dir: str | Path) -> str:
@@ -383,7 +366,7 @@ def embed_dataset(
             if manifest["reference_head"] is None:
                 head = embedder.reference_head()
                 if head is not None:
-                    _atomic_write(
+                    atomic_write(
                         store / HEAD_FILE,
                         lambda p, h=head: save_file(
                             {"reference_head": h.float().contiguous()}, str(p)
@@ -454,7 +437,7 @@ def embed_dataset(
                 raise DataError(f"{embedder.name} produced NaN/inf for rows {lo}..{hi - 1}")
             tensors = {"embeddings": emb.to(target).contiguous()}
             meta = {"rows": f"{lo}:{hi}"}  # one key: safetensors orders several at random
-            _atomic_write(
+            atomic_write(
                 store / shard_file(i), lambda p, t=tensors, m=meta: save_file(t, str(p), metadata=m)
             )
             report.computed.append(i)

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lore_rm.evaluate.protocols import METRICS
+from lore_rm.io import atomic_write, atomic_write_text
 
 LABELS = {
     "train": "train",
@@ -66,13 +66,6 @@ def print_tables(*tables: Table, console: Console | None = None) -> None:
     console = console or Console()
     for t in tables:
         console.print(t)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def rows_to_csv(rows: Sequence[dict]) -> str:
@@ -159,12 +152,9 @@ def plot_shots(rows: Sequence[dict], path: Path, oracle: dict | None = None) -> 
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_sweep_report(

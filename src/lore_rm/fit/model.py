@@ -17,6 +17,7 @@ from lore_rm.comparisons import Comparisons
 from lore_rm.errors import DataError, LoreError, ModelFormatError, UnknownUserError
 from lore_rm.fit.config import FitConfig, Recipe
 from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights
+from lore_rm.io import atomic_write, atomic_write_json, atomic_write_text
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
 
 Tensor = torch.Tensor
@@ -372,11 +373,9 @@ class LowRankReward:
             "fit_config": self.config_.to_dict(),
             "users": self.users_,
         }
-        _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
-        _atomic_write(
-            out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n")
-        )
-        _atomic_write(out / "README.md", lambda p: p.write_text(_model_card(self)))
+        atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+        atomic_write_json(out / CONFIG_FILE, config)
+        atomic_write_text(out / "README.md", _model_card(self))
         return out
 
     @classmethod
@@ -462,16 +461,6 @@ def _as_reference(ref, d: int) -> Tensor | None:
     if not torch.isfinite(t).all():
         raise DataError("reference_head holds NaN or inf")
     return t.cpu()
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _model_card(m: LowRankReward) -> str:

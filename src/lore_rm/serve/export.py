@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from safetensors.torch import save_file
 
 from lore_rm.errors import LoreError, ModelFormatError, UnknownUserError
 from lore_rm.fit.model import LowRankReward
+from lore_rm.io import atomic_folder
 
 EXPORT_FORMAT = "lore-rm-export"
 EXPORT_FILE = "lore_export.json"
@@ -177,10 +177,8 @@ def export_reward_model(
     if basis:
         manifest["users"] = all_users
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    # refused above when out holds files: an empty out is replaced
+    with atomic_folder(out, overwrite=True) as tmp:
         clf.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -193,16 +191,6 @@ def export_reward_model(
                 str(tmp / USER_WEIGHTS_FILE),
             )
         (tmp / "README.md").write_text(_card(manifest))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
