@@ -2,7 +2,7 @@
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import DataError, LoreError, ModelFormatError, UnknownUserError
-from lore_rm.evaluate.protocols import four_numbers, rank_sweep, shots_sweep
+from lore_rm.evaluate.protocols import four_numbers, rank_sweep, run_protocol, shots_sweep
 from lore_rm.evaluate.simulate import PopulationConfig, simulate_population
 from lore_rm.fit.config import FitConfig
 from lore_rm.fit.model import LowRankReward
@@ -25,6 +25,7 @@ __all__ = [
     "mean_accuracy",
     "per_user_accuracy",
     "rank_sweep",
+    "run_protocol",
     "shots_sweep",
     "simulate_population",
 ]

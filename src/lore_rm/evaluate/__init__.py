@@ -5,8 +5,10 @@ The metrics themselves are pure functions in :mod:`lore_rm.metrics` (re-exported
 
 from lore_rm.evaluate.protocols import (
     METRICS,
+    ProtocolResult,
     four_numbers,
     rank_sweep,
+    run_protocol,
     sample_shots,
     select_rank,
     shots_sweep,
@@ -16,12 +18,14 @@ from lore_rm.metrics import mean_accuracy, per_user_accuracy
 
 __all__ = [
     "METRICS",
+    "ProtocolResult",
     "PopulationConfig",
     "SimulatedPopulation",
     "four_numbers",
     "mean_accuracy",
     "per_user_accuracy",
     "rank_sweep",
+    "run_protocol",
     "sample_shots",
     "select_rank",
     "shots_sweep",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -132,3 +133,51 @@ def shots_sweep(
         )
     bar.close()
     return rows
+
+
+@dataclass
+class ProtocolResult:
+    """What :func:`run_protocol` found: the rank sweep, the selected row and the shots sweep."""
+
+    rows: list[dict]
+    selected: dict | None
+    shot_rows: list[dict] = field(default_factory=list)
+
+
+def run_protocol(
+    split: ProtocolSplit,
+    ranks: Sequence[int],
+    alphas: Sequence[float] = (0.0,),
+    shots: Sequence[int] = (),
+    trials: int = 20,
+    *,
+    shots_rank: int | None = None,
+    recipe: str = "default",
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    **settings,
+) -> ProtocolResult:
+    """The whole published protocol, as ``lore demo`` and ``lore evaluate`` run it.
+
+    Rank sweep (the four numbers per (rank, alpha)) -> select the rank on seen users' test
+    accuracy (:func:`select_rank`) -> refit at that rank (or at ``shots_rank`` with the first
+    alpha) -> shots sweep for the unseen users. The shots sweep is skipped when ``shots`` is
+    empty, or when no learned rank was swept and ``shots_rank`` is not given.
+    """
+    rows = rank_sweep(
+        split, ranks, alphas, recipe=recipe, seed=seed, device=device, progress=progress, **settings
+    )
+    selected = select_rank(rows)
+    result = ProtocolResult(rows, selected)
+    if not shots or (shots_rank is None and selected is None):
+        return result
+    if shots_rank is None:
+        rank, alpha = selected["rank"], selected["alpha"]
+    else:
+        rank, alpha = shots_rank, alphas[0]
+    model = LowRankReward(
+        rank=rank, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
+    ).fit(split.seen_train, split.reference_head)
+    result.shot_rows = shots_sweep(model, split, shots, trials, seed=seed, progress=progress)
+    return result
