@@ -8,7 +8,7 @@ import torch
 
 from lore_rm.comparisons import Comparisons
 
-ROLES = ("seen-train", "seen-test", "unseen-fewshot", "unseen-test")
+PROTOCOL_ROLES = ("seen-train", "seen-test", "unseen-fewshot", "unseen-test")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from lore_rm.data.layout import (
     read_conversations,
 )
 from lore_rm.errors import DataError
-from lore_rm.protocol import ROLES, ProtocolSplit
+from lore_rm.protocol import PROTOCOL_ROLES, ProtocolSplit
 
 
 class PreferenceDataset:
@@ -88,13 +88,13 @@ class PreferenceDataset:
 
     def role(self, name: str) -> pa.Table:
         """The comparisons of one role (``seen-train``, ``seen-test``, ...)."""
-        if name not in ROLES:
-            raise DataError(f"unknown role {name!r}; roles are {', '.join(ROLES)}")
+        if name not in PROTOCOL_ROLES:
+            raise DataError(f"unknown role {name!r}; roles are {', '.join(PROTOCOL_ROLES)}")
         return self.comparisons.filter(pc.equal(self.comparisons.column("split"), name))
 
     def counts(self) -> dict[str, int]:
         """Comparisons per role."""
-        return {r: self.role(r).num_rows for r in ROLES}
+        return {r: self.role(r).num_rows for r in PROTOCOL_ROLES}
 
     def summary(self) -> dict:
         """Users, comparisons per role and per user (min / median / max), unique texts."""
@@ -109,7 +109,7 @@ class PreferenceDataset:
             "comparisons": table.num_rows,
             "roles": {},
         }
-        for role in (*ROLES, None):
+        for role in (*PROTOCOL_ROLES, None):
             sub = table if role is None else self.role(role)
             per_user = _per_user(sub)
             out["roles"]["all" if role is None else role] = {
@@ -137,7 +137,7 @@ class PreferenceDataset:
         if not table.is_floating_point():
             table = table.to(torch.float32)
         parts = {}
-        for role in ROLES:
+        for role in PROTOCOL_ROLES:
             sub = self.role(role)
             users = sub.column("user_id")
             ids = pc.unique(users).sort() if sub.num_rows else pa.array([], pa.string())

@@ -4,8 +4,9 @@
                              parameters (seeds, caps, rates), counts
     DIR/comparisons.parquet  one row per comparison: user_id (string), prompt_id (string),
                              chosen, rejected (int64 row indices into texts.parquet and the
-                             embedding store), split (one of lore_rm.protocol.ROLES), plus any
-                             source fields worth keeping
+                             embedding store), split (one of
+                             lore_rm.protocol.PROTOCOL_ROLES), plus any source fields
+                             worth keeping
     DIR/texts.parquet        one row per unique conversation: text_id (int64, equal to the
                              row index), prompt_id (string), messages (JSON string: a list of
                              {"role", "content"} objects, the prompt messages then the

@@ -28,7 +28,7 @@ from lore_rm.data.layout import (
 )
 from lore_rm.errors import DataError
 from lore_rm.io import atomic_folder
-from lore_rm.protocol import ROLES
+from lore_rm.protocol import PROTOCOL_ROLES
 
 Message = dict[str, str]
 REQUIRED_COLUMNS = ("user_id", "prompt_id", "chosen", "rejected", "split")
@@ -201,12 +201,12 @@ def _validate(table: pa.Table, chosen: np.ndarray, rejected: np.ndarray, n_texts
         nulls = table.column(name).null_count
         if nulls:
             raise DataError(f"comparisons: {nulls} row(s) have no {name}")
-    bad_role = pc.invert(pc.is_in(table.column("split"), value_set=pa.array(ROLES)))
+    bad_role = pc.invert(pc.is_in(table.column("split"), value_set=pa.array(PROTOCOL_ROLES)))
     if pc.any(bad_role).as_py():
         first = pc.index(bad_role, True).as_py()
         raise DataError(
             f"comparisons row {first}: split {table.column('split')[first].as_py()!r} is not "
-            f"one of {', '.join(ROLES)}"
+            f"one of {', '.join(PROTOCOL_ROLES)}"
         )
     for name, idx in (("chosen", chosen), ("rejected", rejected)):
         out = (idx < 0) | (idx >= n_texts)
@@ -232,5 +232,5 @@ def _counts(table: pa.Table, texts: pa.Table) -> dict:
         "users": pc.count_distinct(table.column("user_id")).as_py(),
         "prompts": pc.count_distinct(table.column("prompt_id")).as_py(),
         "texts": texts.num_rows,
-        "roles": {r: found.get(r, {"comparisons": 0, "users": 0}) for r in ROLES},
+        "roles": {r: found.get(r, {"comparisons": 0, "users": 0}) for r in PROTOCOL_ROLES},
     }

@@ -98,7 +98,7 @@ class RewardService:
         )
         self._lock = threading.RLock()  # guards self.model's weights and the maps below
         self._embed_lock = threading.Lock() if serialize_embed else None
-        self._refit_lock = FifoLock()
+        self._personalize_lock = FifoLock()
         self._seq = 0
         self._n_fit: dict[str, int] = {}  # onboarded users -> comparisons behind their weights
         self._model_users = frozenset(self.model.users_)
@@ -107,7 +107,7 @@ class RewardService:
             self._warm_up()
         if refit_stale:
             for user in self.store.stale_users():
-                self._refit(user)
+                self._personalize(user)
 
     # ---- weights ------------------------------------------------------------------------------
     def _apply(self, users: Sequence[str], weights: np.ndarray, n_fit: Sequence[int]) -> None:
@@ -157,7 +157,7 @@ class RewardService:
             warnings.simplefilter("ignore")
             self.model.fit_user_weights(Comparisons.from_features(x, ["warm-up"] * 2))
 
-    def _refit(self, user: str) -> tuple[np.ndarray, int]:
+    def _personalize(self, user: str) -> tuple[np.ndarray, int]:
         x = self.store.features_of(user, self.model.d_)
         n = int(x.shape[0])
         with warnings.catch_warnings():
@@ -229,7 +229,7 @@ class RewardService:
         e = self.embed([c for c, _ in comparisons] + [r for _, r in comparisons])
         x = (e[:n] - e[n:]).numpy()
         total = self.store.add_comparisons(user, raw, x)  # committed: durable from here on
-        with self._refit_lock:
+        with self._personalize_lock:
             # refits are GIL- and CPU-bound: one at a time per process. A refit that ran while
             # this request waited may already cover its comparisons (any process's): reuse it.
             stored = self.store.user_record(user)
@@ -237,7 +237,7 @@ class RewardService:
                 self.sync()
                 n_fit = stored[1]
             else:
-                _, n_fit = self._refit(user)
+                _, n_fit = self._personalize(user)
         with self._lock:
             served = self.model.weights_for([user])[0][0].tolist()
             n_served = self._n_fit.get(user, n_fit)
