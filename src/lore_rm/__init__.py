@@ -6,7 +6,7 @@ from lore_rm.evaluate.protocols import four_numbers, rank_sweep, run_protocol, s
 from lore_rm.evaluate.simulate import PopulationConfig, simulate_population
 from lore_rm.fit.config import FitConfig
 from lore_rm.fit.model import LowRankReward
-from lore_rm.metrics import mean_accuracy, per_user_accuracy
+from lore_rm.metrics import FourNumbers, mean_accuracy, per_user_accuracy
 from lore_rm.protocol import ProtocolSplit
 
 __version__ = "0.1.0"
@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Comparisons",
     "DataError",
+    "FourNumbers",
     "FitConfig",
     "LoreError",
     "LowRankReward",

@@ -11,16 +11,26 @@ import torch
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.fit.model import LowRankReward
-from lore_rm.metrics import mean_accuracy
+from lore_rm.metrics import METRICS, FourNumbers, mean_accuracy
 from lore_rm.progress import progress_bar
 from lore_rm.protocol import ProtocolSplit
 
+__all__ = [
+    "METRICS",
+    "FourNumbers",
+    "ProtocolResult",
+    "four_numbers",
+    "rank_sweep",
+    "run_protocol",
+    "sample_shots",
+    "select_rank",
+    "shots_sweep",
+]
+
 Tensor = torch.Tensor
 
-METRICS = ("train", "seen_test", "fewshot_train", "unseen_test")
 
-
-def four_numbers(seen: LowRankReward, split: ProtocolSplit) -> dict[str, float]:
+def four_numbers(seen: LowRankReward, split: ProtocolSplit) -> FourNumbers:
     """train / seen_test / fewshot_train / unseen_test (means and stds over users).
 
     ``seen`` is fitted on ``split.seen_train``; unseen users are personalised on a copy.
@@ -35,7 +45,7 @@ def four_numbers(seen: LowRankReward, split: ProtocolSplit) -> dict[str, float]:
     ):
         mean, std = mean_accuracy(model.margins(data), data) if data.n else (math.nan, math.nan)
         out[key], out[f"{key}_std"] = mean, std
-    return out
+    return FourNumbers(**out)
 
 
 def rank_sweep(

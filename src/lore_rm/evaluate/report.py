@@ -6,14 +6,14 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from lore_rm.evaluate.protocols import METRICS
 from lore_rm.io import atomic_write, atomic_write_text
+from lore_rm.metrics import METRICS
 
 LABELS = {
     "train": "train",
@@ -84,6 +84,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def _json_default(o):
+    if isinstance(o, Mapping):
+        return dict(o)
     if hasattr(o, "tolist"):
         return o.tolist()
     if isinstance(o, Path):
