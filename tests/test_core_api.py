@@ -10,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import lore_rm
 from lore_rm import (
     Comparisons,
     DataError,
@@ -33,7 +34,9 @@ def test_save_load_round_trip_is_exact(fitted, easy_population, tmp_path):
     model = fitted.copy().personalize(split.unseen_fewshot)
     model.save_pretrained(tmp_path / "m")
     files = sorted(p.name for p in (tmp_path / "m").iterdir())
-    assert files == ["README.md", "config.json", "model.safetensors"]
+    assert files == ["README.md", "config.json", "model.safetensors", "users.json"]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["lore_rm_version"] == lore_rm.__version__ and "users" not in config
     loaded = LowRankReward.from_pretrained(tmp_path / "m")
     assert loaded.users_ == model.users_ and loaded.rank == 3 and loaded.backbone == "sim"
     e = split.seen_test.table[:64]
@@ -144,6 +147,22 @@ def test_bad_input_gives_clear_errors(fitted, tmp_path):
         LowRankReward(rank=2, recipe="magic").config  # noqa: B018
     with pytest.raises(LoreError, match="not fitted"):
         LowRankReward(rank=2).reward(torch.randn(1, 4), "a")
+
+
+def test_version_1_folders_with_user_ids_in_config_are_still_read(fitted, tmp_path):
+    fitted.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["format_version"] = 1
+    cfg["users"] = json.loads((tmp_path / "users.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "users.json").unlink()
+    loaded = LowRankReward.from_pretrained(tmp_path)
+    assert loaded.users_ == fitted.users_
+    torch.testing.assert_close(loaded.user_weights_, fitted.user_weights_)
+    cfg["users"] = cfg["users"][:-1]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match="weight rows"):
+        LowRankReward.from_pretrained(tmp_path)
 
 
 def test_model_folder_of_another_version_is_refused(fitted, tmp_path):

@@ -8,8 +8,7 @@ from lore_rm.fit.config import FitConfig
 from lore_rm.fit.model import LowRankReward
 from lore_rm.metrics import FourNumbers, mean_accuracy, per_user_accuracy
 from lore_rm.protocol import ProtocolSplit
-
-__version__ = "0.1.0"
+from lore_rm.version import __version__ as __version__
 
 __all__ = [
     "Comparisons",

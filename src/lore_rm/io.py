@@ -86,3 +86,28 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
             with contextlib.suppress(OSError):
                 p.rmdir()
         raise
+
+
+def read_format_record(
+    path: str | Path,
+    fmt: str,
+    versions: tuple[int, ...],
+    error: type[Exception] = DataError,
+) -> dict:
+    """The JSON record at ``path`` when its ``format`` is ``fmt`` and its ``format_version`` is
+    one of ``versions``; ``error`` naming the file otherwise."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise error(f"{path}: format is {found!r}, not {fmt!r}")
+    if record.get("format_version") not in versions:
+        readable = " or ".join(str(v) for v in versions)
+        raise error(
+            f"{path}: format version {record.get('format_version')!r}; this lore-rm reads "
+            f"version {readable}"
+        )
+    return record

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from lore_rm.data.layout import (
     read_conversations,
 )
 from lore_rm.errors import DataError
+from lore_rm.io import read_format_record
 from lore_rm.protocol import PROTOCOL_ROLES, ProtocolSplit
 
 
@@ -42,17 +42,7 @@ class PreferenceDataset:
         for name in (DATASET_FILE, COMPARISONS_FILE, TEXTS_FILE):
             if not (self.path / name).is_file():
                 raise DataError(f"{self.path}: not a dataset folder ({name} is missing)")
-        try:
-            self.info: dict = json.loads(meta.read_text("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{meta}: not valid JSON ({e})") from None
-        if self.info.get("format") != DATASET_FORMAT:
-            raise DataError(f"{meta}: format is {self.info.get('format')!r}, not {DATASET_FORMAT}")
-        if self.info.get("format_version") != DATASET_FORMAT_VERSION:
-            raise DataError(
-                f"{meta}: format_version {self.info.get('format_version')!r} is not supported "
-                f"(this lore-rm reads version {DATASET_FORMAT_VERSION})"
-            )
+        self.info: dict = read_format_record(meta, DATASET_FORMAT, (DATASET_FORMAT_VERSION,))
 
     def __repr__(self) -> str:
         return f"PreferenceDataset({str(self.path)!r}, source={self.source!r})"

@@ -27,14 +27,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from lore_rm.constants import (  # noqa: F401  (re-exported: the dataset layout's names)
+    COMPARISONS_FILE,
+    DATASET_FILE,
+    DATASET_FORMAT,
+    DATASET_FORMAT_VERSION,
+    EMBEDDINGS_DIR,
+    TEXTS_FILE,
+)
 from lore_rm.conversation import Conversation
-
-DATASET_FILE = "dataset.json"
-COMPARISONS_FILE = "comparisons.parquet"
-TEXTS_FILE = "texts.parquet"
-EMBEDDINGS_DIR = "embeddings"
-DATASET_FORMAT = "lore-rm-dataset"
-DATASET_FORMAT_VERSION = 1
 
 
 def read_conversations(dataset_dir: str | Path) -> list[Conversation]:

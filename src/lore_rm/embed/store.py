@@ -29,7 +29,6 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -42,16 +41,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lore_rm.constants import HEAD_FILE, MANIFEST_FILE, STORE_FORMAT, STORE_FORMAT_VERSION
 from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE, read_conversations
 from lore_rm.embed.backbones import backbone_identity
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError
-from lore_rm.io import atomic_write, atomic_write_json
+from lore_rm.io import atomic_write, atomic_write_json, read_format_record
 
-STORE_FORMAT = "lore-rm-embeddings"
-STORE_FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-HEAD_FILE = "reference_head.safetensors"
 DEFAULT_SHARD_SIZE = 4096
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Backbone fields that must match for two runs to share a store (batch size and device do
@@ -122,20 +118,7 @@ class EmbeddingStore:
                 f"{self.path}: no embedding store ({MANIFEST_FILE} missing); "
                 "run `lore embed DATASET --backbone NAME` first"
             )
-        try:
-            man = json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{self.manifest_path}: not valid JSON ({exc})") from exc
-        if man.get("format") != STORE_FORMAT:
-            raise DataError(
-                f"{self.manifest_path}: format {man.get('format')!r}, not {STORE_FORMAT!r}"
-            )
-        if man.get("format_version") != STORE_FORMAT_VERSION:
-            raise DataError(
-                f"{self.manifest_path}: format version {man.get('format_version')!r}"
-                f"; this lore-rm reads version {STORE_FORMAT_VERSION}"
-            )
-        return man
+        return read_format_record(self.manifest_path, STORE_FORMAT, (STORE_FORMAT_VERSION,))
 
     @property
     def is_complete(self) -> bool:

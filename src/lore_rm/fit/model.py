@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -11,21 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.errors import DataError, LoreError, ModelFormatError, UnknownUserError
+from lore_rm.errors import DataError, LoreError, UnknownUserError
 from lore_rm.fit.config import FitConfig, Recipe
+from lore_rm.fit.persistence import load_model, save_model
 from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights
-from lore_rm.io import atomic_write, atomic_write_json, atomic_write_text
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
 
 Tensor = torch.Tensor
-
-FORMAT_NAME = "lore-rm"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 class LowRankReward:
@@ -350,96 +343,16 @@ class LowRankReward:
     def copy(self) -> LowRankReward:
         return copy.deepcopy(self)
 
-    # ---- persistence -----------------------------------------------------------------------
+    # ---- persistence (lore_rm.fit.persistence) --------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` + ``README.md`` into ``path``."""
+        """Write ``config.json``, ``model.safetensors``, ``users.json`` and ``README.md``."""
         self._require_fitted()
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = _file_tensors(self)
-        if self.reference_head_ is not None:
-            tensors["reference_head"] = self.reference_head_.contiguous()
-        config = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "rank": self.rank,
-            "n_components": int(tensors["basis"].shape[1]),
-            "d": self.d_,
-            "scale": self.scale_,
-            "recipe": self.recipe,
-            "seed": self.seed,
-            "backbone": self.backbone,
-            "settings": self.settings,
-            "fit_config": self.config_.to_dict(),
-            "users": self.users_,
-        }
-        atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
-        atomic_write_json(out / CONFIG_FILE, config)
-        atomic_write_text(out / "README.md", _model_card(self))
-        return out
+        return save_model(self, path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str = "cpu") -> LowRankReward:
-        folder = Path(path)
-        cfg_path = folder / CONFIG_FILE
-        if not cfg_path.is_file():
-            raise ModelFormatError(f"{folder}: no {CONFIG_FILE}; not a lore-rm model folder")
-        try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelFormatError(f"{cfg_path}: not valid JSON ({exc})") from exc
-        if config.get("format") != FORMAT_NAME:
-            raise ModelFormatError(f"{cfg_path}: format is {config.get('format')!r}, not 'lore-rm'")
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ModelFormatError(
-                f"{cfg_path}: format version {config.get('format_version')!r}; this lore-rm "
-                f"reads version {FORMAT_VERSION}"
-            )
-        wpath = folder / WEIGHTS_FILE
-        if not wpath.is_file():
-            raise ModelFormatError(f"{folder}: no {WEIGHTS_FILE}")
-        tensors = load_file(str(wpath))
-        if tensors["user_weights"].shape[0] != len(config["users"]):
-            raise ModelFormatError(
-                f"{folder}: {len(config['users'])} users but "
-                f"{tensors['user_weights'].shape[0]} weight rows"
-            )
-        basis, weights, population = (
-            tensors["basis"],
-            tensors["user_weights"],
-            tensors["population_weights"],
-        )
-        if config["rank"] == 0:  # saved as an empty basis: the reference head as data
-            if "reference_head" not in tensors:
-                raise ModelFormatError(f"{folder}: a rank-0 model without a reference head")
-            basis = tensors["reference_head"].flatten()[:, None]
-            weights = torch.ones(weights.shape[0], 1)
-            population = torch.ones(1)
-        return cls.from_arrays(
-            basis,
-            weights,
-            config["users"],
-            scale=config["scale"],
-            population_weights=population,
-            reference_head=tensors.get("reference_head"),
-            rank=config["rank"],
-            recipe=config["recipe"],
-            backbone=config.get("backbone"),
-            device=device,
-            seed=config.get("seed", 0),
-            fit_config=FitConfig.from_dict(config["fit_config"]),
-            **config.get("settings", {}),
-        )
-
-
-def _file_tensors(m: LowRankReward) -> dict[str, Tensor]:
-    """The tensors of ``model.safetensors``; rank 0 is stored as an empty basis (version 1)."""
-    k = 0 if m.rank == 0 else m.n_components_
-    return {
-        "basis": m.basis_[:, :k].contiguous(),
-        "user_weights": m.user_weights_[:, :k].contiguous(),
-        "population_weights": m.population_weights_[:k].contiguous(),
-    }
+        """The model saved in folder ``path`` by :meth:`save_pretrained`."""
+        return load_model(cls, path, device)
 
 
 def _check_nonempty(c: Comparisons, what: str) -> None:
@@ -461,18 +374,3 @@ def _as_reference(ref, d: int) -> Tensor | None:
     if not torch.isfinite(t).all():
         raise DataError("reference_head holds NaN or inf")
     return t.cpu()
-
-
-def _model_card(m: LowRankReward) -> str:
-    return (
-        "# lore-rm personalised reward model\n\n"
-        f"- backbone: `{m.backbone or 'unspecified'}` (frozen; this folder holds only the head)\n"
-        f"- rank K = {m.rank} ({0 if m.rank == 0 else m.n_components_} basis columns kept), "
-        f"d = {m.d_}, "
-        f"scale = {m.scale_}\n"
-        f"- users: {len(m.users_)}; recipe: {m.recipe}\n\n"
-        "Reward of user u for embedding e: `scale * e @ basis @ user_weights[u]` "
-        "(rank 0: `e @ reference_head`).\n\n"
-        "```python\nfrom lore_rm import LowRankReward\n"
-        "model = LowRankReward.from_pretrained('THIS_FOLDER')\n```\n"
-    )

@@ -26,13 +26,16 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from lore_rm.constants import (
+    EXPORT_FILE,
+    EXPORT_FORMAT,
+    EXPORT_FORMAT_VERSION,
+    USER_WEIGHTS_FILE,
+)
 from lore_rm.errors import LoreError, ModelFormatError, UnknownUserError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.io import atomic_folder
-
-EXPORT_FORMAT = "lore-rm-export"
-EXPORT_FILE = "lore_export.json"
-USER_WEIGHTS_FILE = "lore_user_weights.safetensors"
+from lore_rm.version import __version__
 
 
 def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankReward, list[str]]:
@@ -157,7 +160,8 @@ def export_reward_model(
         user_weights = [float(v) for v in model.weights_for([user])[0][0]]
     manifest = {
         "format": EXPORT_FORMAT,
-        "format_version": 1,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "lore_rm_version": __version__,
         "mode": "basis" if basis else "user",
         "user": None if basis else user,
         "weights": user_weights,

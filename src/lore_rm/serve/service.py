@@ -27,13 +27,12 @@ import numpy as np
 import torch
 
 from lore_rm.comparisons import Comparisons
+from lore_rm.constants import DB_FILE
 from lore_rm.conversation import Conversation
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.user_store import FifoLock, Store, StoredComparison
-
-DB_FILE = "lore-serve.sqlite"
 
 
 def default_db_path(model_dir: str | Path) -> Path:
