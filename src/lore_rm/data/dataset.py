@@ -12,14 +12,12 @@ import pyarrow.parquet as pq
 import torch
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.conversation import Conversation
 from lore_rm.data.layout import (
     COMPARISONS_FILE,
     DATASET_FILE,
     DATASET_FORMAT,
     DATASET_FORMAT_VERSION,
     TEXTS_FILE,
-    read_conversations,
 )
 from lore_rm.errors import DataError
 from lore_rm.io import read_format_record
@@ -71,10 +69,6 @@ class PreferenceDataset:
 
     def __len__(self) -> int:
         return self.comparisons.num_rows
-
-    def conversations(self) -> list[Conversation]:
-        """Every unique conversation, in embedding-row order (what an embedder consumes)."""
-        return read_conversations(self.path)
 
     def role(self, name: str) -> pa.Table:
         """The comparisons of one role (``seen-train``, ``seen-test``, ...)."""
