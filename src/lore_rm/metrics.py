@@ -21,8 +21,11 @@ METRICS = ("train", "seen_test", "fewshot_train", "unseen_test")
 
 
 class _Indexed(Protocol):
-    user_index: Tensor
-    n_users: int
+    @property
+    def user_index(self) -> Tensor: ...
+
+    @property
+    def n_users(self) -> int: ...
 
 
 def _index(users: Tensor | _Indexed, n_users: int | None) -> tuple[Tensor, int]:

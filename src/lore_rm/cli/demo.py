@@ -69,7 +69,7 @@ def demo(
             rank_list,
             shots=shot_list,
             trials=trials,
-            recipe=recipe,
+            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
             seed=seed,
             progress=progress,
         )

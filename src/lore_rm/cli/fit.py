@@ -58,7 +58,7 @@ def fit_cmd(
         t0 = time.perf_counter()
         model = LowRankReward(
             rank=rank,
-            recipe=recipe,
+            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
             backbone=backbone.get("name"),
             device=device,
             seed=seed,
@@ -136,7 +136,7 @@ def evaluate_cmd(
             shot_list,
             trials,
             shots_rank=shots_rank,
-            recipe=recipe,
+            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
             seed=seed,
             device=device,
             progress=progress,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lore_rm.comparisons import Comparisons
+from lore_rm.fit.config import Recipe
 from lore_rm.fit.model import LowRankReward
 from lore_rm.metrics import METRICS, FourNumbers, mean_accuracy
 from lore_rm.progress import progress_bar
@@ -53,7 +54,7 @@ def rank_sweep(
     ranks: Sequence[int],
     alphas: Sequence[float] = (0.0,),
     *,
-    recipe: str = "default",
+    recipe: Recipe = "default",
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -162,7 +163,7 @@ def run_protocol(
     trials: int = 20,
     *,
     shots_rank: int | None = None,
-    recipe: str = "default",
+    recipe: Recipe = "default",
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -183,6 +184,7 @@ def run_protocol(
     if not shots or (shots_rank is None and selected is None):
         return result
     if shots_rank is None:
+        assert selected is not None
         rank, alpha = selected["rank"], selected["alpha"]
     else:
         rank, alpha = shots_rank, alphas[0]

@@ -151,7 +151,7 @@ class LowRankReward:
         self.reference_head_ = ref
         self.config_ = cfg
         if self.rank == 0:  # the reference head as a one-column basis, weight 1 for everyone
-            self.basis_ = ref[:, None].clone()
+            self.basis_ = ref[:, None].clone()  # type: ignore[index]  # checked above
             self.user_weights_ = torch.ones(len(self.users_), 1)
             self.scale_ = 1.0
             self.history_ = {}
@@ -209,8 +209,8 @@ class LowRankReward:
             raise DataError(
                 f"comparisons have d = {comparisons.d} but the model was fitted on d = {self.d_}"
             )
-        counts = comparisons.counts_per_user().tolist() if comparisons.n else []
-        present = [u for u, c in zip(comparisons.user_ids, counts, strict=False) if c > 0]
+        given = comparisons.counts_per_user().tolist() if comparisons.n else []
+        present = [u for u, c in zip(comparisons.user_ids, given, strict=False) if c > 0]
         ids = list(dict.fromkeys([*present, *map(str, users)]))
         data = comparisons.with_user_ids(ids) if comparisons.n else None
         counts = (

@@ -137,6 +137,7 @@ class RewardService:
         users, w, n_fit, newest = self.store.weights_since(self._seq)
         if not users:
             return 0
+        assert w is not None
         with self._lock:
             if newest <= self._seq:
                 return 0
