@@ -522,6 +522,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_lore_serve_command(small_model_dir, tmp_path):
     """`lore serve MODEL_DIR --backbone hashing-64` in a subprocess, token from a file."""
     token_file = tmp_path / "token"
