@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # naive_published
 from naive_published import naive_fewshot, naive_joint_fit  # noqa: E402
 
 from lore_rm import Comparisons, LowRankReward  # noqa: E402

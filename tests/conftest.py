@@ -33,6 +33,16 @@ def easy_population():
 
 
 @pytest.fixture(scope="session")
+def easy_rank3(easy_population):
+    """The default recipe's rank-3 fit of ``easy_population`` (shared: the suite's costliest
+    fit). Copy it before changing it."""
+    from lore_rm import LowRankReward
+
+    split = easy_population.split
+    return LowRankReward(rank=3).fit(split.seen_train, split.reference_head)
+
+
+@pytest.fixture(scope="session")
 def tiny_reward_model_dir(tmp_path_factory) -> Path:
     """Folder of a random 2-layer LlamaForSequenceClassification + chat-template tokenizer."""
     return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm") / "model")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from typer.testing import CliRunner
 
 from lore_rm import LowRankReward
 from lore_rm.cli import app
+
+pytestmark = pytest.mark.slow  # integration: prepare, embed, fit and evaluate commands
 
 TOPICS = ["apples", "trains", "poems", "rivers", "chess", "bread"]
 

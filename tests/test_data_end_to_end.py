@@ -6,12 +6,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from data_helpers import write_jsonl
 
 from lore_rm import LowRankReward, four_numbers
 from lore_rm.data import GenericConfig, PreferenceDataset, prepare_generic
 from lore_rm.data.layout import read_conversations
 from lore_rm.embed.hashing import HashingEmbedder
+
+pytestmark = pytest.mark.slow  # integration: prepare -> embed -> fit
 
 FAST = {"n_iter": 100, "fewshot_n_iter": 30}
 

@@ -153,7 +153,7 @@ def test_not_a_dataset_folder(tmp_path):
     (path / "dataset.json").write_text(
         json.dumps({"format": "lore-rm-dataset", "format_version": 99})
     )
-    with pytest.raises(DataError, match="format_version 99"):
+    with pytest.raises(DataError, match="format version 99"):
         PreferenceDataset(path)
 
 

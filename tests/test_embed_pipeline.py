@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import torch
 from tiny_models import WORDS
 from typer.testing import CliRunner
@@ -12,6 +13,8 @@ from typer.testing import CliRunner
 from lore_rm import LowRankReward
 from lore_rm.cli import app
 from lore_rm.embed import EmbeddingStore
+
+pytestmark = pytest.mark.slow  # integration: the CLI pipeline over a reward-model backbone
 
 
 def test_cli_pipeline_with_a_reward_model_backbone(tiny_reward_model_dir, tiny_backbone, tmp_path):

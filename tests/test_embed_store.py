@@ -105,6 +105,7 @@ def test_incomplete_store_refuses_to_load_and_resume_cleans_temporaries(tiny_bac
         EmbeddingStore(ds).load()
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_store(tiny_reward_model_dir, tmp_path):
     convs = random_conversations(40, seed=15)
     ds = write_dataset(tmp_path / "ds", convs)
@@ -154,6 +155,7 @@ def test_interrupted_run_resumes_to_the_same_store(tiny_reward_model_dir, tmp_pa
     assert _store_files(store) == _store_files(fresh / "embeddings")  # byte for byte
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tiny_reward_model_dir, tiny_backbone, tmp_path):
     convs = random_conversations(18, seed=16)
     one = write_dataset(tmp_path / "one", convs)

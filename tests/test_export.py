@@ -223,9 +223,10 @@ def test_export_errors(setup, tmp_path):
     with pytest.raises(LoreError, match="not empty"):
         export_reward_model(model_dir, tmp_path / "full", backbone, user="u1")
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"  # untouched
-    wrong = LowRankReward.from_pretrained(model_dir)
-    wrong.d_ = 16
-    wrong.basis_ = torch.randn(16, wrong.n_components_)
+    fitted = LowRankReward.from_pretrained(model_dir)
+    wrong = LowRankReward.from_arrays(
+        torch.randn(16, fitted.n_components_), fitted.user_weights_, fitted.users_
+    )
     with pytest.raises(LoreError, match="hidden size 32"):
         export_reward_model(wrong, tmp_path / "y", backbone, user="u1")
     assert not (tmp_path / "y").exists()

@@ -77,17 +77,13 @@ EXPECTED_Y = {
 
 
 def _model(d=2, basis=None, backbone="table-2"):
-    m = LowRankReward(rank=2, backbone=backbone)
-    m.d_ = d
-    m.basis_ = basis if basis is not None else torch.eye(d)[:, :2]
-    m.users_ = ["alice", "bob"]
-    m.user_weights_ = torch.tensor([[1.0, 0.0], [0.25, 0.75]])
-    m.population_weights_ = m.user_weights_.mean(dim=0)
-    m.reference_head_ = None
-    m.scale_ = 0.01
-    m.config_ = m.config
-    m.history_ = {}
-    return m
+    return LowRankReward.from_arrays(
+        basis if basis is not None else torch.eye(d)[:, :2],
+        torch.tensor([[1.0, 0.0], [0.25, 0.75]]),
+        ["alice", "bob"],
+        scale=0.01,
+        backbone=backbone,
+    )
 
 
 @pytest.fixture

@@ -491,8 +491,13 @@ def test_crash_between_store_and_refit_is_repaired(small_model, embedder, tmp_pa
 def test_database_of_another_model_is_refused(small_model, embedder, tmp_path):
     db = tmp_path / "db.sqlite"
     RewardService(small_model, embedder, db).close()
-    other = small_model.copy()
-    other.basis_ = other.basis_ + 1.0
+    other = LowRankReward.from_arrays(
+        small_model.basis_ + 1.0,
+        small_model.user_weights_,
+        small_model.users_,
+        scale=small_model.scale_,
+        reference_head=small_model.reference_head_,
+    )
     with pytest.raises(ModelFormatError, match="model_fingerprint"):
         RewardService(other, embedder, db)
     with pytest.raises(ModelFormatError, match="d = 32"):
@@ -500,15 +505,14 @@ def test_database_of_another_model_is_refused(small_model, embedder, tmp_path):
 
 
 def test_rank_zero_model_serves_reference_head(small_model, embedder, tmp_path):
-    m = small_model.copy()
-    m.rank = 0
-    m.basis_ = torch.zeros(m.d_, 0)
-    m.user_weights_ = torch.zeros(len(m.users_), 0)
-    m.population_weights_ = torch.zeros(0)
+    ref = small_model.reference_head_
+    m = LowRankReward.from_arrays(  # rank 0: the reference head as a one-column basis
+        ref[:, None], torch.ones(len(small_model.users_), 1), small_model.users_, rank=0
+    )
     convs = [conversation("p", "apple"), conversation("p", "tiger")]
     with LiveServer(create_app(m, embedder, tmp_path / "db.sqlite")) as url:
         out = httpx.post(url + "/reward", json={"user": "seen1", "conversations": convs}).json()
-    want = (embedder.embed(convs) @ m.reference_head_).numpy()
+    want = (embedder.embed(convs) @ ref).numpy()
     np.testing.assert_allclose(out["rewards"], want, rtol=1e-5)
 
 
@@ -518,6 +522,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_lore_serve_command(small_model_dir, tmp_path):
     """`lore serve MODEL_DIR --backbone hashing-64` in a subprocess, token from a file."""
     token_file = tmp_path / "token"

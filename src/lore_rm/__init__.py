@@ -2,18 +2,18 @@
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import DataError, LoreError, ModelFormatError, UnknownUserError
-from lore_rm.evaluate.protocols import four_numbers, rank_sweep, shots_sweep
+from lore_rm.evaluate.protocols import four_numbers, rank_sweep, run_protocol, shots_sweep
 from lore_rm.evaluate.simulate import PopulationConfig, simulate_population
 from lore_rm.fit.config import FitConfig
 from lore_rm.fit.model import LowRankReward
-from lore_rm.metrics import mean_accuracy, per_user_accuracy
+from lore_rm.metrics import FourNumbers, mean_accuracy, per_user_accuracy
 from lore_rm.protocol import ProtocolSplit
-
-__version__ = "0.1.0"
+from lore_rm.version import __version__ as __version__
 
 __all__ = [
     "Comparisons",
     "DataError",
+    "FourNumbers",
     "FitConfig",
     "LoreError",
     "LowRankReward",
@@ -25,6 +25,7 @@ __all__ = [
     "mean_accuracy",
     "per_user_accuracy",
     "rank_sweep",
+    "run_protocol",
     "shots_sweep",
     "simulate_population",
 ]

@@ -1,33 +1,98 @@
-"""Pairwise accuracy: the metrics every protocol and ``LowRankReward.score`` use."""
+"""Pairwise accuracy as pure tensor functions, and the four standard numbers.
+
+The functions take margins (N,) and each comparison's user index (N,); a
+:class:`~lore_rm.comparisons.Comparisons` may stand in for the index (its ``user_index`` and
+``n_users`` are used). They sit below the model and the protocols, so ``LowRankReward.score``
+and every protocol share them.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Protocol
 
 import torch
 
-from lore_rm.comparisons import Comparisons
-
 Tensor = torch.Tensor
 
+METRICS = ("train", "seen_test", "fewshot_train", "unseen_test")
 
-def per_user_accuracy(margins: Tensor, comparisons: Comparisons) -> Tensor:
-    """Accuracy of each user of ``comparisons.user_ids`` (NaN where a user has none).
 
-    A comparison is right when its margin is strictly positive: a tie counts as wrong.
+class _Indexed(Protocol):
+    @property
+    def user_index(self) -> Tensor: ...
+
+    @property
+    def n_users(self) -> int: ...
+
+
+def _index(users: Tensor | _Indexed, n_users: int | None) -> tuple[Tensor, int]:
+    if isinstance(users, Tensor):
+        index = users
+        n = int(index.max()) + 1 if n_users is None and index.numel() else (n_users or 0)
+        return index.cpu(), n
+    return users.user_index.cpu(), users.n_users if n_users is None else n_users
+
+
+def per_user_accuracy(
+    margins: Tensor, users: Tensor | _Indexed, n_users: int | None = None
+) -> Tensor:
+    """Accuracy (n_users,) of each user (NaN where a user has no comparison).
+
+    ``users``: each comparison's user index (N,), or a ``Comparisons``. A comparison is right
+    when its margin is strictly positive: a tie counts as wrong.
     """
-    u = comparisons.user_index.cpu()
-    n = comparisons.n_users
+    u, n = _index(users, n_users)
     right = torch.bincount(u, weights=(margins.cpu() > 0).to(torch.float64), minlength=n)
     total = torch.bincount(u, minlength=n).to(torch.float64)
     return torch.where(total > 0, right / total.clamp_min(1), torch.full_like(total, math.nan))
 
 
-def mean_accuracy(margins: Tensor, comparisons: Comparisons) -> tuple[float, float]:
+def mean_accuracy(
+    margins: Tensor, users: Tensor | _Indexed, n_users: int | None = None
+) -> tuple[float, float]:
     """Mean and standard deviation over users of per-user accuracy."""
-    acc = per_user_accuracy(margins, comparisons)
+    acc = per_user_accuracy(margins, users, n_users)
     acc = acc[~torch.isnan(acc)]
     if acc.numel() == 0:
         return math.nan, math.nan
     std = float(acc.std(unbiased=False)) if acc.numel() > 1 else 0.0
     return float(acc.mean()), std
+
+
+@dataclass(frozen=True, eq=False)
+class FourNumbers(Mapping[str, float]):
+    """The four standard numbers (means over users) and their standard deviations.
+
+    Reads like the dict it used to be: ``numbers["unseen_test"]``, ``dict(numbers)``,
+    ``row.update(numbers)``; compares equal to a dict with the same items.
+    """
+
+    train: float
+    train_std: float
+    seen_test: float
+    seen_test_std: float
+    fewshot_train: float
+    fewshot_train_std: float
+    unseen_test: float
+    unseen_test_std: float
+
+    def __getitem__(self, key: str) -> float:
+        if key not in self._keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    @classmethod
+    def _keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self)

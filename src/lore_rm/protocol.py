@@ -8,7 +8,7 @@ import torch
 
 from lore_rm.comparisons import Comparisons
 
-ROLES = ("seen-train", "seen-test", "unseen-fewshot", "unseen-test")
+PROTOCOL_ROLES = ("seen-train", "seen-test", "unseen-fewshot", "unseen-test")
 
 
 @dataclass
@@ -25,15 +25,3 @@ class ProtocolSplit:
     unseen_test: Comparisons
     reference_head: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
-
-    def role(self, name: str) -> Comparisons:
-        return {
-            "seen-train": self.seen_train,
-            "seen-test": self.seen_test,
-            "unseen-fewshot": self.unseen_fewshot,
-            "unseen-test": self.unseen_test,
-        }[name]
-
-    @property
-    def d(self) -> int:
-        return self.seen_train.d

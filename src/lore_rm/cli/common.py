@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, NoReturn, TypeVar
 
 import typer
+
+C = TypeVar("C")
 
 
 def parse_int_list(text: str, what: str = "list") -> list[int]:
@@ -44,3 +48,10 @@ def fail(exc: Exception) -> NoReturn:
 
     Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(2)
+
+
+def config_from(cls: type[C], params: Mapping[str, Any], **extra: Any) -> C:
+    """The config dataclass ``cls`` built by keyword from the command parameters that share
+    its field names (reordering the dataclass can never swap two values)."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in params.items() if k in names}, **extra)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lore_rm.cli.common import fail
+from lore_rm.cli.common import config_from, fail
 from lore_rm.errors import LoreError
 
 prepare_app = typer.Typer(
@@ -75,22 +75,11 @@ def prepare_generic_cmd(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Prepare comparisons in the TRL preference layout plus a user column."""
+    params = dict(locals())
     from lore_rm.data.generic import GenericConfig, prepare_generic
 
     try:
-        cfg = GenericConfig(
-            prompt_column=prompt_column,
-            chosen_column=chosen_column,
-            rejected_column=rejected_column,
-            user_column=user_column,
-            prompt_id_column=prompt_id_column,
-            split_column=split_column,
-            unseen_fraction=unseen_fraction,
-            test_fraction=test_fraction,
-            max_train=max_train,
-            max_fewshot=max_fewshot,
-            seed=seed,
-        )
+        cfg = config_from(GenericConfig, params)
         path = prepare_generic(files, out, cfg, overwrite=overwrite)
     except LoreError as e:
         fail(e)
@@ -114,10 +103,11 @@ def prepare_tldr_cmd(
     progress: bool = PROGRESS,
 ) -> None:
     """Prepare Reddit TLDR (summarize_from_feedback) with the published worker protocol."""
+    params = dict(locals())
     from lore_rm.data.tldr import TLDRConfig, prepare_tldr
 
     try:
-        cfg = TLDRConfig(seen_fraction, train_cap, fewshot_cap, drop_smallest, seed)
+        cfg = config_from(TLDRConfig, params)
         path = prepare_tldr(sources, out, cfg, overwrite=overwrite, progress=progress)
     except LoreError as e:
         fail(e)
@@ -142,10 +132,11 @@ def prepare_prism_cmd(
     progress: bool = PROGRESS,
 ) -> None:
     """Prepare PRISM: one comparison per (chosen, rejected) pair, the dialog so far as prompt."""
+    params = dict(locals())
     from lore_rm.data.prism import PRISMConfig, prepare_prism
 
     try:
-        cfg = PRISMConfig(seen_fraction, min_dialogs, train_fraction, seed)
+        cfg = config_from(PRISMConfig, params)
         path = prepare_prism(
             source,
             out,
@@ -184,22 +175,14 @@ def prepare_personalllm_cmd(
     progress: bool = PROGRESS,
 ) -> None:
     """Prepare PersonalLLM with a simulated Dirichlet population (best vs worst response)."""
+    params = {k: v for k, v in locals().items() if k != "reward_models"}
     from lore_rm.data.personalllm import PersonalLLMConfig, prepare_personalllm
 
     try:
         kw = {}
         if reward_models:
             kw["reward_models"] = tuple(n.strip() for n in reward_models.split(",") if n.strip())
-        cfg = PersonalLLMConfig(
-            seen_users=seen_users,
-            unseen_users=unseen_users,
-            alpha=alpha,
-            seen_rate=seen_rate,
-            unseen_rate=unseen_rate,
-            test_rate=test_rate,
-            seed=seed,
-            **kw,
-        )
+        cfg = config_from(PersonalLLMConfig, params, **kw)
         path = prepare_personalllm(
             source, out, cfg, train=train, test=test, overwrite=overwrite, progress=progress
         )

@@ -31,10 +31,9 @@ def demo(
     Prints the four standard numbers per rank and a shots sweep, and writes report.json,
     ranks.csv, shots.csv, ranks.png, shots.png and config.json to OUT.
     """
-    from lore_rm.evaluate.protocols import rank_sweep, select_rank, shots_sweep
+    from lore_rm.evaluate.protocols import run_protocol
     from lore_rm.evaluate.report import print_tables, rank_table, shots_table, write_sweep_report
     from lore_rm.evaluate.simulate import PopulationConfig, simulate_population
-    from lore_rm.fit.model import LowRankReward
 
     console = Console()
     rank_list = parse_int_list(ranks, "--ranks")
@@ -65,16 +64,16 @@ def demo(
             f"true rank {true_rank}; oracle unseen-user accuracy "
             f"{pop.oracle['unseen_test']:.3f} (chance 0.5)"
         )
-        rows = rank_sweep(pop.split, rank_list, recipe=recipe, seed=seed, progress=progress)
-        best = select_rank(rows)
-        shot_rows: list[dict] = []
-        if best is not None:
-            model = LowRankReward(rank=best["rank"], recipe=recipe, seed=seed).fit(
-                pop.split.seen_train, pop.split.reference_head
-            )
-            shot_rows = shots_sweep(
-                model, pop.split, shot_list, trials, seed=seed, progress=progress
-            )
+        result = run_protocol(
+            pop.split,
+            rank_list,
+            shots=shot_list,
+            trials=trials,
+            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
+            seed=seed,
+            progress=progress,
+        )
+        rows, best, shot_rows = result.rows, result.selected, result.shot_rows
     except LoreError as exc:
         fail(exc)
     elapsed = time.perf_counter() - t0

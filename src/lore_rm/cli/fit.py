@@ -47,10 +47,10 @@ def fit_cmd(
     progress: bool = PROGRESS,
 ) -> None:
     """Fit the basis and the seen users' weights; save the model and print the four numbers."""
+    from lore_rm.embed.split import load_split
     from lore_rm.evaluate.protocols import four_numbers
     from lore_rm.evaluate.report import LABELS, METRICS, write_json
     from lore_rm.fit.model import LowRankReward
-    from lore_rm.pipeline import load_split
 
     console = Console()
     try:
@@ -58,7 +58,7 @@ def fit_cmd(
         t0 = time.perf_counter()
         model = LowRankReward(
             rank=rank,
-            recipe=recipe,
+            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
             backbone=backbone.get("name"),
             device=device,
             seed=seed,
@@ -106,10 +106,9 @@ def evaluate_cmd(
     progress: bool = PROGRESS,
 ) -> None:
     """The published protocol: four numbers for every (rank, alpha), then the shots sweep."""
-    from lore_rm.evaluate.protocols import rank_sweep, select_rank, shots_sweep
+    from lore_rm.embed.split import load_split
+    from lore_rm.evaluate.protocols import run_protocol
     from lore_rm.evaluate.report import print_tables, rank_table, shots_table, write_sweep_report
-    from lore_rm.fit.model import LowRankReward
-    from lore_rm.pipeline import load_split
 
     console = Console()
     rank_list = parse_int_list(ranks, "--ranks")
@@ -130,25 +129,20 @@ def evaluate_cmd(
     try:
         split, backbone = load_split(dataset)
         config["backbone"] = backbone
-        rows = rank_sweep(
+        result = run_protocol(
             split,
             rank_list,
             alpha_list,
-            recipe=recipe,
+            shot_list,
+            trials,
+            shots_rank=shots_rank,
+            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
             seed=seed,
             device=device,
             progress=progress,
             **settings,
         )
-        shot_rows: list[dict] = []
-        if shot_list:
-            best = select_rank(rows) or rows[0]
-            k = shots_rank if shots_rank is not None else best["rank"]
-            alpha = best["alpha"] if shots_rank is None else alpha_list[0]
-            model = LowRankReward(
-                rank=k, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
-            ).fit(split.seen_train, split.reference_head)
-            shot_rows = shots_sweep(model, split, shot_list, trials, seed=seed, progress=progress)
+        rows, shot_rows = result.rows, result.shot_rows
     except LoreError as exc:
         fail(exc)
     print_tables(rank_table(rows, title=f"{dataset} — recipe '{recipe}'"), console=console)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -59,10 +58,7 @@ def rewardbench(
         table.add_row(head, *[f"{scores[s]:.3f}" for s in subsets], f"{scores['overall']:.3f}")
     Console(width=160).print(table)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(
-            json.dumps({"model": str(model_dir), "backbone": name, **result}, indent=2) + "\n"
-        )
-        tmp.replace(out)
+        from lore_rm.io import atomic_write_json
+
+        atomic_write_json(out, {"model": str(model_dir), "backbone": name, **result})
         typer.echo(f"wrote {out}")

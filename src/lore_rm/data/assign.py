@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lore_rm.protocol import ROLES
+from lore_rm.protocol import PROTOCOL_ROLES
 
-ROLE_CODES = {r: i for i, r in enumerate(ROLES)}
+ROLE_CODES = {r: i for i, r in enumerate(PROTOCOL_ROLES)}
 
 
 def rank_in_groups(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -47,7 +47,7 @@ def pick_fraction(n: int, fraction: float, rng: np.random.Generator) -> np.ndarr
 
 
 def roles_from(unseen_row: np.ndarray, test_row: np.ndarray) -> np.ndarray:
-    """Role codes (indices into ROLES) from (unseen user?, test side?) per row."""
+    """Role codes (indices into PROTOCOL_ROLES) from (unseen user?, test side?) per row."""
     return (
         2 * np.asarray(unseen_row, dtype=np.int64) + np.asarray(test_row, dtype=np.int64)
     ).astype(np.int64)

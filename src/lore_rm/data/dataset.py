@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 
@@ -13,17 +12,16 @@ import pyarrow.parquet as pq
 import torch
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.conversation import Conversation
 from lore_rm.data.layout import (
     COMPARISONS_FILE,
     DATASET_FILE,
     DATASET_FORMAT,
     DATASET_FORMAT_VERSION,
     TEXTS_FILE,
-    read_conversations,
 )
 from lore_rm.errors import DataError
-from lore_rm.protocol import ROLES, ProtocolSplit
+from lore_rm.io import read_format_record
+from lore_rm.protocol import PROTOCOL_ROLES, ProtocolSplit
 
 
 class PreferenceDataset:
@@ -42,17 +40,7 @@ class PreferenceDataset:
         for name in (DATASET_FILE, COMPARISONS_FILE, TEXTS_FILE):
             if not (self.path / name).is_file():
                 raise DataError(f"{self.path}: not a dataset folder ({name} is missing)")
-        try:
-            self.info: dict = json.loads(meta.read_text("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{meta}: not valid JSON ({e})") from None
-        if self.info.get("format") != DATASET_FORMAT:
-            raise DataError(f"{meta}: format is {self.info.get('format')!r}, not {DATASET_FORMAT}")
-        if self.info.get("format_version") != DATASET_FORMAT_VERSION:
-            raise DataError(
-                f"{meta}: format_version {self.info.get('format_version')!r} is not supported "
-                f"(this lore-rm reads version {DATASET_FORMAT_VERSION})"
-            )
+        self.info: dict = read_format_record(meta, DATASET_FORMAT, (DATASET_FORMAT_VERSION,))
 
     def __repr__(self) -> str:
         return f"PreferenceDataset({str(self.path)!r}, source={self.source!r})"
@@ -82,19 +70,15 @@ class PreferenceDataset:
     def __len__(self) -> int:
         return self.comparisons.num_rows
 
-    def conversations(self) -> list[Conversation]:
-        """Every unique conversation, in embedding-row order (what an embedder consumes)."""
-        return read_conversations(self.path)
-
     def role(self, name: str) -> pa.Table:
         """The comparisons of one role (``seen-train``, ``seen-test``, ...)."""
-        if name not in ROLES:
-            raise DataError(f"unknown role {name!r}; roles are {', '.join(ROLES)}")
+        if name not in PROTOCOL_ROLES:
+            raise DataError(f"unknown role {name!r}; roles are {', '.join(PROTOCOL_ROLES)}")
         return self.comparisons.filter(pc.equal(self.comparisons.column("split"), name))
 
     def counts(self) -> dict[str, int]:
         """Comparisons per role."""
-        return {r: self.role(r).num_rows for r in ROLES}
+        return {r: self.role(r).num_rows for r in PROTOCOL_ROLES}
 
     def summary(self) -> dict:
         """Users, comparisons per role and per user (min / median / max), unique texts."""
@@ -109,7 +93,7 @@ class PreferenceDataset:
             "comparisons": table.num_rows,
             "roles": {},
         }
-        for role in (*ROLES, None):
+        for role in (*PROTOCOL_ROLES, None):
             sub = table if role is None else self.role(role)
             per_user = _per_user(sub)
             out["roles"]["all" if role is None else role] = {
@@ -137,7 +121,7 @@ class PreferenceDataset:
         if not table.is_floating_point():
             table = table.to(torch.float32)
         parts = {}
-        for role in ROLES:
+        for role in PROTOCOL_ROLES:
             sub = self.role(role)
             users = sub.column("user_id")
             ids = pc.unique(users).sort() if sub.num_rows else pa.array([], pa.string())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lore_rm.conversation import message_problem
 from lore_rm.data.assign import (
     ROLE_CODES,
     cap_per_group,
@@ -27,9 +28,7 @@ from lore_rm.data.assign import (
 from lore_rm.data.sources import SourceFile
 from lore_rm.data.writer import Message, TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
-from lore_rm.protocol import ROLES
-
-MESSAGE_ROLES = ("system", "user", "assistant")
+from lore_rm.protocol import PROTOCOL_ROLES
 
 
 @dataclass(frozen=True)
@@ -97,19 +96,10 @@ def _messages(value, src: SourceFile, row: int, field: str) -> list[Message]:
         raise src.error(row, f"malformed messages in {field!r}: expected a non-empty list")
     out = []
     for i, m in enumerate(value):
-        if not isinstance(m, dict):
-            raise src.error(row, f"malformed messages in {field!r}: item {i} is not an object")
-        role, content = m.get("role"), m.get("content")
-        if role not in MESSAGE_ROLES:
-            raise src.error(
-                row,
-                f"malformed messages in {field!r}: item {i} has role {role!r} "
-                f"(expected one of {', '.join(MESSAGE_ROLES)})",
-            )
-        if not isinstance(content, str):
-            raise src.error(
-                row, f"malformed messages in {field!r}: item {i} has no string 'content'"
-            )
+        problem = message_problem(m)
+        if problem is not None:
+            raise src.error(row, f"malformed messages in {field!r}: item {i} {problem}")
+        role, content = m["role"], m["content"]
         if not content.strip():
             raise src.error(row, f"empty text in {field!r} (message {i})")
         out.append(message(role, content))
@@ -229,7 +219,7 @@ def read_generic(files: Sequence[str | Path], cfg: GenericConfig):
                 if role not in ROLE_CODES:
                     raise src.error(
                         row,
-                        f"{cfg.split_column!r} is {role!r}, not one of {', '.join(ROLES)}",
+                        f"{cfg.split_column!r} is {role!r}, not one of {', '.join(PROTOCOL_ROLES)}",
                     )
                 roles.append(ROLE_CODES[role])
             users.append(_user_id(rec[cfg.user_column], src, row, cfg.user_column, cols))
@@ -291,7 +281,7 @@ def prepare_generic(
         "prompt_id": col["prompt_id"][keep].tolist(),
         "chosen": col["chosen"][keep],
         "rejected": col["rejected"][keep],
-        "split": categorical(roles[keep], ROLES),
+        "split": categorical(roles[keep], PROTOCOL_ROLES),
         "source_file": categorical(col["file"][keep], names),
         "source_row": col["row"][keep],
     }

@@ -4,8 +4,9 @@
                              parameters (seeds, caps, rates), counts
     DIR/comparisons.parquet  one row per comparison: user_id (string), prompt_id (string),
                              chosen, rejected (int64 row indices into texts.parquet and the
-                             embedding store), split (one of lore_rm.protocol.ROLES), plus any
-                             source fields worth keeping
+                             embedding store), split (one of
+                             lore_rm.protocol.PROTOCOL_ROLES), plus any source fields
+                             worth keeping
     DIR/texts.parquet        one row per unique conversation: text_id (int64, equal to the
                              row index), prompt_id (string), messages (JSON string: a list of
                              {"role", "content"} objects, the prompt messages then the
@@ -26,14 +27,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from lore_rm.constants import (  # noqa: F401  (re-exported: the dataset layout's names)
+    COMPARISONS_FILE,
+    DATASET_FILE,
+    DATASET_FORMAT,
+    DATASET_FORMAT_VERSION,
+    EMBEDDINGS_DIR,
+    TEXTS_FILE,
+)
 from lore_rm.conversation import Conversation
-
-DATASET_FILE = "dataset.json"
-COMPARISONS_FILE = "comparisons.parquet"
-TEXTS_FILE = "texts.parquet"
-EMBEDDINGS_DIR = "embeddings"
-DATASET_FORMAT = "lore-rm-dataset"
-DATASET_FORMAT_VERSION = 1
 
 
 def read_conversations(dataset_dir: str | Path) -> list[Conversation]:

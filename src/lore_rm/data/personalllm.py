@@ -27,7 +27,7 @@ from lore_rm.data.sources import SourceFile, find_data_files, name_list
 from lore_rm.data.writer import TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
 from lore_rm.progress import progress_bar
-from lore_rm.protocol import ROLES
+from lore_rm.protocol import PROTOCOL_ROLES
 
 HUB_NAME = "namkoong-lab/PersonalLLM"
 USERS_FILE = "users.parquet"
@@ -236,7 +236,7 @@ def prepare_personalllm(
                 "prompt": (prompts[keep] + (0 if split is tr else n_tr)).astype(np.int32),
                 "chosen": chosen[keep],
                 "rejected": rejected[keep],
-                "role": np.full(int(keep.sum()), ROLES.index(role), dtype=np.int8),
+                "role": np.full(int(keep.sum()), PROTOCOL_ROLES.index(role), dtype=np.int8),
                 "best": (best[keep] + 1).astype(np.int8),
                 "worst": (worst[keep] + 1).astype(np.int8),
             }
@@ -251,7 +251,7 @@ def prepare_personalllm(
         "prompt_id": categorical(cat["prompt"], tr.prompt_names + te.prompt_names),
         "chosen": cat["chosen"],
         "rejected": cat["rejected"],
-        "split": categorical(cat["role"], ROLES),
+        "split": categorical(cat["role"], PROTOCOL_ROLES),
         "chosen_response": cat["best"],
         "rejected_response": cat["worst"],
     }

@@ -29,7 +29,7 @@ from lore_rm.data.sources import SourceFile, find_data_files
 from lore_rm.data.writer import Message, TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
 from lore_rm.progress import progress_bar
-from lore_rm.protocol import ROLES
+from lore_rm.protocol import PROTOCOL_ROLES
 
 HUB_NAME = "HannahRoseKirk/prism-alignment"
 
@@ -228,7 +228,7 @@ def prepare_prism(
         "prompt_id": cols["prompt"],
         "chosen": np.array(cols["c"], dtype=np.int64),
         "rejected": np.array(cols["r"], dtype=np.int64),
-        "split": categorical(np.array(cols["role"]), ROLES),
+        "split": categorical(np.array(cols["role"]), PROTOCOL_ROLES),
         "conversation_id": cols["conv"],
         "turn": np.array(cols["turn"], dtype=np.int64),
     }

@@ -27,7 +27,7 @@ from lore_rm.data.sources import SourceFile, expand_inputs, split_of_name
 from lore_rm.data.writer import TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
 from lore_rm.progress import progress_bar
-from lore_rm.protocol import ROLES
+from lore_rm.protocol import PROTOCOL_ROLES
 
 HUB_NAME = "openai/summarize_from_feedback"
 TRAIN_SPLITS = ("train",)
@@ -201,7 +201,7 @@ def prepare_tldr(
         "prompt_id": np.array(cols["prompt"], dtype=object)[keep].tolist(),
         "chosen": np.array(cols["c"], dtype=np.int64)[keep],
         "rejected": np.array(cols["r"], dtype=np.int64)[keep],
-        "split": categorical(roles[keep], ROLES),
+        "split": categorical(roles[keep], PROTOCOL_ROLES),
         "batch": categorical(batch[keep], list(batch_names)),
         "source_split": categorical(split[keep], list(split_names)),
         "source_file": categorical(np.array(cols["file"])[keep], [f.name for f in files]),

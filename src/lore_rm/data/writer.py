@@ -8,14 +8,10 @@ settings).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +27,8 @@ from lore_rm.data.layout import (
     TEXTS_FILE,
 )
 from lore_rm.errors import DataError
-from lore_rm.protocol import ROLES
+from lore_rm.io import atomic_folder
+from lore_rm.protocol import PROTOCOL_ROLES
 
 Message = dict[str, str]
 REQUIRED_COLUMNS = ("user_id", "prompt_id", "chosen", "rejected", "split")
@@ -204,12 +201,12 @@ def _validate(table: pa.Table, chosen: np.ndarray, rejected: np.ndarray, n_texts
         nulls = table.column(name).null_count
         if nulls:
             raise DataError(f"comparisons: {nulls} row(s) have no {name}")
-    bad_role = pc.invert(pc.is_in(table.column("split"), value_set=pa.array(ROLES)))
+    bad_role = pc.invert(pc.is_in(table.column("split"), value_set=pa.array(PROTOCOL_ROLES)))
     if pc.any(bad_role).as_py():
         first = pc.index(bad_role, True).as_py()
         raise DataError(
             f"comparisons row {first}: split {table.column('split')[first].as_py()!r} is not "
-            f"one of {', '.join(ROLES)}"
+            f"one of {', '.join(PROTOCOL_ROLES)}"
         )
     for name, idx in (("chosen", chosen), ("rejected", rejected)):
         out = (idx < 0) | (idx >= n_texts)
@@ -235,39 +232,5 @@ def _counts(table: pa.Table, texts: pa.Table) -> dict:
         "users": pc.count_distinct(table.column("user_id")).as_py(),
         "prompts": pc.count_distinct(table.column("prompt_id")).as_py(),
         "texts": texts.num_rows,
-        "roles": {r: found.get(r, {"comparisons": 0, "users": 0}) for r in ROLES},
+        "roles": {r: found.get(r, {"comparisons": 0, "users": 0}) for r in PROTOCOL_ROLES},
     }
-
-
-@contextlib.contextmanager
-def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; on success it replaces ``out``.
-
-    On any error the temporary folder (and any parent folders this call created) is removed.
-    An existing ``out`` is refused unless ``overwrite``.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
-    created = []
-    parent = out.parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir(parents=True)
-        yield tmp
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for p in created:  # innermost first
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise

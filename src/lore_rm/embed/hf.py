@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lore_rm.conversation import Conversation
+from lore_rm.conversation import Conversation, check_conversation
 from lore_rm.errors import LoreError
 
 DTYPES = {
@@ -243,7 +243,7 @@ class RewardModelEmbedder(_TransformersEmbedder):
 
     def render(self, conversation: Conversation) -> str:
         """The text the model reads for one conversation."""
-        _check_conversation(conversation)
+        check_conversation(conversation)
         if self.chat_template is not None:
             return self.tokenizer.apply_chat_template(conversation, tokenize=False)
         return "\n\n".join(
@@ -310,7 +310,7 @@ class EncoderEmbedder(_TransformersEmbedder):
         return _sha256(FALLBACK_TEMPLATE)
 
     def render(self, conversation: Conversation) -> str:
-        _check_conversation(conversation)
+        check_conversation(conversation)
         return "\n\n".join(
             FALLBACK_TEMPLATE.format(role=m["role"], content=m["content"]) for m in conversation
         )
@@ -331,16 +331,6 @@ class EncoderEmbedder(_TransformersEmbedder):
 
     def reference_head(self) -> torch.Tensor | None:
         return None
-
-
-def _check_conversation(conversation: Conversation) -> None:
-    if not isinstance(conversation, list) or not conversation:
-        raise LoreError(
-            f"a conversation must be a non-empty list of messages, got {conversation!r}"
-        )
-    for m in conversation:
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise LoreError(f"each message needs 'role' and 'content', got {m!r}")
 
 
 def _find_score_layer(model: torch.nn.Module, name: str) -> torch.nn.Linear | None:

@@ -29,7 +29,6 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -42,15 +41,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lore_rm.constants import HEAD_FILE, MANIFEST_FILE, STORE_FORMAT, STORE_FORMAT_VERSION
 from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE, read_conversations
 from lore_rm.embed.backbones import backbone_identity
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError
+from lore_rm.io import atomic_write, atomic_write_json, read_format_record
 
-STORE_FORMAT = "lore-rm-embeddings"
-STORE_FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-HEAD_FILE = "reference_head.safetensors"
 DEFAULT_SHARD_SIZE = 4096
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Backbone fields that must match for two runs to share a store (batch size and device do
@@ -75,26 +72,8 @@ def shard_file(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write to a hidden temporary name, then rename: the final name is always whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # shards readable like any other file
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_json(path: Path, obj: dict) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+    atomic_write_json(path, obj)
 
 
 def texts_fingerprint(dataset_dir: str | Path) -> str:
@@ -139,20 +118,7 @@ class EmbeddingStore:
                 f"{self.path}: no embedding store ({MANIFEST_FILE} missing); "
                 "run `lore embed DATASET --backbone NAME` first"
             )
-        try:
-            man = json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{self.manifest_path}: not valid JSON ({exc})") from exc
-        if man.get("format") != STORE_FORMAT:
-            raise DataError(
-                f"{self.manifest_path}: format {man.get('format')!r}, not {STORE_FORMAT!r}"
-            )
-        if man.get("format_version") != STORE_FORMAT_VERSION:
-            raise DataError(
-                f"{self.manifest_path}: format version {man.get('format_version')!r}"
-                f"; this lore-rm reads version {STORE_FORMAT_VERSION}"
-            )
-        return man
+        return read_format_record(self.manifest_path, STORE_FORMAT, (STORE_FORMAT_VERSION,))
 
     @property
     def is_complete(self) -> bool:
@@ -383,7 +349,7 @@ def embed_dataset(
             if manifest["reference_head"] is None:
                 head = embedder.reference_head()
                 if head is not None:
-                    _atomic_write(
+                    atomic_write(
                         store / HEAD_FILE,
                         lambda p, h=head: save_file(
                             {"reference_head": h.float().contiguous()}, str(p)
@@ -454,7 +420,7 @@ def embed_dataset(
                 raise DataError(f"{embedder.name} produced NaN/inf for rows {lo}..{hi - 1}")
             tensors = {"embeddings": emb.to(target).contiguous()}
             meta = {"rows": f"{lo}:{hi}"}  # one key: safetensors orders several at random
-            _atomic_write(
+            atomic_write(
                 store / shard_file(i), lambda p, t=tensors, m=meta: save_file(t, str(p), metadata=m)
             )
             report.computed.append(i)

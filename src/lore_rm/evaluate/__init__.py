@@ -4,24 +4,28 @@ The metrics themselves are pure functions in :mod:`lore_rm.metrics` (re-exported
 """
 
 from lore_rm.evaluate.protocols import (
-    METRICS,
+    ProtocolResult,
     four_numbers,
     rank_sweep,
+    run_protocol,
     sample_shots,
     select_rank,
     shots_sweep,
 )
 from lore_rm.evaluate.simulate import PopulationConfig, SimulatedPopulation, simulate_population
-from lore_rm.metrics import mean_accuracy, per_user_accuracy
+from lore_rm.metrics import METRICS, FourNumbers, mean_accuracy, per_user_accuracy
 
 __all__ = [
     "METRICS",
+    "FourNumbers",
+    "ProtocolResult",
     "PopulationConfig",
     "SimulatedPopulation",
     "four_numbers",
     "mean_accuracy",
     "per_user_accuracy",
     "rank_sweep",
+    "run_protocol",
     "sample_shots",
     "select_rank",
     "shots_sweep",

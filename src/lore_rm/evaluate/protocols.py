@@ -5,21 +5,33 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from lore_rm.comparisons import Comparisons
+from lore_rm.fit.config import Recipe
 from lore_rm.fit.model import LowRankReward
-from lore_rm.metrics import mean_accuracy
+from lore_rm.metrics import METRICS, FourNumbers, mean_accuracy
 from lore_rm.progress import progress_bar
 from lore_rm.protocol import ProtocolSplit
 
+__all__ = [
+    "METRICS",
+    "FourNumbers",
+    "ProtocolResult",
+    "four_numbers",
+    "rank_sweep",
+    "run_protocol",
+    "sample_shots",
+    "select_rank",
+    "shots_sweep",
+]
+
 Tensor = torch.Tensor
 
-METRICS = ("train", "seen_test", "fewshot_train", "unseen_test")
 
-
-def four_numbers(seen: LowRankReward, split: ProtocolSplit) -> dict[str, float]:
+def four_numbers(seen: LowRankReward, split: ProtocolSplit) -> FourNumbers:
     """train / seen_test / fewshot_train / unseen_test (means and stds over users).
 
     ``seen`` is fitted on ``split.seen_train``; unseen users are personalised on a copy.
@@ -34,7 +46,7 @@ def four_numbers(seen: LowRankReward, split: ProtocolSplit) -> dict[str, float]:
     ):
         mean, std = mean_accuracy(model.margins(data), data) if data.n else (math.nan, math.nan)
         out[key], out[f"{key}_std"] = mean, std
-    return out
+    return FourNumbers(**out)
 
 
 def rank_sweep(
@@ -42,7 +54,7 @@ def rank_sweep(
     ranks: Sequence[int],
     alphas: Sequence[float] = (0.0,),
     *,
-    recipe: str = "default",
+    recipe: Recipe = "default",
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -123,7 +135,7 @@ def shots_sweep(
         t = torch.tensor(accs, dtype=torch.float64)
         rows.append(
             {
-                "rank": seen.rank,
+                "rank": seen.rank_,
                 "shots": s,
                 "unseen_test": float(t.mean()),
                 "unseen_test_std": float(t.std(unbiased=False)),
@@ -132,3 +144,52 @@ def shots_sweep(
         )
     bar.close()
     return rows
+
+
+@dataclass
+class ProtocolResult:
+    """What :func:`run_protocol` found: the rank sweep, the selected row and the shots sweep."""
+
+    rows: list[dict]
+    selected: dict | None
+    shot_rows: list[dict] = field(default_factory=list)
+
+
+def run_protocol(
+    split: ProtocolSplit,
+    ranks: Sequence[int],
+    alphas: Sequence[float] = (0.0,),
+    shots: Sequence[int] = (),
+    trials: int = 20,
+    *,
+    shots_rank: int | None = None,
+    recipe: Recipe = "default",
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    **settings,
+) -> ProtocolResult:
+    """The whole published protocol, as ``lore demo`` and ``lore evaluate`` run it.
+
+    Rank sweep (the four numbers per (rank, alpha)) -> select the rank on seen users' test
+    accuracy (:func:`select_rank`) -> refit at that rank (or at ``shots_rank`` with the first
+    alpha) -> shots sweep for the unseen users. The shots sweep is skipped when ``shots`` is
+    empty, or when no learned rank was swept and ``shots_rank`` is not given.
+    """
+    rows = rank_sweep(
+        split, ranks, alphas, recipe=recipe, seed=seed, device=device, progress=progress, **settings
+    )
+    selected = select_rank(rows)
+    result = ProtocolResult(rows, selected)
+    if not shots or (shots_rank is None and selected is None):
+        return result
+    if shots_rank is None:
+        assert selected is not None
+        rank, alpha = selected["rank"], selected["alpha"]
+    else:
+        rank, alpha = shots_rank, alphas[0]
+    model = LowRankReward(
+        rank=rank, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
+    ).fit(split.seen_train, split.reference_head)
+    result.shot_rows = shots_sweep(model, split, shots, trials, seed=seed, progress=progress)
+    return result

@@ -6,14 +6,14 @@ import csv
 import io
 import json
 import math
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from lore_rm.evaluate.protocols import METRICS
+from lore_rm.io import atomic_write, atomic_write_text
+from lore_rm.metrics import METRICS
 
 LABELS = {
     "train": "train",
@@ -68,13 +68,6 @@ def print_tables(*tables: Table, console: Console | None = None) -> None:
         console.print(t)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def rows_to_csv(rows: Sequence[dict]) -> str:
     if not rows:
         return ""
@@ -91,6 +84,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def _json_default(o):
+    if isinstance(o, Mapping):
+        return dict(o)
     if hasattr(o, "tolist"):
         return o.tolist()
     if isinstance(o, Path):
@@ -159,12 +154,9 @@ def plot_shots(rows: Sequence[dict], path: Path, oracle: dict | None = None) -> 
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_sweep_report(

@@ -36,6 +36,7 @@ import torch
 from lore_rm.conversation import Conversation
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError
+from lore_rm.io import atomic_write
 
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 
@@ -281,6 +282,4 @@ def _write_texts(folder: Path, convs: list[Conversation]) -> None:
     target = folder / "texts.parquet"
     if target.is_file() and pq.read_table(target).equals(table):
         return
-    tmp = folder / f".texts.parquet.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, target)
+    atomic_write(target, lambda p: pq.write_table(table, p))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -11,21 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.errors import DataError, LoreError, ModelFormatError, UnknownUserError
+from lore_rm.errors import DataError, LoreError, UnknownUserError
 from lore_rm.fit.auto import AUTO, diagnose, resolve_auto
 from lore_rm.fit.config import FitConfig, Recipe
+from lore_rm.fit.persistence import load_model, save_model
 from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
 
 Tensor = torch.Tensor
-
-FORMAT_NAME = "lore-rm"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 class LowRankReward:
@@ -33,8 +27,9 @@ class LowRankReward:
 
     The reward of user ``u`` for a conversation with embedding ``e`` is
     ``scale * e @ V @ w_u`` (a Bradley–Terry logit: ``P(a > b) = sigmoid(r(a) - r(b))``).
-    Rank 0 is the reference head (``e @ v_ref``, the same for every user); rank 1 is one
-    pooled Bradley–Terry reward.
+    Rank 0 is the reference head, held as data: the basis is ``v_ref`` as one column and every
+    user's weight is 1 (``e @ v_ref``, the same for every user); rank 1 is one pooled
+    Bradley–Terry reward.
 
     Hyperparameters live in the constructor (``settings`` override single fields of the
     recipe's :class:`~lore_rm.fit.config.FitConfig`); learned state ends in ``_``.
@@ -78,6 +73,63 @@ class LowRankReward:
         if not self.is_fitted:
             raise LoreError("this model is not fitted yet: call fit() or from_pretrained()")
 
+    @classmethod
+    def from_arrays(
+        cls,
+        basis: Tensor | np.ndarray,
+        user_weights: Tensor | np.ndarray,
+        users: Sequence[str],
+        *,
+        scale: float = 1.0,
+        population_weights: Tensor | np.ndarray | None = None,
+        reference_head: Tensor | np.ndarray | None = None,
+        rank: int | None = None,
+        recipe: Recipe = "default",
+        backbone: str | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        fit_config: FitConfig | None = None,
+        **settings,
+    ) -> LowRankReward:
+        """A fitted model from its arrays: basis (d, K), user weights (U, K) and user ids.
+
+        ``population_weights`` default to the mean of ``user_weights``; ``rank`` defaults to
+        K; ``fit_config`` to the recipe's settings.
+        """
+        basis = torch.as_tensor(basis, dtype=torch.float32)
+        weights = torch.as_tensor(user_weights, dtype=torch.float32)
+        users = [str(u) for u in users]
+        if basis.ndim != 2:
+            raise DataError(f"basis must have shape (d, K), got {tuple(basis.shape)}")
+        d, k = basis.shape
+        if weights.shape != (len(users), k):
+            raise DataError(
+                f"user_weights must have shape ({len(users)}, {k}), got {tuple(weights.shape)}"
+            )
+        if population_weights is None:
+            population = weights.mean(dim=0) if len(users) else torch.full((k,), 1.0 / max(k, 1))
+        else:
+            population = torch.as_tensor(population_weights, dtype=torch.float32)
+        model = cls(
+            rank=k if rank is None else rank,
+            recipe=recipe,
+            backbone=backbone,
+            device=device,
+            seed=seed,
+            **settings,
+        )
+        model.rank_ = k if rank is None or rank == AUTO else int(rank)
+        model.d_ = int(d)
+        model.scale_ = float(scale)
+        model.users_ = users
+        model.config_ = fit_config if fit_config is not None else model.config
+        model.basis_ = basis
+        model.user_weights_ = weights
+        model.population_weights_ = population
+        model.reference_head_ = _as_reference(reference_head, int(d))
+        model.history_ = {}
+        return model
+
     # ---- fitting ---------------------------------------------------------------------------
     def fit(
         self,
@@ -109,9 +161,9 @@ class LowRankReward:
         self.users_ = list(comparisons.user_ids)
         self.reference_head_ = ref
         self.config_ = cfg
-        if rank == 0:
-            self.basis_ = torch.zeros(self.d_, 0)
-            self.user_weights_ = torch.zeros(len(self.users_), 0)
+        if rank == 0:  # the reference head as a one-column basis, weight 1 for everyone
+            self.basis_ = ref[:, None].clone()  # type: ignore[index]  # checked above
+            self.user_weights_ = torch.ones(len(self.users_), 1)
             self.scale_ = 1.0
             self.history_ = {}
         else:
@@ -141,15 +193,36 @@ class LowRankReward:
 
         New users are added; seen users named here get new weights from these comparisons
         alone. Ids in ``users`` with no comparison get the population's mean weights (with a
-        warning).
+        warning). :meth:`fit_user_weights` is the same fit without changing the model.
         """
+        ids, weights = self._user_weights(comparisons, users, progress)
+        self.set_user_weights(ids, weights)
+        return self
+
+    def fit_user_weights(
+        self,
+        comparisons: Comparisons,
+        users: Sequence[str] = (),
+        *,
+        progress: bool = False,
+    ) -> tuple[list[str], Tensor]:
+        """The weights :meth:`personalize` would set, without setting them.
+
+        Returns the user ids (those with comparisons, then the other ids of ``users``) and
+        their weights (len(ids), K); the model is left unchanged.
+        """
+        return self._user_weights(comparisons, users, progress)
+
+    def _user_weights(
+        self, comparisons: Comparisons, users: Sequence[str], progress: bool
+    ) -> tuple[list[str], Tensor]:
         self._require_fitted()
         if comparisons.n and comparisons.d != self.d_:
             raise DataError(
                 f"comparisons have d = {comparisons.d} but the model was fitted on d = {self.d_}"
             )
-        counts = comparisons.counts_per_user().tolist() if comparisons.n else []
-        present = [u for u, c in zip(comparisons.user_ids, counts, strict=False) if c > 0]
+        given = comparisons.counts_per_user().tolist() if comparisons.n else []
+        present = [u for u, c in zip(comparisons.user_ids, given, strict=False) if c > 0]
         ids = list(dict.fromkeys([*present, *map(str, users)]))
         data = comparisons.with_user_ids(ids) if comparisons.n else None
         counts = (
@@ -160,7 +233,7 @@ class LowRankReward:
             warnings.warn(
                 f"{len(empty)} user(s) have no comparisons (e.g. {empty[0]!r}): "
                 "they get the population's mean weights",
-                stacklevel=2,
+                stacklevel=3,  # the caller of personalize() or fit_user_weights()
             )
         device = torch.device(self.device)
         basis = self.basis_.to(device)
@@ -175,8 +248,7 @@ class LowRankReward:
             ).cpu()
         else:
             weights = self.population_weights_.expand(len(ids), -1).clone()
-        self.set_user_weights(ids, weights)
-        return self
+        return ids, weights
 
     def set_user_weights(self, ids: Sequence[str], weights: Tensor) -> None:
         """Set the weights (len(ids), K) of ``ids``, adding the ids not known yet."""
@@ -205,15 +277,19 @@ class LowRankReward:
         """Columns of the basis actually kept (the rank, less pruned columns)."""
         return int(self.basis_.shape[1])
 
-    def weights_for(self, users: Sequence[str], *, unknown: str = "error") -> tuple[Tensor, Tensor]:
+    def weights_for(
+        self, users: Sequence[str | None], *, unknown: str = "error"
+    ) -> tuple[Tensor, Tensor]:
         """Weights (M, K) for ``users`` and a bool mask of which were known.
 
         ``unknown="mean"`` gives unknown users the population's mean weights instead of an
-        error.
+        error. A ``None`` id always gets the population's mean weights (and is not known).
         """
         self._require_fitted()
+        if unknown not in ("error", "mean"):
+            raise LoreError(f"unknown must be 'error' or 'mean', got {unknown!r}")
         index = {u: i for i, u in enumerate(self.users_)}
-        rows = [index.get(str(u), -1) for u in users]
+        rows = [-1 if u is None else index.get(str(u), -1) for u in users]
         known = torch.tensor([r >= 0 for r in rows], dtype=torch.bool)
         if unknown == "error" and not bool(known.all()):
             bad = users[int((~known).nonzero()[0])]
@@ -221,8 +297,6 @@ class LowRankReward:
                 f"unknown user id {bad!r}: the model knows {len(self.users_)} users; "
                 "personalize() them first or pass unknown='mean'"
             )
-        if unknown not in ("error", "mean"):
-            raise LoreError(f"unknown must be 'error' or 'mean', got {unknown!r}")
         w = torch.empty(len(rows), self.n_components_)
         if known.any():
             w[known] = self.user_weights_[torch.tensor(rows)[known]]
@@ -230,8 +304,15 @@ class LowRankReward:
             w[~known] = self.population_weights_
         return w, known
 
-    def reward(self, embeddings, users: str | Sequence[str], *, unknown: str = "error") -> Tensor:
-        """Personalised reward (M,) of each embedding row for its user (or one user for all)."""
+    def reward(
+        self, embeddings, users: str | Sequence[str | None], *, unknown: str = "error"
+    ) -> Tensor:
+        """Personalised reward (M,) of each embedding row for its user (or one user for all).
+
+        ``reward = scale * e @ basis @ w_u`` (rank 0: the basis is the reference head and
+        every weight is 1).
+        A ``None`` user gets the population's mean weights.
+        """
         self._require_fitted()
         e = torch.as_tensor(embeddings)
         given_shape = tuple(e.shape)
@@ -246,8 +327,6 @@ class LowRankReward:
             users = [users] * e.shape[0]
         if len(users) != e.shape[0]:
             raise DataError(f"{len(users)} users given for {e.shape[0]} embeddings")
-        if self.rank == 0:
-            return e @ self.reference_head_
         w, _ = self.weights_for(list(users), unknown=unknown)
         return self.scale_ * ((e @ self.basis_) * w).sum(dim=1)
 
@@ -256,8 +335,6 @@ class LowRankReward:
         self._require_fitted()
         _check_dim(comparisons, self.d_)
         data = comparisons.to(dtype=torch.float32)
-        if self.rank == 0:
-            return data.project(self.reference_head_[:, None])[:, 0]
         w, _ = self.weights_for(list(comparisons.user_ids), unknown=unknown)
         z = data.project(self.basis_.to(data.device))
         return bt_margins(z, w.to(z.device), data.user_index, self.scale_).cpu()
@@ -278,84 +355,16 @@ class LowRankReward:
     def copy(self) -> LowRankReward:
         return copy.deepcopy(self)
 
-    # ---- persistence -----------------------------------------------------------------------
+    # ---- persistence (lore_rm.fit.persistence) --------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` + ``README.md`` into ``path``."""
+        """Write ``config.json``, ``model.safetensors``, ``users.json`` and ``README.md``."""
         self._require_fitted()
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "basis": self.basis_.contiguous(),
-            "user_weights": self.user_weights_.contiguous(),
-            "population_weights": self.population_weights_.contiguous(),
-        }
-        if self.reference_head_ is not None:
-            tensors["reference_head"] = self.reference_head_.contiguous()
-        config = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "rank": self.rank,
-            "n_components": self.n_components_,
-            "d": self.d_,
-            "scale": self.scale_,
-            "recipe": self.recipe,
-            "seed": self.seed,
-            "backbone": self.backbone,
-            "settings": self.settings,
-            "fit_config": self.config_.to_dict(),
-            "users": self.users_,
-        }
-        _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
-        _atomic_write(
-            out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n")
-        )
-        _atomic_write(out / "README.md", lambda p: p.write_text(_model_card(self)))
-        return out
+        return save_model(self, path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str = "cpu") -> LowRankReward:
-        folder = Path(path)
-        cfg_path = folder / CONFIG_FILE
-        if not cfg_path.is_file():
-            raise ModelFormatError(f"{folder}: no {CONFIG_FILE}; not a lore-rm model folder")
-        try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelFormatError(f"{cfg_path}: not valid JSON ({exc})") from exc
-        if config.get("format") != FORMAT_NAME:
-            raise ModelFormatError(f"{cfg_path}: format is {config.get('format')!r}, not 'lore-rm'")
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ModelFormatError(
-                f"{cfg_path}: format version {config.get('format_version')!r}; this lore-rm "
-                f"reads version {FORMAT_VERSION}"
-            )
-        wpath = folder / WEIGHTS_FILE
-        if not wpath.is_file():
-            raise ModelFormatError(f"{folder}: no {WEIGHTS_FILE}")
-        tensors = load_file(str(wpath))
-        model = cls(
-            rank=config["rank"],
-            recipe=config["recipe"],
-            backbone=config.get("backbone"),
-            device=device,
-            seed=config.get("seed", 0),
-            **config.get("settings", {}),
-        )
-        model.d_ = config["d"]
-        model.scale_ = config["scale"]
-        model.users_ = list(config["users"])
-        model.config_ = FitConfig.from_dict(config["fit_config"])
-        model.basis_ = tensors["basis"]
-        model.user_weights_ = tensors["user_weights"]
-        model.population_weights_ = tensors["population_weights"]
-        model.reference_head_ = tensors.get("reference_head")
-        model.history_ = {}
-        if model.user_weights_.shape[0] != len(model.users_):
-            raise ModelFormatError(
-                f"{folder}: {len(model.users_)} users but "
-                f"{model.user_weights_.shape[0]} weight rows"
-            )
-        return model
+        """The model saved in folder ``path`` by :meth:`save_pretrained`."""
+        return load_model(cls, path, device)
 
 
 def _check_nonempty(c: Comparisons, what: str) -> None:
@@ -377,27 +386,3 @@ def _as_reference(ref, d: int) -> Tensor | None:
     if not torch.isfinite(t).all():
         raise DataError("reference_head holds NaN or inf")
     return t.cpu()
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _model_card(m: LowRankReward) -> str:
-    return (
-        "# lore-rm personalised reward model\n\n"
-        f"- backbone: `{m.backbone or 'unspecified'}` (frozen; this folder holds only the head)\n"
-        f"- rank K = {m.rank} ({m.n_components_} basis columns kept), d = {m.d_}, "
-        f"scale = {m.scale_}\n"
-        f"- users: {len(m.users_)}; recipe: {m.recipe}\n\n"
-        "Reward of user u for embedding e: `scale * e @ basis @ user_weights[u]` "
-        "(rank 0: `e @ reference_head`).\n\n"
-        "```python\nfrom lore_rm import LowRankReward\n"
-        "model = LowRankReward.from_pretrained('THIS_FOLDER')\n```\n"
-    )

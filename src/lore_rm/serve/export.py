@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -27,12 +26,16 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from lore_rm.constants import (
+    EXPORT_FILE,
+    EXPORT_FORMAT,
+    EXPORT_FORMAT_VERSION,
+    USER_WEIGHTS_FILE,
+)
 from lore_rm.errors import LoreError, ModelFormatError, UnknownUserError
 from lore_rm.fit.model import LowRankReward
-
-EXPORT_FORMAT = "lore-rm-export"
-EXPORT_FILE = "lore_export.json"
-USER_WEIGHTS_FILE = "lore_user_weights.safetensors"
+from lore_rm.io import atomic_folder
+from lore_rm.version import __version__
 
 
 def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankReward, list[str]]:
@@ -64,16 +67,13 @@ def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankRewa
 def reward_head(model: LowRankReward, user: str | None, *, basis: bool) -> torch.Tensor:
     """The score-head matrix (num_labels, d): ``h_u`` (1, d) or ``(scale * V).T`` (K, d)."""
     if basis:
-        if model.rank == 0 or model.n_components_ == 0:
+        if model.rank_ == 0:
             raise LoreError("a rank-0 model has no basis: export one user (the reference head)")
         return (model.scale_ * model.basis_).T.contiguous().to(torch.float32)
-    if model.rank == 0:
-        if model.reference_head_ is None:
-            raise ModelFormatError("this rank-0 model has no reference head")
-        return model.reference_head_[None, :].to(torch.float32)
-    if user is None:
+    if user is None and model.rank_ > 0:
         raise LoreError("name the user to export (--user ID), or export the basis (--basis)")
-    w, _ = model.weights_for([user])
+    # rank 0: every user's weight is 1, the population's too
+    w, _ = model.weights_for([user], unknown="mean" if model.rank_ == 0 else "error")
     return (model.scale_ * model.basis_ @ w[0])[None, :].contiguous().to(torch.float32)
 
 
@@ -106,7 +106,7 @@ def export_reward_model(
 
             db = default_db_path(source)
     model, onboarded = _with_db_weights(model, Path(db) if db is not None else None)
-    if user is not None and not basis and model.rank > 0:
+    if user is not None and not basis and model.rank_ > 0:
         _, known = model.weights_for([user], unknown="mean")
         if not bool(known[0]):
             raise UnknownUserError(
@@ -156,16 +156,17 @@ def export_reward_model(
 
     all_users = list(model.users_)
     user_weights = None
-    if not basis and model.rank > 0:
+    if not basis and model.rank_ > 0:
         user_weights = [float(v) for v in model.weights_for([user])[0][0]]
     manifest = {
         "format": EXPORT_FORMAT,
-        "format_version": 1,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "lore_rm_version": __version__,
         "mode": "basis" if basis else "user",
         "user": None if basis else user,
         "weights": user_weights,
         "scale": float(model.scale_),
-        "rank": int(model.rank),
+        "rank": int(model.rank_),
         "d": int(d),
         "source_model": str(source) if source is not None else None,
         "lore_backbone": model.backbone,
@@ -180,10 +181,8 @@ def export_reward_model(
     if basis:
         manifest["users"] = all_users
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    # refused above when out holds files: an empty out is replaced
+    with atomic_folder(out, overwrite=True) as tmp:
         clf.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -196,16 +195,6 @@ def export_reward_model(
                 str(tmp / USER_WEIGHTS_FILE),
             )
         (tmp / "README.md").write_text(_card(manifest))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -20,10 +20,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from lore_rm.conversation import Conversation
+from lore_rm.conversation import MESSAGE_ROLES, Conversation
+from lore_rm.conversation import check_conversation as check_messages
 from lore_rm.errors import DataError
-
-ROLES = ("system", "user", "assistant")
 
 # removed (repeatedly) from the end of an OpenRLHF response before it is scored
 DEFAULT_STRIP_SUFFIXES: tuple[str, ...] = (
@@ -58,8 +57,8 @@ def as_messages(value: Any, default_role: str, where: str) -> list[dict[str, str
         if not isinstance(m, dict) or "content" not in m:
             raise DataError(f"{where}[{i}]: a message needs 'role' and 'content'")
         role = str(m.get("role", default_role))
-        if role not in ROLES:
-            raise DataError(f"{where}[{i}].role: {role!r} is not one of {', '.join(ROLES)}")
+        if role not in MESSAGE_ROLES:
+            raise DataError(f"{where}[{i}].role: {role!r} is not one of {', '.join(MESSAGE_ROLES)}")
         out.append({"role": role, "content": str(m["content"])})
     return out
 
@@ -83,9 +82,7 @@ def check_conversation(messages: Sequence[dict[str, str]], where: str) -> Conver
     conv = as_messages(list(messages), "user", where)
     if not conv:
         raise DataError(f"{where}: a conversation needs at least the assistant response")
-    if conv[-1]["role"] != "assistant":
-        raise DataError(f"{where}: the last message must be the assistant response being scored")
-    return conv
+    return check_messages(conv, where)
 
 
 def parse_prompt_text(prompt: str) -> list[dict[str, str]]:

@@ -94,13 +94,7 @@ def make_reward_func(
             chunk = conversations[start : start + batch_size]
             ids = users[start : start + batch_size]
             e = torch.as_tensor(embedder.embed(chunk), dtype=torch.float32)
-            w, _ = model.weights_for(["" if u is None else u for u in ids], unknown="mean")
-            missing = torch.tensor([u is None for u in ids])
-            if model.rank == 0:
-                r = e @ model.reference_head_
-            else:
-                w[missing] = model.population_weights_.to(w.dtype)
-                r = model.scale_ * ((e @ model.basis_) * w).sum(dim=1)
+            r = model.reward(e, ids, unknown="mean")
             out.extend(float(v) for v in r.tolist())
         return out
 

@@ -27,13 +27,12 @@ import numpy as np
 import torch
 
 from lore_rm.comparisons import Comparisons
+from lore_rm.constants import DB_FILE
 from lore_rm.conversation import Conversation
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.user_store import FifoLock, Store, StoredComparison
-
-DB_FILE = "lore-serve.sqlite"
 
 
 def default_db_path(model_dir: str | Path) -> Path:
@@ -42,12 +41,10 @@ def default_db_path(model_dir: str | Path) -> Path:
 
 
 def model_fingerprint(model: LowRankReward) -> str:
-    """A hash of what user weights are defined over: the basis, the scale (and rank 0's head)."""
+    """A hash of what user weights are defined over: the basis and the scale."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(model.basis_.to(torch.float32).numpy()).tobytes())
     h.update(repr((float(model.scale_), tuple(model.basis_.shape))).encode())
-    if model.rank == 0 and model.reference_head_ is not None:
-        h.update(np.ascontiguousarray(model.reference_head_.to(torch.float32).numpy()).tobytes())
     return h.hexdigest()[:32]
 
 
@@ -100,7 +97,7 @@ class RewardService:
         )
         self._lock = threading.RLock()  # guards self.model's weights and the maps below
         self._embed_lock = threading.Lock() if serialize_embed else None
-        self._refit_lock = FifoLock()
+        self._personalize_lock = FifoLock()
         self._seq = 0
         self._n_fit: dict[str, int] = {}  # onboarded users -> comparisons behind their weights
         self._model_users = frozenset(self.model.users_)
@@ -109,7 +106,7 @@ class RewardService:
             self._warm_up()
         if refit_stale:
             for user in self.store.stale_users():
-                self._refit(user)
+                self._personalize(user)
 
     # ---- weights ------------------------------------------------------------------------------
     def _apply(self, users: Sequence[str], weights: np.ndarray, n_fit: Sequence[int]) -> None:
@@ -140,35 +137,13 @@ class RewardService:
         users, w, n_fit, newest = self.store.weights_since(self._seq)
         if not users:
             return 0
+        assert w is not None
         with self._lock:
             if newest <= self._seq:
                 return 0
             self._apply(users, w, n_fit)
             self._seq = newest
         return len(users)
-
-    def _fitter(self) -> LowRankReward:
-        """A model sharing the frozen basis with no users: personalize() runs on it, so the
-        served model's state changes only through :meth:`_apply`."""
-        m = self.model
-        f = LowRankReward(
-            rank=m.rank,
-            recipe=m.recipe,
-            backbone=m.backbone,
-            device=m.device,
-            seed=m.seed,
-            **m.settings,
-        )
-        f.d_ = m.d_
-        f.basis_ = m.basis_
-        f.scale_ = m.scale_
-        f.population_weights_ = m.population_weights_
-        f.reference_head_ = m.reference_head_
-        f.config_ = m.config_
-        f.users_ = []
-        f.user_weights_ = torch.zeros(0, m.n_components_)
-        f.history_ = {}
-        return f
 
     def _warm_up(self) -> None:
         """Run the backbone and the few-shot fit once: their first calls pay one-off costs
@@ -180,16 +155,18 @@ class RewardService:
         x = torch.cat([e, -e]).numpy()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._fitter().personalize(Comparisons.from_features(x, ["warm-up"] * 2))
+            self.model.fit_user_weights(Comparisons.from_features(x, ["warm-up"] * 2))
 
-    def _refit(self, user: str) -> tuple[np.ndarray, int]:
+    def _personalize(self, user: str) -> tuple[np.ndarray, int]:
         x = self.store.features_of(user, self.model.d_)
         n = int(x.shape[0])
-        fitter = self._fitter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fitter.personalize(Comparisons.from_features(x, [user] * n), users=[user])
-        w = fitter.weights_for([user])[0][0].numpy().astype(np.float32)
+            # a pure fit on the frozen basis: the served weights change only through _apply()
+            _, weights = self.model.fit_user_weights(
+                Comparisons.from_features(x, [user] * n), users=[user]
+            )
+        w = weights[0].numpy().astype(np.float32)
         if self.store.put_weights(user, w, n):
             self._apply([user], w[None, :], [n])
         else:
@@ -226,19 +203,10 @@ class RewardService:
         if not conversations:
             return Scored(np.zeros(0), np.zeros(0, dtype=bool))
         e = self.embed(conversations)
-        ids = ["" if u is None else str(u) for u in users]
-        missing = torch.tensor([u is None for u in users], dtype=torch.bool)
-        m = self.model
+        ids = [None if u is None else str(u) for u in users]
         with self._lock:
-            w, known = m.weights_for(ids, unknown="mean")
-            basis, scale, ref = m.basis_, m.scale_, m.reference_head_
-            population = m.population_weights_
-        known = known & ~missing
-        if m.rank == 0:
-            r = e @ ref
-        else:
-            w[missing] = population.to(w.dtype)
-            r = scale * ((e @ basis) * w).sum(dim=1)
+            r = self.model.reward(e, ids, unknown="mean")
+            _, known = self.model.weights_for(ids, unknown="mean")
         return Scored(r.double().numpy(), known.numpy())
 
     def onboard(
@@ -261,7 +229,7 @@ class RewardService:
         e = self.embed([c for c, _ in comparisons] + [r for _, r in comparisons])
         x = (e[:n] - e[n:]).numpy()
         total = self.store.add_comparisons(user, raw, x)  # committed: durable from here on
-        with self._refit_lock:
+        with self._personalize_lock:
             # refits are GIL- and CPU-bound: one at a time per process. A refit that ran while
             # this request waited may already cover its comparisons (any process's): reuse it.
             stored = self.store.user_record(user)
@@ -269,7 +237,7 @@ class RewardService:
                 self.sync()
                 n_fit = stored[1]
             else:
-                _, n_fit = self._refit(user)
+                _, n_fit = self._personalize(user)
         with self._lock:
             served = self.model.weights_for([user])[0][0].tolist()
             n_served = self._n_fit.get(user, n_fit)
@@ -303,7 +271,7 @@ class RewardService:
             population = [float(v) for v in m.population_weights_.tolist()]
         return {
             "format": "lore-rm",
-            "rank": int(m.rank),
+            "rank": int(m.rank_),
             "n_components": int(m.n_components_),
             "d": int(m.d_),
             "scale": float(m.scale_),

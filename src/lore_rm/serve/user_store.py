@@ -283,17 +283,6 @@ class Store:
         buf = b"".join(r[0] for r in rows)
         return np.frombuffer(buf, dtype=np.float32).reshape(len(rows), d).copy()
 
-    def comparisons_of(self, user: str) -> list[StoredComparison]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT prompt, chosen, rejected FROM comparisons WHERE user_id = ? ORDER BY id",
-                (user,),
-            )
-            .fetchall()
-        )
-        return [StoredComparison(*(json.loads(v) for v in r)) for r in rows]
-
     def count_comparisons(self, user: str | None = None) -> int:
         conn = self._conn()
         if user is None:
@@ -361,15 +350,3 @@ class Store:
             .fetchall()
         )
         return [r[0] for r in rows]
-
-    def user_counts(self) -> dict[str, int]:
-        rows = (
-            self._conn()
-            .execute("SELECT user_id, COUNT(*) FROM comparisons GROUP BY user_id")
-            .fetchall()
-        )
-        return {r[0]: int(r[1]) for r in rows}
-
-    def n_users(self) -> int:
-        (n,) = self._conn().execute("SELECT COUNT(*) FROM users").fetchone()
-        return int(n)

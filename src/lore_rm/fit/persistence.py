@@ -1,0 +1,176 @@
+"""A model folder: ``config.json``, ``model.safetensors``, ``users.json`` and a model card.
+
+Format version 2 keeps the user ids in ``users.json`` (one JSON list, in weight-row order)
+and records the lore-rm version that wrote the folder; version 1 folders (user ids inside
+``config.json``) are still read. Rank 0 is stored as an empty basis next to the reference
+head, as it always was; in memory the reference head is the one-column basis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lore_rm.constants import (
+    MODEL_CARD_FILE,
+    MODEL_CONFIG_FILE,
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    MODEL_FORMAT_VERSIONS_READ,
+    MODEL_USERS_FILE,
+    MODEL_WEIGHTS_FILE,
+)
+from lore_rm.errors import ModelFormatError
+from lore_rm.fit.config import FitConfig
+from lore_rm.io import atomic_write, atomic_write_json, atomic_write_text, read_format_record
+from lore_rm.version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lore_rm.fit.model import LowRankReward
+
+Tensor = torch.Tensor
+
+
+def save_model(model: LowRankReward, path: str | os.PathLike) -> Path:
+    """Write the model folder ``path`` (created if needed); each file is written atomically."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = _file_tensors(model)
+    if model.reference_head_ is not None:
+        tensors["reference_head"] = model.reference_head_.contiguous()
+    config = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "lore_rm_version": __version__,
+        "rank": model.rank_,
+        "requested_rank": model.rank,
+        "n_components": int(tensors["basis"].shape[1]),
+        "d": model.d_,
+        "scale": model.scale_,
+        "recipe": model.recipe,
+        "seed": model.seed,
+        "backbone": model.backbone,
+        "settings": model.settings,
+        "fit_config": model.config_.to_dict(),
+        "n_users": len(model.users_),
+    }
+    atomic_write(out / MODEL_WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+    atomic_write_json(out / MODEL_USERS_FILE, list(model.users_))
+    atomic_write_json(out / MODEL_CONFIG_FILE, config)
+    atomic_write_text(out / MODEL_CARD_FILE, _model_card(model))
+    return out
+
+
+def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -> LowRankReward:
+    """The model saved in folder ``path`` (format version 1 or 2)."""
+    folder = Path(path)
+    cfg_path = folder / MODEL_CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ModelFormatError(f"{folder}: no {MODEL_CONFIG_FILE}; not a lore-rm model folder")
+    config = read_format_record(
+        cfg_path, MODEL_FORMAT, MODEL_FORMAT_VERSIONS_READ, error=ModelFormatError
+    )
+    wpath = folder / MODEL_WEIGHTS_FILE
+    if not wpath.is_file():
+        raise ModelFormatError(f"{folder}: no {MODEL_WEIGHTS_FILE}")
+    users = _read_users(folder, config)
+    tensors = load_file(str(wpath))
+    if tensors["user_weights"].shape[0] != len(users):
+        raise ModelFormatError(
+            f"{folder}: {len(users)} users but {tensors['user_weights'].shape[0]} weight rows"
+        )
+    basis, weights, population = (
+        tensors["basis"],
+        tensors["user_weights"],
+        tensors["population_weights"],
+    )
+    if config["rank"] == 0:  # saved as an empty basis: the reference head as data
+        if "reference_head" not in tensors:
+            raise ModelFormatError(f"{folder}: a rank-0 model without a reference head")
+        basis = tensors["reference_head"].flatten()[:, None]
+        weights = torch.ones(weights.shape[0], 1)
+        population = torch.ones(1)
+    return cls.from_arrays(
+        basis,
+        weights,
+        users,
+        scale=config["scale"],
+        population_weights=population,
+        reference_head=tensors.get("reference_head"),
+        rank=config["rank"],
+        recipe=config["recipe"],
+        backbone=config.get("backbone"),
+        device=device,
+        seed=config.get("seed", 0),
+        fit_config=FitConfig.from_dict(config["fit_config"]),
+        **config.get("settings", {}),
+    )
+
+
+def _read_users(folder: Path, config: dict) -> list[str]:
+    if config["format_version"] == 1:
+        return [str(u) for u in config["users"]]
+    upath = folder / MODEL_USERS_FILE
+    if not upath.is_file():
+        raise ModelFormatError(f"{folder}: no {MODEL_USERS_FILE}")
+    try:
+        users = json.loads(upath.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{upath}: not valid JSON ({exc})") from None
+    if not isinstance(users, list):
+        raise ModelFormatError(f"{upath}: expected a JSON list of user ids")
+    return [str(u) for u in users]
+
+
+def _file_tensors(m: LowRankReward) -> dict[str, Tensor]:
+    """The tensors of ``model.safetensors``; rank 0 is stored as an empty basis."""
+    k = 0 if m.rank_ == 0 else m.n_components_
+    return {
+        "basis": m.basis_[:, :k].contiguous(),
+        "user_weights": m.user_weights_[:, :k].contiguous(),
+        "population_weights": m.population_weights_[:k].contiguous(),
+    }
+
+
+def _model_card(m: LowRankReward) -> str:
+    return (
+        "# lore-rm personalised reward model\n\n"
+        f"- backbone: `{m.backbone or 'unspecified'}` (frozen; this folder holds only the head)\n"
+        f"- rank K = {m.rank_} ({0 if m.rank_ == 0 else m.n_components_} basis columns kept), "
+        f"d = {m.d_}, "
+        f"scale = {m.scale_}\n"
+        f"- users: {len(m.users_)}; recipe: {m.recipe}; written by lore-rm {__version__}\n\n"
+        "Reward of user u for embedding e: `scale * e @ basis @ user_weights[u]` "
+        "(rank 0: `e @ reference_head`).\n\n"
+        "```python\nfrom lore_rm import LowRankReward\n"
+        "model = LowRankReward.from_pretrained('THIS_FOLDER')\n```\n"
+        + _selection_card(getattr(m, "history_", {}))
+    )
+
+
+def _selection_card(history: dict) -> str:
+    """The model-selection curve as a Markdown section (empty when nothing was searched)."""
+    sel = history.get("selection")
+    if not sel:
+        return ""
+    lines = [
+        "\n## How the rank and ridge were chosen\n",
+        f"{sel['folds']}-fold cross-validation over the seen users' comparisons (folds "
+        f"stratified by user), {sel['n_fits']} fits in {sel['seconds']:.1f} s, rule: "
+        f"{sel['rule']}. Chosen: rank {sel['rank']}, weight_decay {sel['weight_decay']:g}.\n",
+        "| rank | weight_decay | CV log-loss | ± se | CV accuracy | chosen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sel["rows"]:
+        lines.append(
+            f"| {r['rank']} | {r['weight_decay']:g} | {r['cv_loss']:.4f} | "
+            f"{r['cv_loss_se']:.4f} | {r['cv_accuracy']:.3f} | {'**yes**' if r['chosen'] else ''} |"
+        )
+    for problem in history.get("no_signal", []):
+        lines.append(f"\n**Warning:** the model may have learned nothing: {problem}.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,52 @@
+"""The metrics as pure tensor functions, and the FourNumbers record."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lore_rm import Comparisons
+from lore_rm.metrics import FourNumbers, mean_accuracy, per_user_accuracy
+
+
+def test_per_user_accuracy_on_plain_tensors():
+    margins = torch.tensor([1.0, -1.0, 0.0, 2.0, 3.0])
+    users = torch.tensor([0, 0, 0, 2, 2])
+    acc = per_user_accuracy(margins, users, n_users=4)
+    # user 0: one of three right (a tie is wrong); user 1 and 3: no comparison; user 2: all
+    assert acc[0].item() == pytest.approx(1 / 3)
+    assert math.isnan(acc[1].item()) and math.isnan(acc[3].item())
+    assert acc[2].item() == 1.0
+    assert mean_accuracy(margins, users, 4) == pytest.approx((2 / 3, 1 / 3))
+
+
+def test_comparisons_stand_in_for_the_user_index():
+    x = torch.randn(6, 3)
+    comps = Comparisons.from_features(x, ["a", "b", "a", "b", "c", "c"])
+    margins = torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0, -1.0])
+    by_tensor = per_user_accuracy(margins, comps.user_index, comps.n_users)
+    torch.testing.assert_close(per_user_accuracy(margins, comps), by_tensor)
+    assert by_tensor.tolist() == [0.5, 1.0, 0.0]
+
+
+def test_four_numbers_reads_like_a_dict():
+    values = dict(
+        train=0.9,
+        train_std=0.1,
+        seen_test=0.8,
+        seen_test_std=0.2,
+        fewshot_train=0.7,
+        fewshot_train_std=0.3,
+        unseen_test=0.6,
+        unseen_test_std=0.4,
+    )
+    numbers = FourNumbers(**values)
+    assert numbers == values and list(numbers) == list(values)
+    assert numbers["unseen_test"] == numbers.unseen_test == 0.6
+    row = {"rank": 3}
+    row.update(numbers)
+    assert row == {"rank": 3, **values}
+    assert json.loads(json.dumps(numbers.to_dict())) == values
+    with pytest.raises(KeyError):
+        numbers["accuracy"]
