@@ -64,6 +64,8 @@ BACKBONE = "minilm"
 MAX_LENGTH = 256  # the minilm backbone's cap; it truncates from the left (keeps the answer)
 EMBED_BATCH = 32
 CACHE_FORMAT = 1
+N_TASTES = 4  # large population: latent tastes the users mix (its true rank)
+TASTE_ALPHA = 0.3
 
 TURN = re.compile(r"\n\n(Human|Assistant): ")
 CAUTION = re.compile(
@@ -376,6 +378,17 @@ def _draw(
     return data, margin, keep
 
 
+def _user_agreement(corpus: Corpus, attrs, weights: np.ndarray, pool: np.ndarray) -> float:
+    """Mean over pairs of users of the share of pool pairs on which their noiseless
+    preferences agree (0.5: unrelated users, 1: identical, below 0.5: opposed)."""
+    diff = corpus.attributes[corpus.chosen[pool]][:, attrs]
+    diff = diff - corpus.attributes[corpus.rejected[pool]][:, attrs]
+    sign = np.sign(diff @ weights.T)  # (pairs, users)
+    agree = (sign.T @ sign / len(pool) + 1.0) / 2.0  # ties count half
+    n = len(weights)
+    return float((agree.sum() - np.trace(agree)) / (n * (n - 1)))
+
+
 def _population(
     name: str,
     description: str,
@@ -388,6 +401,7 @@ def _population(
     margin_scale: float,
     flip: float,
     test_fraction: float = 0.4,
+    extra: dict | None = None,
 ) -> TextPopulation:
     t0 = time.perf_counter()
     rng = np.random.default_rng([seed, stream])
@@ -432,6 +446,8 @@ def _population(
         "test_fraction": test_fraction,
         "label_agrees_with_noiseless": agree_noiseless / n_total,
         "label_agrees_with_hh": agree_hh / n_total,
+        "user_agreement": _user_agreement(corpus, attrs, w_seen, test_pool),
+        **(extra or {}),
         "build_seconds": round(time.perf_counter() - t0, 2),
         **{f"corpus_{k}": v for k, v in corpus.info.items()},
     }
@@ -471,20 +487,19 @@ def large_real_text(
     (60 train + 40 test each), 100 unseen (20 few-shot + 40 test each); 10 % flips."""
     corpus = load_corpus(cache_dir, data)
     n_attr = len(ATTRIBUTES)
+    rng_tastes = np.random.default_rng([seed, 3])
+    tastes = _signed_mixes(rng_tastes, N_TASTES, n_attr)  # (N_TASTES, n_attr), unit rows
 
     def weights(rng: np.random.Generator, n: int) -> np.ndarray:
-        k = rng.integers(5, n_attr + 1, n)  # attributes each user cares about
-        order = np.argsort(rng.random((n, n_attr)), axis=1)
-        mask = np.argsort(order, axis=1) < k[:, None]  # a random subset of size k
-        mag = rng.dirichlet(np.ones(n_attr), n) * mask
-        sign = np.where(rng.random((n, n_attr)) < 0.5, -1.0, 1.0)
-        w = mag * sign
+        mix = rng.dirichlet(np.full(N_TASTES, TASTE_ALPHA), n)  # each user: a mix of tastes
+        w = mix @ tastes
         return w / np.linalg.norm(w, axis=1, keepdims=True)
 
     return _population(
         "large_real_text",
-        "300 users over real hh-rlhf answers, each mixing 5-8 of "
-        f"{n_attr} response attributes with random signs; Bradley-Terry + 10% flips",
+        f"300 users over real hh-rlhf answers, Dirichlet({TASTE_ALPHA}) mixes of {N_TASTES} "
+        f"tastes, each taste a signed mix of 5-8 of {n_attr} response attributes; "
+        "Bradley-Terry + 10% flips",
         corpus,
         seed,
         stream=2,
@@ -493,7 +508,23 @@ def large_real_text(
         sizes=dict(seen=200, unseen=100, train=60, seen_test=40, fewshot=20, unseen_test=40),
         margin_scale=3.0,
         flip=0.1,
+        extra={"tastes": tastes, "taste_alpha": TASTE_ALPHA},
     )
+
+
+def _signed_mixes(rng: np.random.Generator, n: int, n_attr: int) -> np.ndarray:
+    """``n`` unit vectors over the attributes, each on a random 5-8 of them with Dirichlet(1)
+    magnitudes and random signs; each one's overall sign is chosen so that it points away
+    from the earlier ones (negative summed cosine), so the tastes conflict."""
+    k = rng.integers(5, min(8, n_attr) + 1, n)
+    rank_of = np.argsort(np.argsort(rng.random((n, n_attr)), axis=1), axis=1)
+    mag = rng.dirichlet(np.ones(n_attr), n) * (rank_of < k[:, None])
+    w = mag * np.where(rng.random((n, n_attr)) < 0.5, -1.0, 1.0)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    for t in range(1, n):  # orient each taste against the earlier ones: users disagree
+        if (w[:t] @ w[t]).sum() > 0:
+            w[t] = -w[t]
+    return w
 
 
 def main() -> None:
@@ -533,6 +564,7 @@ def main() -> None:
             "  oracle: "
             + ", ".join(f"{k} {pop.oracle[k]:.3f}±{pop.oracle[k + '_std']:.3f}" for k in ORACLE)
         )
+        print(f"  mean agreement of two seen users' true preferences {i['user_agreement']:.3f}")
         print(
             "  labels agreeing with the noiseless preference "
             f"{i['label_agrees_with_noiseless']:.3f},"
