@@ -8,8 +8,13 @@ preferences are known and genuinely disagree:
 * :func:`small_real_text` (b): 50 users on two axes, the original hh label ("harmless") and the
   log word count of the answer ("longer"). A user's direction is an angle drawn uniformly on
   the circle: pure harmless / harmful / longer / shorter users and every mix between them.
-* :func:`large_real_text` (c): 300 users, each mixing 5-8 of eight response attributes
-  (:data:`ATTRIBUTES`) with random signs and Dirichlet magnitudes.
+* :func:`large_real_text` (c): 300 users over eight response attributes (:data:`ATTRIBUTES`).
+  Four latent "tastes" each mix a random 5-8 of the attributes with Dirichlet magnitudes and
+  random signs, oriented against one another so they conflict; each user is a Dirichlet(0.3)
+  mix of the tastes (so a rank-4 population, as LoRe assumes). A first version gave every
+  user an independent random signed direction over the attributes: an 8-dimensional,
+  sign-symmetric population that every LoRe fit (K <= 6) and the per-user probe left at
+  chance, so it was not a useful test.
 
 Labels: a user's true margin on a pair is ``m = margin_scale * w . (f(a) - f(b))`` (attribute
 differences standardised to unit RMS over all pairs, ``w`` unit norm); the user picks ``a``
@@ -483,8 +488,9 @@ def small_real_text(
 def large_real_text(
     seed: int = 0, cache_dir: Path = Path("runs/bench-cache"), *, data: Path | None = None
 ) -> TextPopulation:
-    """(c) 300 users, each mixing 5-8 of :data:`ATTRIBUTES` with random signs; 200 seen
-    (60 train + 40 test each), 100 unseen (20 few-shot + 40 test each); 10 % flips."""
+    """(c) 300 users, Dirichlet mixes of 4 conflicting tastes over :data:`ATTRIBUTES` (each a
+    signed mix of 5-8 attributes); 200 seen (60 train + 40 test each), 100 unseen (20 few-shot
+    + 40 test each); 10 % flips."""
     corpus = load_corpus(cache_dir, data)
     n_attr = len(ATTRIBUTES)
     rng_tastes = np.random.default_rng([seed, 3])
