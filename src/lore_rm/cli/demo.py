@@ -9,9 +9,11 @@ import typer
 from rich.console import Console
 
 from lore_rm.cli.common import fail, parse_int_list
+from lore_rm.cli.fit_options import fit_options
 from lore_rm.errors import LoreError
 
 
+@fit_options()
 def demo(
     out: Path = typer.Option(Path("lore-demo"), help="Folder for the report, plots and config."),
     seed: int = typer.Option(0, help="Seed for the population and every fit."),
@@ -24,6 +26,7 @@ def demo(
     d: int = typer.Option(32, help="Embedding dimension."),
     true_rank: int = typer.Option(4, help="Rank of the planted reward basis."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    fit_settings: dict | None = None,
 ) -> None:
     """Simulate a population, fit ranks, personalise new users, report against the oracle.
 
@@ -46,6 +49,7 @@ def demo(
         "recipe": recipe,
         "shots": shot_list,
         "trials": trials,
+        "settings": dict(fit_settings or {}),
     }
     t0 = time.perf_counter()
     try:
@@ -72,6 +76,7 @@ def demo(
             recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
             seed=seed,
             progress=progress,
+            **(fit_settings or {}),
         )
         rows, best, shot_rows = result.rows, result.selected, result.shot_rows
     except LoreError as exc:

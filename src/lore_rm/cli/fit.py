@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from lore_rm.cli.common import fail, parse_float_list, parse_int_list
+from lore_rm.cli.fit_options import fit_options
 from lore_rm.errors import LoreError
 
 DATASET = typer.Argument(
@@ -20,33 +21,30 @@ DEVICE = typer.Option("cpu", help="Torch device for the fits, e.g. 'cpu' or 'cud
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 
 
-def _settings(alpha: float | None, n_iter: int | None, regularizer: str | None) -> dict:
-    out: dict = {}
-    if alpha is not None:
-        out["alpha"] = alpha
-    if n_iter is not None:
-        out["n_iter"] = n_iter
-    if regularizer is not None:
-        out["regularizer"] = regularizer
-    return out
-
-
+@fit_options()
 def fit_cmd(
     dataset: Path = DATASET,
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    rank: int = typer.Option(5, help="Rank K of the basis (0 = reference head)."),
+    rank: str = typer.Option(
+        "auto",
+        help="Rank K of the basis (0 = reference head), or 'auto': chosen by cross-validation "
+        "over --rank-grid.",
+    ),
     recipe: str = RECIPE,
-    alpha: float | None = typer.Option(None, help="Weight of the pull toward the reference head."),
-    regularizer: str | None = typer.Option(None, help="'cosine' or 'l2' (with --alpha)."),
-    n_iter: int | None = typer.Option(None, help="Iterations (default: the recipe's)."),
     personalize_unseen: bool = typer.Option(
         True, help="Also fit the unseen users from their few-shot comparisons."
     ),
     seed: int = SEED,
     device: str = DEVICE,
     progress: bool = PROGRESS,
+    fit_settings: dict | None = None,
 ) -> None:
-    """Fit the basis and the seen users' weights; save the model and print the four numbers."""
+    """Fit the basis and the seen users' weights; save the model and print the four numbers.
+
+    With the default recipe the rank (--rank auto) and the ridge (--weight-decay auto) are
+    chosen by cross-validation over the seen users' training comparisons; the chosen values
+    and the selection curve are printed, drawn (selection.png) and saved.
+    """
     from lore_rm.embed.split import load_split
     from lore_rm.evaluate.protocols import four_numbers
     from lore_rm.evaluate.report import LABELS, METRICS, write_json
@@ -57,12 +55,12 @@ def fit_cmd(
         split, backbone = load_split(dataset)
         t0 = time.perf_counter()
         model = LowRankReward(
-            rank=rank,
+            rank=_rank(rank),
             recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
             backbone=backbone.get("name"),
             device=device,
             seed=seed,
-            **_settings(alpha, n_iter, regularizer),
+            **(fit_settings or {}),
         ).fit(split.seen_train, split.reference_head, progress=progress)
         seconds = time.perf_counter() - t0
         numbers = four_numbers(model, split)
@@ -83,17 +81,28 @@ def fit_cmd(
     )
     for m in METRICS:
         console.print(f"{LABELS[m]:32s} {numbers[m]:.3f} ± {numbers[m + '_std']:.3f}")
-    console.print(f"Wrote {out}/ (rank {rank}, {len(model.users_)} users, {seconds:.1f} s fit)")
+    sel = model.history_.get("selection")
+    if sel:
+        console.print(
+            f"Chosen by {sel['folds']}-fold cross-validation ({sel['n_fits']} fits, "
+            f"{sel['seconds']:.1f} s, {sel['rule']} rule): rank {sel['rank']}, "
+            f"weight_decay {sel['weight_decay']:g}"
+        )
+        plot_selection(sel, out / "selection.png")
+    for problem in model.history_.get("no_signal", []):
+        console.print(f"[yellow]warning:[/yellow] the model may have learned nothing: {problem}")
+    console.print(
+        f"Wrote {out}/ (rank {model.rank_}, {len(model.users_)} users, {seconds:.1f} s fit)"
+    )
 
 
+@fit_options(exclude=("recipe", "seed", "alpha"))
 def evaluate_cmd(
     dataset: Path = DATASET,
     out: Path = typer.Option(Path("lore-eval"), "--out", "-o", help="Report folder."),
     ranks: str = typer.Option("0..6", help="Ranks, e.g. '0..10' or '0,1,5,10'."),
     alphas: str = typer.Option("0", help="Reference-pull weights, e.g. '0,1e4'."),
     recipe: str = RECIPE,
-    regularizer: str | None = typer.Option(None, help="'cosine' or 'l2'."),
-    n_iter: int | None = typer.Option(None, help="Iterations (default: the recipe's)."),
     shots: str = typer.Option("5,10,20,30,40,50", help="Shots per unseen user ('' = skip)."),
     shots_rank: int | None = typer.Option(
         None,
@@ -104,6 +113,7 @@ def evaluate_cmd(
     seed: int = SEED,
     device: str = DEVICE,
     progress: bool = PROGRESS,
+    fit_settings: dict | None = None,
 ) -> None:
     """The published protocol: four numbers for every (rank, alpha), then the shots sweep."""
     from lore_rm.embed.split import load_split
@@ -114,7 +124,7 @@ def evaluate_cmd(
     rank_list = parse_int_list(ranks, "--ranks")
     alpha_list = parse_float_list(alphas, "--alphas")
     shot_list = parse_int_list(shots, "--shots") if shots.strip() else []
-    settings = _settings(None, n_iter, regularizer)
+    settings = dict(fit_settings or {})
     config = {
         "command": "evaluate",
         "dataset": str(dataset),
@@ -156,3 +166,47 @@ def evaluate_cmd(
         title=f"{Path(dataset).name} (recipe '{recipe}')",
     )
     console.print(f"Wrote {out}/: {' '.join(names)}")
+
+
+def _rank(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"--rank must be an integer or 'auto', got {text!r}") from None
+
+
+def plot_selection(selection: dict, path: Path) -> None:
+    """Cross-validated log-loss against the ridge, one line per rank; the choice marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lore_rm.io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k in sorted({r["rank"] for r in selection["rows"]}):
+        rows = sorted(
+            (r for r in selection["rows"] if r["rank"] == k), key=lambda r: r["weight_decay"]
+        )
+        ax.errorbar(
+            [r["weight_decay"] for r in rows],
+            [r["cv_loss"] for r in rows],
+            yerr=[r["cv_loss_se"] for r in rows],
+            marker="o",
+            capsize=2,
+            label=f"rank {k}",
+        )
+    chosen = next(r for r in selection["rows"] if r["chosen"])
+    ax.plot([chosen["weight_decay"]], [chosen["cv_loss"]], "k*", ms=14, label="chosen")
+    ax.axhline(0.6931, color="grey", ls=":", lw=1, label="ln 2 (coin)")
+    ax.set_xscale("log")
+    ax.set_xlabel("weight_decay (ridge on the standardised basis)")
+    ax.set_ylabel("cross-validated log-loss")
+    ax.set_title(f"Model selection ({selection['folds']} folds, {selection['rule']} rule)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)

@@ -54,7 +54,7 @@ class FitConfig:
         choices=INITS,
     )
     n_iter: int = _f(1000, "Iteration cap (paper: exactly 1000 Adam steps).")
-    tol: float = _f(1e-6, "L-BFGS stops when the largest gradient entry is below this.")
+    tol: float = _f(1e-5, "L-BFGS stops when the largest gradient entry is below this.")
     lr: float = _f(1.0, "Learning rate (Adam) or step size (L-BFGS).")
     alpha: float = _f(0.0, "Weight of the penalty tying basis columns to the reference head.")
     regularizer: Literal["cosine", "l2"] = _f(
@@ -74,7 +74,7 @@ class FitConfig:
         (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), "Ridge values tried by weight_decay='auto'."
     )
     rank_grid: tuple[int, ...] = _f((1, 2, 3, 4, 6, 8), "Ranks tried by rank='auto'.")
-    cv_folds: int = _f(5, "Cross-validation folds (stratified by user) for the 'auto' settings.")
+    cv_folds: int = _f(3, "Cross-validation folds (stratified by user) for the 'auto' settings.")
     one_se: bool = _f(
         True,
         "Pick the simplest setting (lower rank, then stronger ridge) whose cross-validated "

@@ -38,7 +38,7 @@ from lore_rm.progress import progress_bar
 
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
-SEARCH_TOL = 1e-5  # the search ranks cells; the final refit converges to cfg.tol
+SEARCH_TOL = 1e-4  # the search ranks cells; the final refit converges to cfg.tol
 
 
 @dataclass

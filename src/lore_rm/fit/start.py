@@ -20,6 +20,7 @@ Tensor = torch.Tensor
 
 INITS = ("spectral", "svd", "random")
 _CHUNK = 8192
+MIN_SPREAD = 0.1
 
 
 def user_feature_sums(data: Comparisons, rows: Tensor | None = None) -> Tensor:
@@ -42,7 +43,8 @@ def _top_right_singular(m: Tensor, k: int) -> Tensor:
     vals, vecs = torch.linalg.eigh(g.double())
     vecs = vecs[:, torch.argsort(vals, descending=True)[:k]]
     top = (m.double().T @ vecs) if gram_small else vecs
-    keep = vals.sort(descending=True).values[:k] > 1e-9 * vals.abs().max().clamp_min(1e-30)
+    total = float(vals.clamp_min(0).sum())
+    keep = vals.sort(descending=True).values[:k] > max(1e-9 * total, 1e-30)
     top = top[:, keep.to(top.device)]
     top = top / top.norm(dim=0).clamp_min(1e-30)
     signs = torch.sign(top[top.abs().argmax(dim=0), torch.arange(top.shape[1])])
@@ -112,6 +114,7 @@ def initial_point(
     coords = spread @ directions  # users' positions in those directions
     pooled_mean = float(pooled.norm()) / float(counts.sum())
     radius = float(coords.norm(dim=1).quantile(0.9)) / max(pooled_mean, 1e-12)
+    radius = max(radius, MIN_SPREAD)  # distinct columns even when users do not spread
     centred = torch.eye(rank, dtype=torch.float64) - 1.0 / rank  # K simplex vertices
     q, _ = torch.linalg.qr(centred.T)
     vertices = centred @ q[:, : rank - 1]

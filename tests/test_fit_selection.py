@@ -1,0 +1,158 @@
+"""Model selection, the informed start, and the diagnostics of a fit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from lore_rm import Comparisons, FitConfig, LoreError, LowRankReward, simulate_population
+from lore_rm.errors import ConvergenceWarning, NoSignalWarning
+from lore_rm.fit.selection import user_folds
+from lore_rm.fit.solvers import feature_scale
+from lore_rm.fit.start import initial_point
+
+SMALL_GRID = {"rank_grid": (1, 2, 3), "weight_decay_grid": (0.01, 0.1), "cv_folds": 3}
+
+
+@pytest.fixture(scope="module")
+def rank2_population():
+    return simulate_population(
+        d=16, true_rank=2, n_seen=80, n_unseen=20, train_per_user=40, n_prompts=400, seed=3
+    )
+
+
+def test_auto_picks_the_planted_rank(rank2_population):
+    split = rank2_population.split
+    model = LowRankReward(rank="auto", **SMALL_GRID).fit(split.seen_train)
+    assert model.rank_ == 2
+    sel = model.history_["selection"]
+    assert sel["rank"] == 2 and any(r["chosen"] for r in sel["rows"])
+    assert model.config_.weight_decay in SMALL_GRID["weight_decay_grid"]
+    # rank 1 (pooled) is clearly worse in cross-validation than the chosen rank
+    pooled = min(r["cv_loss"] for r in sel["rows"] if r["rank"] == 1)
+    chosen = next(r for r in sel["rows"] if r["chosen"])
+    assert chosen["cv_loss"] < pooled - 0.02
+    assert model.history_["no_signal"] == []
+
+
+def test_explicit_values_skip_the_search(rank2_population):
+    split = rank2_population.split
+    model = LowRankReward(rank=2, weight_decay=0.01).fit(split.seen_train)
+    assert model.rank_ == 2 and model.history_ == {**model.history_, "validated": False}
+    assert "selection" not in model.history_
+
+
+def test_folds_are_stratified_by_user(rank2_population):
+    data = rank2_population.split.seen_train
+    fold = user_folds(data, 5, torch.Generator().manual_seed(0))
+    per_user_fold = torch.zeros(data.n_users, 5, dtype=torch.long)
+    per_user_fold.index_put_((data.user_index, fold), torch.ones_like(fold), accumulate=True)
+    assert bool((per_user_fold > 0).all())  # every user (40 comparisons) in every fold
+    assert int(per_user_fold.max() - per_user_fold.min()) <= 1  # dealt evenly
+
+
+@pytest.mark.parametrize("kind", ["spectral", "svd"])
+def test_informed_start_is_deterministic_and_uses_no_random_draw(rank2_population, kind):
+    data = rank2_population.split.seen_train.compact()
+    sigma = feature_scale(data, True)
+    a = initial_point(data, sigma, 3, kind, torch.Generator().manual_seed(0))
+    b = initial_point(data, sigma, 3, kind, torch.Generator().manual_seed(99))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (data.d, 3) and torch.linalg.matrix_rank(a[0]) == 3
+    # the first direction of the spectral start is the pooled direction of the data
+    if kind == "spectral":
+        pooled = data.feature_rows(0, data.n).sum(0) / sigma
+        cos = torch.nn.functional.cosine_similarity(a[0].mean(1), pooled, dim=0)
+        assert cos > 0.99
+
+
+def test_informed_start_with_fewer_users_than_columns():
+    x = torch.randn(6, 8)
+    data = Comparisons.from_features(x, ["a"] * 6)
+    basis, logits = initial_point(data, torch.ones(8), 4, "spectral")
+    assert basis.shape == (8, 4) and torch.linalg.matrix_rank(basis) == 4
+
+
+def test_pure_noise_labels_warn(rank2_population):
+    split = rank2_population.split
+    data = split.seen_train
+    flip = torch.rand(data.n, generator=torch.Generator().manual_seed(1)) < 0.5
+    noisy = Comparisons.from_pairs(
+        data.table,
+        torch.where(flip, data.rejected, data.chosen),
+        torch.where(flip, data.chosen, data.rejected),
+        data.user_index,
+        user_ids=data.user_ids,
+    )
+    with pytest.warns(NoSignalWarning, match="learned nothing"):
+        model = LowRankReward(rank="auto", **SMALL_GRID).fit(noisy)
+    assert model.history_["no_signal"]
+
+
+def test_iteration_cap_warns(rank2_population):
+    with pytest.warns(ConvergenceWarning, match="iteration cap"):
+        LowRankReward(rank=2, weight_decay=0.001, n_iter=3).fit(rank2_population.split.seen_train)
+
+
+def test_a_converged_fit_does_not_warn(rank2_population):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LowRankReward(rank=2, weight_decay=0.01).fit(rank2_population.split.seen_train)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"solver": "sgd"},
+        {"patience": -1},
+        {"lr": -0.1},
+        {"tol": 0},
+        {"weight_decay": -1.0},
+        {"weight_decay": "strong"},
+        {"cv_folds": 1},
+        {"rank_grid": (0, 2)},
+        {"init": "zeros"},
+        {"fewshot_prior": float("nan")},
+    ],
+)
+def test_every_bad_setting_is_a_lore_error(bad):
+    with pytest.raises(LoreError, match=next(iter(bad))):
+        FitConfig.for_recipe("default", **bad)
+
+
+def test_auto_needs_the_lbfgs_solver(rank2_population):
+    with pytest.raises(LoreError, match="solver='lbfgs'"):
+        LowRankReward(rank="auto", recipe="paper").fit(rank2_population.split.seen_train)
+
+
+THREADS_SCRIPT = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from lore_rm import LowRankReward, simulate_population, four_numbers
+pop = simulate_population(d=16, true_rank=2, n_seen=60, n_unseen=20, train_per_user=30,
+                          n_prompts=300, seed=4)
+m = LowRankReward(rank="auto", rank_grid=(1, 2, 3), weight_decay_grid=(0.003, 0.03),
+                  cv_folds=3).fit(pop.split.seen_train)
+r = four_numbers(m, pop.split)
+print(m.rank_, m.config_.weight_decay, *(repr(r[k]) for k in
+      ("train", "seen_test", "fewshot_train", "unseen_test")))
+"""
+
+
+def test_same_seed_same_accuracy_with_one_and_two_threads():
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", THREADS_SCRIPT, str(n)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for n in (1, 2)
+    ]
+    assert outs[0][:2] == outs[1][:2]  # the same rank and ridge chosen
+    for a, b in zip(outs[0][2:], outs[1][2:], strict=True):
+        assert abs(float(a) - float(b)) <= 1e-6
