@@ -15,7 +15,8 @@ from lore_rm.embed.hashing import HashingEmbedder
 
 if TYPE_CHECKING:  # pragma: no cover
     from lore_rm.embed.backbones import load_backbone
-    from lore_rm.embed.store import EmbeddingStore, EmbedReport, StoreMismatchError, embed_dataset
+    from lore_rm.embed.runner import EmbedReport, embed_dataset
+    from lore_rm.embed.store import EmbeddingStore, StoreMismatchError
 
 __all__ = [
     "Conversation",
@@ -31,9 +32,9 @@ __all__ = [
 _LAZY = {
     "load_backbone": "lore_rm.embed.backbones",
     "EmbeddingStore": "lore_rm.embed.store",
-    "EmbedReport": "lore_rm.embed.store",
+    "EmbedReport": "lore_rm.embed.runner",
     "StoreMismatchError": "lore_rm.embed.store",
-    "embed_dataset": "lore_rm.embed.store",
+    "embed_dataset": "lore_rm.embed.runner",
 }
 
 

@@ -234,7 +234,8 @@ def evaluate_rewardbench(
         if embedder is None:
             raise LoreError("pass an embedder (the model's backbone) or precomputed embeddings")
         if cache is not None:
-            from lore_rm.embed.store import EmbeddingStore, embed_dataset
+            from lore_rm.embed.runner import embed_dataset
+            from lore_rm.embed.store import EmbeddingStore
 
             _write_texts(Path(cache), convs)
             embed_dataset(cache, embedder, progress=progress)

@@ -1,0 +1,128 @@
+"""Bearer-token authentication and the request-size limit of the service."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from lore_rm.errors import LoreError
+
+TOKEN_ENV = "LORE_SERVE_TOKEN"
+TOKEN_FILE_ENV = "LORE_SERVE_TOKEN_FILE"
+
+_bearer = HTTPBearer(auto_error=False, description="the token given to `lore serve`")
+
+
+def resolve_token(token: str | None = None, token_file: str | Path | None = None) -> str | None:
+    """The bearer token: ``token``, else the file ``token_file`` (or ``$LORE_SERVE_TOKEN_FILE``),
+    else ``$LORE_SERVE_TOKEN``; None (no auth) when none is set."""
+    if token:
+        return token
+    path = token_file or os.environ.get(TOKEN_FILE_ENV)
+    if path:
+        text = Path(path).read_text().strip()
+        if not text:
+            raise LoreError(f"{path}: the token file is empty")
+        return text
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def token_dependency(token: str | None) -> Callable[..., None]:
+    """A FastAPI dependency that accepts ``Authorization: Bearer TOKEN`` (or
+    ``?access_token=TOKEN``) when ``token`` is set, and everything when it is None."""
+
+    def check_token(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if token is None:
+            return
+        given = credentials.credentials if credentials is not None else None
+        if given is None:
+            given = request.query_params.get("access_token")
+        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong bearer token (Authorization: Bearer TOKEN)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check_token
+
+
+class BodyLimit:
+    """ASGI middleware: reject bodies over ``max_bytes`` with 413 (declared or streamed)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reject(self, send, size: str) -> None:
+        body = json.dumps(
+            {
+                "detail": [
+                    {
+                        "loc": ["body"],
+                        "msg": f"request body is {size} bytes; this server accepts at most "
+                        f"{self.max_bytes}",
+                        "type": "too_large",
+                    }
+                ]
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                n = int(declared)
+            except ValueError:
+                n = -1
+            if n > self.max_bytes:
+                await self._reject(send, str(n))
+                return
+            await self.app(scope, receive, send)
+            return
+        # no declared length (chunked): read it all, bounded, then replay
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(send, f"more than {self.max_bytes}")
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay_receive():
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replay_receive, send)

@@ -1,0 +1,192 @@
+"""The service's endpoints (all but ``/health``), as one router over a RewardService."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from lore_rm.errors import LoreError
+from lore_rm.serve.formats import as_messages, check_conversation, split_query, to_conversation
+from lore_rm.serve.schemas import (
+    GetRewardRequest,
+    GetRewardResponse,
+    Limits,
+    Message,
+    ModelInfo,
+    OnboardRequest,
+    OnboardResponse,
+    QueryFormat,
+    RewardRequest,
+    RewardResponse,
+    UserId,
+    UserInfo,
+)
+from lore_rm.serve.service import RewardService
+from lore_rm.serve.user_store import StoredComparison
+
+
+def _unprocessable(loc: Sequence[Any], msg: str, status: int = 422) -> HTTPException:
+    kind = "too_large" if status == 413 else "value_error"
+    return HTTPException(
+        status_code=status, detail=[{"loc": ["body", *loc], "msg": msg, "type": kind}]
+    )
+
+
+def _check_batch(name: str, n: int, limit: int) -> None:
+    if n > limit:
+        raise _unprocessable(
+            [name],
+            f"{name} holds {n} items; this server accepts at most {limit} per request",
+            413,
+        )
+
+
+def _message_dicts(msgs: Sequence[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in msgs]
+
+
+def _loose(value: str | list[Message]) -> Any:
+    return value if isinstance(value, str) else _message_dicts(value)
+
+
+def api_router(
+    svc: RewardService,
+    limits: Limits,
+    qf: QueryFormat,
+    check_token: Callable[..., None],
+    token: str | None,
+) -> APIRouter:
+    """Every endpoint but ``/health``, each behind ``check_token``."""
+    api = APIRouter(dependencies=[Depends(check_token)])
+
+    def user_of_label(i: int, label: Any) -> str | None:
+        if label is None or label == "":  # OpenRLHF sends "" when no --label_key is set
+            return None
+        if qf.label_key is not None:
+            obj = label
+            if isinstance(label, str):
+                try:
+                    obj = json.loads(label)
+                except json.JSONDecodeError as exc:
+                    raise _unprocessable(["labels", i], f"not a JSON object ({exc})") from exc
+            if not isinstance(obj, dict) or qf.label_key not in obj:
+                raise _unprocessable(["labels", i], f"has no key {qf.label_key!r}")
+            label = obj[qf.label_key]
+            if label is None:
+                return None
+        if isinstance(label, dict | list):
+            raise _unprocessable(["labels", i], "a user id must be a string or a number")
+        user = str(label)
+        if len(user) > limits.max_user_id_chars:
+            raise _unprocessable(
+                ["labels", i], f"user id longer than {limits.max_user_id_chars} characters"
+            )
+        return user
+
+    @api.post("/get_reward", response_model=GetRewardResponse, tags=["rewards"])
+    def get_reward(body: GetRewardRequest) -> GetRewardResponse:
+        """OpenRLHF remote reward model: ``labels[i]`` is sample i's user id."""
+        n = len(body.query)
+        _check_batch("query", n, limits.max_batch)
+        for name, values in (("prompts", body.prompts), ("labels", body.labels)):
+            if values is not None and len(values) != n:
+                raise _unprocessable([name], f"has {len(values)} items but query has {n}")
+        conversations = []
+        for i, q in enumerate(body.query):
+            prompt = body.prompts[i] if body.prompts is not None else None
+            try:
+                conversations.append(
+                    split_query(
+                        q,
+                        prompt,
+                        suffixes=qf.strip_suffixes,
+                        parse_templates=qf.parse_templates,
+                        where=f"query[{i}]",
+                    )
+                )
+            except LoreError as exc:
+                raise _unprocessable(["query", i], str(exc)) from exc
+        labels = body.labels if body.labels is not None else [None] * n
+        users = [user_of_label(i, lab) for i, lab in enumerate(labels)]
+        scored = svc.reward(conversations, users)
+        rewards = [float(v) for v in scored.rewards]
+        return GetRewardResponse(
+            rewards=rewards,
+            scores=rewards,
+            extra_logs={"lore_unknown_user": [0.0 if k else 1.0 for k in scored.known]},
+        )
+
+    @api.post("/reward", response_model=RewardResponse, tags=["rewards"])
+    def reward(body: RewardRequest) -> RewardResponse:
+        """Personalised rewards of conversations for one user (or one user each)."""
+        n = len(body.conversations)
+        _check_batch("conversations", n, limits.max_batch)
+        if (body.user is None) == (body.users is None):
+            raise _unprocessable(["user"], "give exactly one of 'user' and 'users'")
+        if body.users is not None and len(body.users) != n:
+            raise _unprocessable(
+                ["users"], f"has {len(body.users)} items but conversations has {n}"
+            )
+        users = [body.user] * n if body.users is None else list(body.users)
+        for i, u in enumerate(users):
+            if u is not None and not 0 < len(u) <= limits.max_user_id_chars:
+                loc = ["user"] if body.users is None else ["users", i]
+                raise _unprocessable(
+                    loc, f"a user id has 1 to {limits.max_user_id_chars} characters"
+                )
+        conversations = []
+        for i, msgs in enumerate(body.conversations):
+            try:
+                conversations.append(
+                    check_conversation(_message_dicts(msgs), f"conversations[{i}]")
+                )
+            except LoreError as exc:
+                raise _unprocessable(["conversations", i], str(exc)) from exc
+        scored = svc.reward(conversations, users)
+        known = [bool(k) for k in scored.known]
+        return RewardResponse(
+            rewards=[float(v) for v in scored.rewards],
+            users=users,
+            known=known,
+            n_unknown=known.count(False),
+        )
+
+    @api.post("/users/{user_id}/comparisons", response_model=OnboardResponse, tags=["users"])
+    def onboard(user_id: UserId, body: OnboardRequest) -> OnboardResponse:
+        """Store comparisons for a user (new or seen) and refit their weights (basis frozen)
+        on all their stored comparisons; the next request is scored with the new weights."""
+        _check_batch("comparisons", len(body.comparisons), limits.max_comparisons)
+        pairs, raw = [], []
+        for i, c in enumerate(body.comparisons):
+            where = f"comparisons[{i}]"
+            try:
+                prompt = as_messages(_loose(c.prompt), "user", f"{where}.prompt")
+                chosen = as_messages(_loose(c.chosen), "assistant", f"{where}.chosen")
+                rejected = as_messages(_loose(c.rejected), "assistant", f"{where}.rejected")
+                pairs.append(
+                    (
+                        to_conversation(prompt, chosen, f"{where}.chosen"),
+                        to_conversation(prompt, rejected, f"{where}.rejected"),
+                    )
+                )
+            except LoreError as exc:
+                raise _unprocessable(["comparisons", i], str(exc)) from exc
+            raw.append(StoredComparison(prompt=prompt, chosen=chosen, rejected=rejected))
+        done = svc.onboard(user_id, pairs, raw)
+        return OnboardResponse(**asdict(done))
+
+    @api.get("/users/{user_id}", response_model=UserInfo, tags=["users"])
+    def user_info(user_id: UserId) -> UserInfo:
+        """The weights a user is served with, and where they come from."""
+        return UserInfo(**svc.user_info(user_id))
+
+    @api.get("/model-info", response_model=ModelInfo, tags=["meta"])
+    def model_info() -> ModelInfo:
+        """What is being served: rank, d, backbone, user counts, limits."""
+        return ModelInfo(**svc.info(), limits=asdict(limits), auth=token is not None)
+
+    return api

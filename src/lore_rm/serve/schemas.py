@@ -1,0 +1,131 @@
+"""The service's request and response bodies (pydantic), and its limits and query format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lore_rm.serve.formats import DEFAULT_STRIP_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits. Bodies over ``max_body_bytes`` get 413; lists over the others get 413
+    with the field named."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch: int = 512  # conversations (or queries) per reward request
+    max_comparisons: int = 1024  # comparisons per onboarding request
+    max_user_id_chars: int = 256
+
+
+@dataclass(frozen=True)
+class QueryFormat:
+    """How ``/get_reward`` turns OpenRLHF's strings into conversations."""
+
+    strip_suffixes: tuple[str, ...] = DEFAULT_STRIP_SUFFIXES
+    parse_templates: bool = True  # ChatML / Llama-3 prompt strings -> messages
+    label_key: str | None = None  # labels are JSON objects; the user id is this key
+
+
+# ---- schemas ----------------------------------------------------------------------------------
+UserId = Annotated[str, Field(min_length=1, max_length=256, examples=["alice"])]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GetRewardRequest(BaseModel):
+    """OpenRLHF's remote reward-model request (extra fields are accepted and ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+    query: list[str] = Field(description="prompt + response strings, as the policy rendered them")
+    prompts: list[str] | None = Field(
+        None, description="the prompt of each query; the response is query[len(prompt):]"
+    )
+    labels: list[Any] | None = Field(
+        None, description="the user id of each sample (OpenRLHF's --label_key column)"
+    )
+
+
+class GetRewardResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]
+
+
+class RewardRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str | None = Field(None, description="one user id for every conversation")
+    users: list[str | None] | None = Field(None, description="or one user id per conversation")
+    conversations: list[list[Message]] = Field(
+        min_length=1,
+        description="each: the prompt messages then the assistant response being scored",
+    )
+
+
+class RewardResponse(BaseModel):
+    rewards: list[float]
+    users: list[str | None]
+    known: list[bool] = Field(
+        description="false: the user has no weights; the population's mean weights were used"
+    )
+    n_unknown: int
+
+
+class ComparisonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | list[Message] = Field(description="a user message, or the prompt messages")
+    chosen: str | list[Message] = Field(description="the preferred response")
+    rejected: str | list[Message] = Field(description="the other response")
+
+
+class OnboardRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    comparisons: list[ComparisonIn] = Field(min_length=1)
+
+
+class OnboardResponse(BaseModel):
+    user: str
+    new_user: bool
+    added: int
+    total: int
+    n_fit: int
+    weights: list[float]
+
+
+class UserInfo(BaseModel):
+    user: str
+    known: bool
+    source: Literal["onboarded", "model", "population-mean"]
+    weights: list[float]
+    n_comparisons: int
+    n_fit: int | None
+
+
+class ModelInfo(BaseModel):
+    format: str
+    rank: int
+    n_components: int
+    d: int
+    scale: float
+    recipe: str
+    backbone: str | None
+    embedder: str
+    has_reference_head: bool
+    n_model_users: int
+    n_onboarded_users: int
+    n_stored_comparisons: int
+    population_weights: list[float]
+    model_fingerprint: str
+    limits: dict[str, int]
+    auth: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
