@@ -48,8 +48,8 @@ def parse_setting(f: Field, raw: str) -> Any:
             return float(text)
         return text
     except ValueError:
-        kind = "true or false" if isinstance(default, bool) else type(default).__name__
-        raise LoreError(f"{_flag(f)}: cannot read {raw!r} as {kind}") from None
+        what = "true or false" if isinstance(default, bool) else type(default).__name__
+        raise LoreError(f"{_flag(f)}: cannot read {raw!r} as {what}") from None
 
 
 def fit_options(exclude: Iterable[str] = ("recipe", "seed")) -> Callable:

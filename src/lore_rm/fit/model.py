@@ -37,7 +37,7 @@ class LowRankReward:
 
     def __init__(
         self,
-        rank: int = 5,
+        rank: int | str = 5,
         recipe: Recipe = "default",
         *,
         backbone: str | None = None,
