@@ -11,8 +11,8 @@ import torch
 
 from lore_rm import Comparisons, FitConfig, LoreError, LowRankReward, simulate_population
 from lore_rm.errors import ConvergenceWarning, NoSignalWarning
-from lore_rm.fit.selection import user_folds
-from lore_rm.fit.solvers import feature_scale
+from lore_rm.fit.selection import EDGE_STEPS, user_folds
+from lore_rm.fit.solvers import feature_scale, ridge_path
 from lore_rm.fit.start import initial_point
 
 SMALL_GRID = {"rank_grid": (1, 2, 3), "weight_decay_grid": (0.01, 0.1), "cv_folds": 3}
@@ -31,7 +31,8 @@ def test_auto_picks_the_planted_rank(rank2_population):
     assert model.rank_ == 2
     sel = model.history_["selection"]
     assert sel["rank"] == 2 and any(r["chosen"] for r in sel["rows"])
-    assert model.config_.weight_decay in SMALL_GRID["weight_decay_grid"]
+    tried = {r["weight_decay"] for r in sel["rows"]}
+    assert model.config_.weight_decay in tried
     # rank 1 (pooled) is clearly worse in cross-validation than the chosen rank
     pooled = min(r["cv_loss"] for r in sel["rows"] if r["rank"] == 1)
     chosen = next(r for r in sel["rows"] if r["chosen"])
@@ -44,6 +45,32 @@ def test_explicit_values_skip_the_search(rank2_population):
     model = LowRankReward(rank=2, weight_decay=0.01).fit(split.seen_train)
     assert model.rank_ == 2 and model.history_ == {**model.history_, "validated": False}
     assert "selection" not in model.history_
+
+
+def test_the_ridge_path_goes_past_the_grid_when_its_strongest_value_wins():
+    pop = simulate_population(
+        d=64, true_rank=2, n_seen=40, n_unseen=10, train_per_user=10, n_prompts=200, seed=5
+    )
+    grid = (1e-4, 1e-3)  # far too weak for 10 comparisons per user in 64 dimensions
+    model = LowRankReward(rank=2, weight_decay_grid=grid, cv_folds=3).fit(pop.split.seen_train)
+    tried = [r["weight_decay"] for r in model.history_["selection"]["rows"]]
+    assert tried[:2] == list(grid)
+    assert 2 < len(tried) <= 2 + EDGE_STEPS
+    assert tried[2] == 0.01  # the grid's own ratio
+    assert model.config_.weight_decay > max(grid)
+
+
+def test_an_explicit_ridge_is_reached_by_the_path_the_search_scored(rank2_population):
+    data = rank2_population.split.seen_train
+    auto = LowRankReward(rank=2, **SMALL_GRID).fit(data)
+    chosen = auto.config_.weight_decay
+    grid = SMALL_GRID["weight_decay_grid"]
+    assert auto.history_["ridge_path"] == [w for w in grid if w < chosen] + [chosen]
+    explicit = LowRankReward(rank=2, weight_decay=chosen, weight_decay_grid=grid).fit(data)
+    assert torch.equal(explicit.basis_, auto.basis_)
+    assert torch.equal(explicit.user_weights_, auto.user_weights_)
+    cfg = FitConfig.for_recipe("default", ridge_path=False)
+    assert ridge_path(0.5, cfg) == [0.5]
 
 
 def test_folds_are_stratified_by_user(rank2_population):

@@ -73,8 +73,14 @@ class FitConfig:
     weight_decay_grid: tuple[float, ...] = _f(
         (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), "Ridge values tried by weight_decay='auto'."
     )
+    ridge_path: bool = _f(
+        True,
+        "Reach the ridge by a warm-started path through the weaker weight_decay_grid values, "
+        "as the cross-validation scores it (a cold start at a strong ridge can stop at the "
+        "pooled saddle); false starts at the ridge directly.",
+    )
     rank_grid: tuple[int, ...] = _f((1, 2, 3, 4, 6, 8), "Ranks tried by rank='auto'.")
-    cv_folds: int = _f(3, "Cross-validation folds (stratified by user) for the 'auto' settings.")
+    cv_folds: int = _f(5, "Cross-validation folds (stratified by user) for the 'auto' settings.")
     one_se: bool = _f(
         True,
         "Pick the simplest setting (lower rank, then stronger ridge) whose cross-validated "

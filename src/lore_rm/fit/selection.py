@@ -12,6 +12,8 @@ fails here: a strongly regularised solution sits at the pooled saddle (every col
 every user uniform), and a warm start from it stays there at every weaker ridge (measured in
 docs/recipes.md). A rank stops early once its held-out loss has risen for two stronger ridges
 in a row; the rank grid stops once two larger ranks in a row fail to improve on the best.
+When a rank's best ridge is the grid's strongest, the path goes on past the grid (same ratio,
+up to ``EDGE_STEPS`` more values) until the loss rises, so the choice is never clipped there.
 
 The score is the held-out Bradley–Terry log-loss (mean over the fold's comparisons). The
 one-standard-error rule then picks the simplest cell (lowest rank, then strongest ridge) whose
@@ -39,6 +41,7 @@ from lore_rm.progress import progress_bar
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
 SEARCH_TOL = 1e-4  # the search ranks cells; the final refit converges to cfg.tol
+EDGE_STEPS = 4  # extra, stronger ridges tried when a rank's best sits at the grid's strong end
 
 
 @dataclass
@@ -106,6 +109,14 @@ def _held_out_scores(
     return loss.double(), acc.double()
 
 
+def _ridge_path(path: list[float]):
+    """The ridges of ``path`` in order, including those appended while iterating."""
+    i = 0
+    while i < len(path):
+        yield path[i]
+        i += 1
+
+
 def _mean_se(x: Tensor) -> tuple[float, float]:
     se = float(x.std(unbiased=True)) / math.sqrt(x.numel()) if x.numel() > 1 else 0.0
     return float(x.mean()), se
@@ -143,7 +154,8 @@ def select_settings(
         logits0 = torch.stack([lg for _, lg in starts])
         search_cfg = replace(cfg, tol=max(cfg.tol, SEARCH_TOL))
         rank_best, rising = math.inf, 0
-        for decay in decays:
+        path = list(decays)
+        for decay in _ridge_path(path):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 res = solve_lbfgs(
@@ -178,6 +190,9 @@ def select_settings(
             bar.update(1)
             if mean < rank_best:
                 rank_best, rising = mean, 0
+                if decay == path[-1] and len(decays) > 1 and len(path) - len(decays) < EDGE_STEPS:
+                    path.append(float(f"{decay * decays[-1] / decays[-2]:.6g}"))  # best at the edge
+                    bar.total = (bar.total or 0) + 1
             else:
                 rising += 1
                 if rising >= 2:  # stronger ridges only shrink more

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from lore_rm.progress import progress_bar
 
 Tensor = torch.Tensor
 CHECK_EVERY = 25  # L-BFGS iterations between convergence / guard checks
+PATH_TOL = 1e-4  # the ridge path's intermediate fits (as the search's cells)
 
 
 @dataclass
@@ -266,10 +267,24 @@ def _check_finite_params(basis: Tensor, logits: Tensor) -> None:
             )
 
 
+def ridge_path(target: float, cfg: FitConfig) -> list[float]:
+    """The ridges a fit at ``target`` passes through: the grid's weaker values, then target.
+
+    The cross-validation scores each ridge warm-started from the weaker one before it; a fit
+    started cold at a strong ridge can instead stop at the pooled saddle (every column alike,
+    every user uniform). Following the same path makes an explicit fit equal to the cell
+    the search scored.
+    """
+    if not cfg.ridge_path:
+        return [target]
+    return [w for w in sorted(cfg.weight_decay_grid) if w < target] + [target]
+
+
 def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
     """Joint L-BFGS on (V, W) over standardised features from an informed start."""
     sigma = feature_scale(data, cfg.standardize)
-    basis0, logits0 = initial_point(data, sigma, rank, cfg.init, gen)
+    basis, logits = initial_point(data, sigma, rank, cfg.init, gen)
+    basis, logits = basis[None], logits[None]
     stop_rows = None
     if cfg.validation_fraction:
         n_val = max(1, int(round(cfg.validation_fraction * data.n)))
@@ -277,12 +292,29 @@ def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
     weight_decay = cfg.weight_decay
     if not isinstance(weight_decay, int | float):
         raise LoreError("weight_decay='auto' is resolved by LowRankReward.fit before fitting")
+    path = ridge_path(float(weight_decay), cfg)
+    iterations = 0
+    if len(path) > 1:
+        fit_rows = torch.ones(1, data.n, device=data.device)
+        if stop_rows is not None:
+            fit_rows[:, stop_rows] = 0.0
+        bar = progress_bar(len(path) - 1, "ridge path", progress)
+        step_cfg = replace(cfg, tol=max(cfg.tol, PATH_TOL))
+        for decay in path[:-1]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                step = solve_lbfgs(
+                    data, sigma, basis, logits, [decay], step_cfg, v_ref, fit_rows, desc="path"
+                )
+            basis, logits, iterations = step.basis, step.logits, iterations + step.iterations
+            bar.update(1)
+        bar.close()
     res = solve_lbfgs(
         data,
         sigma,
-        basis0[None],
-        logits0[None],
-        [float(weight_decay)],
+        basis,
+        logits,
+        [path[-1]],
         cfg,
         v_ref,
         stop_rows=stop_rows,
@@ -291,6 +323,8 @@ def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
     history = {
         "loss": res.loss,
         "iterations": res.iterations,
+        "path_iterations": iterations,
+        "ridge_path": path,
         "converged": res.converged,
         "init": cfg.init,
     }
