@@ -64,7 +64,22 @@ def rank_sweep(
 
     Rank 0 (the reference head) does not depend on alpha and is evaluated once.
     """
+    return _sweep(split, ranks, alphas, recipe, seed, device, progress, settings)[0]
+
+
+def _sweep(
+    split: ProtocolSplit,
+    ranks: Sequence[int],
+    alphas: Sequence[float],
+    recipe: Recipe,
+    seed: int,
+    device: str,
+    progress: bool,
+    settings: dict,
+) -> tuple[list[dict], dict[tuple[int, float], LowRankReward]]:
+    """The rank sweep's rows and its fitted models, keyed by (rank, alpha)."""
     rows = []
+    models = {}
     jobs = [(k, a) for k in ranks for a in (alphas if k > 0 else alphas[:1])]
     bar = progress_bar(len(jobs), "rank sweep", progress)
     for rank, alpha in jobs:
@@ -76,9 +91,10 @@ def rank_sweep(
         row.update(four_numbers(model, split))
         row["fit_seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
+        models[(rank, alpha)] = model
         bar.update(1)
     bar.close()
-    return rows
+    return rows, models
 
 
 def select_rank(rows: Sequence[dict], tolerance: float = 0.005) -> dict | None:
@@ -172,13 +188,12 @@ def run_protocol(
     """The whole published protocol, as ``lore demo`` and ``lore evaluate`` run it.
 
     Rank sweep (the four numbers per (rank, alpha)) -> select the rank on seen users' test
-    accuracy (:func:`select_rank`) -> refit at that rank (or at ``shots_rank`` with the first
-    alpha) -> shots sweep for the unseen users. The shots sweep is skipped when ``shots`` is
-    empty, or when no learned rank was swept and ``shots_rank`` is not given.
+    accuracy (:func:`select_rank`) -> the swept model at that rank (or a fit at ``shots_rank``
+    with the first alpha, unless swept) -> shots sweep for the unseen users. The shots sweep
+    is skipped when ``shots`` is empty, or when no learned rank was swept and ``shots_rank``
+    is not given.
     """
-    rows = rank_sweep(
-        split, ranks, alphas, recipe=recipe, seed=seed, device=device, progress=progress, **settings
-    )
+    rows, models = _sweep(split, ranks, alphas, recipe, seed, device, progress, settings)
     selected = select_rank(rows)
     result = ProtocolResult(rows, selected)
     if not shots or (shots_rank is None and selected is None):
@@ -188,8 +203,10 @@ def run_protocol(
         rank, alpha = selected["rank"], selected["alpha"]
     else:
         rank, alpha = shots_rank, alphas[0]
-    model = LowRankReward(
-        rank=rank, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
-    ).fit(split.seen_train, split.reference_head)
+    model = models.get((rank, alpha))  # the swept model: the same fit, so not fitted again
+    if model is None:
+        model = LowRankReward(
+            rank=rank, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
+        ).fit(split.seen_train, split.reference_head)
     result.shot_rows = shots_sweep(model, split, shots, trials, seed=seed, progress=progress)
     return result
