@@ -95,3 +95,32 @@ def test_fit_without_embeddings_is_a_clear_error(tmp_path):
     assert res.exit_code == 2
     assert "lore embed" in res.output
     assert not (tmp_path / "m").exists()
+
+
+def test_a_backbone_without_a_reward_head_skips_rank_0(tmp_path):
+    src = tmp_path / "prefs.jsonl"
+    _two_kinds_of_users(src, n_users=12, per_user=12)
+    ds = tmp_path / "ds"
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    assert run("prepare", "generic", src, "--out", ds, "--unseen-fraction", "0.25").exit_code == 0
+    assert run("embed", ds, "--backbone", "hashing-64", "--no-progress").exit_code == 0
+    (manifest,) = ds.rglob("manifest.json")
+    meta = json.loads(manifest.read_text())
+    meta.pop("reference_head")  # as an embedding model (e.g. minilm) writes it
+    manifest.write_text(json.dumps(meta))
+
+    res = run("evaluate", ds, "--out", tmp_path / "r", "--ranks", "0..1", "--shots", "")
+    assert res.exit_code == 0, res.output
+    assert "Rank 0 skipped" in res.output
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [r["rank"] for r in rep["ranks"]] == [1]
+
+    res = run("fit", ds, "--out", tmp_path / "m", "--rank", "0")
+    assert res.exit_code == 2 and "reward head" in res.output
+    res = run("fit", ds, "--out", tmp_path / "m", "--rank", "1", "--alpha", "10")
+    assert res.exit_code == 2 and "alpha = 10" in res.output
+    assert not (tmp_path / "m").exists()

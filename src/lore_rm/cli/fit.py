@@ -139,6 +139,16 @@ def evaluate_cmd(
     try:
         split, backbone = load_split(dataset)
         config["backbone"] = backbone
+        if split.reference_head is None and 0 in rank_list:
+            rank_list = [k for k in rank_list if k != 0]
+            config["ranks"] = rank_list
+            config["ranks_skipped"] = [0]
+            console.print(
+                f"Rank 0 skipped: the backbone {backbone.get('name')!r} has no reward head "
+                "(rank 0 is the backbone's own reward)."
+            )
+            if not rank_list:
+                raise LoreError("--ranks holds only rank 0, and the backbone has no reward head")
         result = run_protocol(
             split,
             rank_list,

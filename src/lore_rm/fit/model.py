@@ -149,7 +149,15 @@ class LowRankReward:
         self._check_rank(comparisons.d)
         ref = _as_reference(reference_head, comparisons.d)
         if self.rank == 0 and ref is None:
-            raise LoreError("rank 0 is the reference model: pass the backbone's reference_head")
+            raise LoreError(
+                "rank 0 is the reference model: pass the backbone's reference_head (an "
+                "embedding model without a reward head has none: use rank >= 1 or 'auto')"
+            )
+        if cfg.alpha > 0 and ref is None:
+            raise LoreError(
+                f"alpha = {cfg.alpha:g} pulls the basis toward the reference head, but no "
+                "reference_head was given (the backbone has no reward head): use alpha = 0"
+            )
         device = torch.device(self.device)
         data = comparisons.to(device=device, dtype=torch.float32)
         if data.is_table:
