@@ -109,14 +109,6 @@ def _held_out_scores(
     return loss.double(), acc.double()
 
 
-def _ridge_path(path: list[float]):
-    """The ridges of ``path`` in order, including those appended while iterating."""
-    i = 0
-    while i < len(path):
-        yield path[i]
-        i += 1
-
-
 def _mean_se(x: Tensor) -> tuple[float, float]:
     se = float(x.std(unbiased=True)) / math.sqrt(x.numel()) if x.numel() > 1 else 0.0
     return float(x.mean()), se
@@ -155,7 +147,7 @@ def select_settings(
         search_cfg = replace(cfg, tol=max(cfg.tol, SEARCH_TOL))
         rank_best, rising = math.inf, 0
         path = list(decays)
-        for decay in _ridge_path(path):
+        for decay in path:  # a list iterator also yields the values appended below
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 res = solve_lbfgs(
