@@ -124,3 +124,47 @@ def test_a_backbone_without_a_reward_head_skips_rank_0(tmp_path):
     res = run("fit", ds, "--out", tmp_path / "m", "--rank", "1", "--alpha", "10")
     assert res.exit_code == 2 and "alpha = 10" in res.output
     assert not (tmp_path / "m").exists()
+
+
+def test_outputs_are_never_replaced_silently_and_never_keep_stale_files(tmp_path):
+    src = tmp_path / "prefs.jsonl"
+    _two_kinds_of_users(src, n_users=12, per_user=12)
+    ds, model_dir, report = tmp_path / "ds", tmp_path / "model", tmp_path / "report"
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    assert run("prepare", "generic", src, "--out", ds, "--unseen-fraction", "0.25").exit_code == 0
+    assert run("embed", ds, "--backbone", "hashing-64", "--no-progress").exit_code == 0
+    fit = ("fit", ds, "--out", model_dir, "--rank", "2", "--no-progress")
+    assert run(*fit).exit_code == 0
+    weights = (model_dir / "model.safetensors").read_bytes()
+    (model_dir / "lore-serve.sqlite").write_bytes(b"onboarded users")
+
+    res = run(*fit)  # an existing model is refused before any work, and left as it was
+    assert res.exit_code == 2
+    assert "--overwrite" in res.output and "serving database" in res.output
+    assert (model_dir / "model.safetensors").read_bytes() == weights
+
+    (model_dir / "stale.txt").write_text("from an earlier run")
+    res = run(*fit, "--overwrite", "--seed", "1")
+    assert res.exit_code == 0, res.output
+    assert not (model_dir / "stale.txt").exists()  # the folder was replaced as a whole
+    assert not (model_dir / "lore-serve.sqlite").exists()
+    (moved,) = tmp_path.glob("model.*.lore-serve.sqlite")
+    assert moved.read_bytes() == b"onboarded users" and "moved to" in res.output
+    assert LowRankReward.from_pretrained(model_dir).rank_ == 2
+
+    evaluate = ("evaluate", ds, "--out", report, "--ranks", "1", "--trials", "1", "--no-progress")
+    assert run(*evaluate, "--shots", "2").exit_code == 0
+    assert (report / "shots.png").exists()
+    assert run(*evaluate, "--shots", "").exit_code == 0  # a rerun replaces the whole report
+    assert not (report / "shots.png").exists() and not (report / "shots.csv").exists()
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    res = run("evaluate", ds, "--out", other, "--ranks", "1", "--shots", "", "--no-progress")
+    assert res.exit_code == 2 and "not a lore report folder" in res.output
+    assert (other / "mine.txt").read_text() == "keep me"

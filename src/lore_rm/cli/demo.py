@@ -35,7 +35,13 @@ def demo(
     ranks.csv, shots.csv, ranks.png, shots.png and config.json to OUT.
     """
     from lore_rm.evaluate.protocols import run_protocol
-    from lore_rm.evaluate.report import print_tables, rank_table, shots_table, write_sweep_report
+    from lore_rm.evaluate.report import (
+        check_report_out,
+        print_tables,
+        rank_table,
+        shots_table,
+        write_sweep_report,
+    )
     from lore_rm.evaluate.simulate import PopulationConfig, simulate_population
 
     console = Console()
@@ -53,6 +59,7 @@ def demo(
     }
     t0 = time.perf_counter()
     try:
+        check_report_out(out)
         pop_cfg = PopulationConfig(
             d=d,
             true_rank=true_rank,

@@ -10,7 +10,9 @@ from rich.console import Console
 
 from lore_rm.cli.common import fail, parse_float_list, parse_int_list
 from lore_rm.cli.fit_options import fit_options
+from lore_rm.constants import DB_FILE
 from lore_rm.errors import LoreError
+from lore_rm.io import atomic_folder
 
 DATASET = typer.Argument(
     ..., help="Dataset folder (lore prepare ...) with embeddings (lore embed)."
@@ -25,6 +27,11 @@ PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress ba
 def fit_cmd(
     dataset: Path = DATASET,
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace an existing OUT folder (its serving database, if any, is moved aside).",
+    ),
     rank: str = typer.Option(
         "auto",
         help="Rank K of the basis (0 = reference head), or 'auto': chosen by cross-validation "
@@ -52,6 +59,7 @@ def fit_cmd(
 
     console = Console()
     try:
+        check_model_out(out, overwrite)
         split, backbone = load_split(dataset)
         t0 = time.perf_counter()
         model = LowRankReward(
@@ -66,29 +74,38 @@ def fit_cmd(
         numbers = four_numbers(model, split)
         if personalize_unseen and split.unseen_fewshot.n:
             model.personalize(split.unseen_fewshot, progress=progress)
-        model.save_pretrained(out)
+        sel = model.history_.get("selection")
+        with atomic_folder(out, overwrite=True) as tmp:  # refused above unless --overwrite
+            model.save_pretrained(tmp)
+            write_json(
+                tmp / "training.json",
+                {
+                    "dataset": str(dataset),
+                    "backbone": backbone,
+                    "fit_seconds": round(seconds, 3),
+                    "accuracy": numbers,
+                    "history": model.history_,
+                },
+            )
+            if sel:
+                plot_selection(sel, tmp / "selection.png")
+            moved = set_aside_database(out)  # last: a failed write leaves the old folder whole
     except LoreError as exc:
         fail(exc)
-    write_json(
-        out / "training.json",
-        {
-            "dataset": str(dataset),
-            "backbone": backbone,
-            "fit_seconds": round(seconds, 3),
-            "accuracy": numbers,
-            "history": model.history_,
-        },
-    )
     for m in METRICS:
         console.print(f"{LABELS[m]:32s} {numbers[m]:.3f} ± {numbers[m + '_std']:.3f}")
-    sel = model.history_.get("selection")
     if sel:
         console.print(
             f"Chosen by {sel['folds']}-fold cross-validation ({sel['n_fits']} fits, "
             f"{sel['seconds']:.1f} s, {sel['rule']} rule): rank {sel['rank']}, "
             f"weight_decay {sel['weight_decay']:g}"
         )
-        plot_selection(sel, out / "selection.png")
+    if moved:
+        console.print(
+            f"The replaced model's serving database (onboarded users) was moved to "
+            f"{moved[0]}: its weights belong to the old basis; its comparisons can be "
+            "onboarded again."
+        )
     for problem in model.history_.get("no_signal", []):
         console.print(f"[yellow]warning:[/yellow] the model may have learned nothing: {problem}")
     console.print(
@@ -118,7 +135,13 @@ def evaluate_cmd(
     """The published protocol: four numbers for every (rank, alpha), then the shots sweep."""
     from lore_rm.embed.split import load_split
     from lore_rm.evaluate.protocols import run_protocol
-    from lore_rm.evaluate.report import print_tables, rank_table, shots_table, write_sweep_report
+    from lore_rm.evaluate.report import (
+        check_report_out,
+        print_tables,
+        rank_table,
+        shots_table,
+        write_sweep_report,
+    )
 
     console = Console()
     rank_list = parse_int_list(ranks, "--ranks")
@@ -137,6 +160,7 @@ def evaluate_cmd(
         "seed": seed,
     }
     try:
+        check_report_out(out)
         split, backbone = load_split(dataset)
         config["backbone"] = backbone
         if split.reference_head is None and 0 in rank_list:
@@ -176,6 +200,34 @@ def evaluate_cmd(
         title=f"{Path(dataset).name} (recipe '{recipe}')",
     )
     console.print(f"Wrote {out}/: {' '.join(names)}")
+
+
+def check_model_out(out: Path, overwrite: bool) -> None:
+    """Refuse an existing, non-empty model folder unless ``overwrite`` (before any work)."""
+    if not out.exists() or overwrite:
+        return
+    if not out.is_dir():
+        raise LoreError(f"{out}: exists and is not a folder; choose another --out")
+    if any(out.iterdir()):
+        db = out / DB_FILE
+        held = f" and a serving database ({db.name}) of onboarded users" if db.exists() else ""
+        raise LoreError(
+            f"{out}: already exists and holds files{held}; pass --overwrite to replace it, "
+            "or choose another --out"
+        )
+
+
+def set_aside_database(out: Path) -> list[Path]:
+    """Move a serving database out of a model folder about to be replaced; the new paths."""
+    if not (out / DB_FILE).exists():
+        return []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for f in sorted(out.glob(f"{DB_FILE}*")):  # the database and its -wal / -shm files
+        target = out.parent / f"{out.name}.{stamp}.{f.name}"
+        f.rename(target)
+        moved.append(target)
+    return moved
 
 
 def _rank(text: str) -> int | str:

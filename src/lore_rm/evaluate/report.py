@@ -12,7 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lore_rm.io import atomic_write, atomic_write_text
+from lore_rm.errors import DataError
+from lore_rm.io import atomic_folder, atomic_write, atomic_write_text
 from lore_rm.metrics import METRICS
 
 LABELS = {
@@ -159,6 +160,17 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def check_report_out(out: Path) -> None:
+    """A report replaces an earlier report (a folder with report.json) or an empty folder only."""
+    if not out.exists():
+        return
+    if not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").is_file()):
+        raise DataError(
+            f"{out}: exists and is not a lore report folder (no report.json), so it is not "
+            "replaced; choose another --out"
+        )
+
+
 def write_sweep_report(
     out: Path,
     *,
@@ -169,17 +181,22 @@ def write_sweep_report(
     title: str = "",
     extra: dict | None = None,
 ) -> list[str]:
-    """report.json, config.json, ranks.csv, shots.csv, ranks.png (+ shots.png); returns names."""
-    out.mkdir(parents=True, exist_ok=True)
+    """report.json, config.json, ranks.csv, ranks.png (+ shots.csv, shots.png); the names.
+
+    The folder is written whole under a temporary name and renamed over ``out``, so no file
+    of an earlier report survives beside the new one.
+    """
+    check_report_out(out)
     report = {"config": config, "oracle": oracle, "ranks": list(rows), "shots": list(shot_rows)}
     report.update(extra or {})
-    write_json(out / "report.json", report)
-    write_json(out / "config.json", config)
-    atomic_write_text(out / "ranks.csv", rows_to_csv(rows))
-    atomic_write_text(out / "shots.csv", rows_to_csv(shot_rows))
-    plot_ranks(rows, out / "ranks.png", oracle, title)
-    names = ["report.json", "config.json", "ranks.csv", "shots.csv", "ranks.png"]
-    if shot_rows:
-        plot_shots(shot_rows, out / "shots.png", oracle)
-        names.append("shots.png")
+    names = ["report.json", "config.json", "ranks.csv", "ranks.png"]
+    with atomic_folder(out, overwrite=True) as tmp:
+        write_json(tmp / "report.json", report)
+        write_json(tmp / "config.json", config)
+        atomic_write_text(tmp / "ranks.csv", rows_to_csv(rows))
+        plot_ranks(rows, tmp / "ranks.png", oracle, title)
+        if shot_rows:
+            atomic_write_text(tmp / "shots.csv", rows_to_csv(shot_rows))
+            plot_shots(shot_rows, tmp / "shots.png", oracle)
+            names += ["shots.csv", "shots.png"]
     return names
