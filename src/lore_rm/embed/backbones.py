@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from lore_rm.devices import as_device
 from lore_rm.embed.base import Embedder
 from lore_rm.embed.hashing import HashingEmbedder
 from lore_rm.errors import LoreError
@@ -66,6 +67,7 @@ def load_backbone(
     """
     from lore_rm.embed.hf import load_transformers_backbone
 
+    as_device(device)  # a bad name fails here, in one line, before any loading
     key = str(name_or_path).strip()
     m = _HASHING.match(key.lower())
     if m:

@@ -17,7 +17,6 @@ long inputs keep their *end* (the response being scored) and their leading BOS /
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from lore_rm.conversation import Conversation, check_conversation
+from lore_rm.devices import as_device
 from lore_rm.errors import LoreError
 
 DTYPES = {
@@ -43,11 +43,7 @@ FALLBACK_TEMPLATE = "{role}: {content}"
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` / ``"auto"``: this process's GPU (``LOCAL_RANK`` under torchrun) or the CPU."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(device)
+    return as_device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:

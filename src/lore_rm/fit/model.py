@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from lore_rm.comparisons import Comparisons
+from lore_rm.devices import as_device
 from lore_rm.errors import DataError, LoreError, UnknownUserError
 from lore_rm.fit.auto import AUTO, diagnose, resolve_auto
 from lore_rm.fit.config import FitConfig, Recipe
@@ -158,7 +159,7 @@ class LowRankReward:
                 f"alpha = {cfg.alpha:g} pulls the basis toward the reference head, but no "
                 "reference_head was given (the backbone has no reward head): use alpha = 0"
             )
-        device = torch.device(self.device)
+        device = as_device(self.device)
         data = comparisons.to(device=device, dtype=torch.float32)
         if data.is_table:
             data = data.compact().centred().with_user_ids(comparisons.user_ids)
@@ -243,7 +244,7 @@ class LowRankReward:
                 "they get the population's mean weights",
                 stacklevel=3,  # the caller of personalize() or fit_user_weights()
             )
-        device = torch.device(self.device)
+        device = as_device(self.device)
         basis = self.basis_.to(device)
         if data is not None and data.n:
             weights = fit_user_weights(
