@@ -156,7 +156,7 @@ def test_outputs_are_never_replaced_silently_and_never_keep_stale_files(tmp_path
     assert moved.read_bytes() == b"onboarded users" and "moved to" in res.output
     assert LowRankReward.from_pretrained(model_dir).rank_ == 2
 
-    evaluate = ("evaluate", ds, "--out", report, "--ranks", "1", "--trials", "1", "--no-progress")
+    evaluate = ("evaluate", ds, "--out", report, "--ranks", "2", "--trials", "1", "--no-progress")
     assert run(*evaluate, "--shots", "2").exit_code == 0
     assert (report / "shots.png").exists()
     assert run(*evaluate, "--shots", "").exit_code == 0  # a rerun replaces the whole report

@@ -93,6 +93,9 @@ def demo(
     print_tables(rank_table(rows, pop.oracle, f"lore demo — recipe '{recipe}'"), console=console)
     if shot_rows:
         print_tables(shots_table(shot_rows), console=console)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    config["notes"] = result.notes
     extra: dict = {"selected_rank": best["rank"] if best else None, "seconds": round(elapsed, 2)}
     if best is not None:
         gap = (best["unseen_test"] - 0.5) / max(pop.oracle["unseen_test"] - 0.5, 1e-9)

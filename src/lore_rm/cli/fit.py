@@ -192,6 +192,9 @@ def evaluate_cmd(
     print_tables(rank_table(rows, title=f"{dataset} — recipe '{recipe}'"), console=console)
     if shot_rows:
         print_tables(shots_table(shot_rows), console=console)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    config["notes"] = result.notes
     names = write_sweep_report(
         out,
         rows=rows,

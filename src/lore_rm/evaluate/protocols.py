@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ __all__ = [
     "four_numbers",
     "rank_sweep",
     "run_protocol",
+    "plan_shots",
     "sample_shots",
     "select_rank",
     "shots_sweep",
@@ -123,6 +125,39 @@ def sample_shots(data: Comparisons, shots: int, generator: torch.Generator) -> C
     return data.subset(order[position < shots])
 
 
+def plan_shots(data: Comparisons, shots: Sequence[int]) -> tuple[list[int], list[str]]:
+    """The shots values worth running on the pools ``data`` and why any others were dropped.
+
+    A value at or above the largest user's pool gives every user their whole pool: all such
+    values are one and the same draw, so only the largest pool size itself is kept.
+    """
+    counts = data.counts_per_user()
+    counts = counts[counts > 0]
+    if not counts.numel():
+        return [], ["no unseen user has few-shot comparisons: the shots sweep is skipped"]
+    largest = int(counts.max())
+    wanted = sorted(set(int(s) for s in shots if s > 0))
+    kept = [s for s in wanted if s < largest]
+    capped = [s for s in wanted if s >= largest]
+    notes = []
+    if capped:
+        kept.append(largest)
+        if capped != [largest]:
+            notes.append(
+                f"shots {', '.join(map(str, capped))}: no unseen user has more than {largest} "
+                f"few-shot comparisons, so these are one draw (every user's whole pool), "
+                f"reported once as {largest} shots"
+            )
+    short = [s for s in kept if bool((counts < s).any())]
+    if short:
+        s = short[0]
+        notes.append(
+            f"{int((counts < s).sum())} of {counts.numel()} unseen users have fewer than {s} "
+            "few-shot comparisons and use all they have (the shots_capped_users column)"
+        )
+    return kept, notes
+
+
 def shots_sweep(
     seen: LowRankReward,
     split: ProtocolSplit,
@@ -135,8 +170,14 @@ def shots_sweep(
     """Unseen-user test accuracy after personalising on ``shots`` random comparisons each.
 
     Returns one row per shots value: the mean over trials of the mean-over-users accuracy,
-    and its standard deviation over trials.
+    and its standard deviation over trials. Values no user's pool can tell apart are merged
+    (:func:`plan_shots`, with a warning).
     """
+    shots, notes = plan_shots(split.unseen_fewshot, shots)
+    for note in notes:
+        warnings.warn(f"shots sweep: {note}", stacklevel=2)
+    counts = split.unseen_fewshot.counts_per_user()
+    counts = counts[counts > 0]
     gen = torch.Generator().manual_seed(seed)
     rows = []
     bar = progress_bar(len(shots) * trials, "shots sweep", progress)
@@ -156,6 +197,7 @@ def shots_sweep(
                 "unseen_test": float(t.mean()),
                 "unseen_test_std": float(t.std(unbiased=False)),
                 "trials": trials,
+                "shots_capped_users": int((counts < s).sum()),
             }
         )
     bar.close()
@@ -169,6 +211,7 @@ class ProtocolResult:
     rows: list[dict]
     selected: dict | None
     shot_rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # why the shots sweep changed or was skipped
 
 
 def run_protocol(
@@ -190,8 +233,8 @@ def run_protocol(
     Rank sweep (the four numbers per (rank, alpha)) -> select the rank on seen users' test
     accuracy (:func:`select_rank`) -> the swept model at that rank (or a fit at ``shots_rank``
     with the first alpha, unless swept) -> shots sweep for the unseen users. The shots sweep
-    is skipped when ``shots`` is empty, or when no learned rank was swept and ``shots_rank``
-    is not given.
+    is skipped when ``shots`` is empty, when no learned rank was swept and ``shots_rank``
+    is not given, or at rank 1 (one pooled reward: nothing to personalise); ``notes`` says why.
     """
     rows, models = _sweep(split, ranks, alphas, recipe, seed, device, progress, settings)
     selected = select_rank(rows)
@@ -203,10 +246,24 @@ def run_protocol(
         rank, alpha = selected["rank"], selected["alpha"]
     else:
         rank, alpha = shots_rank, alphas[0]
+    if rank <= 1:
+        result.notes.append(
+            f"shots sweep skipped: at rank {rank} every user has the same reward, so shots "
+            "cannot change it (--shots-rank / shots_rank >= 2 sweeps anyway)"
+            if shots_rank is None
+            else f"shots sweep skipped: rank {rank} has one reward for every user"
+        )
+        return result
+    values, notes = plan_shots(split.unseen_fewshot, shots)
+    result.notes.extend(notes)
+    if not values:
+        return result
     model = models.get((rank, alpha))  # the swept model: the same fit, so not fitted again
     if model is None:
         model = LowRankReward(
             rank=rank, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
         ).fit(split.seen_train, split.reference_head)
-    result.shot_rows = shots_sweep(model, split, shots, trials, seed=seed, progress=progress)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="shots sweep:")  # the notes say it once
+        result.shot_rows = shots_sweep(model, split, values, trials, seed=seed, progress=progress)
     return result
