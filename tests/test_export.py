@@ -192,6 +192,16 @@ def test_exported_user_head_matches_served_rewards(setup):
     # the two users' rewards really differ (the head is personal)
     assert not np.allclose(served["u1"]["rewards"], served["newbie"]["rewards"], atol=1e-4)
 
+    # rewardbench reads the onboarded users too, and checks the users before any other work
+    result = CliRunner().invoke(
+        cli_app,
+        ["rewardbench", str(model_dir), "--data", str(root / "absent.parquet")]
+        + ["--user", "newbie", "--user", "ghost", "--user", "u1"],
+    )
+    assert result.exit_code == 2
+    assert "unknown user id(s) 'ghost': neither the model" in result.output
+    assert "newbie" not in result.output and "absent.parquet" not in result.output
+
 
 def test_exported_basis_heads(setup):
     root, backbone, emb, model_dir, probe = setup

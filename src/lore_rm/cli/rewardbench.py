@@ -15,7 +15,12 @@ def rewardbench(
     backbone: str = typer.Option(
         None, help="Backbone to embed with (default: the one named in the model's config)."
     ),
-    user: list[str] = typer.Option([], help="Also score this user's V·w (repeatable)."),
+    user: list[str] = typer.Option(
+        [], help="Also score this user's V·w (repeatable; users onboarded by lore serve too)."
+    ),
+    db: Path | None = typer.Option(
+        None, help="lore serve database with onboarded users (default: the one in the model)."
+    ),
     dtype: str = typer.Option("bf16", help="Compute dtype: bf16, fp16, fp32 or auto."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     batch_size: int = typer.Option(8, help="Texts per forward pass."),
@@ -33,10 +38,11 @@ def rewardbench(
     from lore_rm.embed import load_backbone
     from lore_rm.errors import LoreError
     from lore_rm.evaluate.rewardbench import SUBSETS, evaluate_rewardbench
-    from lore_rm.fit.model import LowRankReward
+    from lore_rm.serve.export import check_users, load_with_served_users
 
     try:
-        model = LowRankReward.from_pretrained(model_dir)
+        model, db_path, _ = load_with_served_users(model_dir, db)
+        check_users(model, user, db_path)  # before any text is embedded
         name = backbone or model.backbone
         if not name:
             raise LoreError(f"{model_dir}: the model names no backbone; pass --backbone")

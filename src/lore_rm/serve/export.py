@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,37 @@ from lore_rm.errors import LoreError, ModelFormatError, UnknownUserError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.io import atomic_folder
 from lore_rm.version import __version__
+
+
+def load_with_served_users(
+    model: LowRankReward | str | os.PathLike, db: str | os.PathLike | None = None
+) -> tuple[LowRankReward, Path | None, list[str]]:
+    """The model (a folder or an instance) with a ``lore serve`` database's weights over its
+    own; the database read (``db``, or the one next to a model folder) and the onboarded ids."""
+    if not isinstance(model, LowRankReward):
+        source = Path(model)
+        model = LowRankReward.from_pretrained(source)
+        if db is None:
+            from lore_rm.serve.service import default_db_path
+
+            db = default_db_path(source)
+    db_path = Path(db) if db is not None else None
+    model, onboarded = _with_db_weights(model, db_path)
+    return model, db_path, onboarded
+
+
+def check_users(model: LowRankReward, users: Sequence[str], db: Path | None) -> None:
+    """An :class:`UnknownUserError` naming every id in ``users`` that has no weights."""
+    if not users or model.rank_ == 0:
+        return
+    _, known = model.weights_for(list(users), unknown="mean")
+    missing = [u for u, k in zip(users, known.tolist(), strict=True) if not k]
+    if missing:
+        where = f"the database {db}" if db is not None and db.is_file() else "no serve database"
+        raise UnknownUserError(
+            f"unknown user id(s) {', '.join(map(repr, missing))}: neither the model "
+            f"({len(model.users_)} users) nor {where} has weights for them"
+        )
 
 
 def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankReward, list[str]]:
@@ -97,22 +129,10 @@ def export_reward_model(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    source = None
-    if not isinstance(model, LowRankReward):
-        source = Path(model)
-        model = LowRankReward.from_pretrained(source)
-        if db is None:
-            from lore_rm.serve.service import default_db_path
-
-            db = default_db_path(source)
-    model, onboarded = _with_db_weights(model, Path(db) if db is not None else None)
-    if user is not None and not basis and model.rank_ > 0:
-        _, known = model.weights_for([user], unknown="mean")
-        if not bool(known[0]):
-            raise UnknownUserError(
-                f"unknown user id {user!r}: neither the model nor the database "
-                f"{db if db is not None else '(none)'} has weights for it"
-            )
+    source = None if isinstance(model, LowRankReward) else Path(model)
+    model, db, onboarded = load_with_served_users(model, db)
+    if user is not None and not basis:
+        check_users(model, [user], db)
     head = reward_head(model, user, basis=basis)
     k, d = head.shape
 
