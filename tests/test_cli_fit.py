@@ -168,3 +168,24 @@ def test_outputs_are_never_replaced_silently_and_never_keep_stale_files(tmp_path
     res = run("evaluate", ds, "--out", other, "--ranks", "1", "--shots", "", "--no-progress")
     assert res.exit_code == 2 and "not a lore report folder" in res.output
     assert (other / "mine.txt").read_text() == "keep me"
+
+
+def test_fit_refuses_embeddings_of_other_texts(tmp_path):
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "prefs.jsonl"
+    _two_kinds_of_users(src, n_users=6, per_user=6)
+    ds = tmp_path / "ds"
+    runner = CliRunner()
+    assert runner.invoke(app, ["prepare", "generic", str(src), "--out", str(ds)]).exit_code == 0
+    res = runner.invoke(app, ["embed", str(ds), "--backbone", "hashing-16", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    texts = pq.read_table(ds / "texts.parquet")
+    rotated = texts.set_column(
+        texts.column_names.index("messages"),
+        "messages",
+        texts.column("messages").take(list(range(1, texts.num_rows)) + [0]),
+    )
+    pq.write_table(rotated, ds / "texts.parquet")
+    res = runner.invoke(app, ["fit", str(ds), "--out", str(tmp_path / "m"), "--rank", "1"])
+    assert res.exit_code == 2 and "made from other texts" in res.output

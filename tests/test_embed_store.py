@@ -80,6 +80,50 @@ def test_mismatched_backbone_texts_or_shards_are_errors(tiny_backbone, tmp_path)
     assert _store_files(ds / "embeddings") == before  # nothing was mixed in
 
 
+def test_damaged_swapped_or_stale_stores_never_load(tmp_path):
+    convs = random_conversations(12, seed=14)
+    ds = write_dataset(tmp_path / "ds", convs)
+    emb = load_backbone("hashing-16")
+    embed_dataset(ds, emb, shard_size=4, progress=False)
+    store, path = EmbeddingStore(ds), ds / "embeddings"
+    good = store.load()
+    assert all(len(e["sha256"]) == 64 for e in store.manifest["shards"])
+    files = _store_files(path)
+
+    def restore():
+        for name, data in files.items():
+            (path / name).write_bytes(data)
+
+    shard = path / shard_file(1)  # a flipped byte in the data, well past the header
+    data = bytearray(files[shard.name])
+    data[-3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"{shard.name}: its contents do not match the checksum"):
+        store.load()
+    with pytest.raises(DataError, match="checksum"):  # and `lore embed` does not call it complete
+        embed_dataset(ds, emb, progress=False)
+    restore()
+
+    (path / shard_file(0)).write_bytes(files[shard_file(2)])  # swapped shard files
+    (path / shard_file(2)).write_bytes(files[shard_file(0)])
+    with pytest.raises(DataError, match="checksum"):
+        store.load()
+    restore()
+
+    man = json.loads(files[MANIFEST_FILE])  # swapped manifest entries (rows and checksums)
+    a, b = man["shards"][0], man["shards"][2]
+    a["file"], b["file"] = b["file"], a["file"]
+    (path / MANIFEST_FILE).write_text(json.dumps(man))
+    with pytest.raises(DataError, match="not that shard's rows"):
+        store.load()
+    restore()
+    torch.testing.assert_close(store.load(), good)
+
+    write_dataset(ds, convs[1:] + convs[:1])  # the same texts, rotated
+    with pytest.raises(StoreMismatchError, match="made from other texts"):
+        store.check_texts(ds)
+
+
 def test_incomplete_store_refuses_to_load_and_resume_cleans_temporaries(tiny_backbone, tmp_path):
     ds = write_dataset(tmp_path / "ds", random_conversations(12, seed=14))
     embed_dataset(ds, tiny_backbone, shard_size=4, progress=False)

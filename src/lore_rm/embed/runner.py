@@ -178,8 +178,9 @@ def prepare_store(
             manifest["reference_head"] = HEAD_FILE
             bias = getattr(embedder, "reference_bias", lambda: None)()
             manifest["reference_bias"] = bias
+    known = {e["file"]: e for e in manifest["shards"]}
     manifest["shards"] = [
-        _shard_entry(store, i, manifest["shard_size"], count)
+        _shard_entry(store, i, manifest["shard_size"], count, known.get(shard_file(i)))
         for i in range(manifest["n_shards"])
         if (store / shard_file(i)).is_file()
     ]
@@ -207,11 +208,12 @@ def run_shards(
     count = len(conversations)
     todo = []
     size = manifest["shard_size"]
+    known = {e["file"]: e for e in manifest["shards"]}
     for i in shards:
         f = store / shard_file(i)
         rows = min((i + 1) * size, count) - i * size
         if f.is_file():
-            _check_shard(f, rows, manifest["d"])
+            _check_shard(f, rows, manifest["d"], known.get(f.name, {}).get("sha256"))
             report.skipped.append(i)
         else:
             todo.append(i)
@@ -261,7 +263,10 @@ def finish_store(store: Path, manifest: dict[str, Any], count: int) -> None:
     size, n_shards = manifest["shard_size"], manifest["n_shards"]
     missing = [i for i in range(n_shards) if not (store / shard_file(i)).is_file()]
     if not missing:
-        manifest["shards"] = [_shard_entry(store, i, size, count) for i in range(n_shards)]
+        known = {e["file"]: e for e in manifest["shards"]}
+        manifest["shards"] = [
+            _shard_entry(store, i, size, count, known.get(shard_file(i))) for i in range(n_shards)
+        ]
         manifest["complete"] = True
         _write_json(store / MANIFEST_FILE, manifest)
 

@@ -14,5 +14,6 @@ def load_split(dataset_dir: str | Path) -> tuple[ProtocolSplit, dict]:
 
     dataset = PreferenceDataset(dataset_dir)
     store = EmbeddingStore(dataset_dir)
+    store.check_texts(dataset_dir)
     split = dataset.to_split(store.load(), store.reference_head())
     return split, store.backbone

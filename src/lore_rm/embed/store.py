@@ -13,8 +13,8 @@ Layout of ``DATASET/embeddings/``::
 ``manifest.json``: ``format`` / ``format_version``; ``backbone`` (name, revision, kind,
 pooling, compute dtype, chat-template sha256, max_length, d); ``d``; ``dtype`` (storage dtype
 of the shards); ``count`` (texts = rows); ``texts_sha256`` (fingerprint of texts.parquet's
-messages); ``shard_size``; ``n_shards``; ``shards`` (file, start, stop, bytes of each finished
-shard); ``complete``; ``reference_head`` (file name or null) and ``reference_bias``.
+messages); ``shard_size``; ``n_shards``; ``shards`` (file, start, stop, bytes and sha256 of each
+finished shard); ``complete``; ``reference_head`` (file name or null) and ``reference_bias``.
 
 Guarantees:
 
@@ -24,6 +24,10 @@ Guarantees:
   recomputed or rewritten, stale temporary files are removed;
 * a run whose backbone (or texts, or shard size) differs from the manifest's stops with an
   error naming the differing fields;
+* every read checks each shard against its recorded sha256 and its rows against its name, and
+  :func:`~lore_rm.embed.split.load_split` checks the texts' fingerprint: a flipped byte, a
+  swapped shard file or manifest entry, or a re-prepared ``texts.parquet`` is an error, never
+  silently wrong embeddings (stores written before checksums were recorded load unchecked);
 * under ``torchrun`` / ``accelerate launch`` rank r embeds shards r, r + W, r + 2W, ... with
   no gathering; rank 0 writes the manifest and completes it once every rank is done.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 
 from lore_rm.constants import MANIFEST_FILE, STORE_FORMAT, STORE_FORMAT_VERSION
 from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE
@@ -162,11 +167,32 @@ class EmbeddingStore:
             out = out[torch.as_tensor(list(rows), dtype=torch.long)]
         return out
 
+    def check_texts(self, dataset_dir: str | os.PathLike) -> None:
+        """A :class:`StoreMismatchError` unless the store was made from ``dataset_dir``'s
+        texts.parquet as it is now (same texts, same order)."""
+        man = self.manifest
+        if man.get("texts_sha256") != texts_fingerprint(dataset_dir):
+            raise StoreMismatchError(
+                f"{self.path}: these embeddings were made from other texts than "
+                f"{Path(dataset_dir) / TEXTS_FILE} now holds (re-prepared or edited since); "
+                "rerun `lore embed` (delete the embeddings folder first)"
+            )
+
     def _read_shard(self, entry: dict[str, Any]) -> torch.Tensor:
         f = self.path / entry["file"]
         if not f.is_file():
             raise DataError(f"{f}: shard listed in the manifest is missing")
-        t = load_file(str(f))["embeddings"]
+        size = int(self.manifest["shard_size"])
+        index = shard_index(entry["file"])
+        if index is None or entry["start"] != index * size:
+            raise DataError(
+                f"{self.manifest_path}: the entry for {entry['file']} says rows "
+                f"{entry['start']}..{entry['stop'] - 1}, which are not that shard's rows; "
+                "the manifest was edited or damaged"
+            )
+        data = f.read_bytes()
+        check_digest(f, data, entry.get("sha256"))
+        t = load(data)["embeddings"]
         if t.shape != (entry["stop"] - entry["start"], self.d):
             raise DataError(
                 f"{f}: shape {tuple(t.shape)}, manifest says "
@@ -185,16 +211,43 @@ class EmbeddingStore:
         return self.manifest.get("reference_bias")
 
 
-def _shard_entry(store: Path, i: int, size: int, count: int) -> dict[str, Any]:
+def shard_index(name: str) -> int | None:
+    m = re.fullmatch(r"shard-(\d+)\.safetensors", name)
+    return int(m.group(1)) if m else None
+
+
+def check_digest(path: Path, data: bytes, sha256: str | None) -> None:
+    """A :class:`DataError` when ``data`` (read from ``path``) does not have ``sha256``."""
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise DataError(
+            f"{path}: its contents do not match the checksum recorded when it was written "
+            "(a damaged or swapped file); delete it and rerun `lore embed` to recompute it"
+        )
+
+
+def _shard_entry(
+    store: Path, i: int, size: int, count: int, known: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The manifest entry of finished shard ``i``; its sha256 comes from ``known`` (the entry
+    recorded when the shard was written) or, for a shard not yet listed, from the file."""
+    f = store / shard_file(i)
+    nbytes = f.stat().st_size
+    if known and known.get("sha256") and known.get("bytes") == nbytes:
+        digest = known["sha256"]
+    else:
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
     return {
         "file": shard_file(i),
         "start": i * size,
         "stop": min((i + 1) * size, count),
-        "bytes": (store / shard_file(i)).stat().st_size,
+        "bytes": nbytes,
+        "sha256": digest,
     }
 
 
-def _check_shard(path: Path, rows: int, d: int) -> None:
+def _check_shard(path: Path, rows: int, d: int, sha256: str | None = None) -> None:
+    if sha256 is not None:
+        check_digest(path, path.read_bytes(), sha256)
     with safe_open(str(path), framework="pt") as f:
         shape = tuple(f.get_slice("embeddings").get_shape())
     if shape != (rows, d):
