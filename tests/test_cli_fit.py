@@ -189,3 +189,35 @@ def test_fit_refuses_embeddings_of_other_texts(tmp_path):
     pq.write_table(rotated, ds / "texts.parquet")
     res = runner.invoke(app, ["fit", str(ds), "--out", str(tmp_path / "m"), "--rank", "1"])
     assert res.exit_code == 2 and "made from other texts" in res.output
+
+
+def test_prepare_overwrite_keeps_embeddings_of_the_same_texts(tmp_path):
+    src = tmp_path / "prefs.jsonl"
+    _two_kinds_of_users(src, n_users=8, per_user=8)
+    ds = tmp_path / "ds"
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    assert run("prepare", "generic", src, "--out", ds).exit_code == 0
+    assert run("embed", ds, "--backbone", "hashing-16", "--no-progress").exit_code == 0
+    store = {f.name: f.read_bytes() for f in (ds / "embeddings").iterdir()}
+
+    res = run("prepare", "generic", src, "--out", ds, "--seed", "1")
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = run("prepare", "generic", src, "--out", ds, "--seed", "1", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert "no re-embedding" in res.output
+    assert {f.name: f.read_bytes() for f in (ds / "embeddings").iterdir()} == store
+    assert json.loads((ds / "dataset.json").read_text())["seed"] == 1
+    res = run("fit", ds, "--out", tmp_path / "m", "--rank", "2", "--no-progress")
+    assert res.exit_code == 0, res.output
+
+    _two_kinds_of_users(src, n_users=8, per_user=8, seed=5)  # other texts
+    res = run("prepare", "generic", src, "--out", ds, "--overwrite")
+    assert res.exit_code == 2 and "--discard-embeddings" in res.output
+    assert {f.name: f.read_bytes() for f in (ds / "embeddings").iterdir()} == store
+    res = run("prepare", "generic", src, "--out", ds, "--overwrite", "--discard-embeddings")
+    assert res.exit_code == 0, res.output
+    assert not (ds / "embeddings").exists()

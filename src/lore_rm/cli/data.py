@@ -19,14 +19,26 @@ prepare_app = typer.Typer(
 data_app = typer.Typer(help="Inspect dataset folders.", no_args_is_help=True)
 
 OUT = typer.Option(..., "--out", "-o", help="Dataset folder to write (written atomically).")
-OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
+OVERWRITE = typer.Option(
+    False,
+    "--overwrite",
+    help="Replace an existing output folder (its embeddings are kept when the texts are the same).",
+)
+DISCARD = typer.Option(
+    False,
+    "--discard-embeddings",
+    help="With --overwrite: allow deleting an embedding store of texts that changed.",
+)
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 
 
 def _report(path: Path) -> None:
     from lore_rm.data.dataset import PreferenceDataset
+    from lore_rm.data.layout import EMBEDDINGS_DIR
 
     print_summary(PreferenceDataset(path).summary())
+    if (path / EMBEDDINGS_DIR).is_dir():
+        Console().print(f"Kept {path / EMBEDDINGS_DIR}/: the texts are the same, no re-embedding.")
 
 
 def print_summary(s: dict) -> None:
@@ -73,6 +85,7 @@ def prepare_generic_cmd(
     max_fewshot: int | None = typer.Option(None, help="Cap on an unseen user's few-shot ones."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
     overwrite: bool = OVERWRITE,
+    discard_embeddings: bool = DISCARD,
 ) -> None:
     """Prepare comparisons in the TRL preference layout plus a user column."""
     params = dict(locals())
@@ -80,7 +93,9 @@ def prepare_generic_cmd(
 
     try:
         cfg = config_from(GenericConfig, params)
-        path = prepare_generic(files, out, cfg, overwrite=overwrite)
+        path = prepare_generic(
+            files, out, cfg, overwrite=overwrite, discard_embeddings=discard_embeddings
+        )
     except LoreError as e:
         fail(e)
     _report(path)
@@ -100,6 +115,7 @@ def prepare_tldr_cmd(
     drop_smallest: int = typer.Option(2, help="Workers with fewest comparisons dropped per split."),
     seed: int = typer.Option(0, help="Seed of the worker shuffle and the capped samples."),
     overwrite: bool = OVERWRITE,
+    discard_embeddings: bool = DISCARD,
     progress: bool = PROGRESS,
 ) -> None:
     """Prepare Reddit TLDR (summarize_from_feedback) with the published worker protocol."""
@@ -108,7 +124,14 @@ def prepare_tldr_cmd(
 
     try:
         cfg = config_from(TLDRConfig, params)
-        path = prepare_tldr(sources, out, cfg, overwrite=overwrite, progress=progress)
+        path = prepare_tldr(
+            sources,
+            out,
+            cfg,
+            overwrite=overwrite,
+            discard_embeddings=discard_embeddings,
+            progress=progress,
+        )
     except LoreError as e:
         fail(e)
     _report(path)
@@ -129,6 +152,7 @@ def prepare_prism_cmd(
     train_fraction: float = typer.Option(0.5, help="Share of a user's dialogs on the train side."),
     seed: int = typer.Option(123, help="numpy seed of the user and dialog shuffles."),
     overwrite: bool = OVERWRITE,
+    discard_embeddings: bool = DISCARD,
     progress: bool = PROGRESS,
 ) -> None:
     """Prepare PRISM: one comparison per (chosen, rejected) pair, the dialog so far as prompt."""
@@ -144,6 +168,7 @@ def prepare_prism_cmd(
             survey=survey,
             conversations=conversations,
             overwrite=overwrite,
+            discard_embeddings=discard_embeddings,
             progress=progress,
         )
     except LoreError as e:
@@ -172,6 +197,7 @@ def prepare_personalllm_cmd(
     ),
     seed: int = typer.Option(0, help="Seed of the population and the sampled prompts."),
     overwrite: bool = OVERWRITE,
+    discard_embeddings: bool = DISCARD,
     progress: bool = PROGRESS,
 ) -> None:
     """Prepare PersonalLLM with a simulated Dirichlet population (best vs worst response)."""
@@ -184,7 +210,14 @@ def prepare_personalllm_cmd(
             kw["reward_models"] = tuple(n.strip() for n in reward_models.split(",") if n.strip())
         cfg = config_from(PersonalLLMConfig, params, **kw)
         path = prepare_personalllm(
-            source, out, cfg, train=train, test=test, overwrite=overwrite, progress=progress
+            source,
+            out,
+            cfg,
+            train=train,
+            test=test,
+            overwrite=overwrite,
+            discard_embeddings=discard_embeddings,
+            progress=progress,
         )
     except LoreError as e:
         fail(e)

@@ -264,6 +264,7 @@ def prepare_generic(
     config: GenericConfig | None = None,
     *,
     overwrite: bool = False,
+    discard_embeddings: bool = False,
 ) -> Path:
     """Read, validate, split and write a dataset folder; returns its path."""
     cfg = config or GenericConfig()
@@ -300,4 +301,5 @@ def prepare_generic(
         inputs=[file_digest(s.path) for s in sources],
         dropped=dropped,
         overwrite=overwrite,
+        discard_embeddings=discard_embeddings,
     )

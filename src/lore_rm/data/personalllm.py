@@ -188,6 +188,7 @@ def prepare_personalllm(
     train: Sequence[str | Path] = (),
     test: Sequence[str | Path] = (),
     overwrite: bool = False,
+    discard_embeddings: bool = False,
     progress: bool = False,
 ) -> Path:
     """Simulate the PersonalLLM population and write the dataset folder."""
@@ -280,6 +281,7 @@ def prepare_personalllm(
         dropped=dropped,
         extra_files={USERS_FILE: users_table},
         overwrite=overwrite,
+        discard_embeddings=discard_embeddings,
     )
     bar.update(1)
     bar.close()

@@ -130,6 +130,7 @@ def prepare_prism(
     survey: str | Path | None = None,
     conversations: str | Path | None = None,
     overwrite: bool = False,
+    discard_embeddings: bool = False,
     progress: bool = False,
 ) -> Path:
     """Prepare PRISM from a folder holding survey.jsonl and conversations.jsonl (or the Hub
@@ -243,6 +244,7 @@ def prepare_prism(
         inputs=[file_digest(survey_src.path), file_digest(conv_src.path)],
         dropped=dropped,
         overwrite=overwrite,
+        discard_embeddings=discard_embeddings,
     )
 
 

@@ -172,6 +172,7 @@ def prepare_tldr(
     config: TLDRConfig | None = None,
     *,
     overwrite: bool = False,
+    discard_embeddings: bool = False,
     progress: bool = False,
 ) -> Path:
     """Prepare the TLDR protocol from local files / folders or the Hub name."""
@@ -218,4 +219,5 @@ def prepare_tldr(
         inputs=[file_digest(f) for f in files],
         dropped=dropped,
         overwrite=overwrite,
+        discard_embeddings=discard_embeddings,
     )

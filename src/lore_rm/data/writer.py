@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from array import array
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ from lore_rm.data.layout import (
     DATASET_FILE,
     DATASET_FORMAT,
     DATASET_FORMAT_VERSION,
+    EMBEDDINGS_DIR,
     TEXTS_FILE,
 )
 from lore_rm.errors import DataError
@@ -141,6 +144,7 @@ def write_dataset(
     dropped: Mapping[str, int] | None = None,
     extra_files: Mapping[str, pa.Table] | None = None,
     overwrite: bool = False,
+    discard_embeddings: bool = False,
 ) -> Path:
     """Validate and write a dataset folder atomically; returns its path.
 
@@ -148,6 +152,10 @@ def write_dataset(
     index ``texts``) plus any source fields. Texts no comparison uses are dropped and the
     indices renumbered. ``dropped`` counts what the preparation left out, by reason.
     ``extra_files`` are further parquet tables (e.g. simulated users' true weights).
+
+    With ``overwrite``, an existing folder's embedding store is kept when it was made from
+    exactly the texts written now (a re-split, a new seed): embedding is the costly step. A
+    store of other texts is refused unless ``discard_embeddings``.
     """
     table = comparisons if isinstance(comparisons, pa.Table) else pa.table(dict(comparisons))
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
@@ -193,7 +201,41 @@ def write_dataset(
         (tmp / DATASET_FILE).write_text(
             json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8"
         )
+        carry_embeddings(Path(out), tmp, discard_embeddings)
     return Path(out)
+
+
+def carry_embeddings(old: Path, new: Path, discard: bool) -> None:
+    """Give the dataset folder ``new`` the embedding store of ``old`` when it was made from
+    the texts ``new`` holds (hard links, so ``old`` stays whole until the swap); refuse to
+    drop a store of other texts unless ``discard``."""
+    from lore_rm.embed.store import EmbeddingStore, texts_fingerprint
+
+    store = old / EMBEDDINGS_DIR
+    if not store.is_dir() or not any(store.iterdir()):
+        return
+    try:
+        made_from = EmbeddingStore(store).manifest.get("texts_sha256")
+    except DataError:
+        made_from = None  # no readable manifest: nothing worth keeping was finished
+    if made_from is None:
+        return
+    if made_from != texts_fingerprint(new):
+        if discard:
+            return
+        raise DataError(
+            f"{store}: these embeddings are of other texts than the new preparation writes, "
+            "and replacing the folder would delete them; pass --discard-embeddings "
+            "(discard_embeddings=True) to do so, or choose another --out"
+        )
+    target = new / EMBEDDINGS_DIR
+    target.mkdir()
+    for f in store.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            try:
+                os.link(f, target / f.name)
+            except OSError:
+                shutil.copy2(f, target / f.name)
 
 
 def _validate(table: pa.Table, chosen: np.ndarray, rejected: np.ndarray, n_texts: int) -> None:
