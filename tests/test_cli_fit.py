@@ -16,6 +16,10 @@ pytestmark = pytest.mark.slow  # integration: prepare, embed, fit and evaluate c
 TOPICS = ["apples", "trains", "poems", "rivers", "chess", "bread"]
 
 
+def _cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def _two_kinds_of_users(path, n_users=24, per_user=24, seed=0):
     """Half the users prefer the short answer, half the long one: a rank-2 population."""
     rng = random.Random(seed)
@@ -101,10 +105,7 @@ def test_a_backbone_without_a_reward_head_skips_rank_0(tmp_path):
     src = tmp_path / "prefs.jsonl"
     _two_kinds_of_users(src, n_users=12, per_user=12)
     ds = tmp_path / "ds"
-    runner = CliRunner()
-
-    def run(*args):
-        return runner.invoke(app, [str(a) for a in args])
+    run = _cli
 
     assert run("prepare", "generic", src, "--out", ds, "--unseen-fraction", "0.25").exit_code == 0
     assert run("embed", ds, "--backbone", "hashing-64", "--no-progress").exit_code == 0
@@ -130,10 +131,7 @@ def test_outputs_are_never_replaced_silently_and_never_keep_stale_files(tmp_path
     src = tmp_path / "prefs.jsonl"
     _two_kinds_of_users(src, n_users=12, per_user=12)
     ds, model_dir, report = tmp_path / "ds", tmp_path / "model", tmp_path / "report"
-    runner = CliRunner()
-
-    def run(*args):
-        return runner.invoke(app, [str(a) for a in args])
+    run = _cli
 
     assert run("prepare", "generic", src, "--out", ds, "--unseen-fraction", "0.25").exit_code == 0
     assert run("embed", ds, "--backbone", "hashing-64", "--no-progress").exit_code == 0
@@ -195,10 +193,7 @@ def test_prepare_overwrite_keeps_embeddings_of_the_same_texts(tmp_path):
     src = tmp_path / "prefs.jsonl"
     _two_kinds_of_users(src, n_users=8, per_user=8)
     ds = tmp_path / "ds"
-    runner = CliRunner()
-
-    def run(*args):
-        return runner.invoke(app, [str(a) for a in args])
+    run = _cli
 
     assert run("prepare", "generic", src, "--out", ds).exit_code == 0
     assert run("embed", ds, "--backbone", "hashing-16", "--no-progress").exit_code == 0
