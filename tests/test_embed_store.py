@@ -199,6 +199,40 @@ def test_interrupted_run_resumes_to_the_same_store(tiny_reward_model_dir, tmp_pa
     assert _store_files(store) == _store_files(fresh / "embeddings")  # byte for byte
 
 
+def test_progress_moves_per_batch(tiny_backbone):
+    convs = random_conversations(10, seed=17)
+    steps: list[int] = []
+    tiny_backbone.embed(convs + convs[:3], progress=steps.append)  # 3 duplicates: no forward
+    assert sum(steps) == 13 and len(steps) == -(-10 // tiny_backbone.batch_size)
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_is_saved_and_resumes(tiny_reward_model_dir, tmp_path):
+    ds = write_dataset(tmp_path / "ds", random_conversations(1200, seed=18))
+    cmd = [sys.executable, "-m", "lore_rm.cli", "embed", str(ds), "--backbone"]
+    cmd += [str(tiny_reward_model_dir), "--dtype", "fp32", "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(
+        [*cmd, "--shard-size", "4"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    store = ds / "embeddings"
+    deadline = time.monotonic() + 120
+    while len(list(store.glob("shard-*.safetensors"))) < 3:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the child never wrote three shards"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert "of 300 shards (" in err and "Rerun the same `lore embed` command to resume" in err
+    done = len(list(store.glob("shard-*.safetensors")))
+    assert f"interrupted: {done} of 300 shards ({4 * done} of 1200 texts) are saved" in err
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{300 - done} shard(s)" in res.stdout and f"{done} already done" in res.stdout
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tiny_reward_model_dir, tiny_backbone, tmp_path):
     convs = random_conversations(18, seed=16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -24,7 +25,8 @@ def embed(
     batch_size: int = typer.Option(8, help="Texts per forward pass (length-sorted)."),
     max_length: int = typer.Option(4096, help="Token cap; longer texts keep their end."),
     shard_size: int = typer.Option(
-        None, help="Texts per shard (default 4096, or the existing store's)."
+        None,
+        help="Texts per shard, the unit of resuming (default 512, or the existing store's).",
     ),
     store_dtype: str = typer.Option(
         "float32", help="Dtype of the stored shards: float32, bfloat16 or float16."
@@ -64,6 +66,8 @@ def embed(
         )
     except LoreError as exc:
         fail(exc)
+    except KeyboardInterrupt:
+        interrupted(dataset)
     rank = os.environ.get("RANK", "0")
     prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     typer.echo(
@@ -72,3 +76,25 @@ def embed(
         f"{len(report.skipped)} already done; store "
         + ("complete" if report.complete else "incomplete")
     )
+
+
+def interrupted(dataset: Path) -> NoReturn:
+    """Ctrl-C: say what is saved and how to go on, then exit 130 (no traceback)."""
+    from lore_rm.embed import EmbeddingStore
+    from lore_rm.errors import LoreError
+
+    try:
+        store = EmbeddingStore(dataset)
+        man = store.manifest
+        done = store.finished_shards()
+        size, count = man["shard_size"], man["count"]
+        texts = sum(min((i + 1) * size, count) - i * size for i in done)
+        saved = f"{len(done)} of {man['n_shards']} shards ({texts} of {count} texts) are saved"
+    except (LoreError, OSError, KeyError):
+        saved = "nothing was saved yet"
+    typer.echo(
+        f"\ninterrupted: {saved} in {Path(dataset) / 'embeddings'}; the shard in progress is "
+        "lost. Rerun the same `lore embed` command to resume.",
+        err=True,
+    )
+    raise typer.Exit(130)

@@ -24,7 +24,11 @@ class Embedder(Protocol):
         ...
 
     def embed(self, conversations: Sequence[Conversation]) -> torch.Tensor:
-        """Float32 tensor (len(conversations), d), on the CPU, in input order."""
+        """Float32 tensor (len(conversations), d), on the CPU, in input order.
+
+        An embedder may also take ``progress=callable``: it is then called with the number of
+        texts each batch finished (the store's progress bar moves per batch, not per shard).
+        """
         ...
 
     def reference_head(self) -> torch.Tensor | None:

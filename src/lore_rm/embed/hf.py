@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,8 +176,15 @@ class _TransformersEmbedder:
         return ids, mask
 
     @torch.inference_mode()
-    def embed(self, conversations: Sequence[Conversation]) -> torch.Tensor:
-        """Float32 (n, d) CPU tensor in input order; batches of similar lengths."""
+    def embed(
+        self,
+        conversations: Sequence[Conversation],
+        progress: Callable[[int], object] | None = None,
+    ) -> torch.Tensor:
+        """Float32 (n, d) CPU tensor in input order; batches of similar lengths.
+
+        ``progress`` is called with the number of texts each batch finished.
+        """
         n = len(conversations)
         if n == 0:
             return torch.zeros(0, self.dim, dtype=torch.float32)
@@ -196,11 +203,14 @@ class _TransformersEmbedder:
         self.forwarded += len(unique)
         pooled_unique = torch.zeros(len(unique), self.dim, dtype=torch.float32)
         order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
+        copies = torch.bincount(torch.tensor(slot), minlength=len(unique)).tolist()
         for start in range(0, len(unique), self.batch_size):
             rows = order[start : start + self.batch_size]
             ids, mask = self._pad([unique[i] for i in rows])
             pooled = self._pool(ids.to(self.device), mask.to(self.device))
             pooled_unique[torch.tensor(rows)] = pooled.float().cpu()
+            if progress is not None:
+                progress(sum(copies[i] for i in rows))
         out = pooled_unique[torch.tensor(slot)]
         return out
 

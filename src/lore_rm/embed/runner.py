@@ -10,6 +10,7 @@ manifest (:func:`finish_store`). The layout and the guarantees are in
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -234,7 +235,7 @@ def run_shards(
     try:
         for i in todo:
             lo, hi = i * size, min((i + 1) * size, count)
-            emb = embedder.embed(conversations[lo:hi])
+            emb = embed_with_progress(embedder, conversations[lo:hi], bar)
             if emb.shape != (hi - lo, manifest["d"]):
                 raise LoreError(
                     f"{embedder.name} returned shape {tuple(emb.shape)} for "
@@ -247,7 +248,8 @@ def run_shards(
             atomic_write(store / shard_file(i), _tensor_writer(tensors, metadata=meta))
             report.computed.append(i)
             report.rows += hi - lo
-            bar.update(hi - lo)
+            bar.n = sum(min((j + 1) * size, count) - j * size for j in report.computed)
+            bar.refresh()
             if single_writer:  # keep the manifest's shard list current
                 manifest["shards"].append(_shard_entry(store, i, size, count))
                 manifest["shards"].sort(key=lambda s: s["start"])
@@ -255,6 +257,17 @@ def run_shards(
     finally:
         bar.close()
         report.seconds = time.perf_counter() - start_time
+
+
+def embed_with_progress(embedder: Embedder, texts: Sequence[Conversation], bar) -> torch.Tensor:
+    """``embedder.embed(texts)``, moving ``bar`` per batch when the embedder can report it."""
+    try:
+        accepts = "progress" in inspect.signature(embedder.embed).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if accepts:
+        return embedder.embed(texts, progress=bar.update)
+    return embedder.embed(texts)
 
 
 def finish_store(store: Path, manifest: dict[str, Any], count: int) -> None:

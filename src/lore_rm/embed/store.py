@@ -51,7 +51,9 @@ from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE
 from lore_rm.errors import DataError, LoreError
 from lore_rm.io import atomic_write_json, read_format_record
 
-DEFAULT_SHARD_SIZE = 4096
+#: texts per shard: a kill loses at most one shard's work (about a minute for an 8B reward
+#: model on one GPU, or MiniLM on two CPU cores), and ranks share the work evenly
+DEFAULT_SHARD_SIZE = 512
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Backbone fields that must match for two runs to share a store (batch size and device do
 # not change what is computed beyond float rounding).
