@@ -1,6 +1,7 @@
 """lore-rm: personalised reward models with a shared low-rank reward basis (LoRe)."""
 
 from lore_rm.comparisons import Comparisons
+from lore_rm.embed.split import load_split
 from lore_rm.errors import DataError, LoreError, ModelFormatError, UnknownUserError
 from lore_rm.evaluate.protocols import four_numbers, rank_sweep, run_protocol, shots_sweep
 from lore_rm.evaluate.simulate import PopulationConfig, simulate_population
@@ -22,6 +23,7 @@ __all__ = [
     "ProtocolSplit",
     "UnknownUserError",
     "four_numbers",
+    "load_split",
     "mean_accuracy",
     "per_user_accuracy",
     "rank_sweep",

@@ -14,8 +14,10 @@ from lore_rm.errors import LoreError
 
 def serve(
     model_dir: Path = typer.Argument(..., help="A lore-rm model folder (save_pretrained)."),
-    backbone: str = typer.Option(
-        ..., help="The embedding backbone: a transformers model id or folder, or hashing-<dim>."
+    backbone: str | None = typer.Option(
+        None,
+        help="The embedding backbone: a transformers model id or folder, minilm, or "
+        "hashing-<dim> (default: the one the model was fitted with).",
     ),
     db: Path | None = typer.Option(
         None, help="SQLite file for onboarded users (default: MODEL_DIR/lore-serve.sqlite)."
@@ -37,7 +39,11 @@ def serve(
         False, help="/get_reward: keep prompt strings verbatim (do not parse ChatML/Llama-3)."
     ),
     device: str = typer.Option("cpu", help="Device of the backbone."),
-    dtype: str | None = typer.Option(None, help="Backbone dtype (e.g. bfloat16)."),
+    dtype: str | None = typer.Option(
+        None,
+        help="Backbone compute dtype, e.g. bf16 or fp32 (default: the one the model's "
+        "embeddings were made with, from training.json; else bf16).",
+    ),
     torch_threads: int = typer.Option(
         0, min=0, help="torch threads per worker (0: 1 for hashing-*, else torch's default)."
     ),

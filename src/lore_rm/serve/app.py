@@ -128,7 +128,7 @@ def app_from_env() -> FastAPI:
 
 def build_app(
     model_dir: str,
-    backbone: str,
+    backbone: str | None = None,
     db: str | None = None,
     token: str | None = None,
     token_file: str | None = None,
@@ -141,6 +141,9 @@ def build_app(
 ) -> FastAPI:
     """Load the model folder and the backbone, then :func:`create_app`.
 
+    ``backbone`` defaults to the one the model records; ``dtype`` to the compute dtype its
+    embeddings were made with (``training.json``), so served rewards match the fitted ones.
+
     ``torch_threads``: torch's intra-op threads for this process (0: one thread for the
     ``hashing-*`` stand-in, whose tiny matrix products only lose to threading; otherwise
     torch's default)."""
@@ -148,12 +151,16 @@ def build_app(
 
     from lore_rm.serve.service import default_db_path
 
+    model = LowRankReward.from_pretrained(model_dir)
+    backbone = backbone or model.backbone
+    if not backbone:
+        raise LoreError(f"{model_dir}: the model records no backbone; pass --backbone")
+    if dtype is None:
+        dtype = embedding_dtype(model_dir)
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     elif backbone.startswith("hashing-"):
         torch.set_num_threads(1)
-
-    model = LowRankReward.from_pretrained(model_dir)
     embedder = (loader or load_embedder)(backbone, device=device, dtype=dtype)
     qf = dict(query_format or {})
     if "strip_suffixes" in qf:
@@ -166,6 +173,17 @@ def build_app(
         limits=Limits(**(limits or {})),
         query_format=QueryFormat(**qf),
     )
+
+
+def embedding_dtype(model_dir: str | Path) -> str | None:
+    """The compute dtype of the embeddings the model was fitted on (from the training record
+    ``lore fit`` writes), or None when unknown."""
+    try:
+        record = json.loads((Path(model_dir) / "training.json").read_text("utf-8"))
+        dtype = record["backbone"]["dtype"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dtype if isinstance(dtype, str) and dtype != "auto" else None
 
 
 def load_embedder(name_or_path: str, *, device: str = "cpu", dtype: str | None = None) -> Embedder:
