@@ -223,3 +223,31 @@ def test_prepare_overwrite_keeps_embeddings_of_the_same_texts(tmp_path):
     res = run("prepare", "generic", src, "--out", ds, "--overwrite", "--discard-embeddings")
     assert res.exit_code == 0, res.output
     assert not (ds / "embeddings").exists()
+
+
+def test_degenerate_datasets_say_which_role_is_empty(tmp_path):
+    src = tmp_path / "prefs.jsonl"
+    _two_kinds_of_users(src, n_users=6, per_user=8)
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+
+    def dataset(name, role_of):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join(json.dumps({**r, "role": role_of(r)}) for r in rows) + "\n")
+        ds = tmp_path / name
+        res = _cli("prepare", "generic", path, "--out", ds, "--split-column", "role")
+        assert res.exit_code == 0, res.output
+        assert _cli("embed", ds, "--backbone", "hashing-16", "--no-progress").exit_code == 0
+        return ds
+
+    seen_only = dataset("seen", lambda r: "seen-train" if r["chosen"] < "u" else "seen-test")
+    res = _cli("fit", seen_only, "--out", tmp_path / "m", "--rank", "2", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "nan" not in res.output
+    assert "(the dataset has no unseen-test comparisons)" in " ".join(res.output.split())
+
+    no_train = dataset("none", lambda r: "unseen-test")
+    for command in ("fit", "evaluate"):
+        res = _cli(command, no_train, "--out", tmp_path / command, "--no-progress")
+        assert res.exit_code == 2
+        assert "the role 'seen-train' has no comparisons" in res.output
+        assert str(no_train) in " ".join(res.output.split())

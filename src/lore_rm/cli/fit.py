@@ -54,7 +54,7 @@ def fit_cmd(
     """
     from lore_rm.embed.split import load_split
     from lore_rm.evaluate.protocols import four_numbers
-    from lore_rm.evaluate.report import LABELS, METRICS, write_json
+    from lore_rm.evaluate.report import METRICS, number_line, write_json
     from lore_rm.fit.model import LowRankReward
 
     console = Console()
@@ -93,7 +93,7 @@ def fit_cmd(
     except LoreError as exc:
         fail(exc)
     for m in METRICS:
-        console.print(f"{LABELS[m]:32s} {numbers[m]:.3f} ± {numbers[m + '_std']:.3f}")
+        console.print(number_line(numbers, m))
     if sel:
         console.print(
             f"Chosen by {sel['folds']}-fold cross-validation ({sel['n_fits']} fits, "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lore_rm.protocol import ProtocolSplit
+from lore_rm.errors import DataError
+from lore_rm.protocol import PROTOCOL_ROLES, ProtocolSplit
 
 
 def load_split(dataset_dir: str | Path) -> tuple[ProtocolSplit, dict]:
@@ -16,4 +17,17 @@ def load_split(dataset_dir: str | Path) -> tuple[ProtocolSplit, dict]:
     store = EmbeddingStore(dataset_dir)
     store.check_texts(dataset_dir)
     split = dataset.to_split(store.load(), store.reference_head())
+    if split.seen_train.n == 0:
+        counts = ", ".join(
+            f"{role} {part.n}"
+            for role, part in zip(
+                PROTOCOL_ROLES,
+                (split.seen_train, split.seen_test, split.unseen_fewshot, split.unseen_test),
+                strict=True,
+            )
+        )
+        raise DataError(
+            f"{dataset_dir}: the role 'seen-train' has no comparisons ({counts}); a fit needs "
+            "seen users' training comparisons: prepare the dataset again with some seen users"
+        )
     return split, store.backbone

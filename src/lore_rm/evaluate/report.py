@@ -80,6 +80,20 @@ def rows_to_csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+#: the dataset role each of the four numbers is measured on
+ROLE_OF = dict(
+    zip(METRICS, ("seen-train", "seen-test", "unseen-fewshot", "unseen-test"), strict=True)
+)
+
+
+def number_line(numbers: Mapping, metric: str) -> str:
+    """``label  mean ± std``, or why there is no number (a role without comparisons)."""
+    value = numbers[metric]
+    if value != value:  # nan: the role holds no comparisons
+        return f"{LABELS[metric]:32s} —  (the dataset has no {ROLE_OF[metric]} comparisons)"
+    return f"{LABELS[metric]:32s} {value:.3f} ± {numbers[metric + '_std']:.3f}"
+
+
 def write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
