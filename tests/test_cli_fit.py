@@ -251,3 +251,37 @@ def test_degenerate_datasets_say_which_role_is_empty(tmp_path):
         assert res.exit_code == 2
         assert "the role 'seen-train' has no comparisons" in res.output
         assert str(no_train) in " ".join(res.output.split())
+
+
+def test_truncated_model_shard_and_parquet_files_are_one_line_errors(tmp_path):
+    src = tmp_path / "prefs.jsonl"
+    _two_kinds_of_users(src, n_users=6, per_user=8)
+    ds, model_dir = tmp_path / "ds", tmp_path / "m"
+    assert _cli("prepare", "generic", src, "--out", ds).exit_code == 0
+    assert _cli("embed", ds, "--backbone", "hashing-16", "--no-progress").exit_code == 0
+    assert _cli("fit", ds, "--out", model_dir, "--rank", "1", "--no-progress").exit_code == 0
+
+    def truncate(path):
+        path.write_bytes(path.read_bytes()[:150])
+
+    def one_line_error(*args, names):
+        res = _cli(*args)
+        assert res.exit_code == 2, res.output
+        assert "Traceback" not in res.output and "error:" in res.output
+        assert names in " ".join(res.output.split())
+
+    truncate(model_dir / "model.safetensors")
+    one_line_error(
+        "rewardbench", model_dir, "--data", src, names="model.safetensors: not a readable"
+    )
+    manifest = ds / "embeddings" / "manifest.json"  # a store written before checksums
+    meta = json.loads(manifest.read_text())
+    for entry in meta["shards"]:
+        entry.pop("sha256")
+    manifest.write_text(json.dumps(meta))
+    truncate(ds / "embeddings" / "shard-00000.safetensors")
+    one_line_error("fit", ds, "--out", tmp_path / "m2", names="shard-00000.safetensors: not a")
+    truncate(ds / "texts.parquet")
+    for command in ("fit", "embed"):
+        args = ("--out", tmp_path / "m3") if command == "fit" else ("--backbone", "hashing-16")
+        one_line_error(command, ds, *args, names="texts.parquet: not a readable parquet file")

@@ -88,6 +88,21 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
         raise
 
 
+def read_tensors(
+    path: str | Path, *, data: bytes | None = None, error: type[Exception] = DataError
+) -> dict:
+    """The tensors of the safetensors file ``path`` (or of its bytes ``data``, already read);
+    ``error`` naming the file when it is truncated or not a safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load, load_file
+
+    try:
+        return load(data) if data is not None else load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise error(f"{path}: not a readable safetensors file ({first})") from None
+
+
 def read_format_record(
     path: str | Path,
     fmt: str,

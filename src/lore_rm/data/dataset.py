@@ -18,6 +18,7 @@ from lore_rm.data.layout import (
     DATASET_FORMAT,
     DATASET_FORMAT_VERSION,
     TEXTS_FILE,
+    read_parquet,
 )
 from lore_rm.errors import DataError
 from lore_rm.io import read_format_record
@@ -57,11 +58,11 @@ class PreferenceDataset:
     # ---- tables ---------------------------------------------------------------------------
     @cached_property
     def comparisons(self) -> pa.Table:
-        return _read(self.path / COMPARISONS_FILE)
+        return read_parquet(self.path / COMPARISONS_FILE)
 
     @cached_property
     def texts(self) -> pa.Table:
-        return _read(self.path / TEXTS_FILE)
+        return read_parquet(self.path / TEXTS_FILE)
 
     @property
     def n_texts(self) -> int:
@@ -148,13 +149,6 @@ class PreferenceDataset:
             reference_head=None if reference_head is None else torch.as_tensor(reference_head),
             info=info,
         )
-
-
-def _read(path: Path) -> pa.Table:
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: not a readable parquet file ({e})") from None
 
 
 def _per_user(table: pa.Table) -> np.ndarray:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lore_rm.constants import (  # noqa: F401  (re-exported: the dataset layout's names)
@@ -36,12 +37,23 @@ from lore_rm.constants import (  # noqa: F401  (re-exported: the dataset layout'
     TEXTS_FILE,
 )
 from lore_rm.conversation import Conversation
+from lore_rm.errors import DataError
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """The parquet table at ``path``; a one-line DataError naming the file when it is missing,
+    truncated, not parquet, or lacks one of ``columns``."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: not a readable parquet file ({first})") from None
 
 
 def read_conversations(dataset_dir: str | Path) -> list[Conversation]:
     """Every unique conversation of a dataset folder, in embedding-row order."""
-    table = pq.read_table(Path(dataset_dir) / TEXTS_FILE, columns=["text_id", "messages"])
+    table = read_parquet(Path(dataset_dir) / TEXTS_FILE, columns=["text_id", "messages"])
     ids = table.column("text_id").to_numpy()
     if len(ids) and not (ids == range(len(ids))).all():
-        raise ValueError(f"{dataset_dir}/{TEXTS_FILE}: text_id must equal the row index")
+        raise DataError(f"{dataset_dir}/{TEXTS_FILE}: text_id must equal the row index")
     return [json.loads(m) for m in table.column("messages").to_pylist()]

@@ -41,15 +41,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import torch
-from safetensors import safe_open
-from safetensors.torch import load, load_file
+from safetensors import SafetensorError, safe_open
 
 from lore_rm.constants import MANIFEST_FILE, STORE_FORMAT, STORE_FORMAT_VERSION
-from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE
+from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE, read_parquet
 from lore_rm.errors import DataError, LoreError
-from lore_rm.io import atomic_write_json, read_format_record
+from lore_rm.io import atomic_write_json, read_format_record, read_tensors
 
 #: texts per shard: a kill loses at most one shard's work (about a minute for an 8B reward
 #: model on one GPU, or MiniLM on two CPU cores), and ranks share the work evenly
@@ -83,7 +81,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def texts_fingerprint(dataset_dir: str | Path) -> str:
     """sha256 over texts.parquet's messages column (row order included)."""
-    table = pq.read_table(Path(dataset_dir) / TEXTS_FILE, columns=["messages"])
+    table = read_parquet(Path(dataset_dir) / TEXTS_FILE, columns=["messages"])
     h = hashlib.sha256()
     for chunk in table.column("messages").chunks:
         for m in chunk.to_pylist():
@@ -194,7 +192,7 @@ class EmbeddingStore:
             )
         data = f.read_bytes()
         check_digest(f, data, entry.get("sha256"))
-        t = load(data)["embeddings"]
+        t = read_tensors(f, data=data)["embeddings"]
         if t.shape != (entry["stop"] - entry["start"], self.d):
             raise DataError(
                 f"{f}: shape {tuple(t.shape)}, manifest says "
@@ -207,7 +205,7 @@ class EmbeddingStore:
         name = self.manifest.get("reference_head")
         if not name:
             return None
-        return load_file(str(self.path / name))["reference_head"].float()
+        return read_tensors(self.path / name)["reference_head"].float()
 
     def reference_bias(self) -> float | None:
         return self.manifest.get("reference_bias")
@@ -250,8 +248,14 @@ def _shard_entry(
 def _check_shard(path: Path, rows: int, d: int, sha256: str | None = None) -> None:
     if sha256 is not None:
         check_digest(path, path.read_bytes(), sha256)
-    with safe_open(str(path), framework="pt") as f:
-        shape = tuple(f.get_slice("embeddings").get_shape())
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shape = tuple(f.get_slice("embeddings").get_shape())
+    except (SafetensorError, OSError) as exc:
+        raise DataError(
+            f"{path}: finished shard is not a readable safetensors file ({exc}); the store is "
+            "damaged: delete this shard and rerun `lore embed`"
+        ) from None
     if shape != (rows, d):
         raise DataError(
             f"{path}: finished shard has shape {shape}, expected ({rows}, {d}); "

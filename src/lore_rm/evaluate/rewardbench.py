@@ -57,9 +57,9 @@ def read_rewardbench(path: str | os.PathLike) -> list[RewardBenchRow]:
         raise DataError(f"{p}: no such file")
     name = p.name.lower()
     if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+        from lore_rm.data.layout import read_parquet
 
-        records = pq.read_table(p).to_pylist()
+        records = read_parquet(p).to_pylist()
     elif name.endswith((".jsonl", ".jsonl.gz")):
         opener = gzip.open if name.endswith(".gz") else open
         with opener(p, "rt", encoding="utf-8") as f:

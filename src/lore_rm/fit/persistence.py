@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lore_rm.constants import (
     MODEL_CARD_FILE,
@@ -27,7 +27,13 @@ from lore_rm.constants import (
 )
 from lore_rm.errors import ModelFormatError
 from lore_rm.fit.config import FitConfig
-from lore_rm.io import atomic_write, atomic_write_json, atomic_write_text, read_format_record
+from lore_rm.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    read_format_record,
+    read_tensors,
+)
 from lore_rm.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,7 +85,7 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
     if not wpath.is_file():
         raise ModelFormatError(f"{folder}: no {MODEL_WEIGHTS_FILE}")
     users = _read_users(folder, config)
-    tensors = load_file(str(wpath))
+    tensors = read_tensors(wpath, error=ModelFormatError)
     if tensors["user_weights"].shape[0] != len(users):
         raise ModelFormatError(
             f"{folder}: {len(users)} users but {tensors['user_weights'].shape[0]} weight rows"
