@@ -199,6 +199,15 @@ def test_interrupted_run_resumes_to_the_same_store(tiny_reward_model_dir, tmp_pa
     assert _store_files(store) == _store_files(fresh / "embeddings")  # byte for byte
 
 
+def test_truncation_is_one_warning_per_run_not_per_shard(tiny_reward_model_dir, tmp_path):
+    ds = write_dataset(tmp_path / "ds", random_conversations(12, seed=19))
+    emb = load_backbone(str(tiny_reward_model_dir), dtype="fp32", device="cpu", max_length=6)
+    with pytest.warns(UserWarning) as caught:
+        embed_dataset(ds, emb, shard_size=4, progress=False)
+    messages = [str(w.message) for w in caught if "max_length" in str(w.message)]
+    assert len(messages) == 1 and "of the 12 texts embedded were longer" in messages[0]
+
+
 def test_progress_moves_per_batch(tiny_backbone):
     convs = random_conversations(10, seed=17)
     steps: list[int] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,31 +233,42 @@ def run_shards(
     )
     start_time = time.perf_counter()
     target = STORAGE_DTYPES[storage_dtype]
+    truncated_before = getattr(embedder, "truncated", 0)
     try:
-        for i in todo:
-            lo, hi = i * size, min((i + 1) * size, count)
-            emb = embed_with_progress(embedder, conversations[lo:hi], bar)
-            if emb.shape != (hi - lo, manifest["d"]):
-                raise LoreError(
-                    f"{embedder.name} returned shape {tuple(emb.shape)} for "
-                    f"{hi - lo} texts; expected ({hi - lo}, {manifest['d']})"
-                )
-            if not torch.isfinite(emb).all():
-                raise DataError(f"{embedder.name} produced NaN/inf for rows {lo}..{hi - 1}")
-            tensors = {"embeddings": emb.to(target).contiguous()}
-            meta = {"rows": f"{lo}:{hi}"}  # one key: safetensors orders several at random
-            atomic_write(store / shard_file(i), _tensor_writer(tensors, metadata=meta))
-            report.computed.append(i)
-            report.rows += hi - lo
-            bar.n = sum(min((j + 1) * size, count) - j * size for j in report.computed)
-            bar.refresh()
-            if single_writer:  # keep the manifest's shard list current
-                manifest["shards"].append(_shard_entry(store, i, size, count))
-                manifest["shards"].sort(key=lambda s: s["start"])
-                _write_json(store / MANIFEST_FILE, manifest)
+        with warnings.catch_warnings():  # per-shard truncation warnings: one summary below
+            warnings.filterwarnings("ignore", message=".*were longer than max_length")
+            for i in todo:
+                lo, hi = i * size, min((i + 1) * size, count)
+                emb = embed_with_progress(embedder, conversations[lo:hi], bar)
+                if emb.shape != (hi - lo, manifest["d"]):
+                    raise LoreError(
+                        f"{embedder.name} returned shape {tuple(emb.shape)} for "
+                        f"{hi - lo} texts; expected ({hi - lo}, {manifest['d']})"
+                    )
+                if not torch.isfinite(emb).all():
+                    raise DataError(f"{embedder.name} produced NaN/inf for rows {lo}..{hi - 1}")
+                tensors = {"embeddings": emb.to(target).contiguous()}
+                meta = {"rows": f"{lo}:{hi}"}  # one key: safetensors orders several at random
+                atomic_write(store / shard_file(i), _tensor_writer(tensors, metadata=meta))
+                report.computed.append(i)
+                report.rows += hi - lo
+                bar.n = sum(min((j + 1) * size, count) - j * size for j in report.computed)
+                bar.refresh()
+                if single_writer:  # keep the manifest's shard list current
+                    manifest["shards"].append(_shard_entry(store, i, size, count))
+                    manifest["shards"].sort(key=lambda s: s["start"])
+                    _write_json(store / MANIFEST_FILE, manifest)
     finally:
         bar.close()
         report.seconds = time.perf_counter() - start_time
+        truncated = getattr(embedder, "truncated", 0) - truncated_before
+        if truncated:
+            warnings.warn(
+                f"{embedder.name}: {truncated} of the {report.rows} texts embedded were longer "
+                f"than max_length = {getattr(embedder, 'max_length', '?')} tokens and kept "
+                "only their last tokens",
+                stacklevel=2,
+            )
 
 
 def embed_with_progress(embedder: Embedder, texts: Sequence[Conversation], bar) -> torch.Tensor:
