@@ -1,0 +1,92 @@
+"""lore fit / evaluate --json, through the CLI (hashing-64)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_cli_fit import _cli, _two_kinds_of_users
+
+from lore_rm import LowRankReward
+from lore_rm.embed.hashing import HashingEmbedder
+
+pytestmark = pytest.mark.slow  # integration: prepare, embed, fit, evaluate commands
+
+
+def _ok(*args):
+    res = _cli(*args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _conv(prompt, response):
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def _onboard(model_dir, user, n=6):
+    """``user`` onboarded into the serve database next to the model (likes long answers)."""
+    from lore_rm.serve.service import RewardService, default_db_path
+    from lore_rm.serve.user_store import StoredComparison
+
+    model = LowRankReward.from_pretrained(model_dir)
+    service = RewardService(model, HashingEmbedder(64), default_db_path(model_dir), warm_up=False)
+    pairs, raw = [], []
+    for j in range(n):
+        prompt = f"tell me about rivers number {j}"
+        chosen, rejected = "rivers are nice because they flow a long way", "rivers are nice"
+        pairs.append((_conv(prompt, chosen), _conv(prompt, rejected)))
+        raw.append(
+            StoredComparison(_conv(prompt, chosen)[:1], [pairs[-1][0][1]], [pairs[-1][1][1]])
+        )
+    service.onboard(user, pairs, raw)
+    service.store.close()
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A dataset embedded with hashing-64, `lore fit --json` on it, one onboarded user."""
+    tmp = tmp_path_factory.mktemp("cli-model")
+    src, ds, model_dir = tmp / "prefs.jsonl", tmp / "ds", tmp / "model"
+    _two_kinds_of_users(src)
+    _ok("prepare", "generic", src, "--out", ds, "--unseen-fraction", "0.25")
+    _ok("embed", ds, "--backbone", "hashing-64", "--no-progress")
+    res = _ok("fit", ds, "--out", model_dir, "--no-progress", "--json")
+    summary = json.loads(res.stdout)  # nothing but JSON on stdout
+    _onboard(model_dir, "newbie")
+    return ds, model_dir, summary
+
+
+def test_fit_json_summary(fitted):
+    _, model_dir, s = fitted
+    assert s["out"] == str(model_dir) and s["backbone"] == "hashing-64"
+    assert s["rank"] == 2 and s["requested_rank"] == "auto" and s["recipe"] == "default"
+    assert s["n_users"] == 24 and s["weight_decay"] > 0
+    sel = s["selection"]
+    assert sel["folds"] == 5 and sel["n_fits"] > 0 and sel["seconds"] > 0
+    assert sel["rule"] and sel["rank"] == 2 and sel["weight_decay"] == s["weight_decay"]
+    acc = s["accuracy"]
+    for key in ("train", "seen_test", "fewshot_train", "unseen_test"):
+        assert 0 <= acc[key] <= 1 and acc[f"{key}_std"] >= 0
+    assert acc["unseen_test"] > 0.9
+    diag = s["diagnostics"]
+    assert diag["validated"] is True and diag["no_signal"] == [] and diag["converged"] is True
+    assert diag["warnings"] == []
+    assert s["fit_seconds"] > 0 and s["moved_database"] == []
+
+
+def test_evaluate_json_summary(fitted, tmp_path):
+    ds = fitted[0]
+    report = tmp_path / "report"
+    res = _ok(
+        "evaluate", ds, "--out", report, "--ranks", "0..2", "--shots", "2,4", "--trials", "1",
+        "--no-progress", "--json",
+    )  # fmt: skip
+    s = json.loads(res.stdout)
+    assert "unseen users" in res.stderr  # the tables go to stderr
+    assert s["out"] == str(report) and (report / "report.json").is_file()
+    assert "report.json" in s["files"] and "shots.csv" in s["files"]
+    assert [r["rank"] for r in s["ranks"]] == [0, 1, 2]
+    assert s["ranks"][2]["unseen_test"] > 0.9 and "unseen_test_std" in s["ranks"][2]
+    assert s["selected"] == {"rank": 2, "alpha": 0.0} and s["shots_rank"] == 2
+    assert [r["shots"] for r in s["shots"]] == [2, 4]
+    assert s["notes"] == [] and s["ranks_skipped"] == []
