@@ -1,4 +1,4 @@
-"""lore fit / evaluate --json, through the CLI (hashing-64)."""
+"""lore fit / evaluate --json and lore model info, through the CLI (hashing-64)."""
 
 from __future__ import annotations
 
@@ -90,3 +90,33 @@ def test_evaluate_json_summary(fitted, tmp_path):
     assert s["selected"] == {"rank": 2, "alpha": 0.0} and s["shots_rank"] == 2
     assert [r["shots"] for r in s["shots"]] == [2, 4]
     assert s["notes"] == [] and s["ranks_skipped"] == []
+
+
+def test_model_info(fitted, tmp_path):
+    ds, model_dir, _ = fitted
+    res = _ok("model", "info", model_dir)
+    for text in ("hashing-64", "requested auto", "onboarded", "weight_decay"):
+        assert text in res.stdout
+    s = json.loads(_ok("model", "info", model_dir, "--json").stdout)
+    assert s["rank"] == 2 and s["d"] == 64 and s["n_components"] == 2
+    assert s["backbone"] == "hashing-64" and s["recipe"] == "default"
+    assert s["users"]["model"] == 24 and s["users"]["onboarded"] == 1
+    assert s["users"]["onboarded_new"] == 1 and s["users"]["total"] == 25
+    assert s["users"]["database"].endswith("lore-serve.sqlite")
+    assert s["fit_config"]["weight_decay"] > 0 and s["fit_config"]["cv_folds"] == 5
+    assert s["lore_rm_version"] and s["format_version"] == 2
+    training = s["training"]
+    assert training["dataset"] == str(ds) and training["selection"]["rank"] == 2
+    assert training["diagnostics"]["converged"] is True
+    assert training["accuracy"]["unseen_test"] > 0.9
+
+    # a model saved from Python has no training.json
+    bare = tmp_path / "bare"
+    LowRankReward.from_pretrained(model_dir).save_pretrained(bare)
+    assert json.loads(_ok("model", "info", bare, "--json").stdout)["training"] is None
+    assert "no training.json" in _ok("model", "info", bare).stdout
+
+    for folder in (ds, tmp_path / "missing"):
+        res = _cli("model", "info", folder)
+        assert res.exit_code == 2 and "error:" in res.output
+        assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output

@@ -54,6 +54,10 @@ def _register() -> None:
 
     app.command("rewardbench")(rewardbench)
 
+    from lore_rm.cli.model import model_app
+
+    app.add_typer(model_app, name="model")
+
 
 _register()
 
