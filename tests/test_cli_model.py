@@ -1,16 +1,20 @@
-"""lore fit / evaluate --json and lore model info, through the CLI (hashing-64)."""
+"""lore fit / evaluate --json, lore model info and lore score, through the CLI (hashing-64)."""
 
 from __future__ import annotations
 
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import torch
 from test_cli_fit import _cli, _two_kinds_of_users
 
 from lore_rm import LowRankReward
 from lore_rm.embed.hashing import HashingEmbedder
+from lore_rm.serve.export import load_with_served_users
 
-pytestmark = pytest.mark.slow  # integration: prepare, embed, fit, evaluate commands
+pytestmark = pytest.mark.slow  # integration: prepare, embed, fit, evaluate, score commands
 
 
 def _ok(*args):
@@ -120,3 +124,93 @@ def test_model_info(fitted, tmp_path):
         res = _cli("model", "info", folder)
         assert res.exit_code == 2 and "error:" in res.output
         assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+def _rows():
+    return [
+        {"user": "user00", "prompt": "tell me about apples", "response": "apples are nice"},
+        {
+            "user_id": "user01",
+            "messages": _conv("tell me about chess", "chess are nice because of a long story"),
+            "id": "x1",
+        },
+        {"user": "newbie", "prompt": "tell me about bread", "response": "bread is nice"},
+        {"user": "user00", "prompt": "tell me about apples", "response": "apples are nice"},
+    ]
+
+
+def _expected(model_dir, rows, unknown="error"):
+    model, _, _ = load_with_served_users(model_dir)
+    convs = [r.get("messages") or _conv(r["prompt"], r["response"]) for r in rows]
+    users = [r.get("user", r.get("user_id")) for r in rows]
+    return model.reward(HashingEmbedder(64).embed(convs), users, unknown=unknown)
+
+
+def test_score_matches_the_model(fitted, tmp_path):
+    model_dir = fitted[1]
+    rows = _rows()
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    want = _expected(model_dir, rows)
+
+    res = _ok("score", model_dir, src, "--no-progress")  # JSON Lines on stdout
+    got = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [g["index"] for g in got] == [0, 1, 2, 3]
+    assert [g["user"] for g in got] == ["user00", "user01", "newbie", "user00"]
+    assert [g["id"] for g in got] == [None, "x1", None, None]
+    assert all(g["known"] for g in got)  # newbie: from the serve database
+    assert torch.allclose(torch.tensor([g["reward"] for g in got]), want, atol=1e-6)
+
+    out = tmp_path / "scores.jsonl"
+    _ok("score", model_dir, src, "--out", out, "--no-progress", "--backbone", "hashing-64")
+    assert [json.loads(line) for line in out.read_text().splitlines()] == got
+
+    table = tmp_path / "rows.parquet"  # parquet in (nulls for absent fields), CSV out
+    keys = ["user", "user_id", "prompt", "response", "messages", "id"]
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows]), table)
+    csv_out = tmp_path / "scores.csv"
+    _ok("score", model_dir, table, "--out", csv_out, "--no-progress")
+    lines = csv_out.read_text().splitlines()
+    assert lines[0] == "index,id,user,reward,known" and len(lines) == 5
+    rewards = [float(line.split(",")[3]) for line in lines[1:]]
+    assert torch.allclose(torch.tensor(rewards), want, atol=1e-6)
+
+
+def test_score_unknown_users(fitted, tmp_path):
+    model_dir = fitted[1]
+    rows = [*_rows(), {"user": "stranger", "prompt": "p", "response": "r"}]
+    rows.append({"user": "alien", "prompt": "p", "response": "r"})
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    res = _cli("score", model_dir, src, "--no-progress")
+    assert res.exit_code == 2 and "'stranger'" in res.output and "'alien'" in res.output
+    assert res.stdout == ""
+
+    res = _ok("score", model_dir, src, "--unknown", "mean", "--no-progress")
+    got = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [g["known"] for g in got] == [True] * 4 + [False, False]
+    want = _expected(model_dir, rows, unknown="mean")
+    assert torch.allclose(torch.tensor([g["reward"] for g in got]), want, atol=1e-6)
+    assert "unknown users" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ('{"prompt": "p", "response": "r"}', "line 2: missing field 'user' (or 'user_id')"),
+        ('{"user": "user00", "prompt": "p"}', "line 2: missing field 'response'"),
+        ('{"user": "user00", "messages": [{"role": "bot", "content": "x"}]}',
+         "line 2: 'messages'[0] has role 'bot'"),
+        ('{"user": "user00", "messages": [{"role": "user", "content": "x"}]}',
+         "line 2: 'messages': the last message must be the assistant"),
+        ('{"user": "user00", "prompt": "p", "response": 3}', "line 2: 'response' must be a string"),
+        ('{"user": "user00", "prompt": "p"', "line 2: not valid JSON"),
+    ],
+)  # fmt: skip
+def test_score_bad_rows_are_one_line_errors(fitted, tmp_path, line, fragment):
+    src = tmp_path / "rows.jsonl"
+    src.write_text(json.dumps(_rows()[0]) + "\n" + line + "\n")
+    res = _cli("score", fitted[1], src, "--no-progress")
+    assert res.exit_code == 2, res.output
+    assert f"{src}: {fragment}" in res.output and len(res.output.strip().splitlines()) == 1
