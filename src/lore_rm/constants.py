@@ -14,6 +14,7 @@ MODEL_CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.safetensors"
 MODEL_USERS_FILE = "users.json"
 MODEL_CARD_FILE = "README.md"
+TRAINING_FILE = "training.json"  # lore fit: dataset, backbone, accuracy, fit history
 
 # A dataset folder (lore prepare ...).
 DATASET_FORMAT = "lore-rm-dataset"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import json
+import math
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from typing import Any, NoReturn, TypeVar
 
@@ -48,6 +52,53 @@ def fail(exc: Exception) -> NoReturn:
 
     Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(2)
+
+
+JSON_HELP = "Print a machine-readable summary (JSON) on stdout; the human lines go to stderr."
+
+
+def print_json(obj: Any) -> None:
+    """``obj`` as indented, strict JSON on stdout: NaN and inf become null."""
+    from lore_rm.evaluate.report import json_default
+
+    plain = json.loads(json.dumps(obj, default=json_default))
+    typer.echo(json.dumps(_finite(plain), indent=2, allow_nan=False))
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return o
+
+
+@contextlib.contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """Collect the messages of the warnings raised inside (each once, in order) into the
+    yielded list; afterwards each is printed on stderr as one ``warning:`` line."""
+    messages: list[str] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            yield messages
+    finally:
+        for w in caught:
+            text = str(w.message)
+            if text not in messages:
+                messages.append(text)
+        _warn_lines(messages)
+
+
+def _warn_lines(messages: list[str]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True, soft_wrap=True)
+    for text in messages:
+        console.print(f"[yellow]warning:[/yellow] {escape(text)}")
 
 
 def config_from(cls: type[C], params: Mapping[str, Any], **extra: Any) -> C:

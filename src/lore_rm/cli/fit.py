@@ -8,9 +8,16 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from lore_rm.cli.common import fail, parse_float_list, parse_int_list
+from lore_rm.cli.common import (
+    JSON_HELP,
+    collected_warnings,
+    fail,
+    parse_float_list,
+    parse_int_list,
+    print_json,
+)
 from lore_rm.cli.fit_options import fit_options
-from lore_rm.constants import DB_FILE
+from lore_rm.constants import DB_FILE, TRAINING_FILE
 from lore_rm.errors import LoreError
 from lore_rm.io import atomic_folder
 
@@ -21,6 +28,7 @@ RECIPE = typer.Option("default", help="'default' (lore-rm) or 'paper' (published
 SEED = typer.Option(0, help="Seed of every fit and draw.")
 DEVICE = typer.Option("cpu", help="Torch device for the fits, e.g. 'cpu' or 'cuda'.")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+JSON_OUT = typer.Option(False, "--json", help=JSON_HELP)
 
 
 @fit_options()
@@ -44,54 +52,57 @@ def fit_cmd(
     seed: int = SEED,
     device: str = DEVICE,
     progress: bool = PROGRESS,
+    as_json: bool = JSON_OUT,
     fit_settings: dict | None = None,
 ) -> None:
     """Fit the basis and the seen users' weights; save the model and print the four numbers.
 
     With the default recipe the rank (--rank auto) and the ridge (--weight-decay auto) are
     chosen by cross-validation over the seen users' training comparisons; the chosen values
-    and the selection curve are printed, drawn (selection.png) and saved.
+    and the selection curve are printed, drawn (selection.png) and saved. --json prints the
+    summary (settings, selection, accuracy, diagnostics) as JSON on stdout.
     """
     from lore_rm.embed.split import load_split
     from lore_rm.evaluate.protocols import four_numbers
     from lore_rm.evaluate.report import METRICS, number_line, write_json
     from lore_rm.fit.model import LowRankReward
 
-    console = Console()
-    try:
-        check_model_out(out, overwrite)
-        split, backbone = load_split(dataset)
-        t0 = time.perf_counter()
-        model = LowRankReward(
-            rank=_rank(rank),
-            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
-            backbone=backbone.get("name"),
-            device=device,
-            seed=seed,
-            **(fit_settings or {}),
-        ).fit(split.seen_train, split.reference_head, progress=progress)
-        seconds = time.perf_counter() - t0
-        numbers = four_numbers(model, split)
-        if personalize_unseen and split.unseen_fewshot.n:
-            model.personalize(split.unseen_fewshot, progress=progress)
-        sel = model.history_.get("selection")
-        with atomic_folder(out, overwrite=True) as tmp:  # refused above unless --overwrite
-            model.save_pretrained(tmp)
-            write_json(
-                tmp / "training.json",
-                {
-                    "dataset": str(dataset),
-                    "backbone": backbone,
-                    "fit_seconds": round(seconds, 3),
-                    "accuracy": numbers,
-                    "history": model.history_,
-                },
-            )
-            if sel:
-                plot_selection(sel, tmp / "selection.png")
-            moved = set_aside_database(out)  # last: a failed write leaves the old folder whole
-    except LoreError as exc:
-        fail(exc)
+    console = Console(stderr=as_json)
+    with collected_warnings() as warned:
+        try:
+            check_model_out(out, overwrite)
+            split, backbone = load_split(dataset)
+            t0 = time.perf_counter()
+            model = LowRankReward(
+                rank=_rank(rank),
+                recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
+                backbone=backbone.get("name"),
+                device=device,
+                seed=seed,
+                **(fit_settings or {}),
+            ).fit(split.seen_train, split.reference_head, progress=progress)
+            seconds = time.perf_counter() - t0
+            numbers = four_numbers(model, split)
+            if personalize_unseen and split.unseen_fewshot.n:
+                model.personalize(split.unseen_fewshot, progress=progress)
+            sel = model.history_.get("selection")
+            with atomic_folder(out, overwrite=True) as tmp:  # refused above unless --overwrite
+                model.save_pretrained(tmp)
+                write_json(
+                    tmp / TRAINING_FILE,
+                    {
+                        "dataset": str(dataset),
+                        "backbone": backbone,
+                        "fit_seconds": round(seconds, 3),
+                        "accuracy": numbers,
+                        "history": model.history_,
+                    },
+                )
+                if sel:
+                    plot_selection(sel, tmp / "selection.png")
+                moved = set_aside_database(out)  # last: a failed write leaves the old folder whole
+        except LoreError as exc:
+            fail(exc)
     for m in METRICS:
         console.print(number_line(numbers, m))
     if sel:
@@ -111,6 +122,48 @@ def fit_cmd(
     console.print(
         f"Wrote {out}/ (rank {model.rank_}, {len(model.users_)} users, {seconds:.1f} s fit)"
     )
+    if as_json:
+        print_json(
+            {
+                "out": str(out),
+                "dataset": str(dataset),
+                "backbone": model.backbone,
+                "recipe": model.recipe,
+                "rank": model.rank_,
+                "requested_rank": model.rank,
+                "weight_decay": model.config_.weight_decay,
+                "n_users": len(model.users_),
+                "selection": selection_summary(model.history_),
+                "accuracy": dict(numbers),
+                "diagnostics": diagnostics(model.history_, warned),
+                "fit_seconds": round(seconds, 3),
+                "moved_database": [str(p) for p in moved],
+            }
+        )
+
+
+def selection_summary(history: dict) -> dict | None:
+    """How the rank and ridge were chosen (without the curve), or None when not searched."""
+    sel = history.get("selection")
+    if not sel:
+        return None
+    keys = ("folds", "n_fits", "seconds", "rule", "rank", "weight_decay")
+    return {k: sel.get(k) for k in keys}
+
+
+def diagnostics(history: dict, warned: list[str] | None = None) -> dict:
+    """What a fit's history says about its health: validation, no-signal problems,
+    convergence (L-BFGS; None for the published Adam loop), pruned columns; warnings raised."""
+    out = {
+        "validated": history.get("validated"),
+        "no_signal": list(history.get("no_signal", [])),
+        "converged": history.get("converged"),
+        "iterations": history.get("iterations"),
+        "pruned_columns": history.get("pruned_columns"),
+    }
+    if warned is not None:
+        out["warnings"] = list(warned)
+    return out
 
 
 @fit_options(exclude=("recipe", "seed", "alpha"))
@@ -130,9 +183,14 @@ def evaluate_cmd(
     seed: int = SEED,
     device: str = DEVICE,
     progress: bool = PROGRESS,
+    as_json: bool = JSON_OUT,
     fit_settings: dict | None = None,
 ) -> None:
-    """The published protocol: four numbers for every (rank, alpha), then the shots sweep."""
+    """The published protocol: four numbers for every (rank, alpha), then the shots sweep.
+
+    --json prints the rank rows, the selected rank, the shots rows and the notes as JSON on
+    stdout (the tables go to stderr).
+    """
     from lore_rm.embed.split import load_split
     from lore_rm.evaluate.protocols import run_protocol
     from lore_rm.evaluate.report import (
@@ -143,7 +201,7 @@ def evaluate_cmd(
         write_sweep_report,
     )
 
-    console = Console()
+    console = Console(stderr=as_json)
     rank_list = parse_int_list(ranks, "--ranks")
     alpha_list = parse_float_list(alphas, "--alphas")
     shot_list = parse_int_list(shots, "--shots") if shots.strip() else []
@@ -159,36 +217,39 @@ def evaluate_cmd(
         "trials": trials,
         "seed": seed,
     }
-    try:
-        check_report_out(out)
-        split, backbone = load_split(dataset)
-        config["backbone"] = backbone
-        if split.reference_head is None and 0 in rank_list:
-            rank_list = [k for k in rank_list if k != 0]
-            config["ranks"] = rank_list
-            config["ranks_skipped"] = [0]
-            console.print(
-                f"Rank 0 skipped: the backbone {backbone.get('name')!r} has no reward head "
-                "(rank 0 is the backbone's own reward)."
+    with collected_warnings() as warned:
+        try:
+            check_report_out(out)
+            split, backbone = load_split(dataset)
+            config["backbone"] = backbone
+            if split.reference_head is None and 0 in rank_list:
+                rank_list = [k for k in rank_list if k != 0]
+                config["ranks"] = rank_list
+                config["ranks_skipped"] = [0]
+                console.print(
+                    f"Rank 0 skipped: the backbone {backbone.get('name')!r} has no reward head "
+                    "(rank 0 is the backbone's own reward)."
+                )
+                if not rank_list:
+                    raise LoreError(
+                        "--ranks holds only rank 0, and the backbone has no reward head"
+                    )
+            result = run_protocol(
+                split,
+                rank_list,
+                alpha_list,
+                shot_list,
+                trials,
+                shots_rank=shots_rank,
+                recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
+                seed=seed,
+                device=device,
+                progress=progress,
+                **settings,
             )
-            if not rank_list:
-                raise LoreError("--ranks holds only rank 0, and the backbone has no reward head")
-        result = run_protocol(
-            split,
-            rank_list,
-            alpha_list,
-            shot_list,
-            trials,
-            shots_rank=shots_rank,
-            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
-            seed=seed,
-            device=device,
-            progress=progress,
-            **settings,
-        )
-        rows, shot_rows = result.rows, result.shot_rows
-    except LoreError as exc:
-        fail(exc)
+            rows, shot_rows = result.rows, result.shot_rows
+        except LoreError as exc:
+            fail(exc)
     print_tables(rank_table(rows, title=f"{dataset} — recipe '{recipe}'"), console=console)
     if shot_rows:
         print_tables(shots_table(shot_rows), console=console)
@@ -203,6 +264,28 @@ def evaluate_cmd(
         title=f"{Path(dataset).name} (recipe '{recipe}')",
     )
     console.print(f"Wrote {out}/: {' '.join(names)}")
+    if as_json:
+        selected = result.selected
+        swept_at = None  # the rank the shots sweep ran at
+        if shot_rows:
+            swept_at = shots_rank if shots_rank is not None else selected["rank"]  # type: ignore[index]
+        print_json(
+            {
+                "out": str(out),
+                "files": names,
+                "dataset": str(dataset),
+                "recipe": recipe,
+                "ranks": rows,
+                "ranks_skipped": config.get("ranks_skipped", []),
+                "selected": None
+                if selected is None
+                else {"rank": selected["rank"], "alpha": selected["alpha"]},
+                "shots_rank": swept_at,
+                "shots": shot_rows,
+                "notes": result.notes,
+                "warnings": warned,
+            }
+        )
 
 
 def check_model_out(out: Path, overwrite: bool) -> None:

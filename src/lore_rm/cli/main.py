@@ -54,6 +54,12 @@ def _register() -> None:
 
     app.command("rewardbench")(rewardbench)
 
+    from lore_rm.cli.model import model_app
+    from lore_rm.cli.score import score
+
+    app.add_typer(model_app, name="model")
+    app.command("score")(score)
+
 
 _register()
 

@@ -35,20 +35,24 @@ def rewardbench(
     from rich.console import Console
     from rich.table import Table
 
-    from lore_rm.embed import load_backbone
     from lore_rm.errors import LoreError
     from lore_rm.evaluate.rewardbench import SUBSETS, evaluate_rewardbench
+    from lore_rm.scoring import embedder_for
     from lore_rm.serve.export import check_users, load_with_served_users
 
     try:
         model, db_path, _ = load_with_served_users(model_dir, db)
         check_users(model, user, db_path)  # before any text is embedded
-        name = backbone or model.backbone
-        if not name:
-            raise LoreError(f"{model_dir}: the model names no backbone; pass --backbone")
-        embedder = load_backbone(
-            name, dtype=dtype, device=device, batch_size=batch_size, max_length=max_length
+        embedder = embedder_for(
+            model,
+            model_dir,
+            backbone,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            max_length=max_length,
         )
+        name = embedder.name
         result = evaluate_rewardbench(
             model, data, embedder, users=user, cache=cache, progress=progress
         )

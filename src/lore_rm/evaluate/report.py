@@ -95,10 +95,11 @@ def number_line(numbers: Mapping, metric: str) -> str:
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps`` ``default=``: mappings, arrays / tensors (``tolist``) and paths."""
     if isinstance(o, Mapping):
         return dict(o)
     if hasattr(o, "tolist"):

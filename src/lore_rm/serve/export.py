@@ -63,7 +63,11 @@ def check_users(model: LowRankReward, users: Sequence[str], db: Path | None) -> 
     _, known = model.weights_for(list(users), unknown="mean")
     missing = [u for u, k in zip(users, known.tolist(), strict=True) if not k]
     if missing:
-        where = f"the database {db}" if db is not None and db.is_file() else "no serve database"
+        where = (
+            f"the database {db}"
+            if db is not None and db.is_file()
+            else "a serve database (none found)"
+        )
         raise UnknownUserError(
             f"unknown user id(s) {', '.join(map(repr, missing))}: neither the model "
             f"({len(model.users_)} users) nor {where} has weights for them"
