@@ -39,7 +39,7 @@ class ScoreRows:
 
 def read_score_rows(path: str | os.PathLike) -> ScoreRows:
     """The rows of ``path``; a :class:`DataError` naming the file, line and field otherwise."""
-    src = SourceFile(path)
+    src = SourceFile(Path(path))
     rows = ScoreRows()
     for row, rec in src.records():
         rows.users.append(_user(rec, src, row))

@@ -278,7 +278,7 @@ def embed_with_progress(embedder: Embedder, texts: Sequence[Conversation], bar) 
     except (TypeError, ValueError):
         accepts = False
     if accepts:
-        return embedder.embed(texts, progress=bar.update)
+        return embedder.embed(texts, progress=bar.update)  # type: ignore[call-arg]  # checked above
     return embedder.embed(texts)
 
 
