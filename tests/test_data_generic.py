@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import zlib
 from collections import defaultdict
 
 import numpy as np
@@ -352,3 +353,37 @@ def test_wide_parquet_columns_are_read_by_name(tmp_path):
     )
     assert [r["chosen_conv"][-1]["content"] for r in got] == ["y", "z"]
     assert np.array_equal([r["user_id"] for r in got], ["a", "b"])
+
+
+def _cut_gzip(path, text: str) -> int:
+    """Write the first half of ``text`` gzipped (a truncated file); the complete lines in it."""
+    whole = gzip.compress(text.encode())
+    cut = whole[: len(whole) // 2]
+    path.write_bytes(cut)
+    return zlib.decompressobj(31).decompress(cut).count(b"\n")
+
+
+def test_truncated_gzip_names_the_last_line_read(tmp_path):
+    """A gzip file cut short: the error names the last complete line, even when the cut falls
+    far beyond the first chunk read (the lines decoded before it are not lost)."""
+    rows = [
+        {**GOOD, "chosen": f"answer {i} " + "x" * (i % 97), "user_id": f"u{i % 5}"}
+        for i in range(20000)
+    ]
+    jsonl = tmp_path / "cut.jsonl.gz"
+    lines = _cut_gzip(jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+    assert 1000 < lines < len(rows)
+    out = tmp_path / "ds"
+    assert_fails_cleanly(
+        lambda: prepare_generic([jsonl], out),
+        out,
+        f"cut.jsonl.gz: truncated gzip file after line {lines} (",
+    )
+    csv_gz = tmp_path / "cut.csv.gz"
+    header = "prompt,chosen,rejected,user_id\n"
+    lines = _cut_gzip(csv_gz, header + "".join(",".join(r.values()) + "\n" for r in rows))
+    assert_fails_cleanly(
+        lambda: prepare_generic([csv_gz], out),
+        out,
+        f"cut.csv.gz: truncated gzip file after row {lines - 1} (",  # the header is row 0
+    )

@@ -12,7 +12,8 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,6 +32,8 @@ DATA_SUFFIXES = tuple(_SUFFIXES)
 # files `datasets.save_to_disk` writes beside the data, never data themselves
 _METADATA_FILES = {"state.json", "dataset_info.json", "dataset_dict.json"}
 _BATCH_ROWS = 4096
+# (row, reason, message, raw line): a line that holds no record, skipped
+OnBad = Callable[[int, str, str, object], None]
 
 
 def detect_format(path: Path) -> tuple[str, bool]:
@@ -106,12 +109,19 @@ class SourceFile:
             )
 
     # ---- reading ---------------------------------------------------------------------------
-    def records(self, columns: Sequence[str] | None = None) -> Iterator[tuple[int, dict]]:
-        """Yield (row number, record) pairs. ``columns`` limits columnar reads."""
+    def records(
+        self, columns: Sequence[str] | None = None, on_bad: OnBad | None = None
+    ) -> Iterator[tuple[int, dict]]:
+        """Yield (row number, record) pairs. ``columns`` limits columnar reads.
+
+        A line that holds no record (not JSON, not an object, not UTF-8, a CSV row with too
+        many fields) is an error, or with ``on_bad`` is passed to it as (row, reason, message,
+        raw line) and skipped. A file that cannot be read on is always an error.
+        """
         if self.format in ("jsonl", "json"):
-            yield from self._json_records()
+            yield from self._json_records(on_bad)
         elif self.format == "csv":
-            yield from self._csv_records()
+            yield from self._csv_records(on_bad)
         else:
             row = 0
             for batch in self._batches(columns):
@@ -151,70 +161,107 @@ class SourceFile:
             raise DataError(f"{self.path}: inconsistent value types across rows ({e})") from None
 
     # ---- internals ---------------------------------------------------------------------------
-    def _text(self):
-        raw = gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")  # noqa: SIM115
-        return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    def _binary(self):
+        return gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")  # noqa: SIM115
 
-    def _json_records(self) -> Iterator[tuple[int, dict]]:
-        with self._text() as f:
-            try:
-                head = f.read(4096)
-            except (OSError, EOFError, UnicodeDecodeError) as e:
-                raise DataError(f"{self.path}: unreadable ({e})") from None
-            if head.lstrip().startswith("["):
-                try:
-                    data = json.loads(head + f.read())
-                except (OSError, EOFError, UnicodeDecodeError) as e:
-                    raise DataError(f"{self.path}: unreadable ({e})") from None
-                except json.JSONDecodeError as e:
-                    raise self.error(e.lineno, f"not valid JSON ({e.msg})") from None
-                for i, rec in enumerate(data, 1):
-                    if not isinstance(rec, dict):
-                        raise DataError(f"{self.path}: record {i} is not a JSON object")
-                    yield i, rec
-                return
-            lines = _chain_head(head, f)
-            lineno = 0
+    def _text(self):
+        return io.TextIOWrapper(self._binary(), encoding="utf-8", newline="")
+
+    def _read_error(self, after: int, e: Exception) -> DataError:
+        """A read that failed after ``after`` complete lines / rows (a truncated gzip file)."""
+        done = f"after {self.row_word} {after}" if after else f"before {self.row_word} 1"
+        if isinstance(e, EOFError) and self.gzipped:
+            return DataError(f"{self.path}: truncated gzip file {done} ({e})")
+        return DataError(f"{self.path}: unreadable {done} ({type(e).__name__}: {e})")
+
+    def _bad_line(self, on_bad: OnBad | None, row: int, reason: str, message: str, raw) -> None:
+        """A line that is no record: an error, or reported to ``on_bad`` and skipped."""
+        if on_bad is None:
+            raise self.error(row, message)
+        on_bad(row, reason, message, raw)
+
+    def _json_records(self, on_bad: OnBad | None) -> Iterator[tuple[int, dict]]:
+        # Lines are read as bytes and decoded one by one: a truncated gzip file or a bad byte
+        # is then reported at its own line (a text wrapper loses whole chunks read before).
+        with self._binary() as f:
+            lineno, started = 0, False
             while True:
                 try:
-                    line = next(lines)
+                    raw = next(f)
                 except StopIteration:
                     return
-                except (OSError, EOFError, UnicodeDecodeError) as e:
-                    raise self.error(lineno + 1, f"unreadable ({e})") from None
+                except (OSError, EOFError, zlib.error) as e:
+                    raise self._read_error(lineno, e) from None
                 lineno += 1
-                if not line.strip():
+                if not raw.strip():
                     continue
+                if not started and raw.lstrip().startswith(b"["):  # one JSON array
+                    yield from self._json_array(b"\n" * (lineno - 1) + raw, f, on_bad)
+                    return
+                started = True
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise self.error(lineno, f"not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise self.error(lineno, f"expected a JSON object, got {type(rec).__name__}")
-                yield lineno, rec
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    message = f"not UTF-8 ({e.reason} at byte {e.start})"
+                    self._bad_line(
+                        on_bad, lineno, "not_utf8", message, raw.decode("utf-8", "replace")
+                    )
+                    continue
+                yield from self._json_line(lineno, text, on_bad)
 
-    def _csv_records(self) -> Iterator[tuple[int, dict]]:
+    def _json_line(
+        self, lineno: int, text: str, on_bad: OnBad | None
+    ) -> Iterator[tuple[int, dict]]:
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            self._bad_line(on_bad, lineno, "not_json", f"not valid JSON ({e.msg})", text.rstrip())
+            return
+        if not isinstance(rec, dict):
+            message = f"expected a JSON object, got {type(rec).__name__}"
+            self._bad_line(on_bad, lineno, "not_an_object", message, rec)
+            return
+        yield lineno, rec
+
+    def _json_array(self, head: bytes, f, on_bad: OnBad | None) -> Iterator[tuple[int, dict]]:
+        try:
+            data = json.loads((head + f.read()).decode("utf-8"))
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+            raise DataError(f"{self.path}: unreadable ({e})") from None
+        except json.JSONDecodeError as e:
+            raise self.error(e.lineno, f"not valid JSON ({e.msg})") from None
+        for i, rec in enumerate(data, 1):
+            if isinstance(rec, dict):
+                yield i, rec
+            elif on_bad is None:
+                raise DataError(f"{self.path}: record {i} is not a JSON object")
+            else:
+                on_bad(i, "not_an_object", f"record {i} is not a JSON object", rec)
+
+    def _csv_records(self, on_bad: OnBad | None) -> Iterator[tuple[int, dict]]:
+        row = 0
         with self._text() as f:
             reader = csv.reader(f)
             try:
                 header = next(reader)
-                row = 0
                 for values in reader:
                     row += 1
                     if not values:
                         continue
                     if len(values) > len(header):
-                        raise self.error(
-                            row, f"{len(values)} fields but the header has {len(header)}"
-                        )
+                        message = f"{len(values)} fields but the header has {len(header)}"
+                        self._bad_line(on_bad, row, "too_many_fields", message, values)
+                        continue
                     rec = dict(zip(header, values, strict=False))
                     for name in header[len(values) :]:
                         rec[name] = None
                     yield row, rec
             except StopIteration:
                 raise DataError(f"{self.path}: empty CSV file (no header row)") from None
-            except (csv.Error, UnicodeDecodeError, OSError, EOFError) as e:
-                raise DataError(f"{self.path}: unreadable CSV ({e})") from None
+            except (OSError, EOFError, zlib.error) as e:
+                raise self._read_error(row, e) from None
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise DataError(f"{self.path}: unreadable CSV after row {row} ({e})") from None
 
     def _parquet(self) -> pq.ParquetFile:
         try:
@@ -264,20 +311,6 @@ def name_list(names: Sequence[str], *, quote: bool = True, most: int = 8) -> str
     shown = [repr(n) if quote else str(n) for n in names[:most]]
     more = f" and {len(names) - most} more" if len(names) > most else ""
     return ", ".join(shown) + more
-
-
-def _chain_head(head: str, rest) -> Iterator[str]:
-    """Lines of ``head + rest`` without reading the whole file at once."""
-    buf = head
-    while True:
-        *lines, buf = buf.split("\n")
-        yield from lines
-        chunk = rest.read(1 << 20)
-        if not chunk:
-            break
-        buf += chunk
-    if buf:
-        yield buf
 
 
 def find_data_files(root: Path, split: str | None = None) -> list[Path]:
