@@ -204,7 +204,7 @@ GOOD = {"prompt": "q", "chosen": "a", "rejected": "b", "user_id": "u"}
         (
             [{k: v for k, v in GOOD.items() if k != "prompt"}],
             None,
-            ["line 1", "missing column 'prompt'"],
+            ["no column 'prompt' (--prompt-column;", "the columns are: 'chosen', 'rejected'"],
         ),
         (
             [
@@ -246,7 +246,7 @@ def test_bad_files(tmp_path):
         lambda: prepare_generic([good, no_user], out),
         out,
         "nouser.parquet",
-        "missing column(s) 'user_id'",
+        "no column 'user_id' (--user-column); the columns are: 'prompt', 'chosen'",
     )
     truncated = tmp_path / "trunc.parquet"
     truncated.write_bytes(good.read_bytes()[:-20])
@@ -333,7 +333,7 @@ def test_cli_prepare_and_info(tmp_path):
     }
     res = runner.invoke(app, ["prepare", "generic", str(src), "--out", str(tmp_path / "bad")])
     assert res.exit_code == 2
-    assert "missing column 'prompt'" in res.output
+    assert "no column 'prompt'" in res.output
     assert not (tmp_path / "bad").exists()
 
 
@@ -386,4 +386,49 @@ def test_truncated_gzip_names_the_last_line_read(tmp_path):
         lambda: prepare_generic([csv_gz], out),
         out,
         f"cut.csv.gz: truncated gzip file after row {lines - 1} (",  # the header is row 0
+    )
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+@pytest.mark.parametrize("option", ["prompt", "chosen", "rejected", "user", "prompt-id", "split"])
+def test_cli_missing_named_column(tmp_path, fmt, option):
+    """Every column named by an option that the file lacks is one line naming the file, the
+    column, the option and the columns there are (not a per-row error such as 'is None')."""
+    rows = [{**GOOD, "pid": "p1", "role": "seen-train"}, {**GOOD, "pid": "p2", "role": "seen-test"}]
+    path = tmp_path / f"in.{fmt}"
+    if fmt == "csv":
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        (write_jsonl if fmt == "jsonl" else write_parquet)(path, rows)
+    args = ["prepare", "generic", str(path), "--out", str(tmp_path / "ds")]
+    args += ["--prompt-id-column", "pid", "--split-column", "role", f"--{option}-column", "nosuch"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.output.split())  # rich may wrap a long line
+    assert f"in.{fmt}: no column 'nosuch' (--{option}-column" in message
+    assert "the columns are: 'prompt', 'chosen', 'rejected', 'user_id', 'pid', 'role'" in message
+    assert "Traceback" not in res.output and not (tmp_path / "ds").exists()
+
+
+def test_json_column_missing_from_some_rows(tmp_path):
+    """In JSON, a column some rows have is a per-row error at the first row lacking it (even
+    the first row), and a column no row has is an error about the file."""
+    out = tmp_path / "ds"
+    no_user = {k: v for k, v in GOOD.items() if k != "user_id"}
+    for rows, fragments in (
+        ([no_user, GOOD, GOOD], ["bad.jsonl: line 1: missing field 'user_id'"]),
+        ([GOOD, GOOD, no_user, no_user], ["bad.jsonl: line 3: missing field 'user_id'"]),
+        ([no_user, no_user], ["bad.jsonl: no column 'user_id' (--user-column)"]),
+    ):
+        src = write_jsonl(tmp_path / "bad.jsonl", rows)
+        assert_fails_cleanly(lambda s=src: prepare_generic([s], out), out, *fragments)
+    src = write_jsonl(tmp_path / "role.jsonl", [{**GOOD, "role": "seen-train"}, GOOD])
+    assert_fails_cleanly(
+        lambda: prepare_generic([src], out, GenericConfig(split_column="nosuch")),
+        out,
+        "role.jsonl: no column 'nosuch' (--split-column); the columns are: 'prompt', 'chosen', "
+        "'rejected', 'user_id', 'role'",
     )

@@ -25,7 +25,7 @@ from lore_rm.data.assign import (
     rank_in_groups,
     roles_from,
 )
-from lore_rm.data.sources import SourceFile
+from lore_rm.data.sources import SourceFile, name_list
 from lore_rm.data.writer import Message, TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
 from lore_rm.protocol import PROTOCOL_ROLES
@@ -68,6 +68,32 @@ class GenericConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise DataError(f"{name} must be at least 1, got {v}")
+
+
+# the config fields naming columns, and the option of `lore prepare generic` setting each
+_COLUMN_OPTIONS = {
+    "prompt_column": "--prompt-column",
+    "chosen_column": "--chosen-column",
+    "rejected_column": "--rejected-column",
+    "user_column": "--user-column",
+    "prompt_id_column": "--prompt-id-column",
+    "split_column": "--split-column",
+}
+
+
+def _named_columns(cfg: GenericConfig) -> dict[str, str]:
+    """Config field -> column name, for every column a row must have (not the prompt)."""
+    fields = [f for f in _COLUMN_OPTIONS if f != "prompt_column"]
+    return {f: getattr(cfg, f) for f in fields if getattr(cfg, f)}
+
+
+def _no_column(
+    src: SourceFile, cfg: GenericConfig, field: str, present, note: str = ""
+) -> DataError:
+    return DataError(
+        f"{src.path}: no column {getattr(cfg, field)!r} ({_COLUMN_OPTIONS[field]}{note}); "
+        f"the columns are: {name_list(list(present)) or 'none'}"
+    )
 
 
 class _Columns:
@@ -141,11 +167,6 @@ def _user_id(value, src, row, field, cols: _Columns) -> str:
 def _comparison(
     rec: dict, src: SourceFile, row: int, cfg: GenericConfig, cols: _Columns, implicit: bool
 ) -> tuple[list[Message], Message, Message]:
-    for name in (cfg.chosen_column, cfg.rejected_column, cfg.user_column) + (
-        () if implicit else (cfg.prompt_column,)
-    ):
-        if name not in rec:
-            raise src.error(row, f"missing field {name!r}")
     prompt = (
         []
         if implicit
@@ -175,17 +196,19 @@ def _comparison(
     return chosen[:-1], chosen[-1], rejected[-1]
 
 
-def _implicit_prompt(rec: dict, src: SourceFile, row: int, cfg: GenericConfig) -> bool:
+def _implicit_prompt(rec: dict, src: SourceFile, cfg: GenericConfig, present) -> bool:
     """No prompt column: allowed when chosen holds whole conversations (messages)."""
     if cfg.prompt_column in rec:
         return False
     value = rec.get(cfg.chosen_column)
     if isinstance(value, list) or (isinstance(value, str) and value.lstrip().startswith("[")):
         return True
-    where = src.where(row) if src.columns() is None else str(src.path)
-    raise DataError(
-        f"{where}: missing column {cfg.prompt_column!r} (needed unless {cfg.chosen_column!r} "
-        "holds whole conversations as lists of messages)"
+    raise _no_column(
+        src,
+        cfg,
+        "prompt_column",
+        present,
+        f"; needed unless {cfg.chosen_column!r} holds whole conversations as lists of messages",
     )
 
 
@@ -196,16 +219,36 @@ def read_generic(files: Sequence[str | Path], cfg: GenericConfig):
     sources = [SourceFile(f) for f in files]
     if not sources:
         raise DataError("no input files given")
+    named = _named_columns(cfg)
     for k, src in enumerate(sources):
-        need = [cfg.chosen_column, cfg.rejected_column, cfg.user_column]
-        need += [c for c in (cfg.prompt_id_column, cfg.split_column) if c]
-        src.require_columns(need)
+        present = src.columns()  # None: JSON, whose columns are the keys seen in its records
+        if present is not None:
+            for field, name in named.items():
+                if name not in present:
+                    raise _no_column(src, cfg, field, present)
+        seen: dict[str, None] = {}
         cols = _Columns(src)
         n_before = len(users)
-        implicit = False
+        implicit, missing = None, None
         for row, rec in src.records():
-            if len(users) == n_before:  # the first row decides between the two prompt forms
-                implicit = _implicit_prompt(rec, src, row, cfg)
+            if present is None:
+                seen.update(dict.fromkeys(rec))
+                if missing is not None:
+                    if missing[1] in seen:  # the column exists: the first row lacking it is bad
+                        raise src.error(missing[0], f"missing field {missing[1]!r}")
+                    continue
+            if implicit is None:  # the first row decides between the two prompt forms
+                implicit = _implicit_prompt(rec, src, cfg, seen if present is None else present)
+            lacking = [n for n in named.values() if n not in rec]
+            if not implicit and cfg.prompt_column not in rec:
+                lacking.append(cfg.prompt_column)
+            if lacking:
+                if present is None and lacking[0] not in seen:
+                    # no row so far has this column: read on, to tell a misnamed column
+                    # (an error about the file) from a bad row
+                    missing = (row, lacking[0])
+                    continue
+                raise src.error(row, f"missing field {lacking[0]!r}")
             prompt, c, r = _comparison(rec, src, row, cfg, cols, implicit)
             if cfg.prompt_id_column:
                 pid = rec.get(cfg.prompt_id_column)
@@ -228,6 +271,10 @@ def read_generic(files: Sequence[str | Path], cfg: GenericConfig):
             rejected.append(texts.add(prompt, r, pid))
             file_idx.append(k)
             rows.append(row)
+        if present is None and seen:
+            for field, name in named.items():
+                if name not in seen:
+                    raise _no_column(src, cfg, field, seen)
         if len(users) == n_before:
             raise DataError(f"{src.path}: no rows")
     columns = {
