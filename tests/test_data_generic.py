@@ -432,3 +432,98 @@ def test_json_column_missing_from_some_rows(tmp_path):
         "role.jsonl: no column 'nosuch' (--split-column); the columns are: 'prompt', 'chosen', "
         "'rejected', 'user_id', 'role'",
     )
+
+
+def test_cli_skip_invalid(tmp_path):
+    """--skip-invalid leaves out every bad row and reports it (counts by reason, the first
+    rows, all of them in rejects.jsonl, the counts in dataset.json); without it the first bad
+    row is still a one-line error."""
+    rows, bad = [], {}
+    for i in range(40):
+        row = {**GOOD, "prompt": f"q{i % 4}", "chosen": f"a{i}", "user_id": f"u{i % 5}"}
+        line = i + 1
+        if i % 5 == 2 and len(bad) < 7:  # seven empty responses
+            row["rejected" if i % 2 else "chosen"] = " "
+            bad[line] = ("empty_text", "rejected" if i % 2 else "chosen")
+        rows.append(row)
+    rows[30]["rejected"] = rows[30]["chosen"]
+    bad[31] = ("identical", None)
+    rows[33]["user_id"] = None
+    bad[34] = ("missing_value", "user_id")
+    rows[35]["chosen"] = 5
+    bad[36] = ("wrong_type", "chosen")
+    src = write_jsonl(tmp_path / "in.jsonl", rows, {39: '{"prompt": "q", "chosen'})
+    bad[39] = ("not_json", None)
+    first = min(bad)
+    runner = CliRunner()
+    base = ["prepare", "generic", str(src), "--unseen-fraction", "0", "--test-fraction", "0"]
+
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "strict")])
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0, res.output  # one line
+    assert f"in.jsonl: line {first}: empty text in 'chosen'" in res.output
+    assert not (tmp_path / "strict").exists()
+
+    out = tmp_path / "ds"
+    res = runner.invoke(app, [*base, "--out", str(out), "--skip-invalid"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert (
+        "Skipped 11 invalid row(s): empty_text 7, identical 1, missing_value 1, not_json 1, "
+        f"wrong_type 1; all of them are in {out / 'rejects.jsonl'}" in text
+    )
+    shown = sorted(bad)[:5]
+    for line in shown:
+        assert f"in.jsonl:{line} {bad[line][0]}: " in text
+    assert "... and 6 more" in text
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["line"]) for r in rejects] == [("in.jsonl", n) for n in sorted(bad)]
+    for r in rejects:
+        assert (r["reason"], r["field"]) == bad[r["line"]]
+        if r["reason"] == "not_json":
+            assert r["row"] == '{"prompt": "q", "chosen'
+        else:
+            assert r["row"] == rows[r["line"] - 1]
+    assert rejects[0]["message"] == f"empty text in {bad[first][1]!r}"
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["parameters"]["skip_invalid"] is True
+    assert info["dropped"] == {
+        "over_max_train": 0,
+        "over_max_fewshot": 0,
+        "invalid_empty_text": 7,
+        "invalid_identical": 1,
+        "invalid_missing_value": 1,
+        "invalid_not_json": 1,
+        "invalid_wrong_type": 1,
+    }
+    got = rows_with_texts(out)
+    assert [r["source_row"] for r in got] == [n for n in range(1, 41) if n not in bad]
+    assert all(r["chosen_conv"][-1]["content"] == rows[r["source_row"] - 1]["chosen"] for r in got)
+
+
+def test_skip_invalid_python(tmp_path):
+    """skip_invalid=True from Python; a skipped row decides no column's type; a file with no
+    valid row is still an error; nothing skipped gives an empty rejects file."""
+    odd_first = [{**GOOD, "user_id": 1}, GOOD, {**GOOD, "chosen": "c"}, {**GOOD, "user_id": 2}]
+    src = write_jsonl(tmp_path / "in.jsonl", odd_first)
+    out = prepare_generic([src], tmp_path / "ds", skip_invalid=True)
+    # row 1 (an integer id) is valid on its own, so it decides: the string ids are dropped
+    assert [r["source_row"] for r in rows_with_texts(out)] == [1, 4]
+    src = write_jsonl(
+        tmp_path / "odd.jsonl", [{**GOOD, "chosen": ""}, GOOD, {**GOOD, "user_id": 3}]
+    )
+    out = prepare_generic([src], tmp_path / "ds2", skip_invalid=True)
+    # row 1 is bad for another reason and decides nothing: the string id of row 2 does
+    assert [r["source_row"] for r in rows_with_texts(out)] == [2]
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in rejects] == [(1, "empty_text"), (3, "mixed_types")]
+    clean = prepare_generic(
+        [write_jsonl(tmp_path / "ok.jsonl", [GOOD])], tmp_path / "ds3", skip_invalid=True
+    )
+    assert (clean / "rejects.jsonl").read_bytes() == b""
+    none_valid = write_jsonl(tmp_path / "none.jsonl", [{**GOOD, "rejected": "a"}] * 2)
+    assert_fails_cleanly(
+        lambda: prepare_generic([none_valid], tmp_path / "ds4", skip_invalid=True),
+        tmp_path / "ds4",
+        "none.jsonl: no valid rows (2 invalid rows skipped)",
+    )

@@ -84,21 +84,60 @@ def prepare_generic_cmd(
     max_train: int | None = typer.Option(None, help="Cap on a seen user's train comparisons."),
     max_fewshot: int | None = typer.Option(None, help="Cap on an unseen user's few-shot ones."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
+    skip_invalid: bool = typer.Option(
+        False,
+        "--skip-invalid",
+        help="Leave out invalid rows instead of stopping at the first: counts per reason and "
+        "the first rows are printed, every one is listed in OUT/rejects.jsonl, and the counts "
+        "go into dataset.json's 'dropped'.",
+    ),
     overwrite: bool = OVERWRITE,
     discard_embeddings: bool = DISCARD,
 ) -> None:
-    """Prepare comparisons in the TRL preference layout plus a user column."""
+    """Prepare comparisons in the TRL preference layout plus a user column.
+
+    The first invalid row stops the run with an error naming its file, line and field,
+    unless --skip-invalid.
+    """
     params = dict(locals())
     from lore_rm.data.generic import GenericConfig, prepare_generic
 
     try:
         cfg = config_from(GenericConfig, params)
         path = prepare_generic(
-            files, out, cfg, overwrite=overwrite, discard_embeddings=discard_embeddings
+            files,
+            out,
+            cfg,
+            overwrite=overwrite,
+            discard_embeddings=discard_embeddings,
+            skip_invalid=skip_invalid,
         )
     except LoreError as e:
         fail(e)
     _report(path)
+    if skip_invalid:
+        _report_skipped(path)
+
+
+def _report_skipped(path: Path, first: int = 5) -> None:
+    from lore_rm.data.generic import REJECTS_FILE, skipped_rows
+
+    counts, rows = skipped_rows(path, first)
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    if not counts:
+        console.print("No invalid rows.")
+        return
+    total = sum(counts.values())
+    by_reason = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    console.print(
+        f"Skipped {total} invalid row(s): {', '.join(f'{k} {n}' for k, n in by_reason)}; "
+        f"all of them are in {path / REJECTS_FILE}",
+        markup=False,
+    )
+    for r in rows:
+        console.print(f"  {r['file']}:{r['line']}  {r['reason']}: {r['message']}", markup=False)
+    if total > len(rows):
+        console.print(f"  ... and {total - len(rows)} more", markup=False)
 
 
 @prepare_app.command("tldr")

@@ -8,10 +8,13 @@ sharing their prefix (TRL's implicit-prompt form). CSV cells holding messages ar
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +28,14 @@ from lore_rm.data.assign import (
     rank_in_groups,
     roles_from,
 )
+from lore_rm.data.layout import DATASET_FILE
 from lore_rm.data.sources import SourceFile, name_list
 from lore_rm.data.writer import Message, TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
 from lore_rm.protocol import PROTOCOL_ROLES
+
+REJECTS_FILE = "rejects.jsonl"  # with skip_invalid: the rows left out, one JSON object each
+INVALID = "invalid_"  # prefix of the counts of rows left out by reason in dataset.json
 
 
 @dataclass(frozen=True)
@@ -96,21 +103,44 @@ def _no_column(
     )
 
 
+class InvalidRow(DataError):
+    """A row that cannot be a comparison: where it is, why (``reason``, a short key: the
+    counts of ``skip_invalid`` are by reason; ``detail``, the message) and the field at fault
+    (None when not one field)."""
+
+    def __init__(
+        self, src: SourceFile, row: int, reason: str, detail: str, field: str | None = None
+    ) -> None:
+        super().__init__(f"{src.where(row)}: {detail}")
+        self.row, self.reason, self.detail, self.field = row, reason, detail, field
+
+
 class _Columns:
-    """Tracks the kind of value each column holds, to report mixed types by row."""
+    """The kind of value each column holds, to report mixed types by row. A row's kinds count
+    once the whole row is valid (``commit``), so a skipped row decides nothing."""
 
     def __init__(self, src: SourceFile) -> None:
         self.src = src
         self.kinds: dict[str, tuple[str, int]] = {}
+        self.pending: dict[str, tuple[str, int]] = {}
 
     def check(self, column: str, kind: str, row: int) -> None:
-        first = self.kinds.setdefault(column, (kind, row))
-        if first[0] != kind:
-            raise self.src.error(
+        first = self.kinds.get(column)
+        if first is None:
+            self.pending[column] = (kind, row)
+        elif first[0] != kind:
+            raise InvalidRow(
+                self.src,
                 row,
+                "mixed_types",
                 f"mixed types in column {column!r}: {kind} here but {first[0]} at "
                 f"{self.src.row_word} {first[1]}",
+                column,
             )
+
+    def commit(self) -> None:
+        self.kinds.update(self.pending)
+        self.pending.clear()
 
 
 def _missing(v) -> bool:
@@ -119,22 +149,34 @@ def _missing(v) -> bool:
 
 def _messages(value, src: SourceFile, row: int, field: str) -> list[Message]:
     if not isinstance(value, list) or not value:
-        raise src.error(row, f"malformed messages in {field!r}: expected a non-empty list")
+        raise InvalidRow(
+            src,
+            row,
+            "malformed_messages",
+            f"malformed messages in {field!r}: expected a non-empty list",
+            field,
+        )
     out = []
     for i, m in enumerate(value):
         problem = message_problem(m)
         if problem is not None:
-            raise src.error(row, f"malformed messages in {field!r}: item {i} {problem}")
+            detail = f"malformed messages in {field!r}: item {i} {problem}"
+            raise InvalidRow(src, row, "malformed_messages", detail, field)
         role, content = m["role"], m["content"]
         if not content.strip():
-            raise src.error(row, f"empty text in {field!r} (message {i})")
+            detail = f"empty text in {field!r} (message {i})"
+            raise InvalidRow(src, row, "empty_text", detail, field)
         out.append(message(role, content))
     return out
 
 
+def _missing_value(src: SourceFile, row: int, field: str) -> InvalidRow:
+    return InvalidRow(src, row, "missing_value", f"missing value in {field!r}", field)
+
+
 def _text_or_messages(value, src, row, field, cols: _Columns, default_role: str) -> list[Message]:
     if _missing(value):
-        raise src.error(row, f"missing value in {field!r}")
+        raise _missing_value(src, row, field)
     if src.format == "csv" and isinstance(value, str) and value.lstrip().startswith("["):
         try:
             parsed = json.loads(value)
@@ -145,21 +187,21 @@ def _text_or_messages(value, src, row, field, cols: _Columns, default_role: str)
     if isinstance(value, str):
         cols.check(field, "a string", row)
         if not value.strip():
-            raise src.error(row, f"empty text in {field!r}")
+            raise InvalidRow(src, row, "empty_text", f"empty text in {field!r}", field)
         return [message(default_role, value)]
     if isinstance(value, list):
         cols.check(field, "a list of messages", row)
         return _messages(value, src, row, field)
-    raise src.error(
-        row, f"{field!r} must be a string or a list of messages, got {type(value).__name__}"
-    )
+    detail = f"{field!r} must be a string or a list of messages, got {type(value).__name__}"
+    raise InvalidRow(src, row, "wrong_type", detail, field)
 
 
 def _user_id(value, src, row, field, cols: _Columns) -> str:
     if _missing(value) or (isinstance(value, str) and not value.strip()):
-        raise src.error(row, f"missing value in {field!r}")
+        raise _missing_value(src, row, field)
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise src.error(row, f"{field!r} must be a string or an integer, got {value!r}")
+        detail = f"{field!r} must be a string or an integer, got {value!r}"
+        raise InvalidRow(src, row, "wrong_type", detail, field)
     cols.check(field, "a string" if isinstance(value, str) else "an integer", row)
     return str(value)
 
@@ -176,24 +218,44 @@ def _comparison(
     for field in (cfg.chosen_column, cfg.rejected_column):
         conv = prompt + _text_or_messages(rec[field], src, row, field, cols, "assistant")
         if conv[-1]["role"] != "assistant":
-            raise src.error(
-                row,
+            detail = (
                 f"malformed messages in {field!r}: the last message must be the assistant's "
-                f"response, got role {conv[-1]['role']!r}",
+                f"response, got role {conv[-1]['role']!r}"
             )
+            raise InvalidRow(src, row, "malformed_messages", detail, field)
         if len(conv) < 2:
-            raise src.error(row, f"{field!r} has a response but no prompt before it")
+            detail = f"{field!r} has a response but no prompt before it"
+            raise InvalidRow(src, row, "malformed_messages", detail, field)
         sides.append(conv)
     chosen, rejected = sides
     if chosen[:-1] != rejected[:-1]:
-        raise src.error(
-            row,
+        detail = (
             "chosen and rejected continue the prompt differently (only the last message, "
-            "the response, may differ)",
+            "the response, may differ)"
         )
+        raise InvalidRow(src, row, "prompt_mismatch", detail)
     if chosen[-1] == rejected[-1]:
-        raise src.error(row, "chosen is identical to rejected")
+        raise InvalidRow(src, row, "identical", "chosen is identical to rejected")
     return chosen[:-1], chosen[-1], rejected[-1]
+
+
+def _parse_row(rec: dict, src: SourceFile, row: int, cfg: GenericConfig, cols, implicit: bool):
+    """One valid row: (prompt, chosen, rejected, prompt id or None, role code or None, user)."""
+    prompt, c, r = _comparison(rec, src, row, cfg, cols, implicit)
+    pid = role = None
+    if cfg.prompt_id_column:
+        pid = rec[cfg.prompt_id_column]
+        if _missing(pid) or str(pid) == "":
+            raise _missing_value(src, row, cfg.prompt_id_column)
+        pid = str(pid)
+    if cfg.split_column:
+        value = rec[cfg.split_column]
+        if not isinstance(value, str) or value not in ROLE_CODES:
+            detail = f"{cfg.split_column!r} is {value!r}, not one of {', '.join(PROTOCOL_ROLES)}"
+            raise InvalidRow(src, row, "bad_split", detail, cfg.split_column)
+        role = ROLE_CODES[value]
+    user = _user_id(rec[cfg.user_column], src, row, cfg.user_column, cols)
+    return prompt, c, r, pid, role, user
 
 
 def _implicit_prompt(rec: dict, src: SourceFile, cfg: GenericConfig, present) -> bool:
@@ -212,13 +274,45 @@ def _implicit_prompt(rec: dict, src: SourceFile, cfg: GenericConfig, present) ->
     )
 
 
-def read_generic(files: Sequence[str | Path], cfg: GenericConfig):
-    """Parse and validate every row; returns (texts, columns dict, sources)."""
+class Rejects:
+    """The rows ``skip_invalid`` leaves out: counts by reason and one record per row (file
+    name, line or row, field, reason, message and the row as read)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.counts: Counter[str] = Counter()
+
+    def add(self, src: SourceFile, row: int, reason: str, detail: str, raw, field=None) -> None:
+        self.counts[reason] += 1
+        self.records.append(
+            {
+                "file": src.path.name,
+                "line": row,
+                "field": field,
+                "reason": reason,
+                "message": detail,
+                "row": raw,
+            }
+        )
+
+    def jsonl(self) -> bytes:
+        """The records as JSON lines (values JSON cannot hold are written as strings)."""
+        lines = (json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in self.records)
+        return "".join(lines).encode("utf-8")
+
+
+def read_generic(files: Sequence[str | Path], cfg: GenericConfig, skip_invalid: bool = False):
+    """Parse and validate every row; returns (texts, columns dict, sources, rejects).
+
+    The first invalid row is an error (:class:`InvalidRow`); with ``skip_invalid`` each one is
+    left out and recorded in ``rejects`` (a :class:`Rejects`; None without ``skip_invalid``).
+    """
     texts = TextTable()
     users, prompt_ids, chosen, rejected, roles, file_idx, rows = [], [], [], [], [], [], []
     sources = [SourceFile(f) for f in files]
     if not sources:
         raise DataError("no input files given")
+    rejects = Rejects() if skip_invalid else None
     named = _named_columns(cfg)
     for k, src in enumerate(sources):
         present = src.columns()  # None: JSON, whose columns are the keys seen in its records
@@ -228,44 +322,44 @@ def read_generic(files: Sequence[str | Path], cfg: GenericConfig):
                     raise _no_column(src, cfg, field, present)
         seen: dict[str, None] = {}
         cols = _Columns(src)
-        n_before = len(users)
+        n_before, skipped_before = len(users), len(rejects.records) if rejects else 0
         implicit, missing = None, None
-        for row, rec in src.records():
+        on_bad = None if rejects is None else partial(rejects.add, src)
+        for row, rec in src.records(on_bad=on_bad):
             if present is None:
                 seen.update(dict.fromkeys(rec))
                 if missing is not None:
-                    if missing[1] in seen:  # the column exists: the first row lacking it is bad
-                        raise src.error(missing[0], f"missing field {missing[1]!r}")
+                    if missing.field in seen:  # the column exists: the first row lacking it is bad
+                        raise missing
                     continue
             if implicit is None:  # the first row decides between the two prompt forms
                 implicit = _implicit_prompt(rec, src, cfg, seen if present is None else present)
             lacking = [n for n in named.values() if n not in rec]
             if not implicit and cfg.prompt_column not in rec:
                 lacking.append(cfg.prompt_column)
-            if lacking:
-                if present is None and lacking[0] not in seen:
-                    # no row so far has this column: read on, to tell a misnamed column
-                    # (an error about the file) from a bad row
-                    missing = (row, lacking[0])
-                    continue
-                raise src.error(row, f"missing field {lacking[0]!r}")
-            prompt, c, r = _comparison(rec, src, row, cfg, cols, implicit)
-            if cfg.prompt_id_column:
-                pid = rec.get(cfg.prompt_id_column)
-                if _missing(pid) or str(pid) == "":
-                    raise src.error(row, f"missing value in {cfg.prompt_id_column!r}")
-                pid = str(pid)
-            else:
+            cols.pending.clear()
+            try:
+                if lacking:
+                    detail = f"missing field {lacking[0]!r}"
+                    bad = InvalidRow(src, row, "missing_field", detail, lacking[0])
+                    if rejects is None and present is None and lacking[0] not in seen:
+                        # no row so far has this column: read on, to tell a misnamed column
+                        # (an error about the file) from a bad row
+                        missing = bad
+                        continue
+                    raise bad
+                prompt, c, r, pid, role, user = _parse_row(rec, src, row, cfg, cols, implicit)
+            except InvalidRow as e:
+                if rejects is None:
+                    raise
+                rejects.add(src, row, e.reason, e.detail, rec, e.field)
+                continue
+            cols.commit()
+            if pid is None:
                 pid = texts.prompt_id(prompt)
-            if cfg.split_column:
-                role = rec.get(cfg.split_column)
-                if role not in ROLE_CODES:
-                    raise src.error(
-                        row,
-                        f"{cfg.split_column!r} is {role!r}, not one of {', '.join(PROTOCOL_ROLES)}",
-                    )
-                roles.append(ROLE_CODES[role])
-            users.append(_user_id(rec[cfg.user_column], src, row, cfg.user_column, cols))
+            if role is not None:
+                roles.append(role)
+            users.append(user)
             prompt_ids.append(pid)
             chosen.append(texts.add(prompt, c, pid))
             rejected.append(texts.add(prompt, r, pid))
@@ -276,6 +370,9 @@ def read_generic(files: Sequence[str | Path], cfg: GenericConfig):
                 if name not in seen:
                     raise _no_column(src, cfg, field, seen)
         if len(users) == n_before:
+            skipped = len(rejects.records) - skipped_before if rejects else 0
+            if skipped:
+                raise DataError(f"{src.path}: no valid rows ({skipped} invalid rows skipped)")
             raise DataError(f"{src.path}: no rows")
     columns = {
         "user_id": np.array(users, dtype=object),
@@ -286,7 +383,7 @@ def read_generic(files: Sequence[str | Path], cfg: GenericConfig):
         "file": np.array(file_idx, dtype=np.int64),
         "row": np.array(rows, dtype=np.int64),
     }
-    return texts, columns, sources
+    return texts, columns, sources, rejects
 
 
 def assign_roles(
@@ -312,11 +409,18 @@ def prepare_generic(
     *,
     overwrite: bool = False,
     discard_embeddings: bool = False,
+    skip_invalid: bool = False,
 ) -> Path:
-    """Read, validate, split and write a dataset folder; returns its path."""
+    """Read, validate, split and write a dataset folder; returns its path.
+
+    The first invalid row is an error naming its file, line and field. With ``skip_invalid``,
+    invalid rows are left out instead: ``dataset.json`` counts them by reason in ``dropped``
+    (``invalid_<reason>``) and ``rejects.jsonl`` in the folder holds one record per row
+    (:func:`skipped_rows` reads both back).
+    """
     cfg = config or GenericConfig()
     cfg.check()
-    texts, col, sources = read_generic(files, cfg)
+    texts, col, sources, rejects = read_generic(files, cfg, skip_invalid)
     user_codes, user_names = factorize(col["user_id"])
     prompt_codes, _ = factorize(col["prompt_id"])
     rng = np.random.default_rng(cfg.seed)
@@ -337,16 +441,35 @@ def prepare_generic(
         "over_max_train": int(((roles == 0) & ~keep).sum()),
         "over_max_fewshot": int(((roles == 2) & ~keep).sum()),
     }
+    if rejects is not None:
+        dropped.update({f"{INVALID}{k}": n for k, n in rejects.counts.items()})
     return write_dataset(
         out,
         table,
         texts,
         source="generic",
         protocol="split-column" if cfg.split_column else "random-users-and-prompts",
-        parameters=asdict(cfg),
+        parameters={**asdict(cfg), "skip_invalid": skip_invalid},
         seed=cfg.seed,
         inputs=[file_digest(s.path) for s in sources],
         dropped=dropped,
+        extra_files=None if rejects is None else {REJECTS_FILE: rejects.jsonl()},
         overwrite=overwrite,
         discard_embeddings=discard_embeddings,
     )
+
+
+def skipped_rows(path: str | Path, first: int = 5) -> tuple[dict[str, int], list[dict]]:
+    """What ``skip_invalid`` left out of the dataset folder ``path``: the counts by reason and
+    the first ``first`` records of its rejects file (both empty when nothing was skipped)."""
+    path = Path(path)
+    info = json.loads((path / DATASET_FILE).read_text("utf-8"))
+    counts = {
+        k[len(INVALID) :]: n for k, n in info.get("dropped", {}).items() if k.startswith(INVALID)
+    }
+    records = []
+    if counts and (path / REJECTS_FILE).is_file():
+        with open(path / REJECTS_FILE, encoding="utf-8") as f:
+            for line in itertools.islice(f, first):
+                records.append(json.loads(line))
+    return counts, records
