@@ -67,7 +67,12 @@ def print_summary(s: dict) -> None:
 
 @prepare_app.command("generic")
 def prepare_generic_cmd(
-    files: list[Path] = typer.Argument(..., help="jsonl / json / parquet / csv files."),
+    files: list[str] = typer.Argument(
+        ...,
+        help="Files (jsonl / json / parquet / csv / arrow; .gz for the text ones), folders (a "
+        "datasets save_to_disk folder, or any folder: the data files below it), or Hugging Face "
+        "Hub dataset names (read with datasets.load_dataset: pip install 'lore-rm\\[datasets]').",
+    ),
     out: Path = OUT,
     prompt_column: str = typer.Option("prompt", help="Prompt column (string or messages)."),
     chosen_column: str = typer.Option("chosen", help="Chosen response column."),
@@ -84,6 +89,9 @@ def prepare_generic_cmd(
     max_train: int | None = typer.Option(None, help="Cap on a seen user's train comparisons."),
     max_fewshot: int | None = typer.Option(None, help="Cap on an unseen user's few-shot ones."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
+    hf_split: str = typer.Option(
+        "train", help="Split to read of a Hub dataset or of a saved DatasetDict folder."
+    ),
     skip_invalid: bool = typer.Option(
         False,
         "--skip-invalid",
@@ -96,8 +104,7 @@ def prepare_generic_cmd(
 ) -> None:
     """Prepare comparisons in the TRL preference layout plus a user column.
 
-    The first invalid row stops the run with an error naming its file, line and field,
-    unless --skip-invalid.
+    Stops at the first invalid row (naming file, line and field) unless --skip-invalid.
     """
     params = dict(locals())
     from lore_rm.data.generic import GenericConfig, prepare_generic
@@ -111,6 +118,7 @@ def prepare_generic_cmd(
             overwrite=overwrite,
             discard_embeddings=discard_embeddings,
             skip_invalid=skip_invalid,
+            hf_split=hf_split,
         )
     except LoreError as e:
         fail(e)

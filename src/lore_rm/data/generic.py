@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -28,9 +29,17 @@ from lore_rm.data.assign import (
     rank_in_groups,
     roles_from,
 )
+from lore_rm.data.hub import load_split, looks_like_hub_name
 from lore_rm.data.layout import DATASET_FILE
-from lore_rm.data.sources import SourceFile, name_list
-from lore_rm.data.writer import Message, TextTable, categorical, file_digest, message, write_dataset
+from lore_rm.data.sources import (
+    RecordsSource,
+    SourceFile,
+    dataset_source,
+    detect_format,
+    name_list,
+    saved_dataset_files,
+)
+from lore_rm.data.writer import Message, TextTable, categorical, message, write_dataset
 from lore_rm.errors import DataError
 from lore_rm.protocol import PROTOCOL_ROLES
 
@@ -286,7 +295,7 @@ class Rejects:
         self.counts[reason] += 1
         self.records.append(
             {
-                "file": src.path.name,
+                "file": src.name,
                 "line": row,
                 "field": field,
                 "reason": reason,
@@ -301,17 +310,73 @@ class Rejects:
         return "".join(lines).encode("utf-8")
 
 
-def read_generic(files: Sequence[str | Path], cfg: GenericConfig, skip_invalid: bool = False):
+def _datasets_class(obj) -> str | None:
+    """The class name of a ``datasets`` object (without importing ``datasets``), else None."""
+    module = type(obj).__module__
+    return type(obj).__name__ if module.split(".")[0] == "datasets" else None
+
+
+def _is_dataset(obj) -> bool:
+    datasets = sys.modules.get("datasets")
+    return datasets is not None and isinstance(obj, datasets.Dataset)
+
+
+def _is_hub_name(item: str | Path) -> bool:
+    """``owner/name`` that is no local path and has no data file suffix (a missing
+    ``data/train.jsonl`` stays a missing file)."""
+    try:
+        detect_format(Path(item))
+    except DataError:
+        return looks_like_hub_name(item)
+    return False
+
+
+def generic_sources(inputs, hf_split: str = "train") -> list[SourceFile | RecordsSource]:
+    """What :func:`prepare_generic` reads: a ``datasets.Dataset``, a list of row dicts, or a
+    list of files, folders (a ``save_to_disk`` folder, or the data files below one), Hub
+    dataset names (``datasets.load_dataset(name, split=hf_split)``) and Datasets."""
+    if _is_dataset(inputs):
+        return [dataset_source(inputs)]
+    if isinstance(inputs, str | Path) or _datasets_class(inputs):  # one path, a DatasetDict
+        inputs = [inputs]
+    items = list(inputs)
+    if items and all(isinstance(x, Mapping) and not _datasets_class(x) for x in items):
+        return [RecordsSource("<rows>", lambda: iter(items))]
+    sources: list[SourceFile | RecordsSource] = []
+    for item in items:
+        if _is_dataset(item):
+            sources.append(dataset_source(item))
+        elif _datasets_class(item):
+            raise DataError(
+                f"a datasets.{_datasets_class(item)} cannot be read: pass a datasets.Dataset "
+                "(one split, e.g. dataset_dict['train'])"
+            )
+        elif not isinstance(item, str | Path):
+            raise DataError(
+                "expected file or folder paths, Hub names, a datasets.Dataset or a list of row "
+                f"dicts, got {type(item).__name__}"
+            )
+        elif Path(item).is_dir():
+            sources += [SourceFile(f) for f in saved_dataset_files(Path(item), hf_split)]
+        elif _is_hub_name(item):
+            sources.append(dataset_source(load_split(str(item), hf_split), f"{item}[{hf_split}]"))
+        else:
+            sources.append(SourceFile(item))
+    if not sources:
+        raise DataError("no input files given")
+    return sources
+
+
+def read_generic(files, cfg: GenericConfig, skip_invalid: bool = False, hf_split: str = "train"):
     """Parse and validate every row; returns (texts, columns dict, sources, rejects).
 
-    The first invalid row is an error (:class:`InvalidRow`); with ``skip_invalid`` each one is
-    left out and recorded in ``rejects`` (a :class:`Rejects`; None without ``skip_invalid``).
+    ``files``: whatever :func:`generic_sources` takes. The first invalid row is an error
+    (:class:`InvalidRow`); with ``skip_invalid`` each one is left out and recorded in
+    ``rejects`` (a :class:`Rejects`; None without ``skip_invalid``).
     """
     texts = TextTable()
     users, prompt_ids, chosen, rejected, roles, file_idx, rows = [], [], [], [], [], [], []
-    sources = [SourceFile(f) for f in files]
-    if not sources:
-        raise DataError("no input files given")
+    sources = generic_sources(files, hf_split)
     rejects = Rejects() if skip_invalid else None
     named = _named_columns(cfg)
     for k, src in enumerate(sources):
@@ -403,15 +468,22 @@ def assign_roles(
 
 
 def prepare_generic(
-    files: Sequence[str | Path],
+    files: Sequence[str | Path] | Sequence[Mapping] | object,
     out: str | Path,
     config: GenericConfig | None = None,
     *,
     overwrite: bool = False,
     discard_embeddings: bool = False,
     skip_invalid: bool = False,
+    hf_split: str = "train",
 ) -> Path:
     """Read, validate, split and write a dataset folder; returns its path.
+
+    ``files``: paths of files (jsonl, json, parquet, csv, arrow; ``.gz`` for the text ones)
+    and folders (a ``datasets`` ``save_to_disk`` folder, split ``hf_split`` of a saved
+    DatasetDict, or any folder: the data files below it), Hugging Face Hub dataset names
+    (split ``hf_split``, loaded with the optional ``datasets``), ``datasets.Dataset`` objects;
+    or one ``datasets.Dataset``, or one list of row dicts.
 
     The first invalid row is an error naming its file, line and field. With ``skip_invalid``,
     invalid rows are left out instead: ``dataset.json`` counts them by reason in ``dropped``
@@ -420,14 +492,14 @@ def prepare_generic(
     """
     cfg = config or GenericConfig()
     cfg.check()
-    texts, col, sources, rejects = read_generic(files, cfg, skip_invalid)
+    texts, col, sources, rejects = read_generic(files, cfg, skip_invalid, hf_split)
     user_codes, user_names = factorize(col["user_id"])
     prompt_codes, _ = factorize(col["prompt_id"])
     rng = np.random.default_rng(cfg.seed)
     roles = col["role"] if cfg.split_column else assign_roles(user_codes, prompt_codes, cfg, rng)
     keep = cap_per_group(user_codes, cfg.max_train, rng, roles == ROLE_CODES["seen-train"])
     keep &= cap_per_group(user_codes, cfg.max_fewshot, rng, roles == ROLE_CODES["unseen-fewshot"])
-    names = [s.path.name for s in sources]
+    names = [s.name for s in sources]
     table = {
         "user_id": categorical(user_codes[keep], list(user_names)),
         "prompt_id": col["prompt_id"][keep].tolist(),
@@ -449,9 +521,9 @@ def prepare_generic(
         texts,
         source="generic",
         protocol="split-column" if cfg.split_column else "random-users-and-prompts",
-        parameters={**asdict(cfg), "skip_invalid": skip_invalid},
+        parameters={**asdict(cfg), "skip_invalid": skip_invalid, "hf_split": hf_split},
         seed=cfg.seed,
-        inputs=[file_digest(s.path) for s in sources],
+        inputs=[s.digest() for s in sources],
         dropped=dropped,
         extra_files=None if rejects is None else {REJECTS_FILE: rejects.jsonl()},
         overwrite=overwrite,

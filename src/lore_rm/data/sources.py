@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lore_rm.data.writer import file_digest
 from lore_rm.errors import DataError
 
 _SUFFIXES = {
@@ -65,6 +67,15 @@ class SourceFile:
 
     def __repr__(self) -> str:
         return f"SourceFile({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        """The file's name (what a dataset folder records: no folders, no absolute path)."""
+        return self.path.name
+
+    def digest(self) -> dict:
+        """Name, size and sha256 of the file."""
+        return file_digest(self.path)
 
     # ---- locating ------------------------------------------------------------------------
     @property
@@ -304,6 +315,98 @@ class SourceFile:
         if columns:
             schema = pa.schema([schema.field(c) for c in columns])
         return schema.empty_table()
+
+
+class RecordsSource:
+    """Rows handed over in memory (row dicts, a ``datasets.Dataset``), read like a file:
+    numbered from 1 as rows, ``name`` standing for the file in messages and records."""
+
+    format = "rows"
+    row_word = "row"
+
+    def __init__(
+        self, name: str, rows: Callable[[], Iterable], columns: Sequence[str] | None = None
+    ) -> None:
+        self.name = self.path = name
+        self._rows = rows
+        self._columns = list(columns) if columns is not None else None
+        self._sha = hashlib.sha256()
+        self._count = 0
+
+    def __repr__(self) -> str:
+        return f"RecordsSource({self.name!r})"
+
+    def where(self, row: int) -> str:
+        return f"{self.name}: row {row}"
+
+    def error(self, row: int, message: str) -> DataError:
+        return DataError(f"{self.where(row)}: {message}")
+
+    def columns(self) -> list[str] | None:
+        """The column names when known (a Dataset's); None for row dicts (read per record)."""
+        return self._columns
+
+    def records(
+        self, columns: Sequence[str] | None = None, on_bad: OnBad | None = None
+    ) -> Iterator[tuple[int, dict]]:
+        """Yield (row number, record) pairs, as :meth:`SourceFile.records` does."""
+        for row, rec in enumerate(self._rows(), 1):
+            line = json.dumps(rec, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+            self._sha.update(line.encode("utf-8"))
+            self._count = row
+            if isinstance(rec, Mapping):
+                yield row, dict(rec)
+            elif on_bad is None:
+                raise self.error(row, f"expected a dict, got {type(rec).__name__}")
+            else:
+                on_bad(row, "not_an_object", f"expected a dict, got {type(rec).__name__}", rec)
+
+    def digest(self) -> dict:
+        """Name, number and sha256 of the rows read (each as JSON with sorted keys, a line)."""
+        return {"name": self.name, "rows": self._count, "sha256": self._sha.hexdigest()}
+
+
+def dataset_source(dataset, name: str = "<datasets.Dataset>") -> RecordsSource:
+    """A ``datasets.Dataset``, read in Arrow batches (the values its save_to_disk files hold;
+    ``datasets`` itself is not imported here)."""
+
+    def rows() -> Iterator[dict]:
+        for batch in dataset.with_format("arrow").iter(batch_size=_BATCH_ROWS):
+            yield from batch.to_pylist()
+
+    return RecordsSource(name, rows, dataset.column_names)
+
+
+def saved_dataset_files(root: Path, split: str) -> list[Path]:
+    """The data files of a folder: the Arrow files of a ``datasets`` ``save_to_disk`` folder
+    in order (those of split ``split`` when it holds a DatasetDict), else every data file
+    below it."""
+    if (root / "dataset_dict.json").is_file():
+        splits = _json_file(root / "dataset_dict.json").get("splits") or []
+        if split not in splits:
+            raise DataError(
+                f"{root}: a saved DatasetDict with split(s) {name_list(splits) or 'none'}, "
+                f"not {split!r} (choose one with --hf-split)"
+            )
+        root = root / split
+    if (root / "state.json").is_file():
+        shards = _json_file(root / "state.json").get("_data_files") or []
+        if shards:
+            return [root / s["filename"] for s in shards]
+    files = find_data_files(root)
+    if not files:
+        raise DataError(f"{root}: no data files in this folder")
+    return files
+
+
+def _json_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data
 
 
 def name_list(names: Sequence[str], *, quote: bool = True, most: int = 8) -> str:
