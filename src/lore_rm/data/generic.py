@@ -4,6 +4,11 @@ Each row is one comparison: ``prompt`` (a string or a list of ``{role, content}`
 ``chosen`` and ``rejected`` (a string, or messages ending with the assistant's response) and
 ``user_id``. Without a prompt column, ``chosen`` / ``rejected`` may be whole conversations
 sharing their prefix (TRL's implicit-prompt form). CSV cells holding messages are JSON text.
+
+The rows come from files, ``datasets`` ``save_to_disk`` folders, Hub names (with the optional
+``datasets``), a ``datasets.Dataset`` or a list of row dicts (:func:`generic_sources`). The
+first invalid row is an error naming file, line and field; with ``skip_invalid`` every invalid
+row is left out and recorded instead (``rejects.jsonl``, the counts in ``dropped``).
 """
 
 from __future__ import annotations
