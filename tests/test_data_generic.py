@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import zlib
 from collections import defaultdict
 
 import numpy as np
@@ -203,7 +204,7 @@ GOOD = {"prompt": "q", "chosen": "a", "rejected": "b", "user_id": "u"}
         (
             [{k: v for k, v in GOOD.items() if k != "prompt"}],
             None,
-            ["line 1", "missing column 'prompt'"],
+            ["no column 'prompt' (--prompt-column;", "the columns are: 'chosen', 'rejected'"],
         ),
         (
             [
@@ -245,7 +246,7 @@ def test_bad_files(tmp_path):
         lambda: prepare_generic([good, no_user], out),
         out,
         "nouser.parquet",
-        "missing column(s) 'user_id'",
+        "no column 'user_id' (--user-column); the columns are: 'prompt', 'chosen'",
     )
     truncated = tmp_path / "trunc.parquet"
     truncated.write_bytes(good.read_bytes()[:-20])
@@ -332,7 +333,7 @@ def test_cli_prepare_and_info(tmp_path):
     }
     res = runner.invoke(app, ["prepare", "generic", str(src), "--out", str(tmp_path / "bad")])
     assert res.exit_code == 2
-    assert "missing column 'prompt'" in res.output
+    assert "no column 'prompt'" in res.output
     assert not (tmp_path / "bad").exists()
 
 
@@ -352,3 +353,177 @@ def test_wide_parquet_columns_are_read_by_name(tmp_path):
     )
     assert [r["chosen_conv"][-1]["content"] for r in got] == ["y", "z"]
     assert np.array_equal([r["user_id"] for r in got], ["a", "b"])
+
+
+def _cut_gzip(path, text: str) -> int:
+    """Write the first half of ``text`` gzipped (a truncated file); the complete lines in it."""
+    whole = gzip.compress(text.encode())
+    cut = whole[: len(whole) // 2]
+    path.write_bytes(cut)
+    return zlib.decompressobj(31).decompress(cut).count(b"\n")
+
+
+def test_truncated_gzip_names_the_last_line_read(tmp_path):
+    """A gzip file cut short: the error names the last complete line, even when the cut falls
+    far beyond the first chunk read (the lines decoded before it are not lost)."""
+    rows = [
+        {**GOOD, "chosen": f"answer {i} " + "x" * (i % 97), "user_id": f"u{i % 5}"}
+        for i in range(20000)
+    ]
+    jsonl = tmp_path / "cut.jsonl.gz"
+    lines = _cut_gzip(jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+    assert 1000 < lines < len(rows)
+    out = tmp_path / "ds"
+    assert_fails_cleanly(
+        lambda: prepare_generic([jsonl], out),
+        out,
+        f"cut.jsonl.gz: truncated gzip file after line {lines} (",
+    )
+    csv_gz = tmp_path / "cut.csv.gz"
+    header = "prompt,chosen,rejected,user_id\n"
+    lines = _cut_gzip(csv_gz, header + "".join(",".join(r.values()) + "\n" for r in rows))
+    assert_fails_cleanly(
+        lambda: prepare_generic([csv_gz], out),
+        out,
+        f"cut.csv.gz: truncated gzip file after row {lines - 1} (",  # the header is row 0
+    )
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+@pytest.mark.parametrize("option", ["prompt", "chosen", "rejected", "user", "prompt-id", "split"])
+def test_cli_missing_named_column(tmp_path, fmt, option):
+    """Every column named by an option that the file lacks is one line naming the file, the
+    column, the option and the columns there are (not a per-row error such as 'is None')."""
+    rows = [{**GOOD, "pid": "p1", "role": "seen-train"}, {**GOOD, "pid": "p2", "role": "seen-test"}]
+    path = tmp_path / f"in.{fmt}"
+    if fmt == "csv":
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        (write_jsonl if fmt == "jsonl" else write_parquet)(path, rows)
+    args = ["prepare", "generic", str(path), "--out", str(tmp_path / "ds")]
+    args += ["--prompt-id-column", "pid", "--split-column", "role", f"--{option}-column", "nosuch"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.output.split())  # rich may wrap a long line
+    assert f"in.{fmt}: no column 'nosuch' (--{option}-column" in message
+    assert "the columns are: 'prompt', 'chosen', 'rejected', 'user_id', 'pid', 'role'" in message
+    assert "Traceback" not in res.output and not (tmp_path / "ds").exists()
+
+
+def test_json_column_missing_from_some_rows(tmp_path):
+    """In JSON, a column some rows have is a per-row error at the first row lacking it (even
+    the first row), and a column no row has is an error about the file."""
+    out = tmp_path / "ds"
+    no_user = {k: v for k, v in GOOD.items() if k != "user_id"}
+    for rows, fragments in (
+        ([no_user, GOOD, GOOD], ["bad.jsonl: line 1: missing field 'user_id'"]),
+        ([GOOD, GOOD, no_user, no_user], ["bad.jsonl: line 3: missing field 'user_id'"]),
+        ([no_user, no_user], ["bad.jsonl: no column 'user_id' (--user-column)"]),
+    ):
+        src = write_jsonl(tmp_path / "bad.jsonl", rows)
+        assert_fails_cleanly(lambda s=src: prepare_generic([s], out), out, *fragments)
+    src = write_jsonl(tmp_path / "role.jsonl", [{**GOOD, "role": "seen-train"}, GOOD])
+    assert_fails_cleanly(
+        lambda: prepare_generic([src], out, GenericConfig(split_column="nosuch")),
+        out,
+        "role.jsonl: no column 'nosuch' (--split-column); the columns are: 'prompt', 'chosen', "
+        "'rejected', 'user_id', 'role'",
+    )
+
+
+def test_cli_skip_invalid(tmp_path):
+    """--skip-invalid leaves out every bad row and reports it (counts by reason, the first
+    rows, all of them in rejects.jsonl, the counts in dataset.json); without it the first bad
+    row is still a one-line error."""
+    rows, bad = [], {}
+    for i in range(40):
+        row = {**GOOD, "prompt": f"q{i % 4}", "chosen": f"a{i}", "user_id": f"u{i % 5}"}
+        line = i + 1
+        if i % 5 == 2 and len(bad) < 7:  # seven empty responses
+            row["rejected" if i % 2 else "chosen"] = " "
+            bad[line] = ("empty_text", "rejected" if i % 2 else "chosen")
+        rows.append(row)
+    rows[30]["rejected"] = rows[30]["chosen"]
+    bad[31] = ("identical", None)
+    rows[33]["user_id"] = None
+    bad[34] = ("missing_value", "user_id")
+    rows[35]["chosen"] = 5
+    bad[36] = ("wrong_type", "chosen")
+    src = write_jsonl(tmp_path / "in.jsonl", rows, {39: '{"prompt": "q", "chosen'})
+    bad[39] = ("not_json", None)
+    first = min(bad)
+    runner = CliRunner()
+    base = ["prepare", "generic", str(src), "--unseen-fraction", "0", "--test-fraction", "0"]
+
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "strict")])
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0, res.output  # one line
+    assert f"in.jsonl: line {first}: empty text in 'chosen'" in res.output
+    assert not (tmp_path / "strict").exists()
+
+    out = tmp_path / "ds"
+    res = runner.invoke(app, [*base, "--out", str(out), "--skip-invalid"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert (
+        "Skipped 11 invalid row(s): empty_text 7, identical 1, missing_value 1, not_json 1, "
+        f"wrong_type 1; all of them are in {out / 'rejects.jsonl'}" in text
+    )
+    shown = sorted(bad)[:5]
+    for line in shown:
+        assert f"in.jsonl:{line} {bad[line][0]}: " in text
+    assert "... and 6 more" in text
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["line"]) for r in rejects] == [("in.jsonl", n) for n in sorted(bad)]
+    for r in rejects:
+        assert (r["reason"], r["field"]) == bad[r["line"]]
+        if r["reason"] == "not_json":
+            assert r["row"] == '{"prompt": "q", "chosen'
+        else:
+            assert r["row"] == rows[r["line"] - 1]
+    assert rejects[0]["message"] == f"empty text in {bad[first][1]!r}"
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["parameters"]["skip_invalid"] is True
+    assert info["dropped"] == {
+        "over_max_train": 0,
+        "over_max_fewshot": 0,
+        "invalid_empty_text": 7,
+        "invalid_identical": 1,
+        "invalid_missing_value": 1,
+        "invalid_not_json": 1,
+        "invalid_wrong_type": 1,
+    }
+    got = rows_with_texts(out)
+    assert [r["source_row"] for r in got] == [n for n in range(1, 41) if n not in bad]
+    assert all(r["chosen_conv"][-1]["content"] == rows[r["source_row"] - 1]["chosen"] for r in got)
+
+
+def test_skip_invalid_python(tmp_path):
+    """skip_invalid=True from Python; a skipped row decides no column's type; a file with no
+    valid row is still an error; nothing skipped gives an empty rejects file."""
+    odd_first = [{**GOOD, "user_id": 1}, GOOD, {**GOOD, "chosen": "c"}, {**GOOD, "user_id": 2}]
+    src = write_jsonl(tmp_path / "in.jsonl", odd_first)
+    out = prepare_generic([src], tmp_path / "ds", skip_invalid=True)
+    # row 1 (an integer id) is valid on its own, so it decides: the string ids are dropped
+    assert [r["source_row"] for r in rows_with_texts(out)] == [1, 4]
+    src = write_jsonl(
+        tmp_path / "odd.jsonl", [{**GOOD, "chosen": ""}, GOOD, {**GOOD, "user_id": 3}]
+    )
+    out = prepare_generic([src], tmp_path / "ds2", skip_invalid=True)
+    # row 1 is bad for another reason and decides nothing: the string id of row 2 does
+    assert [r["source_row"] for r in rows_with_texts(out)] == [2]
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in rejects] == [(1, "empty_text"), (3, "mixed_types")]
+    clean = prepare_generic(
+        [write_jsonl(tmp_path / "ok.jsonl", [GOOD])], tmp_path / "ds3", skip_invalid=True
+    )
+    assert (clean / "rejects.jsonl").read_bytes() == b""
+    none_valid = write_jsonl(tmp_path / "none.jsonl", [{**GOOD, "rejected": "a"}] * 2)
+    assert_fails_cleanly(
+        lambda: prepare_generic([none_valid], tmp_path / "ds4", skip_invalid=True),
+        tmp_path / "ds4",
+        "none.jsonl: no valid rows (2 invalid rows skipped)",
+    )

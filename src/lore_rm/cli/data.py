@@ -67,7 +67,12 @@ def print_summary(s: dict) -> None:
 
 @prepare_app.command("generic")
 def prepare_generic_cmd(
-    files: list[Path] = typer.Argument(..., help="jsonl / json / parquet / csv files."),
+    files: list[str] = typer.Argument(
+        ...,
+        help="Files (jsonl / json / parquet / csv / arrow; .gz for the text ones), folders (a "
+        "datasets save_to_disk folder, or any folder: the data files below it), or Hugging Face "
+        "Hub dataset names (read with datasets.load_dataset: pip install 'lore-rm\\[datasets]').",
+    ),
     out: Path = OUT,
     prompt_column: str = typer.Option("prompt", help="Prompt column (string or messages)."),
     chosen_column: str = typer.Option("chosen", help="Chosen response column."),
@@ -84,21 +89,63 @@ def prepare_generic_cmd(
     max_train: int | None = typer.Option(None, help="Cap on a seen user's train comparisons."),
     max_fewshot: int | None = typer.Option(None, help="Cap on an unseen user's few-shot ones."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
+    hf_split: str = typer.Option(
+        "train", help="Split to read of a Hub dataset or of a saved DatasetDict folder."
+    ),
+    skip_invalid: bool = typer.Option(
+        False,
+        "--skip-invalid",
+        help="Leave out invalid rows instead of stopping at the first: counts per reason and "
+        "the first rows are printed, every one is listed in OUT/rejects.jsonl, and the counts "
+        "go into dataset.json's 'dropped'.",
+    ),
     overwrite: bool = OVERWRITE,
     discard_embeddings: bool = DISCARD,
 ) -> None:
-    """Prepare comparisons in the TRL preference layout plus a user column."""
+    """Prepare comparisons in the TRL preference layout plus a user column.
+
+    Stops at the first invalid row (naming file, line and field) unless --skip-invalid.
+    """
     params = dict(locals())
     from lore_rm.data.generic import GenericConfig, prepare_generic
 
     try:
         cfg = config_from(GenericConfig, params)
         path = prepare_generic(
-            files, out, cfg, overwrite=overwrite, discard_embeddings=discard_embeddings
+            files,
+            out,
+            cfg,
+            overwrite=overwrite,
+            discard_embeddings=discard_embeddings,
+            skip_invalid=skip_invalid,
+            hf_split=hf_split,
         )
     except LoreError as e:
         fail(e)
     _report(path)
+    if skip_invalid:
+        _report_skipped(path)
+
+
+def _report_skipped(path: Path, first: int = 5) -> None:
+    from lore_rm.data.generic import REJECTS_FILE, skipped_rows
+
+    counts, rows = skipped_rows(path, first)
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    if not counts:
+        console.print("No invalid rows.")
+        return
+    total = sum(counts.values())
+    by_reason = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    console.print(
+        f"Skipped {total} invalid row(s): {', '.join(f'{k} {n}' for k, n in by_reason)}; "
+        f"all of them are in {path / REJECTS_FILE}",
+        markup=False,
+    )
+    for r in rows:
+        console.print(f"  {r['file']}:{r['line']}  {r['reason']}: {r['message']}", markup=False)
+    if total > len(rows):
+        console.print(f"  ... and {total - len(rows)} more", markup=False)
 
 
 @prepare_app.command("tldr")

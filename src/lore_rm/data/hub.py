@@ -84,3 +84,22 @@ def _via_datasets(repo_id: str, config: str | None, cache_dir) -> Path:
             ds.to_parquet(str(tmp))
             tmp.replace(target)
     return root
+
+
+def load_split(name: str, split: str):
+    """``datasets.load_dataset(name, split=split)``: one split of a Hub dataset, as a
+    ``datasets.Dataset`` (``datasets`` is an optional dependency, imported here)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"{name}: not a local file or folder; reading it as a Hugging Face Hub dataset "
+            "needs the datasets extra: pip install 'lore-rm[datasets]'"
+        ) from None
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as e:  # network, auth, missing repo or split: one clear message
+        raise DataError(
+            f"could not load {name!r} (split {split!r}) with datasets ({type(e).__name__}: {e}); "
+            "download it and pass the local files or a save_to_disk folder instead"
+        ) from None

@@ -12,6 +12,7 @@
                              {"role", "content"} objects, the prompt messages then the
                              assistant response being scored)
     DIR/users.parquet        (optional; simulated sources) user_id, population, true weights
+    DIR/rejects.jsonl        (optional; prepare generic --skip-invalid) the rows left out
     DIR/embeddings/          the embedding store (manifest + safetensors shards), row i
                              embedding texts.parquet row i
 

@@ -142,7 +142,7 @@ def write_dataset(
     seed: int | None,
     inputs: Sequence[Mapping] = (),
     dropped: Mapping[str, int] | None = None,
-    extra_files: Mapping[str, pa.Table] | None = None,
+    extra_files: Mapping[str, pa.Table | bytes] | None = None,
     overwrite: bool = False,
     discard_embeddings: bool = False,
 ) -> Path:
@@ -151,7 +151,8 @@ def write_dataset(
     ``comparisons`` has the columns of :data:`REQUIRED_COLUMNS` (``chosen`` / ``rejected``
     index ``texts``) plus any source fields. Texts no comparison uses are dropped and the
     indices renumbered. ``dropped`` counts what the preparation left out, by reason.
-    ``extra_files`` are further parquet tables (e.g. simulated users' true weights).
+    ``extra_files`` are further files: parquet tables (e.g. simulated users' true weights) or
+    bytes written as they are (e.g. the rows a preparation skipped, as JSON lines).
 
     With ``overwrite``, an existing folder's embedding store is kept when it was made from
     exactly the texts written now (a re-split, a new seed): embedding is the costly step. A
@@ -197,7 +198,10 @@ def write_dataset(
         pq.write_table(table, tmp / COMPARISONS_FILE, **_PARQUET)
         pq.write_table(text_table, tmp / TEXTS_FILE, **_PARQUET)
         for name, extra in (extra_files or {}).items():
-            pq.write_table(extra, tmp / name, **_PARQUET)
+            if isinstance(extra, bytes):
+                (tmp / name).write_bytes(extra)
+            else:
+                pq.write_table(extra, tmp / name, **_PARQUET)
         (tmp / DATASET_FILE).write_text(
             json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8"
         )
