@@ -56,7 +56,7 @@ def score(
     from rich.console import Console
 
     from lore_rm.scoring import embedder_for, read_score_rows, score_rows
-    from lore_rm.serve.export import load_with_served_users
+    from lore_rm.serve.export import check_users, load_with_served_users
 
     if unknown not in ("error", "mean"):
         raise typer.BadParameter("must be 'error' or 'mean'", param_hint="--unknown")
@@ -68,6 +68,8 @@ def score(
     try:
         model, db_path, _ = load_with_served_users(model_dir, db)
         rows = read_score_rows(file)
+        if unknown == "error":  # before the backbone is loaded
+            check_users(model, list(dict.fromkeys(rows.users)), db_path)
         embedder = embedder_for(
             model,
             model_dir,
