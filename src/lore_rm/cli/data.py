@@ -107,7 +107,7 @@ def prepare_generic_cmd(
     Stops at the first invalid row (naming file, line and field) unless --skip-invalid.
     """
     params = dict(locals())
-    from lore_rm.data.generic import GenericConfig, prepare_generic
+    from lore_rm.data.generic import GenericConfig, InvalidRow, prepare_generic
 
     try:
         cfg = config_from(GenericConfig, params)
@@ -120,6 +120,8 @@ def prepare_generic_cmd(
             skip_invalid=skip_invalid,
             hf_split=hf_split,
         )
+    except InvalidRow as e:
+        fail(LoreError(f"{e} (--skip-invalid leaves out every such row and reports them)"))
     except LoreError as e:
         fail(e)
     _report(path)
