@@ -276,3 +276,34 @@ def test_select_rank_prefers_the_smallest_rank_within_tolerance():
     assert select_rank(rows)["rank"] == 3  # rank 0 (no learning) is never selected
     assert select_rank(rows, tolerance=0.0)["rank"] == 6
     assert select_rank([{"rank": 0, "seen_test": 0.7}]) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=st.lists(st.lists(st.integers(0, 40), min_size=0, max_size=6), min_size=1, max_size=12),
+    seed=st.integers(0, 10_000),
+)
+def test_adding_users_one_batch_at_a_time_matches_a_plain_dict(batches, seed):
+    """The kept id index and the grown weight rows agree with a naive model of them."""
+    g = torch.Generator().manual_seed(seed)
+    caller = torch.eye(3)
+    model = LowRankReward.from_arrays(torch.randn(6, 3, generator=g), caller, ["a", "b", "c"])
+    expect = {u: torch.eye(3)[i] for i, u in enumerate(["a", "b", "c"])}
+    model.set_user_weights(["b"], torch.full((1, 3), 1 / 3))
+    expect["b"] = torch.full((3,), 1 / 3)
+    for batch in batches:
+        ids = [f"u{i}" for i in dict.fromkeys(batch)]
+        w = torch.rand(len(ids), 3, generator=g)
+        w = w / w.sum(1, keepdim=True)
+        model.set_user_weights(ids, w)
+        for u, row in zip(ids, w, strict=True):
+            expect[u] = row
+    assert model.users_ == list(expect)
+    got, known = model.weights_for(list(expect))
+    assert bool(known.all())
+    torch.testing.assert_close(got, torch.stack(list(expect.values())))
+    assert torch.equal(caller, torch.eye(3))  # the caller's array was never written
+    copy = model.copy()
+    copy.set_user_weights(["zz"], torch.full((1, 3), 1 / 3))
+    assert not bool(model.weights_for(["zz"], unknown="mean")[1][0])
+    assert len(copy.users_) == len(model.users_) + 1

@@ -97,8 +97,8 @@ class LowRankReward:
         ``population_weights`` default to the mean of ``user_weights``; ``rank`` defaults to
         K; ``fit_config`` to the recipe's settings.
         """
-        basis = torch.as_tensor(basis, dtype=torch.float32)
-        weights = torch.as_tensor(user_weights, dtype=torch.float32)
+        basis = torch.as_tensor(basis, dtype=torch.float32).clone()  # never the caller's memory
+        weights = torch.as_tensor(user_weights, dtype=torch.float32).clone()
         users = [str(u) for u in users]
         if basis.ndim != 2:
             raise DataError(f"basis must have shape (d, K), got {tuple(basis.shape)}")
@@ -260,7 +260,11 @@ class LowRankReward:
         return ids, weights
 
     def set_user_weights(self, ids: Sequence[str], weights: Tensor) -> None:
-        """Set the weights (len(ids), K) of ``ids``, adding the ids not known yet."""
+        """Set the weights (len(ids), K) of ``ids``, adding the ids not known yet.
+
+        Costs O(len(ids)) amortised, whatever the number of users: the id index is kept with
+        the model and the weight rows grow into spare capacity (doubled when full).
+        """
         ids = [str(u) for u in ids]
         weights = torch.as_tensor(weights, dtype=torch.float32)
         if weights.shape != (len(ids), self.n_components_):
@@ -268,17 +272,48 @@ class LowRankReward:
                 f"weights must have shape ({len(ids)}, {self.n_components_}), "
                 f"got {tuple(weights.shape)}"
             )
-        index = {u: i for i, u in enumerate(self.users_)}
-        new = [u for u in ids if u not in index]
+        index = self._user_index()
+        new = list(dict.fromkeys(u for u in ids if u not in index))
         if new:
-            self.users_ = self.users_ + new
-            self.user_weights_ = torch.cat(
-                [self.user_weights_, torch.zeros(len(new), self.n_components_)]
-            )
-            index = {u: i for i, u in enumerate(self.users_)}
+            self._grow_weights(len(new))
+            first = len(self.users_)
+            self.users_.extend(new)
+            index.update((u, first + i) for i, u in enumerate(new))
+            self._index_size = len(self.users_)
         rows = torch.tensor([index[u] for u in ids], dtype=torch.int64)
-        self.user_weights_ = self.user_weights_.clone()
         self.user_weights_[rows] = weights.to(self.user_weights_.dtype)
+
+    def _user_index(self) -> dict[str, int]:
+        """Row of every user id, kept with the model; rebuilt only when ``users_`` was
+        replaced or changed size behind the model's back."""
+        cached = getattr(self, "_index", None)
+        if (
+            cached is None
+            or getattr(self, "_index_of", None) is not self.users_
+            or getattr(self, "_index_size", -1) != len(self.users_)
+        ):
+            cached = {u: i for i, u in enumerate(self.users_)}
+            self._index, self._index_of, self._index_size = cached, self.users_, len(self.users_)
+        return cached
+
+    def _grow_weights(self, extra: int) -> None:
+        """``user_weights_`` gains ``extra`` zero rows, in spare capacity when there is some."""
+        n, k = self.user_weights_.shape
+        buffer = getattr(self, "_weights_buffer", None)
+        in_buffer = (
+            buffer is not None
+            and buffer.shape[1] == k
+            and buffer.dtype == self.user_weights_.dtype
+            and buffer.data_ptr() == self.user_weights_.data_ptr()
+            and self.user_weights_.is_contiguous()
+        )
+        if not in_buffer or buffer.shape[0] < n + extra:  # type: ignore[union-attr]
+            buffer = torch.zeros(max(n + extra, 2 * n, 16), k, dtype=self.user_weights_.dtype)
+            buffer[:n] = self.user_weights_
+            self._weights_buffer = buffer
+        assert buffer is not None
+        buffer[n : n + extra] = 0
+        self.user_weights_ = buffer[: n + extra]
 
     # ---- using -----------------------------------------------------------------------------
     @property
@@ -297,7 +332,7 @@ class LowRankReward:
         self._require_fitted()
         if unknown not in ("error", "mean"):
             raise LoreError(f"unknown must be 'error' or 'mean', got {unknown!r}")
-        index = {u: i for i, u in enumerate(self.users_)}
+        index = self._user_index()
         rows = [-1 if u is None else index.get(str(u), -1) for u in users]
         known = torch.tensor([r >= 0 for r in rows], dtype=torch.bool)
         if unknown == "error" and not bool(known.all()):
