@@ -307,3 +307,12 @@ def test_adding_users_one_batch_at_a_time_matches_a_plain_dict(batches, seed):
     copy.set_user_weights(["zz"], torch.full((1, 3), 1 / 3))
     assert not bool(model.weights_for(["zz"], unknown="mean")[1][0])
     assert len(copy.users_) == len(model.users_) + 1
+
+
+@given(users=st.lists(st.one_of(st.text(max_size=4), st.integers(-5, 5), st.none()), max_size=30))
+def test_factorize_users_is_a_sorted_unique_encoding(users):
+    from lore_rm.comparisons import factorize_users
+
+    index, ids = factorize_users(users)
+    assert ids == sorted(set(ids)) == sorted({str(u) for u in users})
+    assert [ids[i] for i in index] == [str(u) for u in users]
