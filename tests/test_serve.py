@@ -122,6 +122,12 @@ def test_get_reward_openrlhf_shape(served, small_model, embedder):
     assert out["rewards"][1] == pytest.approx(data["rewards"][1], rel=1e-6)
 
 
+def native_reward(client, user: str, *turns: tuple[str, str]) -> float:
+    """The ``/reward`` of one conversation given as (role, content) turns."""
+    convs = [[{"role": r, "content": c} for r, c in turns]]
+    return client.post("/reward", json={"user": user, "conversations": convs}).json()["rewards"][0]
+
+
 def test_get_reward_parses_chat_templates(served):
     client, _ = served
     prompt = (
@@ -132,20 +138,45 @@ def test_get_reward_parses_chat_templates(served):
     got = client.post(
         "/get_reward", json={"query": [query], "prompts": [prompt], "labels": ["seen2"]}
     ).json()["rewards"][0]
-    native = client.post(
-        "/reward",
-        json={
-            "user": "seen2",
-            "conversations": [
-                [
-                    {"role": "system", "content": "be brief"},
-                    {"role": "user", "content": "name a fruit"},
-                    {"role": "assistant", "content": "apple cherry"},
-                ]
-            ],
-        },
-    ).json()["rewards"][0]
+    native = native_reward(
+        client,
+        "seen2",
+        ("system", "be brief"),
+        ("user", "name a fruit"),
+        ("assistant", "apple cherry"),
+    )
     assert got == pytest.approx(native, rel=1e-6)
+
+
+def test_get_reward_truncated_prompt_is_scored_and_flagged(served):
+    """OpenRLHF truncates a long prompt: the query no longer starts with its prompt. That
+    sample is read on its own and flagged; the rest of the batch is scored as usual."""
+    client, _ = served
+    prompt = (
+        "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nname a fruit<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    good = prompt + "apple cherry<|im_end|>"
+    cut = prompt[prompt.index("<|im_start|>user") :]  # the system turn was cut off
+    truncated = cut + "tiger river<|im_end|><|endoftext|>"
+    body = {
+        "query": [good, truncated, good],
+        "prompts": [prompt, prompt, prompt],
+        "labels": ["seen1", "seen2", "stranger"],
+    }
+    out = client.post("/get_reward", json=body)
+    assert out.status_code == 200, out.text
+    data = out.json()
+    assert data["extra_logs"]["lore_prompt_mismatch"] == [0.0, 1.0, 0.0]
+    assert data["extra_logs"]["lore_unknown_user"] == [0.0, 0.0, 1.0]
+    alone = client.post(
+        "/get_reward", json={"query": [good], "prompts": [prompt], "labels": ["seen1"]}
+    ).json()
+    assert alone["extra_logs"]["lore_prompt_mismatch"] == [0.0]
+    assert data["rewards"][0] == pytest.approx(alone["rewards"][0], rel=1e-6)
+    # the truncated query is scored as the conversation it still holds
+    native = native_reward(client, "seen2", ("user", "name a fruit"), ("assistant", "tiger river"))
+    assert data["rewards"][1] == pytest.approx(native, rel=1e-6)
 
 
 def test_native_reward_batched(served, small_model, embedder):
@@ -173,7 +204,6 @@ def test_native_reward_batched(served, small_model, embedder):
     [
         ("/get_reward", {"prompts": ["a"]}, "query"),
         ("/get_reward", {"query": "not a list"}, "query"),
-        ("/get_reward", {"query": ["abc"], "prompts": ["xyz"]}, "query"),
         ("/get_reward", {"query": ["abc", "abd"], "prompts": ["a"]}, "prompts"),
         ("/get_reward", {"query": ["ab"], "labels": [{"user": 1}]}, "labels"),
         ("/reward", {"user": "u"}, "conversations"),

@@ -9,7 +9,9 @@ Endpoints (every one but ``/health`` needs the bearer token when one is configur
 ``POST /get_reward``
     OpenRLHF's remote-RM shape: ``{"query": [...], "prompts": [...], "labels": [...]}`` ->
     ``{"rewards": [...], "scores": [...], "extra_logs": {...}}``. ``labels[i]`` is the user id
-    of sample ``i`` (OpenRLHF fills it from the prompt dataset's ``--label_key`` column).
+    of sample ``i`` (OpenRLHF fills it from the prompt dataset's ``--data.label_key``, formerly
+    ``--label_key``, column). An unknown user, or a query that does not start with its prompt
+    (a truncated prompt), is scored and flagged in ``extra_logs``, never an error.
 ``POST /reward``
     ``{"user": id, "conversations": [[messages], ...]}`` (or ``"users"``: one id per
     conversation) -> ``{"rewards": [...], "known": [...], ...}``.

@@ -10,7 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException
 
 from lore_rm.errors import LoreError
-from lore_rm.serve.formats import as_messages, check_conversation, split_query, to_conversation
+from lore_rm.serve.formats import (
+    as_messages,
+    check_conversation,
+    read_query,
+    to_conversation,
+)
 from lore_rm.serve.schemas import (
     GetRewardRequest,
     GetRewardResponse,
@@ -64,7 +69,7 @@ def api_router(
     api = APIRouter(dependencies=[Depends(check_token)])
 
     def user_of_label(i: int, label: Any) -> str | None:
-        if label is None or label == "":  # OpenRLHF sends "" when no --label_key is set
+        if label is None or label == "":  # OpenRLHF sends "" when no label key is set
             return None
         if qf.label_key is not None:
             obj = label
@@ -95,21 +100,18 @@ def api_router(
         for name, values in (("prompts", body.prompts), ("labels", body.labels)):
             if values is not None and len(values) != n:
                 raise _unprocessable([name], f"has {len(values)} items but query has {n}")
-        conversations = []
+        conversations, mismatch = [], []
         for i, q in enumerate(body.query):
-            prompt = body.prompts[i] if body.prompts is not None else None
-            try:
-                conversations.append(
-                    split_query(
-                        q,
-                        prompt,
-                        suffixes=qf.strip_suffixes,
-                        parse_templates=qf.parse_templates,
-                        where=f"query[{i}]",
-                    )
-                )
-            except LoreError as exc:
-                raise _unprocessable(["query", i], str(exc)) from exc
+            # a query that does not start with its prompt (OpenRLHF truncated the prompt) is
+            # read on its own and flagged: one such sample never fails the batch
+            conv, matched = read_query(
+                q,
+                body.prompts[i] if body.prompts is not None else None,
+                suffixes=qf.strip_suffixes,
+                parse_templates=qf.parse_templates,
+            )
+            conversations.append(conv)
+            mismatch.append(0.0 if matched else 1.0)
         labels = body.labels if body.labels is not None else [None] * n
         users = [user_of_label(i, lab) for i, lab in enumerate(labels)]
         scored = svc.reward(conversations, users)
@@ -117,7 +119,10 @@ def api_router(
         return GetRewardResponse(
             rewards=rewards,
             scores=rewards,
-            extra_logs={"lore_unknown_user": [0.0 if k else 1.0 for k in scored.known]},
+            extra_logs={
+                "lore_unknown_user": [0.0 if k else 1.0 for k in scored.known],
+                "lore_prompt_mismatch": mismatch,
+            },
         )
 
     @api.post("/reward", response_model=RewardResponse, tags=["rewards"])

@@ -49,7 +49,7 @@ class GetRewardRequest(BaseModel):
         None, description="the prompt of each query; the response is query[len(prompt):]"
     )
     labels: list[Any] | None = Field(
-        None, description="the user id of each sample (OpenRLHF's --label_key column)"
+        None, description="the user id of each sample (OpenRLHF's --data.label_key column)"
     )
 
 
