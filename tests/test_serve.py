@@ -253,6 +253,93 @@ def test_bad_bodies_get_422_naming_the_field(served, path, body, field):
     assert any(field in loc for loc in locs), locs
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/get_reward", {"query": [1] * 1_000_000}, ["body", "query"]),
+        ("/get_reward", {"query": ["a"], "prompts": [None] * 1_000_000}, ["body", "prompts"]),
+        ("/reward", {"users": [2] * 1_000_000, "conversations": []}, ["body", "users"]),
+        (
+            "/reward",
+            {"user": "u", "conversations": [[1] * 1_000_000]},
+            ["body", "conversations", 0, 0],
+        ),
+        (
+            "/users/bob/comparisons",
+            {"comparisons": [{"prompt": [1] * 1_000_000, "chosen": "c", "rejected": "r"}]},
+            ["body", "comparisons", 0, "prompt"],
+        ),
+    ],
+)
+def test_many_bad_items_get_a_small_422(served, path, body, loc):
+    """A 2 MB list of non-strings is refused in one pass with a small body (the first few
+    bad items and a count), and the server keeps answering."""
+    client, _ = served
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    assert len(raw) > 1_900_000
+    out = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert out.status_code == 422, out.text[:500]
+    assert len(out.content) < 4096
+    detail = out.json()["detail"]
+    assert len(detail) <= 5
+    assert detail[0]["loc"][: len(loc)] == loc, detail
+    if loc[-1] in ("query", "prompts", "users"):
+        assert "1000000 of " in detail[0]["msg"] and "more" in detail[0]["msg"]
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/get_reward", {"query": ["ok", "bad \ud800"]}, ["body", "query", 1]),
+        ("/get_reward", {"query": ["ok"], "labels": ["al\ud800ice"]}, ["body", "labels", 0]),
+        (
+            "/reward",
+            {"user": "\udfff", "conversations": [[{"role": "assistant", "content": "x"}]]},
+            ["body", "user"],
+        ),
+        (
+            "/reward",
+            {"users": ["a\ud83d"], "conversations": [[{"role": "assistant", "content": "x"}]]},
+            ["body", "users", 0],
+        ),
+        (
+            "/reward",
+            {"user": "u", "conversations": [[{"role": "assistant", "content": "x\ud800"}]]},
+            ["body", "conversations", 0, 0, "content"],
+        ),
+        (
+            "/users/bob/comparisons",
+            {"comparisons": [{"prompt": "p", "chosen": "c\ud800", "rejected": "r"}]},
+            ["body", "comparisons", 0, "chosen"],
+        ),
+        ("/get_reward", {"query": ["ok", float("nan")]}, ["body", "query"]),
+        ("/get_reward", {"query": ["ok"], "prompts": [float("inf")]}, ["body", "prompts"]),
+        ("/get_reward", {"query": ["ok"], "labels": [float("nan")]}, ["body", "labels", 0]),
+        (
+            "/reward",
+            {"user": "u", "conversations": [[{"role": "assistant", "content": float("nan")}]]},
+            ["body", "conversations", 0, 0, "content"],
+        ),
+        (
+            "/users/bob/comparisons",
+            {"comparisons": [{"prompt": "p", "chosen": "c", "rejected": float("-inf")}]},
+            ["body", "comparisons", 0, "rejected"],
+        ),
+    ],
+)
+def test_lone_surrogates_and_non_finite_numbers_are_422(served, path, body, loc):
+    client, _ = served
+    raw = json.dumps(body)  # a lone surrogate goes on the wire as "\\ud800", NaN as NaN
+    assert "\\ud" in raw or "NaN" in raw or "Infinity" in raw
+    out = client.post(path, content=raw.encode(), headers={"content-type": "application/json"})
+    assert out.status_code == 422, out.text
+    locs = [d["loc"] for d in out.json()["detail"]]
+    assert any(got[: len(loc)] == loc for got in locs), locs
+    # and nothing was stored
+    assert client.get("/users/bob").json()["n_comparisons"] == 0
+
+
 def test_invalid_json_is_422(served):
     client, _ = served
     out = client.post("/reward", content=b"{not json", headers={"content-type": "application/json"})

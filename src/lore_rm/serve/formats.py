@@ -48,6 +48,19 @@ _LLAMA3 = re.compile(
 )
 
 
+def lone_surrogate(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (a lone surrogate, which JSON's ``"\\ud800"`` can
+    carry but nothing can encode), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"holds a lone surrogate (U+{ord(text[exc.start]):04X} at character {exc.start}); "
+            "text must be valid Unicode"
+        )
+    return None
+
+
 def as_messages(value: Any, default_role: str, where: str) -> list[dict[str, str]]:
     """A string (one ``default_role`` message) or a list of messages, checked."""
     if isinstance(value, str):

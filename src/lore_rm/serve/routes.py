@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -13,6 +14,7 @@ from lore_rm.errors import LoreError
 from lore_rm.serve.formats import (
     as_messages,
     check_conversation,
+    lone_surrogate,
     read_query,
     to_conversation,
 )
@@ -83,9 +85,14 @@ def api_router(
             label = obj[qf.label_key]
             if label is None:
                 return None
-        if isinstance(label, dict | list):
-            raise _unprocessable(["labels", i], "a user id must be a string or a number")
+        if isinstance(label, dict | list) or (
+            isinstance(label, float) and not math.isfinite(label)
+        ):
+            raise _unprocessable(["labels", i], "a user id must be a string or a finite number")
         user = str(label)
+        problem = lone_surrogate(user)
+        if problem is not None:
+            raise _unprocessable(["labels", i], f"user id {problem}")
         if len(user) > limits.max_user_id_chars:
             raise _unprocessable(
                 ["labels", i], f"user id longer than {limits.max_user_id_chars} characters"
