@@ -340,6 +340,26 @@ def test_lone_surrogates_and_non_finite_numbers_are_422(served, path, body, loc)
     assert client.get("/users/bob").json()["n_comparisons"] == 0
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"prompt": "p", "chosen": "same", "rejected": "same"},
+        {"prompt": "p", "chosen": "", "rejected": "r"},
+        {"prompt": "p", "chosen": [{"role": "assistant", "content": "  "}], "rejected": "r"},
+        {"prompt": "", "chosen": "c", "rejected": "r"},
+    ],
+)
+def test_onboarding_refuses_empty_and_identical_pairs(served, bad):
+    client, _ = served
+    good = {"prompt": "p", "chosen": "c", "rejected": "r"}
+    out = client.post("/users/bob/comparisons", json={"comparisons": [good, bad]})
+    assert out.status_code == 422, out.text
+    detail = out.json()["detail"][0]
+    assert detail["loc"] == ["body", "comparisons", 1]
+    assert "comparisons[1]" in detail["msg"]
+    assert client.get("/users/bob").json()["n_comparisons"] == 0
+
+
 def test_invalid_json_is_422(served):
     client, _ = served
     out = client.post("/reward", content=b"{not json", headers={"content-type": "application/json"})

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException
 
-from lore_rm.errors import LoreError
+from lore_rm.errors import DataError, LoreError
 from lore_rm.serve.formats import (
     as_messages,
     check_conversation,
@@ -58,6 +58,23 @@ def _message_dicts(msgs: Sequence[Message]) -> list[dict[str, str]]:
 
 def _loose(value: str | list[Message]) -> Any:
     return value if isinstance(value, str) else _message_dicts(value)
+
+
+def _check_pair(
+    prompt: list[dict[str, str]],
+    chosen: list[dict[str, str]],
+    rejected: list[dict[str, str]],
+    where: str,
+) -> None:
+    """What ``lore prepare`` refuses too: empty text, and chosen identical to rejected."""
+    for name, msgs in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+        if not msgs:
+            raise DataError(f"{where}.{name}: empty")
+        for j, m in enumerate(msgs):
+            if not m["content"].strip():
+                raise DataError(f"{where}.{name}: empty text (message {j})")
+    if chosen == rejected:
+        raise DataError(f"{where}: chosen is identical to rejected")
 
 
 def api_router(
@@ -179,6 +196,7 @@ def api_router(
                 prompt = as_messages(_loose(c.prompt), "user", f"{where}.prompt")
                 chosen = as_messages(_loose(c.chosen), "assistant", f"{where}.chosen")
                 rejected = as_messages(_loose(c.rejected), "assistant", f"{where}.rejected")
+                _check_pair(prompt, chosen, rejected, where)
                 pairs.append(
                     (
                         to_conversation(prompt, chosen, f"{where}.chosen"),
