@@ -122,6 +122,12 @@ def test_get_reward_openrlhf_shape(served, small_model, embedder):
     assert out["rewards"][1] == pytest.approx(data["rewards"][1], rel=1e-6)
 
 
+def native_reward(client, user: str, *turns: tuple[str, str]) -> float:
+    """The ``/reward`` of one conversation given as (role, content) turns."""
+    convs = [[{"role": r, "content": c} for r, c in turns]]
+    return client.post("/reward", json={"user": user, "conversations": convs}).json()["rewards"][0]
+
+
 def test_get_reward_parses_chat_templates(served):
     client, _ = served
     prompt = (
@@ -132,20 +138,45 @@ def test_get_reward_parses_chat_templates(served):
     got = client.post(
         "/get_reward", json={"query": [query], "prompts": [prompt], "labels": ["seen2"]}
     ).json()["rewards"][0]
-    native = client.post(
-        "/reward",
-        json={
-            "user": "seen2",
-            "conversations": [
-                [
-                    {"role": "system", "content": "be brief"},
-                    {"role": "user", "content": "name a fruit"},
-                    {"role": "assistant", "content": "apple cherry"},
-                ]
-            ],
-        },
-    ).json()["rewards"][0]
+    native = native_reward(
+        client,
+        "seen2",
+        ("system", "be brief"),
+        ("user", "name a fruit"),
+        ("assistant", "apple cherry"),
+    )
     assert got == pytest.approx(native, rel=1e-6)
+
+
+def test_get_reward_truncated_prompt_is_scored_and_flagged(served):
+    """OpenRLHF truncates a long prompt: the query no longer starts with its prompt. That
+    sample is read on its own and flagged; the rest of the batch is scored as usual."""
+    client, _ = served
+    prompt = (
+        "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nname a fruit<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    good = prompt + "apple cherry<|im_end|>"
+    cut = prompt[prompt.index("<|im_start|>user") :]  # the system turn was cut off
+    truncated = cut + "tiger river<|im_end|><|endoftext|>"
+    body = {
+        "query": [good, truncated, good],
+        "prompts": [prompt, prompt, prompt],
+        "labels": ["seen1", "seen2", "stranger"],
+    }
+    out = client.post("/get_reward", json=body)
+    assert out.status_code == 200, out.text
+    data = out.json()
+    assert data["extra_logs"]["lore_prompt_mismatch"] == [0.0, 1.0, 0.0]
+    assert data["extra_logs"]["lore_unknown_user"] == [0.0, 0.0, 1.0]
+    alone = client.post(
+        "/get_reward", json={"query": [good], "prompts": [prompt], "labels": ["seen1"]}
+    ).json()
+    assert alone["extra_logs"]["lore_prompt_mismatch"] == [0.0]
+    assert data["rewards"][0] == pytest.approx(alone["rewards"][0], rel=1e-6)
+    # the truncated query is scored as the conversation it still holds
+    native = native_reward(client, "seen2", ("user", "name a fruit"), ("assistant", "tiger river"))
+    assert data["rewards"][1] == pytest.approx(native, rel=1e-6)
 
 
 def test_native_reward_batched(served, small_model, embedder):
@@ -173,7 +204,6 @@ def test_native_reward_batched(served, small_model, embedder):
     [
         ("/get_reward", {"prompts": ["a"]}, "query"),
         ("/get_reward", {"query": "not a list"}, "query"),
-        ("/get_reward", {"query": ["abc"], "prompts": ["xyz"]}, "query"),
         ("/get_reward", {"query": ["abc", "abd"], "prompts": ["a"]}, "prompts"),
         ("/get_reward", {"query": ["ab"], "labels": [{"user": 1}]}, "labels"),
         ("/reward", {"user": "u"}, "conversations"),
@@ -221,6 +251,113 @@ def test_bad_bodies_get_422_naming_the_field(served, path, body, field):
     assert out.status_code == 422, out.text
     locs = [d["loc"] for d in out.json()["detail"]]
     assert any(field in loc for loc in locs), locs
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/get_reward", {"query": [1] * 1_000_000}, ["body", "query"]),
+        ("/get_reward", {"query": ["a"], "prompts": [None] * 1_000_000}, ["body", "prompts"]),
+        ("/reward", {"users": [2] * 1_000_000, "conversations": []}, ["body", "users"]),
+        (
+            "/reward",
+            {"user": "u", "conversations": [[1] * 1_000_000]},
+            ["body", "conversations", 0, 0],
+        ),
+        (
+            "/users/bob/comparisons",
+            {"comparisons": [{"prompt": [1] * 1_000_000, "chosen": "c", "rejected": "r"}]},
+            ["body", "comparisons", 0, "prompt"],
+        ),
+    ],
+)
+def test_many_bad_items_get_a_small_422(served, path, body, loc):
+    """A 2 MB list of non-strings is refused in one pass with a small body (the first few
+    bad items and a count), and the server keeps answering."""
+    client, _ = served
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    assert len(raw) > 1_900_000
+    out = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert out.status_code == 422, out.text[:500]
+    assert len(out.content) < 4096
+    detail = out.json()["detail"]
+    assert len(detail) <= 5
+    assert detail[0]["loc"][: len(loc)] == loc, detail
+    if loc[-1] in ("query", "prompts", "users"):
+        assert "1000000 of " in detail[0]["msg"] and "more" in detail[0]["msg"]
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/get_reward", {"query": ["ok", "bad \ud800"]}, ["body", "query", 1]),
+        ("/get_reward", {"query": ["ok"], "labels": ["al\ud800ice"]}, ["body", "labels", 0]),
+        (
+            "/reward",
+            {"user": "\udfff", "conversations": [[{"role": "assistant", "content": "x"}]]},
+            ["body", "user"],
+        ),
+        (
+            "/reward",
+            {"users": ["a\ud83d"], "conversations": [[{"role": "assistant", "content": "x"}]]},
+            ["body", "users", 0],
+        ),
+        (
+            "/reward",
+            {"user": "u", "conversations": [[{"role": "assistant", "content": "x\ud800"}]]},
+            ["body", "conversations", 0, 0, "content"],
+        ),
+        (
+            "/users/bob/comparisons",
+            {"comparisons": [{"prompt": "p", "chosen": "c\ud800", "rejected": "r"}]},
+            ["body", "comparisons", 0, "chosen"],
+        ),
+        ("/get_reward", {"query": ["ok", float("nan")]}, ["body", "query"]),
+        ("/get_reward", {"query": ["ok"], "prompts": [float("inf")]}, ["body", "prompts"]),
+        ("/get_reward", {"query": ["ok"], "labels": [float("nan")]}, ["body", "labels", 0]),
+        (
+            "/reward",
+            {"user": "u", "conversations": [[{"role": "assistant", "content": float("nan")}]]},
+            ["body", "conversations", 0, 0, "content"],
+        ),
+        (
+            "/users/bob/comparisons",
+            {"comparisons": [{"prompt": "p", "chosen": "c", "rejected": float("-inf")}]},
+            ["body", "comparisons", 0, "rejected"],
+        ),
+    ],
+)
+def test_lone_surrogates_and_non_finite_numbers_are_422(served, path, body, loc):
+    client, _ = served
+    raw = json.dumps(body)  # a lone surrogate goes on the wire as "\\ud800", NaN as NaN
+    assert "\\ud" in raw or "NaN" in raw or "Infinity" in raw
+    out = client.post(path, content=raw.encode(), headers={"content-type": "application/json"})
+    assert out.status_code == 422, out.text
+    locs = [d["loc"] for d in out.json()["detail"]]
+    assert any(got[: len(loc)] == loc for got in locs), locs
+    # and nothing was stored
+    assert client.get("/users/bob").json()["n_comparisons"] == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"prompt": "p", "chosen": "same", "rejected": "same"},
+        {"prompt": "p", "chosen": "", "rejected": "r"},
+        {"prompt": "p", "chosen": [{"role": "assistant", "content": "  "}], "rejected": "r"},
+        {"prompt": "", "chosen": "c", "rejected": "r"},
+    ],
+)
+def test_onboarding_refuses_empty_and_identical_pairs(served, bad):
+    client, _ = served
+    good = {"prompt": "p", "chosen": "c", "rejected": "r"}
+    out = client.post("/users/bob/comparisons", json={"comparisons": [good, bad]})
+    assert out.status_code == 422, out.text
+    detail = out.json()["detail"][0]
+    assert detail["loc"] == ["body", "comparisons", 1]
+    assert "comparisons[1]" in detail["msg"]
+    assert client.get("/users/bob").json()["n_comparisons"] == 0
 
 
 def test_invalid_json_is_422(served):

@@ -12,25 +12,31 @@ from lore_rm import LowRankReward
 from lore_rm.embed.hashing import HashingEmbedder
 from lore_rm.errors import DataError
 from lore_rm.serve import create_app, make_remote_reward_func, make_reward_func
-from lore_rm.serve.formats import parse_prompt_text, split_query, strip_suffixes
+from lore_rm.serve.formats import (
+    parse_prompt_text,
+    query_conversation,
+    read_query,
+    strip_suffixes,
+)
 
 text = st.text(st.characters(blacklist_characters="<>|", blacklist_categories=("Cs",)), max_size=40)
 
 
 @given(prompt=text, response=text)
-def test_split_query_recovers_the_response(prompt, response):
-    conv = split_query(prompt + response, prompt, parse_templates=False)
+def test_read_query_recovers_the_response(prompt, response):
+    conv, matched = read_query(prompt + response, prompt, parse_templates=False)
+    assert matched
     assert conv[-1] == {"role": "assistant", "content": response.strip()}
     assert conv[:-1] == [{"role": "user", "content": prompt}]
 
 
-def test_split_query_strips_end_tokens_and_parses_templates():
+def test_read_query_strips_end_tokens_and_parses_templates():
     llama = (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nbe kind<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nhi there<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
-    conv = split_query(llama + "hello!<|eot_id|><|end_of_text|>", llama)
+    conv, _ = read_query(llama + "hello!<|eot_id|><|end_of_text|>", llama)
     assert conv == [
         {"role": "system", "content": "be kind"},
         {"role": "user", "content": "hi there"},
@@ -38,9 +44,33 @@ def test_split_query_strips_end_tokens_and_parses_templates():
     ]
     assert parse_prompt_text("plain question?") == [{"role": "user", "content": "plain question?"}]
     assert strip_suffixes("ok</s></s>  ", ["</s>"]) == "ok"
-    with pytest.raises(DataError, match=r"query\[2\]"):
-        split_query("abc", "xyz", where="query[2]")
-    assert split_query("whole text", None) == [{"role": "assistant", "content": "whole text"}]
+    assert read_query("whole text", None) == (
+        [{"role": "assistant", "content": "whole text"}],
+        True,
+    )
+
+
+def test_a_query_without_its_prompt_is_read_on_its_own():
+    prompt = "<|im_start|>user\nname a fruit<|im_end|>\n<|im_start|>assistant\n"
+    query = prompt[5:] + "apple<|im_end|><|endoftext|>"  # the prompt was truncated
+    conv, matched = read_query(query, prompt)
+    assert not matched
+    # the turns the query still holds (the cut one's tail is left out), the response last
+    assert conv == [{"role": "assistant", "content": "apple"}]
+    whole = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>"
+    assert query_conversation(whole) == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
+    # a query ending on a user turn: the response is empty
+    assert query_conversation("<|im_start|>user\nhi")[-1] == {"role": "assistant", "content": ""}
+    # no template (or --keep-template): the whole query is the response, as with no prompt
+    assert read_query("cut prompt. answer</s>", "full prompt. ") == (
+        [{"role": "assistant", "content": "cut prompt. answer"}],
+        False,
+    )
+    assert query_conversation(whole, parse_templates=False) == read_query(whole, None)[0]
+    assert read_query("p answer", "p ")[1]
 
 
 @pytest.fixture()

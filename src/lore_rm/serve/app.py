@@ -9,7 +9,9 @@ Endpoints (every one but ``/health`` needs the bearer token when one is configur
 ``POST /get_reward``
     OpenRLHF's remote-RM shape: ``{"query": [...], "prompts": [...], "labels": [...]}`` ->
     ``{"rewards": [...], "scores": [...], "extra_logs": {...}}``. ``labels[i]`` is the user id
-    of sample ``i`` (OpenRLHF fills it from the prompt dataset's ``--label_key`` column).
+    of sample ``i`` (OpenRLHF fills it from the prompt dataset's ``--data.label_key``, formerly
+    ``--label_key``, column). An unknown user, or a query that does not start with its prompt
+    (a truncated prompt), is scored and flagged in ``extra_logs``, never an error.
 ``POST /reward``
     ``{"user": id, "conversations": [[messages], ...]}`` (or ``"users"``: one id per
     conversation) -> ``{"rewards": [...], "known": [...], ...}``.
@@ -24,12 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from lore_rm.embed.base import Embedder
@@ -37,7 +40,7 @@ from lore_rm.errors import LoreError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.auth import TOKEN_ENV, TOKEN_FILE_ENV, BodyLimit, resolve_token, token_dependency
 from lore_rm.serve.routes import api_router
-from lore_rm.serve.schemas import Health, Limits, QueryFormat
+from lore_rm.serve.schemas import N_SHOWN, Health, Limits, QueryFormat
 from lore_rm.serve.service import RewardService
 
 # the names the app module has always offered
@@ -103,6 +106,10 @@ def create_app(
             content={"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]},
         )
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content=validation_errors(exc.errors()))
+
     @app.get("/health", response_model=Health, tags=["meta"])
     def health() -> Health:
         """Liveness: no token needed."""
@@ -110,6 +117,35 @@ def create_app(
 
     app.include_router(api_router(svc, limits, qf, check_token, token))
     return app
+
+
+def _printable(value: Any, limit: int = 300) -> str:
+    """``value`` as text that JSON can carry (lone surrogates escaped), at most ``limit``
+    characters."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def validation_errors(errors: Sequence[Any]) -> dict[str, Any]:
+    """A small 422 body: the first few errors (location, message, type; not the offending
+    input, which may be huge, non-finite or invalid Unicode), and how many there were."""
+    detail = [
+        {
+            "loc": [p if isinstance(p, int) else _printable(p, 100) for p in e.get("loc", ())],
+            "msg": _printable(
+                e.get("msg", "")
+                + (f": {e['ctx']['error']}" if e.get("type") == "json_invalid" else "")
+            ),
+            "type": _printable(e.get("type", ""), 100),
+        }
+        for e in errors[:N_SHOWN]
+    ]
+    body: dict[str, Any] = {"detail": detail}
+    if len(errors) > N_SHOWN:
+        body["n_errors"] = len(errors)
+    return body
 
 
 # ---- configuration by environment (uvicorn --workers needs an import string) --------------------

@@ -7,11 +7,15 @@ Shared by the HTTP service, the TRL reward function and onboarding; no web depen
   conversational completions: ``[{"role": "assistant", "content": ...}]``).
 * OpenRLHF sends ``query`` (prompt + response, one string, chat template already applied
   by the policy's tokenizer) and ``prompts`` (the prompt string it generated from). The
-  response is ``query[len(prompt):]`` (the query must start with its prompt); trailing
-  end-of-turn / padding tokens are stripped. The prompt string is parsed back into messages
-  when it is a ChatML (``<|im_start|>role ... <|im_end|>``) or Llama-3
+  response is ``query[len(prompt):]``; trailing end-of-turn / padding tokens are stripped.
+  The prompt string is parsed back into messages when it is a ChatML
+  (``<|im_start|>role ... <|im_end|>``) or Llama-3
   (``<|start_header_id|>role<|end_header_id|> ... <|eot_id|>``) rendering; any other
   string becomes one user message, verbatim.
+* A query that does not start with its prompt (OpenRLHF truncated a long prompt) is read
+  on its own (:func:`query_conversation`): the whole query is the conversation the policy
+  saw, its template turns parsed (the last one is the response), else the whole string is
+  the response.
 """
 
 from __future__ import annotations
@@ -42,6 +46,19 @@ _LLAMA3 = re.compile(
     r"<\|start_header_id\|>(system|user|assistant)<\|end_header_id\|>\n*(.*?)(?:<\|eot_id\|>|\Z)",
     re.S,
 )
+
+
+def lone_surrogate(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (a lone surrogate, which JSON's ``"\\ud800"`` can
+    carry but nothing can encode), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"holds a lone surrogate (U+{ord(text[exc.start]):04X} at character {exc.start}); "
+            "text must be valid Unicode"
+        )
+    return None
 
 
 def as_messages(value: Any, default_role: str, where: str) -> list[dict[str, str]]:
@@ -90,15 +107,21 @@ def parse_prompt_text(prompt: str) -> list[dict[str, str]]:
 
     An open assistant turn at the end (the generation header) is dropped.
     """
+    return _template_messages(prompt) or [{"role": "user", "content": prompt}]
+
+
+def _template_messages(text: str) -> list[dict[str, str]]:
+    """The turns of a ChatML or Llama-3 rendering (an empty assistant turn at the end
+    dropped); [] when ``text`` is neither. Text before the first turn is left out."""
     for pattern in (_CHATML, _LLAMA3):
-        found = pattern.findall(prompt)
+        found = pattern.findall(text)
         if found:
             msgs = [{"role": r, "content": c.strip()} for r, c in found]
             if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"]:
                 msgs.pop()
             if msgs:
                 return msgs
-    return [{"role": "user", "content": prompt}]
+    return []
 
 
 def strip_suffixes(text: str, suffixes: Sequence[str]) -> str:
@@ -113,30 +136,49 @@ def strip_suffixes(text: str, suffixes: Sequence[str]) -> str:
     return out
 
 
-def split_query(
+def read_query(
     query: str,
     prompt: str | None,
     *,
     suffixes: Sequence[str] = DEFAULT_STRIP_SUFFIXES,
     parse_templates: bool = True,
-    where: str = "query",
-) -> Conversation:
-    """An OpenRLHF ``query`` (prompt + response) and its ``prompt`` -> one conversation.
+) -> tuple[Conversation, bool]:
+    """An OpenRLHF ``query`` (prompt + response) and its ``prompt`` -> ``(conversation,
+    matched)``; never fails.
 
     Without a prompt the whole query is scored as the response to an empty prompt.
-    """
+    ``matched`` is False when the query does not start with its prompt (OpenRLHF truncated
+    the prompt); the conversation is then :func:`query_conversation` of the query alone."""
     if prompt is None:
         prompt_msgs: list[dict[str, str]] = []
         response = query
+    elif not query.startswith(prompt):
+        return query_conversation(query, suffixes=suffixes, parse_templates=parse_templates), False
     else:
-        if not query.startswith(prompt):
-            raise DataError(
-                f"{where}: does not start with its prompt (prompts entry); OpenRLHF queries are "
-                "the prompt followed by the response"
-            )
         response = query[len(prompt) :]
         prompt_msgs = (
             parse_prompt_text(prompt) if parse_templates else [{"role": "user", "content": prompt}]
         )
     response = strip_suffixes(response, suffixes).strip()
-    return prompt_msgs + [{"role": "assistant", "content": response}]
+    return prompt_msgs + [{"role": "assistant", "content": response}], True
+
+
+def query_conversation(
+    query: str,
+    *,
+    suffixes: Sequence[str] = DEFAULT_STRIP_SUFFIXES,
+    parse_templates: bool = True,
+) -> Conversation:
+    """A whole query (prompt + response) read without its prompt string.
+
+    A ChatML or Llama-3 rendering gives its turns, the last assistant turn being the
+    response (an empty one is added when the query ends on another role); any other string
+    is the response to an empty prompt, as when no prompt is given."""
+    text = strip_suffixes(query, suffixes).strip()
+    msgs = _template_messages(text) if parse_templates else []
+    if not msgs:
+        return [{"role": "assistant", "content": text}]
+    if msgs[-1]["role"] != "assistant":
+        msgs.append({"role": "assistant", "content": ""})
+    msgs[-1]["content"] = strip_suffixes(msgs[-1]["content"], suffixes).strip()
+    return msgs

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException
 
-from lore_rm.errors import LoreError
-from lore_rm.serve.formats import as_messages, check_conversation, split_query, to_conversation
+from lore_rm.errors import DataError, LoreError
+from lore_rm.serve.formats import (
+    as_messages,
+    check_conversation,
+    lone_surrogate,
+    read_query,
+    to_conversation,
+)
 from lore_rm.serve.schemas import (
     GetRewardRequest,
     GetRewardResponse,
@@ -53,6 +60,23 @@ def _loose(value: str | list[Message]) -> Any:
     return value if isinstance(value, str) else _message_dicts(value)
 
 
+def _check_pair(
+    prompt: list[dict[str, str]],
+    chosen: list[dict[str, str]],
+    rejected: list[dict[str, str]],
+    where: str,
+) -> None:
+    """What ``lore prepare`` refuses too: empty text, and chosen identical to rejected."""
+    for name, msgs in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+        if not msgs:
+            raise DataError(f"{where}.{name}: empty")
+        for j, m in enumerate(msgs):
+            if not m["content"].strip():
+                raise DataError(f"{where}.{name}: empty text (message {j})")
+    if chosen == rejected:
+        raise DataError(f"{where}: chosen is identical to rejected")
+
+
 def api_router(
     svc: RewardService,
     limits: Limits,
@@ -64,7 +88,7 @@ def api_router(
     api = APIRouter(dependencies=[Depends(check_token)])
 
     def user_of_label(i: int, label: Any) -> str | None:
-        if label is None or label == "":  # OpenRLHF sends "" when no --label_key is set
+        if label is None or label == "":  # OpenRLHF sends "" when no label key is set
             return None
         if qf.label_key is not None:
             obj = label
@@ -78,9 +102,14 @@ def api_router(
             label = obj[qf.label_key]
             if label is None:
                 return None
-        if isinstance(label, dict | list):
-            raise _unprocessable(["labels", i], "a user id must be a string or a number")
+        if isinstance(label, dict | list) or (
+            isinstance(label, float) and not math.isfinite(label)
+        ):
+            raise _unprocessable(["labels", i], "a user id must be a string or a finite number")
         user = str(label)
+        problem = lone_surrogate(user)
+        if problem is not None:
+            raise _unprocessable(["labels", i], f"user id {problem}")
         if len(user) > limits.max_user_id_chars:
             raise _unprocessable(
                 ["labels", i], f"user id longer than {limits.max_user_id_chars} characters"
@@ -95,21 +124,18 @@ def api_router(
         for name, values in (("prompts", body.prompts), ("labels", body.labels)):
             if values is not None and len(values) != n:
                 raise _unprocessable([name], f"has {len(values)} items but query has {n}")
-        conversations = []
+        conversations, mismatch = [], []
         for i, q in enumerate(body.query):
-            prompt = body.prompts[i] if body.prompts is not None else None
-            try:
-                conversations.append(
-                    split_query(
-                        q,
-                        prompt,
-                        suffixes=qf.strip_suffixes,
-                        parse_templates=qf.parse_templates,
-                        where=f"query[{i}]",
-                    )
-                )
-            except LoreError as exc:
-                raise _unprocessable(["query", i], str(exc)) from exc
+            # a query that does not start with its prompt (OpenRLHF truncated the prompt) is
+            # read on its own and flagged: one such sample never fails the batch
+            conv, matched = read_query(
+                q,
+                body.prompts[i] if body.prompts is not None else None,
+                suffixes=qf.strip_suffixes,
+                parse_templates=qf.parse_templates,
+            )
+            conversations.append(conv)
+            mismatch.append(0.0 if matched else 1.0)
         labels = body.labels if body.labels is not None else [None] * n
         users = [user_of_label(i, lab) for i, lab in enumerate(labels)]
         scored = svc.reward(conversations, users)
@@ -117,7 +143,10 @@ def api_router(
         return GetRewardResponse(
             rewards=rewards,
             scores=rewards,
-            extra_logs={"lore_unknown_user": [0.0 if k else 1.0 for k in scored.known]},
+            extra_logs={
+                "lore_unknown_user": [0.0 if k else 1.0 for k in scored.known],
+                "lore_prompt_mismatch": mismatch,
+            },
         )
 
     @api.post("/reward", response_model=RewardResponse, tags=["rewards"])
@@ -167,6 +196,7 @@ def api_router(
                 prompt = as_messages(_loose(c.prompt), "user", f"{where}.prompt")
                 chosen = as_messages(_loose(c.chosen), "assistant", f"{where}.chosen")
                 rejected = as_messages(_loose(c.rejected), "assistant", f"{where}.rejected")
+                _check_pair(prompt, chosen, rejected, where)
                 pairs.append(
                     (
                         to_conversation(prompt, chosen, f"{where}.chosen"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from lore_rm.serve.formats import DEFAULT_STRIP_SUFFIXES
+from lore_rm.serve.formats import DEFAULT_STRIP_SUFFIXES, lone_surrogate
 
 
 @dataclass(frozen=True)
@@ -30,26 +30,70 @@ class QueryFormat:
     label_key: str | None = None  # labels are JSON objects; the user id is this key
 
 
+# ---- checked types -----------------------------------------------------------------------------
+N_SHOWN = 5  # bad items named in one error; the rest are counted
+
+
+def _valid_unicode(text: str) -> str:
+    problem = lone_surrogate(text)
+    if problem is not None:
+        raise ValueError(problem)
+    return text
+
+
+def _strings_only(allow_none: bool):
+    """A before-check of a list of strings: one error naming the first few items that are not
+    strings and counting them, before any per-item validation (a list of a million numbers
+    then costs one pass, not a million errors)."""
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, list):
+            return value  # pydantic names the wrong type
+        bad = [
+            i for i, v in enumerate(value) if not (isinstance(v, str) or (allow_none and v is None))
+        ]
+        if bad:
+            shown = ", ".join(
+                f"[{i}] {type(value[i]).__name__}"
+                + (f" {value[i]!r}" if isinstance(value[i], float) else "")
+                for i in bad[:N_SHOWN]
+            )
+            more = f" and {len(bad) - N_SHOWN} more" if len(bad) > N_SHOWN else ""
+            kind = "strings (or null)" if allow_none else "strings"
+            raise ValueError(f"{len(bad)} of {len(value)} items are not {kind}: {shown}{more}")
+        return value
+
+    return check
+
+
+# text: valid Unicode (a lone surrogate such as "\ud800" cannot be embedded or stored)
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+Strings = Annotated[list[Text], BeforeValidator(_strings_only(False))]
+
 # ---- schemas ----------------------------------------------------------------------------------
-UserId = Annotated[str, Field(min_length=1, max_length=256, examples=["alice"])]
+UserId = Annotated[Text, Field(min_length=1, max_length=256, examples=["alice"])]
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
+
+
+# a bad message in a long list is reported once, not once per message
+Messages = Annotated[list[Message], Field(fail_fast=True)]
 
 
 class GetRewardRequest(BaseModel):
     """OpenRLHF's remote reward-model request (extra fields are accepted and ignored)."""
 
     model_config = ConfigDict(extra="allow")
-    query: list[str] = Field(description="prompt + response strings, as the policy rendered them")
-    prompts: list[str] | None = Field(
+    query: Strings = Field(description="prompt + response strings, as the policy rendered them")
+    prompts: Strings | None = Field(
         None, description="the prompt of each query; the response is query[len(prompt):]"
     )
     labels: list[Any] | None = Field(
-        None, description="the user id of each sample (OpenRLHF's --label_key column)"
+        None, description="the user id of each sample (OpenRLHF's --data.label_key column)"
     )
 
 
@@ -61,9 +105,11 @@ class GetRewardResponse(BaseModel):
 
 class RewardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user: str | None = Field(None, description="one user id for every conversation")
-    users: list[str | None] | None = Field(None, description="or one user id per conversation")
-    conversations: list[list[Message]] = Field(
+    user: Text | None = Field(None, description="one user id for every conversation")
+    users: Annotated[list[Text | None], BeforeValidator(_strings_only(True))] | None = Field(
+        None, description="or one user id per conversation"
+    )
+    conversations: Annotated[list[Messages], Field(fail_fast=True)] = Field(
         min_length=1,
         description="each: the prompt messages then the assistant response being scored",
     )
@@ -80,14 +126,14 @@ class RewardResponse(BaseModel):
 
 class ComparisonIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: str | list[Message] = Field(description="a user message, or the prompt messages")
-    chosen: str | list[Message] = Field(description="the preferred response")
-    rejected: str | list[Message] = Field(description="the other response")
+    prompt: Text | Messages = Field(description="a user message, or the prompt messages")
+    chosen: Text | Messages = Field(description="the preferred response")
+    rejected: Text | Messages = Field(description="the other response")
 
 
 class OnboardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    comparisons: list[ComparisonIn] = Field(min_length=1)
+    comparisons: Annotated[list[ComparisonIn], Field(fail_fast=True)] = Field(min_length=1)
 
 
 class OnboardResponse(BaseModel):
