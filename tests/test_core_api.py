@@ -316,3 +316,17 @@ def test_factorize_users_is_a_sorted_unique_encoding(users):
     index, ids = factorize_users(users)
     assert ids == sorted(set(ids)) == sorted({str(u) for u in users})
     assert [ids[i] for i in index] == [str(u) for u in users]
+
+
+def test_scoring_projection_is_kept_only_while_table_and_basis_are_unchanged():
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 8, generator=g)
+    c = Comparisons.from_pairs(table, torch.arange(0, 20), torch.arange(20, 40), [0, 1] * 10)
+    basis = torch.randn(8, 3, generator=g)
+    torch.testing.assert_close(c.project_for_scoring(basis), c.project(basis))
+    sub = c.subset(torch.arange(5))  # shares the table: served from the kept projection
+    torch.testing.assert_close(sub.project_for_scoring(basis), sub.project(basis))
+    basis[0, 0] += 1.0  # a changed basis is projected again
+    torch.testing.assert_close(c.project_for_scoring(basis), c.project(basis))
+    c.table.mul_(2.0)  # so is a table changed in place
+    torch.testing.assert_close(c.project_for_scoring(basis), c.project(basis))

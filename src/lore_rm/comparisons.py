@@ -14,6 +14,8 @@ Everything the fit and the evaluation do goes through :meth:`Comparisons.project
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +45,31 @@ class _Project(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         with torch.no_grad():
             return ctx.data.backproject(grad.contiguous()), None
+
+
+_PROJECTED: dict[int, tuple[weakref.ref, tuple, Tensor]] = {}
+_PROJECTED_KEEP = 4
+
+
+def _projected_table(table: Tensor, basis: Tensor) -> Tensor:
+    """``table @ basis`` (T x K), reused while the table and the basis are unchanged."""
+    b = basis.detach().contiguous()
+    key = (
+        table._version,
+        b.dtype,
+        tuple(b.shape),
+        hashlib.sha1(b.cpu().numpy().tobytes()).digest(),
+    )
+    hit = _PROJECTED.get(id(table))
+    if hit is not None and hit[0]() is table and hit[1] == key:
+        return hit[2]
+    p = F.linear(table.to(b.dtype), b.T.contiguous())
+    for stale in [k for k, v in _PROJECTED.items() if v[0]() is None]:
+        del _PROJECTED[stale]
+    while len(_PROJECTED) >= _PROJECTED_KEEP:
+        del _PROJECTED[next(iter(_PROJECTED))]
+    _PROJECTED[id(table)] = (weakref.ref(table), key, p)
+    return p
 
 
 def factorize_users(users: Sequence | np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -199,6 +226,20 @@ class Comparisons:
         if self.features is not None:
             return F.linear(self.features.to(basis.dtype), weight)
         p = F.linear(self.table.to(basis.dtype), weight)
+        return p[self.chosen] - p[self.rejected]
+
+    def project_for_scoring(self, basis: Tensor) -> Tensor:
+        """``X @ basis`` for evaluation (no gradient), with the table's projection kept.
+
+        Scoring several subsets of one table with one basis (the four numbers, every trial of
+        a shots sweep) then projects the table once: the projection of the last few
+        (table, basis) pairs is kept, keyed by the table object and its version and by the
+        basis's bytes.
+        """
+        if self.table is None:
+            return self._project(basis)
+        with torch.no_grad():
+            p = _projected_table(self.table, basis)
         return p[self.chosen] - p[self.rejected]
 
     def backproject(self, grad: Tensor) -> Tensor:

@@ -380,7 +380,7 @@ class LowRankReward:
         _check_dim(comparisons, self.d_)
         data = comparisons.to(dtype=torch.float32)
         w, _ = self.weights_for(list(comparisons.user_ids), unknown=unknown)
-        z = data.project(self.basis_.to(data.device))
+        z = data.project_for_scoring(self.basis_.to(data.device))
         return bt_margins(z, w.to(z.device), data.user_index, self.scale_).cpu()
 
     def predict_proba(self, comparisons: Comparisons, **kw) -> Tensor:
