@@ -96,3 +96,24 @@ class FourNumbers(Mapping[str, float]):
 
     def to_dict(self) -> dict[str, float]:
         return dict(self)
+
+
+def expected_calibration_error(proba: Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error of ``P(chosen preferred)`` for comparisons whose outcome is
+    the chosen response (every stored comparison).
+
+    Each prediction's confidence ``max(p, 1 - p)`` is binned into ``n_bins`` equal bins on
+    [0.5, 1]; the ECE is the rows-weighted mean of ``|accuracy - mean confidence|`` over bins
+    (a prediction is right when ``p > 0.5``).
+    """
+    p = proba.detach().cpu().to(torch.float64).flatten()
+    if p.numel() == 0:
+        return math.nan
+    conf = torch.maximum(p, 1.0 - p)
+    right = (p > 0.5).to(torch.float64)
+    bins = ((conf - 0.5) * 2.0 * n_bins).long().clamp(0, n_bins - 1)
+    total = torch.bincount(bins, minlength=n_bins).to(torch.float64)
+    gap = torch.bincount(bins, weights=right, minlength=n_bins) - torch.bincount(
+        bins, weights=conf, minlength=n_bins
+    )
+    return float(gap.abs().sum() / total.sum())

@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -17,6 +18,13 @@ from lore_rm.errors import DataError, LoreError, UnknownUserError
 from lore_rm.fit.auto import AUTO, diagnose, resolve_auto
 from lore_rm.fit.config import FitConfig, Recipe
 from lore_rm.fit.persistence import load_model, save_model
+from lore_rm.fit.posterior import (
+    WeightsPosterior,
+    covariance_from_hessian,
+    linear_std,
+    logit_hessian,
+    probit_proba,
+)
 from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
 
@@ -348,14 +356,47 @@ class LowRankReward:
             w[~known] = self.population_weights_
         return w, known
 
+    @overload
     def reward(
-        self, embeddings, users: str | Sequence[str | None], *, unknown: str = "error"
-    ) -> Tensor:
+        self,
+        embeddings,
+        users: str | Sequence[str | None],
+        *,
+        unknown: str = ...,
+        return_std: Literal[False] = ...,
+        posterior: WeightsPosterior | None = ...,
+    ) -> Tensor: ...
+
+    @overload
+    def reward(
+        self,
+        embeddings,
+        users: str | Sequence[str | None],
+        *,
+        unknown: str = ...,
+        return_std: Literal[True],
+        posterior: WeightsPosterior | None = ...,
+    ) -> tuple[Tensor, Tensor]: ...
+
+    def reward(
+        self,
+        embeddings,
+        users: str | Sequence[str | None],
+        *,
+        unknown: str = "error",
+        return_std: bool = False,
+        posterior: WeightsPosterior | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Personalised reward (M,) of each embedding row for its user (or one user for all).
 
         ``reward = scale * e @ basis @ w_u`` (rank 0: the basis is the reference head and
         every weight is 1).
         A ``None`` user gets the population's mean weights.
+
+        ``return_std=True`` (with a ``posterior`` from :meth:`weights_posterior`) returns
+        ``(reward, std)``: the std (M,) of the reward under the Laplace posterior of the
+        user's logits, by the delta method through the softmax. The reward itself is
+        unchanged.
         """
         self._require_fitted()
         e = torch.as_tensor(embeddings)
@@ -371,8 +412,13 @@ class LowRankReward:
             users = [users] * e.shape[0]
         if len(users) != e.shape[0]:
             raise DataError(f"{len(users)} users given for {e.shape[0]} embeddings")
-        w, _ = self.weights_for(list(users), unknown=unknown)
-        return self.scale_ * ((e @ self.basis_) * w).sum(dim=1)
+        w, known = self.weights_for(list(users), unknown=unknown)
+        y = e @ self.basis_
+        r = self.scale_ * (y * w).sum(dim=1)
+        if not return_std:
+            return r
+        cov = self._row_covariances(list(users), known, posterior)
+        return r, linear_std(y, w, cov, self.scale_).to(r.dtype)
 
     def margins(self, comparisons: Comparisons, *, unknown: str = "error") -> Tensor:
         """Bradley–Terry logit ``r(chosen) - r(rejected)`` of every comparison (N,)."""
@@ -383,9 +429,117 @@ class LowRankReward:
         z = data.project_for_scoring(self.basis_.to(data.device))
         return bt_margins(z, w.to(z.device), data.user_index, self.scale_).cpu()
 
-    def predict_proba(self, comparisons: Comparisons, **kw) -> Tensor:
-        """P(chosen preferred to rejected) for every comparison."""
-        return torch.sigmoid(self.margins(comparisons, **kw))
+    def predict_proba(
+        self,
+        comparisons: Comparisons,
+        *,
+        posterior: WeightsPosterior | None = None,
+        unknown: str = "error",
+    ) -> Tensor:
+        """P(chosen preferred to rejected) for every comparison.
+
+        With a ``posterior`` (:meth:`weights_posterior`) the probability is averaged over the
+        user's logits by the probit approximation, ``sigmoid(m / sqrt(1 + pi s^2 / 8))``, with
+        ``m`` the margin and ``s`` its delta-method std: uncertain users get probabilities
+        closer to 0.5.
+        """
+        if posterior is None:
+            return torch.sigmoid(self.margins(comparisons, unknown=unknown))
+        mean, std = self.margin_std(comparisons, posterior, unknown=unknown)
+        return probit_proba(mean, std)
+
+    def margin_std(
+        self, comparisons: Comparisons, posterior: WeightsPosterior, *, unknown: str = "error"
+    ) -> tuple[Tensor, Tensor]:
+        """Margins (N,) and their delta-method std (N,) under ``posterior``."""
+        self._require_fitted()
+        _check_dim(comparisons, self.d_)
+        data = comparisons.to(dtype=torch.float32)
+        users = list(comparisons.user_ids)
+        w, known = self.weights_for(users, unknown=unknown)
+        z = data.project(self.basis_.to(data.device)).cpu()
+        rows = data.user_index.cpu()
+        mean = bt_margins(z, w, rows, self.scale_)
+        cov = self._row_covariances(users, known, posterior)
+        return mean, linear_std(z, w[rows], cov[rows], self.scale_).to(mean.dtype)
+
+    def weights_posterior(
+        self,
+        comparisons: Comparisons | None = None,
+        users: Sequence[str] = (),
+        *,
+        prior_precision: float | None = None,
+        hessian: str = "gauss-newton",
+        unknown: str = "error",
+    ) -> WeightsPosterior:
+        """Laplace posterior of users' logits at their fitted weights (nothing is stored).
+
+        The model does not keep training comparisons: pass those each user's weights were
+        fitted on (seen users: the ``fit`` data; new users: the ``personalize`` data). Covers
+        the users with comparisons, then the other ids of ``users`` (which get the prior's
+        covariance). ``prior_precision`` defaults to the few-shot prior ``fewshot_prior``;
+        it must be positive (it makes the Hessian invertible, see
+        :mod:`lore_rm.fit.posterior`). ``hessian`` is ``"gauss-newton"`` (the default) or
+        ``"exact"``.
+        """
+        self._require_fitted()
+        lam = float(self.config.fewshot_prior if prior_precision is None else prior_precision)
+        if not lam > 0 or not np.isfinite(lam):
+            raise LoreError(
+                f"the posterior needs a positive prior precision, got {lam:g} (the 'paper' "
+                "recipe fits without a prior): pass prior_precision > 0"
+            )
+        has_rows = comparisons is not None and comparisons.n > 0
+        if has_rows:
+            _check_dim(comparisons, self.d_)  # type: ignore[arg-type]
+            given = comparisons.counts_per_user().tolist()  # type: ignore[union-attr]
+            present = [
+                u
+                for u, c in zip(comparisons.user_ids, given, strict=True)  # type: ignore[union-attr]
+                if c > 0
+            ]
+        else:
+            present = []
+        ids = list(dict.fromkeys([*present, *map(str, users)]))
+        w, _ = self.weights_for(ids, unknown=unknown)
+        k = self.n_components_
+        if has_rows:
+            data = comparisons.with_user_ids(ids).to(dtype=torch.float64)  # type: ignore[union-attr]
+            z = data.project(self.basis_.to(data.device, torch.float64)).cpu()
+            index = data.user_index.cpu()
+            h = logit_hessian(z, w, index, self.scale_, lam, hessian=hessian)
+            counts = torch.bincount(index, minlength=len(ids))
+        else:
+            h = logit_hessian(torch.zeros(0, k), w, torch.zeros(0, dtype=torch.int64), 1.0, lam)
+            counts = torch.zeros(len(ids), dtype=torch.int64)
+        cov = covariance_from_hessian(h, lam, hessian)
+        return WeightsPosterior(ids, w, cov, counts, lam, hessian)
+
+    def _row_covariances(
+        self, users: list, known: Tensor, posterior: WeightsPosterior | None
+    ) -> Tensor:
+        """Logit covariance (M, K, K) of each user: the posterior's, or the prior's for
+        users the model does not know (they have no comparisons)."""
+        if posterior is None:
+            raise LoreError("return_std needs a posterior: pass posterior=weights_posterior(...)")
+        if posterior.weights.shape[1] != self.n_components_:
+            raise DataError(
+                f"the posterior has K = {posterior.weights.shape[1]} but the model has "
+                f"K = {self.n_components_}"
+            )
+        rows = posterior.rows(users)
+        missing = (rows < 0) & known
+        if bool(missing.any()):
+            bad = users[int(missing.nonzero()[0])]
+            raise UnknownUserError(
+                f"user {bad!r} is not in the posterior: pass the comparisons their weights "
+                "were fitted on to weights_posterior()"
+            )
+        cov = posterior.prior_covariance().expand(len(users), -1, -1).clone()
+        found = rows >= 0
+        if bool(found.any()):
+            cov[found] = posterior.covariance[rows[found]]
+        return cov
 
     def accuracy_per_user(self, comparisons: Comparisons, **kw) -> dict[str, float]:
         """Pairwise accuracy of each user with comparisons (a tie counts as wrong)."""
