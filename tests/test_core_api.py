@@ -391,3 +391,19 @@ def test_tampered_model_folders_are_refused_at_load(fitted, tmp_path, tamper, ma
         LowRankReward.from_pretrained(tmp_path)
     assert "\n" not in str(info.value)
 
+
+def test_model_files_get_the_mode_of_a_new_file(fitted, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        fitted.save_pretrained(tmp_path / "m")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+        os.umask(0o077)
+        fitted.save_pretrained(tmp_path / "private")
+        private = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "private").iterdir()}
+    finally:
+        os.umask(old)
+    assert modes == {name: 0o644 for name in modes} and "model.safetensors" in modes
+    assert private == {name: 0o600 for name in modes}
