@@ -62,13 +62,20 @@ def fit_small_model(d: int = D, rank: int = 3, seed: int = 0) -> LowRankReward:
 class LiveServer:
     """``with LiveServer(app) as url:`` uvicorn on 127.0.0.1, a free port, in a thread."""
 
-    def __init__(self, app, *, start_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        app,
+        *,
+        start_timeout_s: float = 20.0,
+        log_level: str = "warning",
+        access_log: bool = False,
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=access_log)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True

@@ -330,3 +330,94 @@ def test_scoring_projection_is_kept_only_while_table_and_basis_are_unchanged():
     torch.testing.assert_close(c.project_for_scoring(basis), c.project(basis))
     c.table.mul_(2.0)  # so is a table changed in place
     torch.testing.assert_close(c.project_for_scoring(basis), c.project(basis))
+
+
+def _tamper_tensors(folder, **change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    for name, fn in change.items():
+        tensors[name] = fn(tensors[name]).contiguous()
+    save_file(tensors, str(folder / "model.safetensors"))
+
+
+def _tamper_json(path, fn) -> None:
+    path.write_text(json.dumps(fn(json.loads(path.read_text()))))
+
+
+def _set(record: dict, **fields) -> dict:
+    return {**record, **fields}
+
+
+@pytest.mark.parametrize(
+    ("tamper", "match"),
+    [
+        (
+            lambda f: _tamper_tensors(f, user_weights=lambda w: w[:, :2]),
+            r"model\.safetensors: user_weights has shape \(\d+, 2\), expected \(n_users, 3\)",
+        ),
+        (
+            lambda f: _tamper_tensors(f, basis=lambda b: b.half()),
+            r"model\.safetensors: basis is torch\.float16, expected torch\.float32",
+        ),
+        (
+            lambda f: _tamper_json(f / "users.json", lambda u: [u[1], *u[1:]]),
+            r"users\.json: user id .* appears more than once",
+        ),
+        (
+            lambda f: _tamper_json(f / "config.json", lambda c: _set(c, d=c["d"] + 1)),
+            r"config\.json: d is \d+ but model\.safetensors holds \d+",
+        ),
+        (
+            lambda f: _tamper_tensors(f, population_weights=lambda p: p[:2]),
+            r"model\.safetensors: population_weights has shape \(2,\), expected \(3,\)",
+        ),
+        (
+            lambda f: _tamper_tensors(f, user_weights=lambda w: w.fill_(float("nan"))),
+            r"model\.safetensors: user_weights holds NaN",
+        ),
+        (
+            lambda f: _tamper_json(f / "config.json", lambda c: _set(c, n_components=2)),
+            r"config\.json: n_components is 2 but model\.safetensors holds 3",
+        ),
+        (
+            lambda f: _tamper_json(f / "config.json", lambda c: _set(c, scale="big")),
+            r"config\.json: scale is 'big'",
+        ),
+    ],
+    ids=[
+        "weights-2-cols",
+        "basis-fp16",
+        "duplicate-users",
+        "config-d",
+        "population-len",
+        "nan",
+        "n-components",
+        "scale",
+    ],
+)
+def test_tampered_model_folders_are_refused_at_load(fitted, tmp_path, tamper, match):
+    assert fitted.n_components_ == 3
+    fitted.save_pretrained(tmp_path)
+    LowRankReward.from_pretrained(tmp_path)  # intact: loads
+    tamper(tmp_path)
+    with pytest.raises(ModelFormatError, match=match) as info:
+        LowRankReward.from_pretrained(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_model_files_get_the_mode_of_a_new_file(fitted, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        fitted.save_pretrained(tmp_path / "m")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+        os.umask(0o077)
+        fitted.save_pretrained(tmp_path / "private")
+        private = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "private").iterdir()}
+    finally:
+        os.umask(old)
+    assert modes == {name: 0o644 for name in modes} and "model.safetensors" in modes
+    assert private == {name: 0o600 for name in modes}

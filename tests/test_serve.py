@@ -435,6 +435,59 @@ def test_auth_on(small_model, embedder, tmp_path):
         )
 
 
+def test_access_log_redacts_the_token(small_model, embedder, tmp_path):
+    import logging
+
+    from uvicorn.logging import AccessFormatter, DefaultFormatter
+
+    secret = "secret123"
+    app = create_app(small_model, embedder, tmp_path / "db.sqlite", token=secret)
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    server = LiveServer(app, log_level="info", access_log=True)
+    handlers = {}
+    for name, fmt in (
+        ("uvicorn.access", AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s')),
+        ("uvicorn.error", DefaultFormatter("%(message)s")),
+    ):
+        handlers[name] = Keep()
+        handlers[name].setFormatter(fmt)
+        logging.getLogger(name).addHandler(handlers[name])
+    try:
+        with server as url, httpx.Client(base_url=url, timeout=30) as client:
+            out = client.post(f"/get_reward?x=1&access_token={secret}", json={"query": ["x"]})
+            assert out.status_code == 200
+            assert client.get(f"/model-info?access_token={secret}").status_code == 200
+            assert client.get("/model-info?access_token=wrong-one").status_code == 401
+            logging.getLogger("uvicorn.error").warning("header Authorization: Bearer %s", secret)
+            time.sleep(0.2)
+    finally:
+        for name, handler in handlers.items():
+            logging.getLogger(name).removeHandler(handler)
+    access = [line for line in lines if "/get_reward" in line or "/model-info" in line]
+    assert len(access) == 3, lines
+    assert all("access_token=[redacted]" in line for line in access), access
+    assert any("x=1&access_token=[redacted]" in line for line in access)
+    assert any("Authorization: Bearer [redacted]" in line for line in lines), lines
+    assert not any(secret in line or "wrong-one" in line for line in lines), lines
+
+
+def test_redact():
+    from lore_rm.serve.redact import redact
+
+    assert redact("GET /a?access_token=abc&b=2 HTTP/1.1") == (
+        "GET /a?access_token=[redacted]&b=2 HTTP/1.1"
+    )
+    assert redact("/a?my_access_token=keep") == "/a?my_access_token=keep"
+    assert redact("{'authorization': 'Bearer abc'}") == "{'authorization': 'Bearer [redacted]'}"
+    assert redact("(b'authorization', b'Bearer abc')") == "(b'authorization', b'Bearer [redacted]')"
+    assert redact("nothing to hide") == "nothing to hide"
+
+
 def test_token_from_env_and_file(small_model_dir, tmp_path, monkeypatch):
     from lore_rm.serve.app import build_app
 

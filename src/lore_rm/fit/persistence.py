@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,10 +87,7 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
         raise ModelFormatError(f"{folder}: no {MODEL_WEIGHTS_FILE}")
     users = _read_users(folder, config)
     tensors = read_tensors(wpath, error=ModelFormatError)
-    if tensors["user_weights"].shape[0] != len(users):
-        raise ModelFormatError(
-            f"{folder}: {len(users)} users but {tensors['user_weights'].shape[0]} weight rows"
-        )
+    _check_folder(cfg_path, config, wpath, tensors, folder / MODEL_USERS_FILE, users)
     basis, weights, population = (
         tensors["basis"],
         tensors["user_weights"],
@@ -116,6 +114,63 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
         fit_config=FitConfig.from_dict(config["fit_config"]),
         **config.get("settings", {}),
     )
+
+
+def _check_folder(
+    cfg_path: Path, config: dict, wpath: Path, tensors: dict, upath: Path, users: list[str]
+) -> None:
+    """Every array and field the model is built from agrees with the others, so a tampered
+    or mixed-up folder is refused here, in one line naming the file and the field."""
+    for name in ("basis", "user_weights", "population_weights"):
+        if name not in tensors:
+            raise ModelFormatError(f"{wpath}: no {name} tensor")
+    for name, t in tensors.items():
+        if t.dtype != torch.float32:
+            raise ModelFormatError(f"{wpath}: {name} is {t.dtype}, expected torch.float32")
+        if not bool(torch.isfinite(t).all()):
+            raise ModelFormatError(f"{wpath}: {name} holds NaN or inf")
+    basis, weights, population = (
+        tensors["basis"],
+        tensors["user_weights"],
+        tensors["population_weights"],
+    )
+    if basis.ndim != 2:
+        raise ModelFormatError(f"{wpath}: basis has shape {tuple(basis.shape)}, expected (d, K)")
+    d, k = basis.shape
+    if weights.ndim != 2 or weights.shape[1] != k:
+        raise ModelFormatError(
+            f"{wpath}: user_weights has shape {tuple(weights.shape)}, expected (n_users, {k}) "
+            f"for a {k}-column basis"
+        )
+    if weights.shape[0] != len(users):
+        raise ModelFormatError(
+            f"{wpath}: user_weights has {weights.shape[0]} weight rows but {len(users)} users"
+        )
+    if tuple(population.shape) != (k,):
+        raise ModelFormatError(
+            f"{wpath}: population_weights has shape {tuple(population.shape)}, expected ({k},) "
+            f"for a {k}-column basis"
+        )
+    ref = tensors.get("reference_head")
+    if ref is not None and ref.numel() != d:
+        raise ModelFormatError(
+            f"{wpath}: reference_head has {ref.numel()} values but the basis has d = {d} rows"
+        )
+    if len(set(users)) != len(users):
+        dup = next(u for u, n in Counter(users).items() if n > 1)
+        where = cfg_path if config["format_version"] == 1 else upath
+        raise ModelFormatError(f"{where}: user id {dup!r} appears more than once")
+    for field, want in (("d", d), ("n_components", k), ("n_users", len(users))):
+        if field in config and config[field] != want:
+            raise ModelFormatError(
+                f"{cfg_path}: {field} is {config[field]!r} but {wpath.name} holds {want}"
+            )
+    rank = config.get("rank")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+        raise ModelFormatError(f"{cfg_path}: rank is {rank!r}, expected an integer >= 0")
+    scale = config.get("scale")
+    if not isinstance(scale, int | float) or isinstance(scale, bool) or not scale == scale:
+        raise ModelFormatError(f"{cfg_path}: scale is {scale!r}, expected a number")
 
 
 def _read_users(folder: Path, config: dict) -> list[str]:

@@ -1,7 +1,7 @@
-"""Using a personalised reward model: HTTP service, onboarding, TRL reward functions.
+"""Using a personalised reward model: HTTP service, onboarding, TRL and verl reward functions.
 
-The web parts need the ``serve`` extra (FastAPI, uvicorn); the TRL functions and the
-service core do not, so they import without it.
+The web parts need the ``serve`` extra (FastAPI, uvicorn); the TRL and verl functions
+and the service core do not, so they import without it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 from lore_rm.serve.integrations import make_remote_reward_func, make_reward_func
 from lore_rm.serve.service import RewardService, default_db_path
+from lore_rm.serve.verl import make_verl_reward
 
 __all__ = [
     "Limits",
@@ -19,6 +20,7 @@ __all__ = [
     "default_db_path",
     "make_remote_reward_func",
     "make_reward_func",
+    "make_verl_reward",
 ]
 
 

@@ -39,6 +39,7 @@ from lore_rm.embed.base import Embedder
 from lore_rm.errors import LoreError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.auth import TOKEN_ENV, TOKEN_FILE_ENV, BodyLimit, resolve_token, token_dependency
+from lore_rm.serve.redact import install_log_redaction
 from lore_rm.serve.routes import api_router
 from lore_rm.serve.schemas import N_SHOWN, Health, Limits, QueryFormat
 from lore_rm.serve.service import RewardService
@@ -74,8 +75,9 @@ def create_app(
     ``db_path`` is the SQLite file (created if missing; weights stored there are served over
     the model's). ``token`` set: every endpoint but ``/health`` needs
     ``Authorization: Bearer TOKEN`` (or ``?access_token=TOKEN`` for clients that cannot set
-    headers, such as OpenRLHF).
+    headers, such as OpenRLHF). Token values are redacted from the uvicorn and lore-rm logs.
     """
+    install_log_redaction()
     limits = limits or Limits()
     qf = query_format or QueryFormat()
     svc = service or RewardService(model, embedder, db_path)

@@ -35,6 +35,71 @@ from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.formats import to_conversation
 
 RewardFunc = Callable[..., list[float]]
+# conversations, their users -> (rewards, known: the user had weights)
+Scorer = Callable[[Sequence[Conversation], Sequence[str | None]], tuple[list[float], list[bool]]]
+
+
+def _chunked(
+    score_chunk: Callable[[list[Conversation], list[str | None]], tuple[list[float], list[bool]]],
+    batch_size: int,
+) -> Scorer:
+    """A scorer calling ``score_chunk`` on ``batch_size`` conversations at a time."""
+
+    def score(
+        conversations: Sequence[Conversation], users: Sequence[str | None]
+    ) -> tuple[list[float], list[bool]]:
+        rewards: list[float] = []
+        known: list[bool] = []
+        for start in range(0, len(conversations), batch_size):
+            r, k = score_chunk(
+                list(conversations[start : start + batch_size]),
+                list(users[start : start + batch_size]),
+            )
+            rewards.extend(float(v) for v in r)
+            known.extend(bool(v) for v in k)
+        return rewards, known
+
+    return score
+
+
+def local_scorer(model: LowRankReward, embedder: Embedder, *, batch_size: int = 64) -> Scorer:
+    """Score conversations in-process: embed ``batch_size`` at a time, then ``model.reward``
+    (unknown users and ``None`` get the population's mean weights)."""
+    if int(embedder.dim) != int(model.d_):
+        raise DataError(
+            f"the embedder gives d = {embedder.dim} but the model was fitted on d = {model.d_}"
+        )
+
+    def score_chunk(
+        conversations: list[Conversation], users: list[str | None]
+    ) -> tuple[list[float], list[bool]]:
+        e = torch.as_tensor(embedder.embed(conversations), dtype=torch.float32)
+        rewards = model.reward(e, users, unknown="mean").tolist()
+        return rewards, model.weights_for(users, unknown="mean")[1].tolist()
+
+    return _chunked(score_chunk, batch_size)
+
+
+def remote_scorer(
+    url: str, *, token: str | None = None, batch_size: int = 64, timeout_s: float = 120.0
+) -> Scorer:
+    """Score conversations through a running ``lore serve`` at ``url`` (``POST /reward``,
+    ``batch_size`` conversations a request)."""
+    endpoint = url.rstrip("/") + "/reward"
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+
+    def score_chunk(
+        conversations: list[Conversation], users: list[str | None]
+    ) -> tuple[list[float], list[bool]]:
+        body = json.dumps({"users": users, "conversations": conversations}).encode()
+        req = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            answer = json.loads(resp.read())
+        return answer["rewards"], answer["known"]
+
+    return _chunked(score_chunk, batch_size)
 
 
 def trl_conversations(
@@ -67,6 +132,16 @@ def _users_from(kwargs: dict, column: str, n: int) -> list[str | None]:
     return [None if u is None else str(u) for u in users]
 
 
+def _trl_func(score: Scorer, user_column: str, name: str) -> RewardFunc:
+    def reward_func(completions, prompts=None, **kwargs) -> list[float]:
+        conversations = trl_conversations(completions, prompts)
+        return score(conversations, _users_from(kwargs, user_column, len(conversations)))[0]
+
+    reward_func.__name__ = name
+    reward_func.__qualname__ = name
+    return reward_func
+
+
 def make_reward_func(
     model: LowRankReward,
     embedder: Embedder,
@@ -81,26 +156,7 @@ def make_reward_func(
     Unknown users (and ``None``) get the population's mean weights. ``name`` becomes the
     function's ``__name__`` (TRL logs rewards under it).
     """
-    if int(embedder.dim) != int(model.d_):
-        raise DataError(
-            f"the embedder gives d = {embedder.dim} but the model was fitted on d = {model.d_}"
-        )
-
-    def reward_func(completions, prompts=None, **kwargs) -> list[float]:
-        conversations = trl_conversations(completions, prompts)
-        users = _users_from(kwargs, user_column, len(conversations))
-        out: list[float] = []
-        for start in range(0, len(conversations), batch_size):
-            chunk = conversations[start : start + batch_size]
-            ids = users[start : start + batch_size]
-            e = torch.as_tensor(embedder.embed(chunk), dtype=torch.float32)
-            r = model.reward(e, ids, unknown="mean")
-            out.extend(float(v) for v in r.tolist())
-        return out
-
-    reward_func.__name__ = name
-    reward_func.__qualname__ = name
-    return reward_func
+    return _trl_func(local_scorer(model, embedder, batch_size=batch_size), user_column, name)
 
 
 def make_remote_reward_func(
@@ -114,27 +170,8 @@ def make_remote_reward_func(
 ) -> RewardFunc:
     """Like :func:`make_reward_func`, scoring through a running ``lore serve`` at ``url``
     (e.g. ``http://127.0.0.1:8000``) with its ``POST /reward`` endpoint."""
-    endpoint = url.rstrip("/") + "/reward"
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-
-    def reward_func(completions, prompts=None, **kwargs) -> list[float]:
-        conversations = trl_conversations(completions, prompts)
-        users = _users_from(kwargs, user_column, len(conversations))
-        out: list[float] = []
-        for start in range(0, len(conversations), batch_size):
-            body = json.dumps(
-                {
-                    "users": users[start : start + batch_size],
-                    "conversations": conversations[start : start + batch_size],
-                }
-            ).encode()
-            req = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                out.extend(float(v) for v in json.loads(resp.read())["rewards"])
-        return out
-
-    reward_func.__name__ = name
-    reward_func.__qualname__ = name
-    return reward_func
+    return _trl_func(
+        remote_scorer(url, token=token, batch_size=batch_size, timeout_s=timeout_s),
+        user_column,
+        name,
+    )
