@@ -421,3 +421,15 @@ def test_model_files_get_the_mode_of_a_new_file(fitted, tmp_path):
         os.umask(old)
     assert modes == {name: 0o644 for name in modes} and "model.safetensors" in modes
     assert private == {name: 0o600 for name in modes}
+
+
+def test_from_pairs_checks_only_used_rows_for_nan_by_blocks():
+    from lore_rm.comparisons import finite_rows
+
+    table = torch.zeros(20_000, 3)
+    table[5, 1] = float("nan")  # unused: fine
+    table[17_000, 0] = float("inf")  # used, past the first block
+    assert finite_rows(table, block=4096).sum() == 20_000 - 2
+    Comparisons.from_pairs(table, [0, 1], [2, 3], ["a", "b"])
+    with pytest.raises(DataError, match="row 17000 .used by a comparison. holds NaN or inf"):
+        Comparisons.from_pairs(table, [0, 17_000], [2, 3], ["a", "b"])
