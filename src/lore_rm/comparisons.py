@@ -292,18 +292,25 @@ class Comparisons:
             table=self.table, chosen=self.chosen[rows], rejected=self.rejected[rows], **kw
         )
 
-    def compact(self) -> Comparisons:
-        """Drop table rows and users that no comparison uses (a copy of the used rows)."""
+    def compact(self, *, centre: bool = False) -> Comparisons:
+        """Drop table rows and users that no comparison uses (a copy of the used rows).
+
+        ``centre=True`` also subtracts the kept rows' mean in that copy, in place: the same
+        numbers as ``compact().centred()`` with one copy of the rows instead of two.
+        """
         users, uindex = torch.unique(self.user_index, return_inverse=True)
         ids = tuple(self.user_ids[i] for i in users.tolist())
         if self.features is not None:
             return Comparisons(user_index=uindex, user_ids=ids, features=self.features)
         used, inv = torch.unique(torch.cat([self.chosen, self.rejected]), return_inverse=True)
         n = self.n
+        table = self.table[used]
+        if centre and table.shape[0]:
+            table -= table.mean(dim=0, keepdim=True)
         return Comparisons(
             user_index=uindex,
             user_ids=ids,
-            table=self.table[used],
+            table=table,
             chosen=inv[:n],
             rejected=inv[n:],
         )

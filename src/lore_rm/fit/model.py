@@ -170,7 +170,7 @@ class LowRankReward:
         device = as_device(self.device)
         data = comparisons.to(device=device, dtype=torch.float32)
         if data.is_table:
-            data = data.compact().centred().with_user_ids(comparisons.user_ids)
+            data = data.compact(centre=True).with_user_ids(comparisons.user_ids)
         ref_dev = ref.to(device) if ref is not None else None
         rank, cfg, selection = resolve_auto(data, self.rank, cfg, ref_dev, progress=progress)
         self.rank_ = rank
@@ -254,9 +254,11 @@ class LowRankReward:
             )
         device = as_device(self.device)
         basis = self.basis_.to(device)
-        if data is not None and data.n:
+        if self.n_components_ == 1 and bool((self.population_weights_ == 1).all()):
+            weights = torch.ones(len(ids), 1)  # one column, weight 1 for all: nothing to fit
+        elif data is not None and data.n:
             weights = fit_user_weights(
-                data.to(device=device, dtype=torch.float32).compact().centred().with_user_ids(ids),
+                data.to(device=device, dtype=torch.float32).compact(centre=True).with_user_ids(ids),
                 basis,
                 self.scale_,
                 self.config,
