@@ -435,6 +435,37 @@ def test_auth_on(small_model, embedder, tmp_path):
         )
 
 
+def test_the_token_is_checked_before_the_body_is_read():
+    import asyncio
+
+    from lore_rm.serve.auth import TokenGate
+
+    reached: list[str] = []
+
+    async def inner(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def receive():  # the body: must never be read for a refused request
+        raise AssertionError("the body was read")
+
+    def call(path, headers=(), query=b""):
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "path": path, "headers": list(headers), "query_string": query}
+        asyncio.run(TokenGate(inner, TOKEN)(scope, receive, send))
+        return sent[0]["status"] if sent else None
+
+    assert call("/reward") == 401
+    assert call("/reward", [(b"authorization", b"Bearer nope")]) == 401
+    assert call("/reward", [(b"authorization", f"Bearer {TOKEN}".encode())]) is None
+    assert call("/get_reward", query=f"access_token={TOKEN}".encode()) is None
+    assert call("/health") is None
+    assert reached == ["/reward", "/get_reward", "/health"]
+
+
 def test_access_log_redacts_the_token(small_model, embedder, tmp_path):
     import logging
 

@@ -38,7 +38,14 @@ from fastapi.responses import JSONResponse
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import LoreError
 from lore_rm.fit.model import LowRankReward
-from lore_rm.serve.auth import TOKEN_ENV, TOKEN_FILE_ENV, BodyLimit, resolve_token, token_dependency
+from lore_rm.serve.auth import (
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    BodyLimit,
+    TokenGate,
+    resolve_token,
+    token_dependency,
+)
 from lore_rm.serve.redact import install_log_redaction
 from lore_rm.serve.routes import api_router
 from lore_rm.serve.schemas import N_SHOWN, Health, Limits, QueryFormat
@@ -100,6 +107,7 @@ def create_app(
     app.state.service = svc
     app.state.limits = limits
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(TokenGate, token=token)  # outermost: before any body is read
 
     @app.exception_handler(LoreError)
     async def _lore_error(request: Request, exc: LoreError) -> JSONResponse:
