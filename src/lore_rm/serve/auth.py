@@ -57,6 +57,14 @@ def token_dependency(token: str | None) -> Callable[..., None]:
     return check_token
 
 
+async def send_json(send, status: int, obj: object, headers: list | None = None) -> None:
+    """Answer an ASGI request with ``obj`` as JSON (used before any route runs)."""
+    body = json.dumps(obj).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
 #: paths that answer without the token (liveness and the API description)
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
@@ -95,21 +103,8 @@ class TokenGate:
         ):
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            {"detail": "missing or wrong bearer token (Authorization: Bearer TOKEN)"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = "missing or wrong bearer token (Authorization: Bearer TOKEN)"
+        await send_json(send, 401, {"detail": detail}, [(b"www-authenticate", b"Bearer")])
 
 
 class BodyLimit:
@@ -120,29 +115,8 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def _reject(self, send, size: str) -> None:
-        body = json.dumps(
-            {
-                "detail": [
-                    {
-                        "loc": ["body"],
-                        "msg": f"request body is {size} bytes; this server accepts at most "
-                        f"{self.max_bytes}",
-                        "type": "too_large",
-                    }
-                ]
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        msg = f"request body is {size} bytes; this server accepts at most {self.max_bytes}"
+        await send_json(send, 413, {"detail": [{"loc": ["body"], "msg": msg, "type": "too_large"}]})
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
