@@ -57,7 +57,6 @@ atomically); both populations share it, and a rerun loads it instead of running 
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import math
@@ -72,6 +71,8 @@ import numpy as np
 import torch
 
 from lore_rm import Comparisons, LoreError, ProtocolSplit, mean_accuracy
+from lore_rm.data.hh_rlhf import read_hh_pairs
+from lore_rm.io import atomic_write
 
 DATA_FILE = "hh-rlhf-harmless-base-test.jsonl.gz"
 BACKBONE = "minilm"
@@ -82,7 +83,6 @@ N_TASTES = 4  # large population: latent tastes the users mix (its true rank)
 TASTE_ALPHA = 0.3
 SMALL_JITTER = 0.15  # radians around each of the small population's eight directions
 
-TURN = re.compile(r"\n\n(Human|Assistant): ")
 CAUTION = re.compile(
     r"\b(sorry|apologi[sz]e|can't|cannot|won't|not able|illegal|dangerous|harmful|unsafe|"
     r"please don't|i don't think|not appropriate|against the law|seek help)\b",
@@ -130,15 +130,6 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def parse_transcript(text: str) -> list[dict[str, str]]:
-    """'\\n\\nHuman: ... \\n\\nAssistant: ...' -> [{"role", "content"}, ...]."""
-    parts = TURN.split(text)
-    return [
-        {"role": "user" if role == "Human" else "assistant", "content": content.strip()}
-        for role, content in zip(parts[1::2], parts[2::2], strict=True)
-    ]
-
-
 def load_hh_pairs(path: Path | None = None) -> list[tuple[list, list]]:
     """Every well-formed hh-rlhf pair as (chosen conversation, rejected conversation).
 
@@ -151,22 +142,7 @@ def load_hh_pairs(path: Path | None = None) -> list[tuple[list, list]]:
             f"{path} is absent: the real-text populations need the hh-rlhf harmless-base test "
             "file (set LORE_SHARED_DATA to the folder holding it)"
         )
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    pairs = []
-    for row in rows:
-        c, r = parse_transcript(row["chosen"]), parse_transcript(row["rejected"])
-        if (
-            len(c) >= 2
-            and c[-1]["role"] == "assistant"
-            and r
-            and r[-1]["role"] == "assistant"
-            and c[:-1] == r[:-1]
-            and c[-1] != r[-1]
-            and all(m["content"] for m in c + r)
-        ):
-            pairs.append((c, r))
-    return pairs
+    return read_hh_pairs(path)
 
 
 def response_attributes(response: str) -> np.ndarray:
@@ -226,16 +202,6 @@ def _package_version(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "absent"
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _embed(convs: list[list[dict]]) -> tuple[torch.Tensor, dict]:
@@ -316,11 +282,11 @@ def load_corpus(cache_dir: Path = Path("runs/bench-cache"), data: Path | None = 
         table, meta = _embed(convs)
         meta = {"fingerprint": fingerprint, "settings": settings, "rows": len(convs), **meta}
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(
+        atomic_write(
             tensor_path,
             lambda p: save_file({"embeddings": table}, str(p), metadata={"fp": fingerprint}),
         )
-        _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
 
     ec, er = table[torch.as_tensor(chosen_a)], table[torch.as_tensor(rejected_a)]
     gap = (ec - er).norm(dim=1)

@@ -44,13 +44,13 @@ import torch
 from lore_rm import rank_sweep
 from lore_rm.data import PreferenceDataset
 from lore_rm.data.generic import GenericConfig, prepare_generic
+from lore_rm.data.hh_rlhf import read_hh_pairs
 from lore_rm.data.layout import COMPARISONS_FILE, DATASET_FILE, TEXTS_FILE
 from lore_rm.embed import embed_dataset, load_backbone
 from lore_rm.pipeline import load_split
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 HH_FILE = DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
-TURN = re.compile(r"\n\n(Human|Assistant): ")
 CAUTION = re.compile(
     r"\b(sorry|apologi[sz]e|can't|cannot|won't|not able|illegal|dangerous|harmful|unsafe|"
     r"please don't|i don't think|not appropriate|against the law|seek help)\b",
@@ -59,34 +59,9 @@ CAUTION = re.compile(
 FEATURES = ("harmless", "longer", "shorter", "cautious")
 
 
-def parse_transcript(text: str) -> list[dict[str, str]]:
-    """'\\n\\nHuman: ... \\n\\nAssistant: ...' -> [{"role", "content"}, ...]."""
-    parts = TURN.split(text)
-    messages = []
-    for role, content in zip(parts[1::2], parts[2::2], strict=True):
-        messages.append(
-            {"role": "user" if role == "Human" else "assistant", "content": content.strip()}
-        )
-    return messages
-
-
 def load_pairs(path: Path, n: int, seed: int) -> list[tuple[list, list]]:
     """``n`` random hh-rlhf pairs as (chosen conversation, rejected conversation)."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    pairs = []
-    for row in rows:
-        c, r = parse_transcript(row["chosen"]), parse_transcript(row["rejected"])
-        if (
-            len(c) >= 2
-            and c[-1]["role"] == "assistant"
-            and r
-            and r[-1]["role"] == "assistant"
-            and c[:-1] == r[:-1]
-            and c[-1] != r[-1]
-            and all(m["content"] for m in c + r)
-        ):  # a few transcripts hold empty turns
-            pairs.append((c, r))
+    pairs = read_hh_pairs(path)
     rng = np.random.default_rng(seed)
     keep = rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)
     return [pairs[i] for i in sorted(keep)]
