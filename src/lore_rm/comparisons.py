@@ -15,6 +15,7 @@ Everything the fit and the evaluation do goes through :meth:`Comparisons.project
 from __future__ import annotations
 
 import hashlib
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class _Project(torch.autograd.Function):
 
 _PROJECTED: dict[int, tuple[weakref.ref, tuple, Tensor]] = {}
 _PROJECTED_KEEP = 4
+_PROJECTED_LOCK = threading.Lock()
 MOMENT_BATCH_BYTES = 128 << 20
 
 
@@ -61,15 +63,17 @@ def _projected_table(table: Tensor, basis: Tensor) -> Tensor:
         tuple(b.shape),
         hashlib.sha1(b.cpu().numpy().tobytes()).digest(),
     )
-    hit = _PROJECTED.get(id(table))
+    with _PROJECTED_LOCK:
+        hit = _PROJECTED.get(id(table))
     if hit is not None and hit[0]() is table and hit[1] == key:
         return hit[2]
     p = F.linear(table.to(b.dtype), b.T.contiguous())
-    for stale in [k for k, v in _PROJECTED.items() if v[0]() is None]:
-        del _PROJECTED[stale]
-    while len(_PROJECTED) >= _PROJECTED_KEEP:
-        del _PROJECTED[next(iter(_PROJECTED))]
-    _PROJECTED[id(table)] = (weakref.ref(table), key, p)
+    with _PROJECTED_LOCK:
+        for stale in [k for k, v in _PROJECTED.items() if v[0]() is None]:
+            del _PROJECTED[stale]
+        while len(_PROJECTED) >= _PROJECTED_KEEP:
+            del _PROJECTED[next(iter(_PROJECTED))]
+        _PROJECTED[id(table)] = (weakref.ref(table), key, p)
     return p
 
 

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import parse_qs
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -88,8 +89,6 @@ class TokenGate:
                 scheme, _, credentials = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer" and credentials.strip():
                     return credentials.strip()
-        from urllib.parse import parse_qs
-
         query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
         values = query.get("access_token")
         return values[0] if values else None
