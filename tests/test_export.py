@@ -274,3 +274,173 @@ def test_a_backbone_without_a_reward_head_is_refused_at_once(setup, tmp_path, mo
     with pytest.raises(LoreError, match="BertForSequenceClassification has no linear 'score'"):
         export_reward_model(model_dir, tmp_path / "x", minilm_path(), user="u1")
     assert not (tmp_path / "x").exists()
+
+
+# --- the exported files: the backbone's own, readable by transformers 4.x and 5.x ---
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+EDITED = {"architectures", "id2label", "label2id", "torch_dtype", "rope_theta", "rope_scaling"}
+
+
+@pytest.fixture(scope="module")
+def rope_backbone(tmp_path_factory):
+    """A tiny Llama reward model whose rope settings matter (theta 500000, llama3 scaling),
+    saved in two shards; lore-rm's embedder over it; a rank-3 model over its embeddings."""
+    from tiny_models import build_tiny_reward_model, random_conversations
+
+    from lore_rm.embed import load_backbone
+
+    root = tmp_path_factory.mktemp("rope")
+    folder = build_tiny_reward_model(
+        root / "backbone", rope_theta=500000.0, rope_scaling=LLAMA3_ROPE, max_shard_size="20KB"
+    )
+    emb = load_backbone(str(folder), dtype="fp32", device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    w = torch.rand(2, 3, generator=gen)
+    model = LowRankReward.from_arrays(
+        torch.randn(emb.dim, 3, generator=gen), w / w.sum(1, keepdim=True), ["a", "b"]
+    )
+    return root, folder, emb, model, random_conversations(9, seed=4)
+
+
+def test_export_copies_the_backbone_files_and_replaces_only_the_head(rope_backbone):
+    from safetensors import safe_open
+
+    root, backbone, emb, model, convs = rope_backbone
+    out = export_reward_model(model, root / "b-rm", backbone, user="b")
+
+    raw = json.loads((backbone / "config.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())
+    assert "rope_theta" not in raw and "rope_scaling" not in raw  # written by transformers 5
+    assert {k: v for k, v in cfg.items() if k not in EDITED} == {
+        k: v for k, v in raw.items() if k not in EDITED
+    }
+    assert cfg["architectures"] == ["LlamaForSequenceClassification"]
+    assert cfg["id2label"] == {"0": "reward"} and cfg["label2id"] == {"reward": 0}
+    # both spellings of the rope settings, equal: 4.x reads the first two, 5.x the last
+    assert cfg["rope_theta"] == 500000.0 and cfg["rope_scaling"] == LLAMA3_ROPE
+    assert cfg["rope_parameters"] == {**LLAMA3_ROPE, "rope_theta": 500000.0}
+    assert cfg["torch_dtype"] == cfg["dtype"] == "float32"
+
+    assert (out / "tokenizer.json").read_bytes() == (backbone / "tokenizer.json").read_bytes()
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast"  # 4.x has no TokenizersBackend
+    assert tok_cfg["additional_special_tokens"] == ["<|system|>", "<|user|>", "<|assistant|>"]
+    assert "extra_special_tokens" not in tok_cfg
+    assert tok_cfg["chat_template"] == (backbone / "chat_template.jinja").read_text()
+    assert tok_cfg["model_input_names"] == ["input_ids", "attention_mask"]
+
+    # the shards: same names, and every tensor but the reward head byte-equal
+    index = json.loads((backbone / "model.safetensors.index.json").read_text())["weight_map"]
+    new_index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert new_index == index and len(set(index.values())) > 1
+    head_shard = index["score.weight"]
+    for shard in set(index.values()) - {head_shard}:
+        assert (out / shard).read_bytes() == (backbone / shard).read_bytes()
+    with (
+        safe_open(str(out / head_shard), "pt") as new,
+        safe_open(str(backbone / head_shard), "pt") as old,
+    ):
+        assert set(new.keys()) == set(old.keys())
+        for key in old.keys():
+            if key != "score.weight":
+                assert torch.equal(new.get_tensor(key), old.get_tensor(key)), key
+        head = model.scale_ * model.basis_ @ model.user_weights_[1]
+        torch.testing.assert_close(new.get_tensor("score.weight")[0], head)
+
+
+def test_reloaded_export_scores_as_lore_rm_with_the_backbones_rope(rope_backbone):
+    root, backbone, emb, model, convs = rope_backbone
+    out = export_reward_model(model, root / "b-rm2", backbone, user="b")
+    want = model.reward(emb.embed(convs), "b").double().numpy()
+    np.testing.assert_allclose(hf_scores(out, convs)[:, 0], want, rtol=1e-4, atol=1e-5)
+    rm = transformers.AutoModelForSequenceClassification.from_pretrained(out)
+    torch.testing.assert_close(
+        rm.model.rotary_emb.inv_freq, emb.model.model.rotary_emb.inv_freq, rtol=0, atol=0
+    )
+    # with transformers' default rope (what 4.x read from a 5.x-only config) they differ
+    plain = build_default_rope_copy(out, root / "default-rope")
+    assert np.abs(hf_scores(plain, convs)[:, 0] - want).max() > 1e-3
+
+
+def build_default_rope_copy(folder, dst):
+    import shutil
+
+    shutil.copytree(folder, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    for key in ("rope_theta", "rope_scaling"):
+        cfg.pop(key)
+    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_export_in_another_dtype_and_from_a_backbone_without_safetensors(rope_backbone, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    root, backbone, emb, model, convs = rope_backbone
+    out = export_reward_model(model, tmp_path / "bf16", backbone, user="b", dtype="bfloat16")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["torch_dtype"] == cfg["dtype"] == "bfloat16"
+    shards = [load_file(str(p)) for p in out.glob("model-*.safetensors")]
+    assert {t.dtype for s in shards for t in s.values()} == {torch.bfloat16}
+    with pytest.raises(LoreError, match="--dtype int8: not a torch floating dtype"):
+        export_reward_model(model, tmp_path / "x", backbone, user="b", dtype="int8")
+
+    # pytorch_model.bin only: transformers loads and saves the weights
+    legacy = tmp_path / "legacy-backbone"
+    shutil.copytree(backbone, legacy)
+    state = {}
+    for shard in legacy.glob("model-*.safetensors"):
+        state.update(load_file(str(shard)))
+        shard.unlink()
+    (legacy / "model.safetensors.index.json").unlink()
+    torch.save(state, legacy / "pytorch_model.bin")
+    out = export_reward_model(model, tmp_path / "from-bin", legacy, user="b")
+    assert json.loads((out / "config.json").read_text())["rope_scaling"] == LLAMA3_ROPE
+    want = model.reward(emb.embed(convs), "b").double().numpy()
+    np.testing.assert_allclose(hf_scores(out, convs)[:, 0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_config_and_tokenizer_edits():
+    from lore_rm.serve.export_files import export_config, export_tokenizer_config
+
+    legacy = {"rope_theta": 1e4, "rope_scaling": {"type": "linear", "factor": 2.0}, "x": 1}
+    cfg = export_config(
+        legacy, architecture="A", labels=["r"], pad_token_id=7, dtype=None
+    )  # 4.x spelling, read by 5.x too: kept as it is
+    assert cfg == {
+        **legacy,
+        "architectures": ["A"],
+        "id2label": {"0": "r"},
+        "label2id": {"r": 0},
+        "pad_token_id": 7,
+    }
+    v5 = {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}, "dtype": "bfloat16"}
+    cfg = export_config(v5, architecture="A", labels=["r"], pad_token_id=None, dtype=None)
+    assert cfg["rope_theta"] == 1e6 and "rope_scaling" not in cfg  # default rope: none
+    assert cfg["torch_dtype"] == "bfloat16"
+    per_layer = {"rope_parameters": {"full_attention": {"rope_theta": 1e6}}, "num_labels": 3}
+    cfg = export_config(per_layer, architecture="A", labels=["a", "b"], pad_token_id=0, dtype=None)
+    assert "rope_theta" not in cfg and cfg["num_labels"] == 2 and cfg["pad_token_id"] == 0
+
+    kept = {"tokenizer_class": "LlamaTokenizer", "chat_template": "T", "pad_token": None}
+    out = export_tokenizer_config(
+        kept, chat_template="other", pad_token=None, model_input_names=["input_ids"]
+    )
+    assert out == kept  # a 4.x tokenizer: nothing to change
+    out = export_tokenizer_config(
+        {**kept, "extra_special_tokens": {"image": "<img>"}},
+        chat_template=None,
+        pad_token="</s>",
+        model_input_names=["input_ids"],
+    )
+    assert out["extra_special_tokens"] == {"image": "<img>"} and out["pad_token"] == "</s>"

@@ -51,8 +51,18 @@ def build_tokenizer(padding_side: str = "right"):
     return tok
 
 
-def build_tiny_reward_model(folder: str | Path, seed: int = 0) -> Path:
-    """Save a random tiny Llama reward model + tokenizer into ``folder``; return it."""
+def build_tiny_reward_model(
+    folder: str | Path,
+    seed: int = 0,
+    *,
+    rope_theta: float = 10000.0,
+    rope_scaling: dict | None = None,
+    **save_kwargs,
+) -> Path:
+    """Save a random tiny Llama reward model + tokenizer into ``folder``; return it.
+
+    ``rope_scaling``: e.g. ``{"rope_type": "llama3", ...}``; ``save_kwargs`` go to the
+    model's ``save_pretrained`` (``max_shard_size``, ``safe_serialization``)."""
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -70,12 +80,14 @@ def build_tiny_reward_model(folder: str | Path, seed: int = 0) -> Path:
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
+        rope_theta=rope_theta,
+        rope_scaling=dict(rope_scaling) if rope_scaling else None,  # 5.x adds to it
     )
     torch.manual_seed(seed)
     model = LlamaForSequenceClassification(config)
     with torch.no_grad():  # a visible reward direction, not an almost-zero init
         model.score.weight.normal_(0.0, 1.0)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, **save_kwargs)
     tok.save_pretrained(folder)
     return folder
 

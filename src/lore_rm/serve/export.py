@@ -13,6 +13,9 @@ into the ``score`` head gives a folder that TRL, OpenRLHF or rewardbench load wi
 
 Weights of users onboarded through ``lore serve`` live in its database; pass it with ``db``
 (the default database next to the model folder is read when it exists).
+
+The folder holds the backbone's own config, tokenizer and weight files with only the head
+replaced, so transformers 4.44+ and 5.x both read it (see :mod:`lore_rm.serve.export_files`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,16 @@ from lore_rm.constants import (
 from lore_rm.errors import LoreError, ModelFormatError, UnknownUserError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.io import atomic_folder
+from lore_rm.serve.export_files import (
+    CONFIG_FILE,
+    backbone_folder,
+    copy_tokenizer,
+    export_config,
+    has_safetensors,
+    read_json,
+    write_json,
+    write_weights,
+)
 from lore_rm.version import __version__
 
 
@@ -100,7 +114,17 @@ def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankRewa
     return out, users
 
 
-def backbone_source(backbone: str | os.PathLike) -> dict:
+@dataclass(frozen=True)
+class BackboneInfo:
+    """How transformers loads a backbone, and the reward head its sequence classifier has."""
+
+    where: dict  # from_pretrained's location arguments (local_files_only)
+    architecture: str  # e.g. LlamaForSequenceClassification
+    hidden_size: int  # the score head's input size
+    head_bias: bool
+
+
+def backbone_source(backbone: str | os.PathLike) -> BackboneInfo:
     """How transformers must load ``backbone`` (a folder, or a Hub id), refusing at once, and
     without the network, a backbone that cannot carry a reward head.
 
@@ -136,12 +160,13 @@ def backbone_source(backbone: str | os.PathLike) -> dict:
             skeleton = AutoModelForSequenceClassification.from_config(config)
     except ValueError as exc:
         raise LoreError(f"--backbone {name}: no sequence-classification model ({exc})") from None
-    if not isinstance(getattr(skeleton, "score", None), torch.nn.Linear):
+    score = getattr(skeleton, "score", None)
+    if not isinstance(score, torch.nn.Linear):
         raise LoreError(
             f"--backbone {name}: {type(skeleton).__name__} has no linear 'score' head over the "
             "last token; export supports decoder reward models (Llama, Mistral, Qwen2, ...)"
         )
-    return where
+    return BackboneInfo(where, type(skeleton).__name__, score.in_features, score.bias is not None)
 
 
 def reward_head(model: LowRankReward, user: str | None, *, basis: bool) -> torch.Tensor:
@@ -175,7 +200,7 @@ def export_reward_model(
     next to the model folder, when ``model`` is a folder and it exists). The folder is
     written under a temporary name and renamed, so ``out`` is never left half-written.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     source = None if isinstance(model, LowRankReward) else Path(model)
     model, db, onboarded = load_with_served_users(model, db)
@@ -183,45 +208,32 @@ def export_reward_model(
         check_users(model, [user], db)
     head = reward_head(model, user, basis=basis)
     k, d = head.shape
+    torch_dtype = _torch_dtype(dtype)
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise LoreError(f"{out} exists and is not empty; pass overwrite=True (--overwrite)")
-    where = backbone_source(backbone)
-    kwargs = {"num_labels": k, "ignore_mismatched_sizes": True, **where}
-    if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "newly initialised score weights": replaced below
-        clf = AutoModelForSequenceClassification.from_pretrained(str(backbone), **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(backbone), **where)
-    score = getattr(clf, "score", None)
-    if not isinstance(score, torch.nn.Linear):
+    info = backbone_source(backbone)
+    if info.hidden_size != d:
         raise LoreError(
-            f"{backbone}: {type(clf).__name__} has no linear 'score' head over the last token; "
-            "export supports decoder reward models (Llama, Mistral, Qwen2, Gemma, ...)"
-        )
-    if score.in_features != d:
-        raise LoreError(
-            f"{backbone}: hidden size {score.in_features} but the lore-rm model has d = {d}; "
+            f"{backbone}: hidden size {info.hidden_size} but the lore-rm model has d = {d}; "
             "export with the backbone the embeddings came from"
         )
-    with torch.no_grad():
-        score.weight.copy_(head.to(score.weight.dtype))
-        if score.bias is not None:
-            score.bias.zero_()
-    cfg = clf.config
-    if cfg.pad_token_id is None:
-        if tokenizer.pad_token_id is None:
-            if tokenizer.eos_token is None:
-                raise LoreError(f"{backbone}: the tokenizer has neither a pad nor an eos token")
-            tokenizer.pad_token = tokenizer.eos_token
-        cfg.pad_token_id = tokenizer.pad_token_id
-    if basis:
-        cfg.id2label = {i: f"basis_{i}" for i in range(k)}
-    else:
-        cfg.id2label = {0: "reward"}
-    cfg.label2id = {v: i for i, v in cfg.id2label.items()}
+    files = backbone_folder(str(backbone), local_files_only=bool(info.where))
+    tokenizer = AutoTokenizer.from_pretrained(str(files), local_files_only=True)
+    pad_token = None
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise LoreError(f"{backbone}: the tokenizer has neither a pad nor an eos token")
+        pad_token = tokenizer.eos_token
+    labels = [f"basis_{i}" for i in range(k)] if basis else ["reward"]
+    config = export_config(
+        read_json(files / CONFIG_FILE),
+        architecture=info.architecture,
+        labels=labels,
+        pad_token_id=tokenizer.eos_token_id if pad_token else tokenizer.pad_token_id,
+        dtype=None if torch_dtype is None else str(torch_dtype).removeprefix("torch."),
+    )
 
     all_users = list(model.users_)
     user_weights = None
@@ -252,8 +264,14 @@ def export_reward_model(
 
     # refused above when out holds files: an empty out is replaced
     with atomic_folder(out, overwrite=True) as tmp:
-        clf.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if has_safetensors(files):
+            write_weights(files, tmp, head, bias=info.head_bias, dtype=torch_dtype)
+        else:
+            _save_loaded(str(backbone), info, head, torch_dtype, tmp)
+        write_json(tmp / CONFIG_FILE, config)
+        copy_tokenizer(
+            files, tmp, pad_token=pad_token, model_input_names=tokenizer.model_input_names
+        )
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         if basis:
             save_file(
@@ -265,6 +283,35 @@ def export_reward_model(
             )
         (tmp / "README.md").write_text(_card(manifest))
     return out
+
+
+def _torch_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise LoreError(f"--dtype {name}: not a torch floating dtype (float32, bfloat16, ...)")
+    return dtype
+
+
+def _save_loaded(
+    backbone: str, info: BackboneInfo, head: torch.Tensor, dtype: torch.dtype | None, out: Path
+) -> None:
+    """Weights for a backbone without safetensors files: loaded by transformers, the head set,
+    saved by it (key names as the running transformers writes them)."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"num_labels": head.shape[0], "ignore_mismatched_sizes": True, **info.where}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "newly initialised score weights": replaced below
+        clf = AutoModelForSequenceClassification.from_pretrained(backbone, **kwargs)
+    with torch.no_grad():
+        clf.score.weight.copy_(head.to(clf.score.weight.dtype))
+        if clf.score.bias is not None:
+            clf.score.bias.zero_()
+    clf.save_pretrained(out)
 
 
 def _card(m: dict) -> str:
