@@ -94,6 +94,23 @@ print(json.dumps(out))
 """
 
 
+def tiny_setup(folder: Path, rope: str = "llama3") -> tuple[Path, object, LowRankReward]:
+    """A tiny backbone with ``rope`` settings, lore-rm's fp32 embedder over it, and a rank-3
+    model over its embeddings with users ``a`` and ``b``."""
+    theta, scaling = ROPES[rope]
+    backbone = build_tiny_reward_model(folder, rope_theta=theta, rope_scaling=scaling)
+    emb = load_backbone(str(backbone), dtype="fp32")
+    gen = torch.Generator().manual_seed(0)
+    w = torch.rand(2, 3, generator=gen)
+    model = LowRankReward.from_arrays(
+        torch.randn(emb.dim, 3, generator=gen),
+        w / w.sum(1, keepdim=True),
+        ["a", "b"],
+        backbone=str(backbone),
+    )
+    return backbone, emb, model
+
+
 def setup_venv(python: Path, version: str) -> None:
     venv = python.parents[1]
     print(f"creating {venv} (transformers=={version}.*)", flush=True)
@@ -148,17 +165,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "convs.json").write_text(json.dumps(convs))
-        for rope, (theta, scaling) in ROPES.items():
-            backbone = build_tiny_reward_model(
-                tmp / f"backbone-{rope}", rope_theta=theta, rope_scaling=scaling
-            )
-            emb = load_backbone(str(backbone), dtype="fp32")
-            gen = torch.Generator().manual_seed(0)
-            basis = torch.randn(emb.dim, 3, generator=gen)
-            weights = torch.rand(2, 3, generator=gen)
-            model = LowRankReward.from_arrays(
-                basis, weights / weights.sum(1, keepdim=True), ["a", "b"]
-            )
+        for rope in ROPES:
+            backbone, emb, model = tiny_setup(tmp / f"backbone-{rope}", rope)
             want = model.reward(emb.embed(convs), "b").double()
             inv_freq = emb.model.model.rotary_emb.inv_freq.double()
             exports = {
