@@ -90,8 +90,8 @@ def test_posterior_tightens_as_answers_accumulate(easy_rank3, easy_population):
             m.personalize(data)
         post = m.weights_posterior(data, users=pool.user_ids, unknown="mean")
         refit.append(float(post.covariance.diagonal(dim1=1, dim2=2).sum(-1).mean()))
-    k = model.n_components_
-    torch.testing.assert_close(fixed[0], torch.full_like(fixed[0], k / 0.3))  # the prior
+    prior = model.few_shot_prior().covariance()
+    torch.testing.assert_close(fixed[0], torch.full_like(fixed[0], float(prior.trace())))
     for before, after in zip(fixed, fixed[1:], strict=False):
         assert bool((after <= before + 1e-9).all())
     assert all(b > a for a, b in zip(refit[1:], refit, strict=False)), refit
@@ -151,8 +151,7 @@ def test_users_and_errors(easy_rank3, easy_population):
     post = model.weights_posterior(seen, users=["nobody"], unknown="mean")
     assert post.users[-1] == "nobody" and int(post.n_comparisons[-1]) == 0
     k = model.n_components_
-    prior = torch.eye(k, dtype=torch.float64) / model.config.fewshot_prior
-    torch.testing.assert_close(post.covariance[-1], prior)
+    torch.testing.assert_close(post.covariance[-1], model.few_shot_prior().covariance())
     torch.testing.assert_close(post.weights[-1], model.population_weights_)
     assert post.covariance.shape == (len(seen.user_ids) + 1, k, k)
     assert post.weights.shape == (len(seen.user_ids) + 1, k)

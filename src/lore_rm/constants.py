@@ -8,8 +8,10 @@ from __future__ import annotations
 # A model folder (LowRankReward.save_pretrained): the PEFT idea, a small head on a named
 # frozen backbone.
 MODEL_FORMAT = "lore-rm"
-MODEL_FORMAT_VERSION = 2  # 2: user ids in users.json (1: in config.json; still read)
-MODEL_FORMAT_VERSIONS_READ = (1, 2)
+# 3: the learned few-shot prior (prior_mean, prior_precision); 2: user ids in users.json
+# (1: in config.json). Every earlier version is still read.
+MODEL_FORMAT_VERSION = 3
+MODEL_FORMAT_VERSIONS_READ = (1, 2, 3)
 MODEL_CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.safetensors"
 MODEL_USERS_FILE = "users.json"

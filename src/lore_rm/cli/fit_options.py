@@ -16,9 +16,11 @@ from typing import Any
 import typer
 
 from lore_rm.errors import LoreError
-from lore_rm.fit.config import AUTO, FitConfig
+from lore_rm.fit.config import AUTO, LEARNED, FitConfig
 
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+#: settings that take a number or a word ("auto", "none", "learned")
+NUMBER_OR_WORD = ("weight_decay", "prune_threshold", "fewshot_prior")
 PANEL = "Fit settings (FitConfig; default: the recipe's)"
 
 
@@ -33,6 +35,8 @@ def parse_setting(f: Field, raw: str) -> Any:
     try:
         if f.name == "weight_decay" and text.lower() == AUTO:
             return AUTO
+        if f.name == "fewshot_prior" and text.lower() == LEARNED:
+            return LEARNED
         if f.name == "prune_threshold" and text.lower() == "none":
             return None
         if isinstance(default, bool):
@@ -44,7 +48,7 @@ def parse_setting(f: Field, raw: str) -> Any:
             return tuple(kind(p) for p in text.split(",") if p.strip())
         if isinstance(default, int):
             return int(text)
-        if isinstance(default, float) or f.name in ("weight_decay", "prune_threshold"):
+        if isinstance(default, float) or f.name in NUMBER_OR_WORD:
             return float(text)
         return text
     except ValueError:

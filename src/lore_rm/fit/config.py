@@ -14,6 +14,9 @@ from lore_rm.errors import LoreError
 
 Recipe = Literal["default", "paper"]
 AUTO = "auto"
+LEARNED = "learned"
+#: the isotropic prior strength used where a learned prior cannot be (K = 1, one user)
+FALLBACK_PRIOR = 0.3
 SOLVERS = ("adam-alternating", "lbfgs")
 FEWSHOT_SOLVERS = ("adam", "lbfgs")
 REGULARIZERS = ("cosine", "l2")
@@ -105,8 +108,11 @@ class FitConfig:
     )
     fewshot_n_iter: int = _f(100, "Iterations of the new-user fit.")
     fewshot_lr: float = _f(1.0, "Learning rate / step size of the new-user fit.")
-    fewshot_prior: float = _f(
-        0.3, "Strength of the Gaussian prior on a new user's logits around the population mean."
+    fewshot_prior: float | str = _f(
+        LEARNED,
+        "Prior on a new user's logits: 'learned' (a mean and covariance learned from the seen "
+        "users, empirical Bayes) or a number (the strength of an isotropic Gaussian around "
+        "the population's mean weights).",
     )
     seed: int = _f(0, "Seeds every random draw of the fit.")
 
@@ -177,8 +183,18 @@ class FitConfig:
                 )
         for name in ("scale", "lr", "fewshot_lr", "tol"):
             positive(name)
-        for name in ("alpha", "user_l2", "fewshot_prior"):
+        for name in ("alpha", "user_l2"):
             positive(name, strict=False)
+        prior = self.fewshot_prior
+        if prior != LEARNED and not (
+            isinstance(prior, int | float)
+            and not isinstance(prior, bool)
+            and math.isfinite(prior)
+            and prior >= 0
+        ):
+            raise LoreError(
+                f"fewshot_prior must be 'learned' or a non-negative number, got {prior!r}"
+            )
         for name in ("n_iter", "fewshot_n_iter", "patience", "seed"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:

@@ -16,7 +16,8 @@ from lore_rm.comparisons import Comparisons
 from lore_rm.devices import as_device
 from lore_rm.errors import DataError, LoreError, UnknownUserError
 from lore_rm.fit.auto import AUTO, diagnose, resolve_auto
-from lore_rm.fit.config import FitConfig, Recipe
+from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig, Recipe
+from lore_rm.fit.empirical_bayes import learn_prior
 from lore_rm.fit.persistence import load_model, save_model
 from lore_rm.fit.posterior import (
     WeightsPosterior,
@@ -25,6 +26,7 @@ from lore_rm.fit.posterior import (
     logit_hessian,
     probit_proba,
 )
+from lore_rm.fit.prior import LogitPrior, isotropic_prior
 from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
 
@@ -137,6 +139,7 @@ class LowRankReward:
         model.population_weights_ = population
         model.reference_head_ = _as_reference(reference_head, int(d))
         model.history_ = {}
+        model.prior_ = None
         return model
 
     # ---- fitting ---------------------------------------------------------------------------
@@ -197,7 +200,45 @@ class LowRankReward:
             if fitted.any()
             else torch.full((self.n_components_,), 1.0 / max(self.n_components_, 1))
         )
+        self.prior_: LogitPrior | None = None
+        if cfg.fewshot_prior == LEARNED and rank > 0:
+            self._learn_prior(data.with_user_ids(self.users_), int(fitted.sum()), device)
         return self
+
+    def _learn_prior(self, data: Comparisons, n_fitted: int, device: torch.device) -> None:
+        """Learn the few-shot prior from the seen users (``fewshot_prior='learned'``); where
+        it cannot be learned (one column, fewer than 2 users, weights that never vary) the
+        isotropic prior of strength ``FALLBACK_PRIOR`` serves, and the history says why."""
+        if self.n_components_ < 2 or n_fitted < 2:
+            why = "one basis column" if self.n_components_ < 2 else "fewer than 2 seen users"
+            self.history_["prior"] = {"kind": "isotropic", "strength": FALLBACK_PRIOR, "why": why}
+            return
+        fallback = {"kind": "isotropic", "strength": FALLBACK_PRIOR}
+        try:
+            self.prior_, self.history_["prior"] = learn_prior(
+                data,
+                self.basis_.to(device),
+                self.scale_,
+                self.config_,
+                self.user_weights_.to(device),
+                self.population_weights_.to(device),
+            )
+        except LoreError as exc:
+            self.history_["prior"] = {**fallback, "why": str(exc)}
+        self.prior_ = self.prior_.to("cpu") if self.prior_ is not None else None
+
+    def few_shot_prior(self) -> LogitPrior:
+        """The prior new users' weights are fitted under (:mod:`lore_rm.fit.prior`): the
+        learned one when ``fewshot_prior='learned'`` and the fit could learn it, else the
+        isotropic prior of that strength around the population's mean weights."""
+        self._require_fitted()
+        strength = self.config.fewshot_prior
+        prior = getattr(self, "prior_", None)
+        if strength == LEARNED and prior is not None and prior.k == self.n_components_:
+            return prior
+        return isotropic_prior(
+            self.population_weights_, FALLBACK_PRIOR if strength == LEARNED else float(strength)
+        )
 
     def personalize(
         self,
@@ -263,6 +304,7 @@ class LowRankReward:
                 self.scale_,
                 self.config,
                 self.population_weights_,
+                prior=self.few_shot_prior(),
                 progress=progress,
             ).cpu()
         else:
@@ -479,13 +521,17 @@ class LowRankReward:
         The model does not keep training comparisons: pass those each user's weights were
         fitted on (seen users: the ``fit`` data; new users: the ``personalize`` data). Covers
         the users with comparisons, then the other ids of ``users`` (which get the prior's
-        covariance). ``prior_precision`` defaults to the few-shot prior ``fewshot_prior``;
-        it must be positive (it makes the Hessian invertible, see
-        :mod:`lore_rm.fit.posterior`). ``hessian`` is ``"gauss-newton"`` (the default) or
-        ``"exact"``.
+        covariance). The prior is the model's few-shot prior (:meth:`few_shot_prior`);
+        ``prior_precision`` replaces it by an isotropic one of that strength. It must be
+        positive (it makes the Hessian invertible, see :mod:`lore_rm.fit.posterior`).
+        ``hessian`` is ``"gauss-newton"`` (the default) or ``"exact"``.
         """
         self._require_fitted()
-        lam = float(self.config.fewshot_prior if prior_precision is None else prior_precision)
+        if prior_precision is None:
+            lam_matrix = self.few_shot_prior().precision
+        else:
+            lam_matrix = isotropic_prior(self.population_weights_, prior_precision).precision
+        lam = float(torch.linalg.eigvalsh(lam_matrix)[0])
         if not lam > 0 or not np.isfinite(lam):
             raise LoreError(
                 f"the posterior needs a positive prior precision, got {lam:g} (the 'paper' "
@@ -509,13 +555,14 @@ class LowRankReward:
             data = comparisons.with_user_ids(ids).to(dtype=torch.float64)  # type: ignore[union-attr]
             z = data.project(self.basis_.to(data.device, torch.float64)).cpu()
             index = data.user_index.cpu()
-            h = logit_hessian(z, w, index, self.scale_, lam, hessian=hessian)
+            h = logit_hessian(z, w, index, self.scale_, lam_matrix, hessian=hessian)
             counts = torch.bincount(index, minlength=len(ids))
         else:
-            h = logit_hessian(torch.zeros(0, k), w, torch.zeros(0, dtype=torch.int64), 1.0, lam)
+            empty = torch.zeros(0, dtype=torch.int64)
+            h = logit_hessian(torch.zeros(0, k), w, empty, 1.0, lam_matrix)
             counts = torch.zeros(len(ids), dtype=torch.int64)
         cov = covariance_from_hessian(h, lam, hessian)
-        return WeightsPosterior(ids, w, cov, counts, lam, hessian)
+        return WeightsPosterior(ids, w, cov, counts, lam_matrix, hessian)
 
     def _row_covariances(
         self, users: list, known: Tensor, posterior: WeightsPosterior | None

@@ -1,9 +1,12 @@
 """A model folder: ``config.json``, ``model.safetensors``, ``users.json`` and a model card.
 
-Format version 2 keeps the user ids in ``users.json`` (one JSON list, in weight-row order)
-and records the lore-rm version that wrote the folder; version 1 folders (user ids inside
-``config.json``) are still read. Rank 0 is stored as an empty basis next to the reference
-head, as it always was; in memory the reference head is the one-column basis.
+Format version 3 adds the learned few-shot prior (``prior_mean`` (K,) and
+``prior_precision`` (K, K) in ``model.safetensors``, when the fit learned one); folders
+without it personalise new users under the isotropic prior their settings name. Version 2
+keeps the user ids in ``users.json`` (one JSON list, in weight-row order) and records the
+lore-rm version that wrote the folder; version 1 folders (user ids inside ``config.json``)
+are still read. Rank 0 is stored as an empty basis next to the reference head, as it always
+was; in memory the reference head is the one-column basis.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from lore_rm.constants import (
 )
 from lore_rm.errors import ModelFormatError
 from lore_rm.fit.config import FitConfig
+from lore_rm.fit.prior import LogitPrior
 from lore_rm.io import (
     atomic_write,
     atomic_write_json,
@@ -99,7 +103,7 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
         basis = tensors["reference_head"].flatten()[:, None]
         weights = torch.ones(weights.shape[0], 1)
         population = torch.ones(1)
-    return cls.from_arrays(
+    model = cls.from_arrays(
         basis,
         weights,
         users,
@@ -114,6 +118,11 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
         fit_config=FitConfig.from_dict(config["fit_config"]),
         **config.get("settings", {}),
     )
+    if "prior_mean" in tensors:
+        model.prior_ = LogitPrior(
+            tensors["prior_mean"].double(), tensors["prior_precision"].double(), "learned"
+        )
+    return model
 
 
 def _check_folder(
@@ -151,6 +160,7 @@ def _check_folder(
             f"{wpath}: population_weights has shape {tuple(population.shape)}, expected ({k},) "
             f"for a {k}-column basis"
         )
+    _check_prior(wpath, tensors, k)
     ref = tensors.get("reference_head")
     if ref is not None and ref.numel() != d:
         raise ModelFormatError(
@@ -173,6 +183,26 @@ def _check_folder(
         raise ModelFormatError(f"{cfg_path}: scale is {scale!r}, expected a number")
 
 
+def _check_prior(wpath: Path, tensors: dict, k: int) -> None:
+    """The learned prior, when there is one: both arrays, K-sized, a symmetric positive
+    definite precision."""
+    mean, precision = tensors.get("prior_mean"), tensors.get("prior_precision")
+    if mean is None and precision is None:
+        return
+    if mean is None or precision is None:
+        missing = "prior_mean" if mean is None else "prior_precision"
+        raise ModelFormatError(f"{wpath}: a learned prior without {missing}")
+    if tuple(mean.shape) != (k,) or tuple(precision.shape) != (k, k):
+        raise ModelFormatError(
+            f"{wpath}: prior_mean {tuple(mean.shape)} / prior_precision "
+            f"{tuple(precision.shape)}, expected ({k},) / ({k}, {k}) for a {k}-column basis"
+        )
+    p = precision.double()
+    symmetric = bool(torch.allclose(p, p.T, rtol=1e-4, atol=1e-6))
+    if not symmetric or not float(torch.linalg.eigvalsh(0.5 * (p + p.T))[0]) > 0:
+        raise ModelFormatError(f"{wpath}: prior_precision is not symmetric positive definite")
+
+
 def _read_users(folder: Path, config: dict) -> list[str]:
     if config["format_version"] == 1:
         return [str(u) for u in config["users"]]
@@ -191,11 +221,16 @@ def _read_users(folder: Path, config: dict) -> list[str]:
 def _file_tensors(m: LowRankReward) -> dict[str, Tensor]:
     """The tensors of ``model.safetensors``; rank 0 is stored as an empty basis."""
     k = 0 if m.rank_ == 0 else m.n_components_
-    return {
+    tensors = {
         "basis": m.basis_[:, :k].contiguous(),
         "user_weights": m.user_weights_[:, :k].contiguous(),
         "population_weights": m.population_weights_[:k].contiguous(),
     }
+    prior = getattr(m, "prior_", None)
+    if prior is not None and k and prior.k == k:
+        tensors["prior_mean"] = prior.mean.float().contiguous()
+        tensors["prior_precision"] = prior.precision.float().contiguous()
+    return tensors
 
 
 def _model_card(m: LowRankReward) -> str:
@@ -211,6 +246,26 @@ def _model_card(m: LowRankReward) -> str:
         "```python\nfrom lore_rm import LowRankReward\n"
         "model = LowRankReward.from_pretrained('THIS_FOLDER')\n```\n"
         + _selection_card(getattr(m, "history_", {}))
+        + _prior_card(getattr(m, "history_", {}))
+    )
+
+
+def _prior_card(history: dict) -> str:
+    """How new users are personalised: the few-shot prior, as a Markdown section."""
+    prior = history.get("prior")
+    if not prior:
+        return ""
+    if prior["kind"] != "learned":
+        return (
+            f"\n## New users\n\nFitted under an isotropic prior of strength "
+            f"{prior['strength']:g} around the population's mean weights ({prior['why']}).\n"
+        )
+    axes = ", ".join(f"{v:.3g}" for v in prior["axis_std"])
+    return (
+        "\n## New users\n\nFitted under a prior learned from the "
+        f"{prior['users']} seen users (empirical Bayes, {prior['em_iterations']} EM "
+        f"iterations): a logistic normal whose standard deviations along its principal axes "
+        f"are {axes} (logit units).\n"
     )
 
 

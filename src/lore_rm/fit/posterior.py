@@ -44,7 +44,7 @@ def logit_hessian(
     weights: Tensor,
     user_index: Tensor,
     scale: float,
-    prior_precision: float,
+    prior_precision: float | Tensor,
     *,
     hessian: str = "gauss-newton",
 ) -> Tensor:
@@ -52,7 +52,8 @@ def logit_hessian(
 
     ``z`` (N, K) are the projected comparison rows ``x @ V`` (chosen minus rejected),
     ``weights`` (U, K) the users' weights (the linearisation point), ``user_index`` (N,) the
-    user of every row. Users without rows get ``prior_precision * I``.
+    user of every row. ``prior_precision`` is a number (times I) or a (K, K) matrix; users
+    without rows get the prior precision alone.
     """
     if hessian not in HESSIANS:
         raise LoreError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
@@ -75,22 +76,24 @@ def logit_hessian(
             d2 = torch.diag_embed(a) - outer - outer.transpose(1, 2)
             per = per - (torch.sigmoid(-m) * scale)[:, None, None] * d2
         h.index_add_(0, uc, per)
+    if isinstance(prior_precision, Tensor):
+        return h + prior_precision.to(h)
     return h + prior_precision * torch.eye(k, dtype=dtype, device=h.device)
 
 
-def covariance_from_hessian(h: Tensor, prior_precision: float, hessian: str) -> Tensor:
+def covariance_from_hessian(h: Tensor, floor: float, hessian: str) -> Tensor:
     """Inverse (U, K, K) of a batch of Hessians.
 
-    Gauss–Newton Hessians are the prior's ``prior_precision * I`` plus a positive
-    semi-definite sum, so Cholesky applies. The exact Hessian can have negative curvature away
-    from the MAP (a seen user's weights come from the joint fit, not from this posterior):
-    eigenvalues below ``prior_precision`` are raised to it, so no direction is wider than the
-    prior.
+    Gauss–Newton Hessians are the prior's precision plus a positive semi-definite sum, so
+    Cholesky applies. The exact Hessian can have negative curvature away from the MAP (a seen
+    user's weights come from the joint fit, not from this posterior): eigenvalues below
+    ``floor`` (the prior precision's smallest eigenvalue) are raised to it, so no direction is
+    wider than the prior's widest.
     """
     h = 0.5 * (h + h.transpose(1, 2))
     if hessian == "exact":
         vals, vecs = torch.linalg.eigh(h)
-        vals = vals.clamp_min(prior_precision)
+        vals = vals.clamp_min(floor)
         return (vecs / vals[:, None, :]) @ vecs.transpose(1, 2)
     eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device).expand_as(h)
     chol = torch.linalg.cholesky(h)
@@ -104,14 +107,14 @@ class WeightsPosterior:
     ``weights`` (M, K) are the mean weights (the model's fitted weights, the Laplace centre),
     ``covariance`` (M, K, K) the covariance of the logits ``theta`` (float64),
     ``n_comparisons`` (M,) how many comparisons each user's posterior used; users with none
-    have the prior's covariance ``I / prior_precision``.
+    have the prior's covariance, the inverse of ``prior_precision`` (K, K).
     """
 
     users: list[str]
     weights: Tensor
     covariance: Tensor
     n_comparisons: Tensor
-    prior_precision: float
+    prior_precision: Tensor
     hessian: str = "gauss-newton"
 
     @property
@@ -121,8 +124,7 @@ class WeightsPosterior:
         return lg - lg.mean(-1, keepdim=True)
 
     def prior_covariance(self) -> Tensor:
-        k = self.weights.shape[1]
-        return torch.eye(k, dtype=torch.float64) / self.prior_precision
+        return torch.linalg.inv(self.prior_precision.to(torch.float64))
 
     def rows(self, users) -> Tensor:
         """Row of each id in ``users``, -1 for ids this posterior does not cover."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import ConvergenceWarning, DivergenceError, LoreError
 from lore_rm.fit.config import FitConfig
+from lore_rm.fit.prior import LogitPrior, isotropic_prior
 from lore_rm.fit.start import initial_point
 from lore_rm.progress import progress_bar
 
@@ -331,14 +332,6 @@ def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
     return JointFit(res.basis[0] / sigma[:, None], res.logits[0].softmax(dim=1), history)
 
 
-def population_logits(population_weights: Tensor) -> Tensor:
-    """Centred log-weights whose softmax is the population's mean weight vector."""
-    p = population_weights.clamp_min(1e-6)
-    p = p / p.sum()
-    lg = p.log()
-    return lg - lg.mean()
-
-
 def fit_user_weights(
     data: Comparisons,
     basis: Tensor,
@@ -346,11 +339,13 @@ def fit_user_weights(
     cfg: FitConfig,
     population_weights: Tensor,
     *,
+    prior: LogitPrior | None = None,
     progress: bool = False,
 ) -> Tensor:
     """Weights (U, K) for every user of ``data.user_ids`` with the basis frozen.
 
-    Users without comparisons get the population's mean weights.
+    The MAP under ``prior`` (default: the isotropic ``cfg.fewshot_prior`` around the
+    population's mean weights). Users without comparisons get the population's mean weights.
     """
     k = basis.shape[1]
     n_users = data.n_users
@@ -361,7 +356,10 @@ def fit_user_weights(
     z = data.project(basis).detach()  # (N, K): the rest is independent of d
     u = data.user_index
     counts = torch.bincount(u, minlength=n_users).to(z.dtype)
-    prior = population_logits(population_weights.to(device))
+    if prior is None:
+        prior = isotropic_prior(population_weights, cfg.fewshot_prior)
+    prior = prior.to(device)
+    start = prior.mean.to(device, z.dtype)
 
     if cfg.fewshot_solver == "adam":
         logits = torch.randn(n_users, k, generator=gen).to(device).requires_grad_(True)
@@ -374,15 +372,14 @@ def fit_user_weights(
             # fitting every user on their own
             per_row = F.softplus(-bt_margins(z, logits.softmax(dim=1), u, scale))
             loss = (per_row * inv).sum()
-            if cfg.fewshot_prior > 0:
-                loss = loss + 0.5 * cfg.fewshot_prior * ((logits - prior) ** 2).sum()
+            loss = loss + prior.penalty(logits)
             loss.backward()
             opt.step()
             bar.update(1)
         bar.close()
         weights = logits.detach().softmax(dim=1)
     else:
-        logits = prior.expand(n_users, k).clone().requires_grad_(True)
+        logits = start.expand(n_users, k).clone().requires_grad_(True)
         opt = torch.optim.LBFGS(
             [logits],
             lr=cfg.fewshot_lr,
@@ -396,7 +393,7 @@ def fit_user_weights(
         def closure():
             opt.zero_grad(set_to_none=True)
             per_row = F.softplus(-bt_margins(z, logits.softmax(dim=1), u, scale))
-            loss = per_row.sum() + 0.5 * cfg.fewshot_prior * ((logits - prior) ** 2).sum()
+            loss = per_row.sum() + prior.penalty(logits)
             loss = loss / max(n_users, 1)
             loss.backward()
             return loss

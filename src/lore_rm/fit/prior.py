@@ -1,0 +1,120 @@
+"""The prior over a new user's logits: isotropic (a fixed strength) or learned from the seen
+users (empirical Bayes, issue #9).
+
+A user's weights are ``softmax(theta)``; ``theta`` is defined up to a shared offset, so every
+logit vector here is centred (its entries sum to 0) and the prior lives on that
+``K - 1``-dimensional subspace. Along the all-ones direction, which moves no weight, the
+precision is set to the mean of the others so the few-shot fit and the Laplace Hessian stay
+well conditioned without changing any weight.
+
+The learned prior is a logistic normal ``N(mu, Sigma)`` over centred logits:
+
+* ``mu`` is the mean of the seen users' centred logits;
+* ``Sigma`` is their covariance less the seen users' own estimation noise (the mean of their
+  Laplace covariances: a fitted logit is the true one plus noise, so its spread overstates the
+  population's), shrunk toward a multiple of the identity (Ledoit–Wolf) and floored, so a
+  handful of users or a direction no user moves along still gives an invertible prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lore_rm.errors import LoreError
+
+Tensor = torch.Tensor
+#: no direction of the learned prior is tighter than this times the widest one
+EIGEN_FLOOR = 1e-3
+#: centred logits are clipped to this magnitude before the moments: a weight of 1e-6 and one
+#: of 1e-12 are the same answer, and unclipped they would dominate the covariance
+LOGIT_CLIP = 8.0
+
+
+@dataclass(frozen=True)
+class LogitPrior:
+    """Gaussian prior ``N(mean, precision^-1)`` over a user's centred logits (K,)."""
+
+    mean: Tensor  # (K,) float64, entries sum to 0
+    precision: Tensor  # (K, K) float64, symmetric positive definite
+    kind: str = "isotropic"
+
+    @property
+    def k(self) -> int:
+        return int(self.mean.shape[0])
+
+    def covariance(self) -> Tensor:
+        return torch.linalg.inv(self.precision)
+
+    def penalty(self, logits: Tensor) -> Tensor:
+        """``0.5 * sum_u (theta_u - mean)^T P (theta_u - mean)`` for logits (U, K)."""
+        diff = logits - self.mean.to(logits)
+        return 0.5 * ((diff @ self.precision.to(logits)) * diff).sum()
+
+    def to(self, device: torch.device | str) -> LogitPrior:
+        return LogitPrior(self.mean.to(device), self.precision.to(device), self.kind)
+
+
+def centred_logits(weights: Tensor) -> Tensor:
+    """Centred logits (..., K) whose softmax is ``weights`` renormalised (clipped, see above)."""
+    w = weights.to(torch.float64).clamp_min(1e-12)
+    lg = (w / w.sum(-1, keepdim=True)).log()
+    lg = (lg - lg.mean(-1, keepdim=True)).clamp(-LOGIT_CLIP, LOGIT_CLIP)
+    return lg - lg.mean(-1, keepdim=True)
+
+
+def _centring(k: int) -> Tensor:
+    return torch.eye(k, dtype=torch.float64) - 1.0 / k
+
+
+def _with_ones_direction(precision_centred: Tensor) -> Tensor:
+    """Add the all-ones direction to a precision that lives on the centred subspace."""
+    k = precision_centred.shape[0]
+    if k == 1:
+        return torch.ones(1, 1, dtype=torch.float64)
+    vals = torch.linalg.eigvalsh(precision_centred)
+    level = float(vals[1:].mean())  # the K - 1 non-zero eigenvalues (eigvalsh sorts ascending)
+    ones = torch.full((k, k), 1.0 / k, dtype=torch.float64)
+    return precision_centred + level * ones
+
+
+def isotropic_prior(population_weights: Tensor, strength: float) -> LogitPrior:
+    """Today's prior: ``N(log mean weights, I / strength)`` (``strength`` may be 0: no prior)."""
+    k = int(population_weights.shape[0])
+    mean = centred_logits(population_weights.reshape(1, k))[0]
+    return LogitPrior(mean, float(strength) * torch.eye(k, dtype=torch.float64), "isotropic")
+
+
+def precision_from_covariance(sigma: Tensor) -> Tensor:
+    """Precision (K, K) of a covariance over centred logits: inverted on the centred
+    subspace with every eigenvalue floored at ``EIGEN_FLOOR`` times the largest, plus the
+    all-ones direction (see the module's docstring)."""
+    k = sigma.shape[0]
+    c = _centring(k)
+    sigma = c @ (0.5 * (sigma + sigma.T)).to(torch.float64) @ c
+    vals, vecs = torch.linalg.eigh(sigma)
+    top = float(vals.max())
+    if not top > 0:
+        raise LoreError("the seen users' logits do not vary: no prior can be learned")
+    ones = torch.full((k,), k**-0.5, dtype=torch.float64)
+    keep = (vecs.T @ ones).abs() < 0.5  # the K - 1 eigenvectors of the centred subspace
+    v = vecs[:, keep]
+    precision = (v / vals[keep].clamp_min(EIGEN_FLOOR * top)) @ v.T
+    return _with_ones_direction(precision)
+
+
+def moment_prior(logits: Tensor, spread: Tensor | None = None) -> LogitPrior:
+    """``N(mean, covariance + spread)`` of logits (U, K): the M-step of the empirical-Bayes
+    fit. ``spread`` (K, K) is the mean of the users' posterior covariances (their estimation
+    noise, which the spread of point estimates understates)."""
+    n, k = logits.shape
+    if n < 2:
+        raise LoreError(f"a learned prior needs at least 2 users with comparisons, got {n}")
+    x = logits.to(torch.float64)
+    mean = x.mean(0)
+    diff = x - mean
+    sigma = diff.T @ diff / n
+    if spread is not None:
+        sigma = sigma + spread.to(torch.float64)
+    return LogitPrior(mean - mean.mean(), precision_from_covariance(sigma), "learned")
