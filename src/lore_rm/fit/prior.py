@@ -7,13 +7,10 @@ logit vector here is centred (its entries sum to 0) and the prior lives on that
 precision is set to the mean of the others so the few-shot fit and the Laplace Hessian stay
 well conditioned without changing any weight.
 
-The learned prior is a logistic normal ``N(mu, Sigma)`` over centred logits:
-
-* ``mu`` is the mean of the seen users' centred logits;
-* ``Sigma`` is their covariance less the seen users' own estimation noise (the mean of their
-  Laplace covariances: a fitted logit is the true one plus noise, so its spread overstates the
-  population's), shrunk toward a multiple of the identity (Ledoit–Wolf) and floored, so a
-  handful of users or a direction no user moves along still gives an invertible prior.
+The learned prior is a logistic normal ``N(mu, Sigma)`` over centred logits, fitted to the
+seen users by :mod:`lore_rm.fit.empirical_bayes`; :func:`moment_prior` is its M-step. Every
+eigenvalue of ``Sigma`` is floored at ``EIGEN_FLOOR`` times the largest, so a handful of users
+or a direction no user moves along still gives an invertible prior.
 """
 
 from __future__ import annotations
