@@ -51,26 +51,32 @@ def build_tokenizer(padding_side: str = "right"):
     return tok
 
 
-def build_tiny_reward_model(folder: str | Path, seed: int = 0) -> Path:
-    """Save a random tiny Llama reward model + tokenizer into ``folder``; return it."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+def tiny_llama_config(tok, hidden_size: int = 32, num_hidden_layers: int = 2, **kw):
+    """A small ``LlamaConfig`` over tokenizer ``tok`` (2 heads of keys and values)."""
+    from transformers import LlamaConfig
 
-    folder = Path(folder)
-    tok = build_tokenizer()
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
-        num_labels=1,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
+        **kw,
     )
+
+
+def build_tiny_reward_model(folder: str | Path, seed: int = 0) -> Path:
+    """Save a random tiny Llama reward model + tokenizer into ``folder``; return it."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    folder = Path(folder)
+    tok = build_tokenizer()
+    config = tiny_llama_config(tok, max_position_embeddings=512, num_labels=1)
     torch.manual_seed(seed)
     model = LlamaForSequenceClassification(config)
     with torch.no_grad():  # a visible reward direction, not an almost-zero init
