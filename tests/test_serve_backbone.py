@@ -165,3 +165,24 @@ def test_sliced_fingerprint_of_large_files(tmp_path, monkeypatch):
     assert fingerprint.folder_fingerprint(tmp_path) != base
     weights.unlink()
     assert fingerprint.folder_fingerprint(tmp_path) is None
+
+
+def test_a_hub_backbone_is_fingerprinted_from_the_local_cache(fitted, tmp_path, monkeypatch):
+    """A Hub id whose files are in the Hugging Face cache has its snapshot's fingerprint: the
+    same as a local copy of those files."""
+    from huggingface_hub import constants
+
+    from lore_rm.embed.fingerprint import backbone_fingerprint, folder_fingerprint
+
+    _, a, _, _, _ = fitted
+    repo = tmp_path / "models--org--tiny"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(a / name, snapshot / name)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert backbone_fingerprint("org/tiny") == folder_fingerprint(a) is not None
+    assert backbone_fingerprint("org/absent") is None
