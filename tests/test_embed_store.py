@@ -80,6 +80,23 @@ def test_mismatched_backbone_texts_or_shards_are_errors(tiny_backbone, tmp_path)
     assert _store_files(ds / "embeddings") == before  # nothing was mixed in
 
 
+def test_other_weights_under_the_same_name_are_a_mismatch(tmp_path):
+    """A folder re-saved with other weights (same config and file sizes, so the same
+    revision) is caught by the content fingerprint."""
+    from tiny_models import build_tiny_reward_model
+
+    folder = build_tiny_reward_model(tmp_path / "rm", seed=0)
+    ds = write_dataset(tmp_path / "ds", random_conversations(6, seed=14))
+    first = load_backbone(str(folder), dtype="fp32", device="cpu")
+    embed_dataset(ds, first, shard_size=4, progress=False)
+    assert EmbeddingStore(ds).backbone["fingerprint"] == first.identity()["fingerprint"]
+    build_tiny_reward_model(folder, seed=1)
+    second = load_backbone(str(folder), dtype="fp32", device="cpu")
+    assert second.identity()["revision"] == first.identity()["revision"]
+    with pytest.raises(StoreMismatchError, match="backbone.fingerprint.*other weights"):
+        embed_dataset(ds, second, shard_size=4, progress=False)
+
+
 def test_damaged_swapped_or_stale_stores_never_load(tmp_path):
     convs = random_conversations(12, seed=14)
     ds = write_dataset(tmp_path / "ds", convs)

@@ -51,6 +51,24 @@ def build_tokenizer(padding_side: str = "right"):
     return tok
 
 
+def tiny_llama_config(tok, hidden_size: int = 32, num_hidden_layers: int = 2, **kw):
+    """A small ``LlamaConfig`` over tokenizer ``tok`` (2 heads of keys and values)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **kw,
+    )
+
+
 def build_tiny_reward_model(
     folder: str | Path,
     seed: int = 0,
@@ -64,22 +82,14 @@ def build_tiny_reward_model(
     ``rope_scaling``: e.g. ``{"rope_type": "llama3", ...}``; ``save_kwargs`` go to the
     model's ``save_pretrained`` (``max_shard_size``, ``safe_serialization``)."""
     import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     folder = Path(folder)
     tok = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    config = tiny_llama_config(
+        tok,
         max_position_embeddings=512,
         num_labels=1,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
         rope_theta=rope_theta,
         rope_scaling=dict(rope_scaling) if rope_scaling else None,  # 5.x adds to it
     )

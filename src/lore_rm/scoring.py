@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from lore_rm.constants import TRAINING_FILE
 from lore_rm.conversation import Conversation, check_conversation
 from lore_rm.data.sources import SourceFile
 from lore_rm.embed.base import Embedder
-from lore_rm.errors import DataError, LoreError, ModelFormatError
+from lore_rm.embed.match import recorded_backbone
+from lore_rm.errors import DataError, LoreError
 from lore_rm.fit.model import LowRankReward
 
 USER_FIELDS = ("user", "user_id")
@@ -92,18 +92,6 @@ def _cell(value: Any, src: SourceFile) -> Any:
         except json.JSONDecodeError:
             return value
     return value
-
-
-def recorded_backbone(model_dir: str | os.PathLike) -> dict:
-    """The backbone identity ``lore fit`` recorded in the model's training.json ({} if none)."""
-    path = Path(model_dir) / TRAINING_FILE
-    if not path.is_file():
-        return {}
-    try:
-        backbone = json.loads(path.read_text("utf-8")).get("backbone")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
-    return backbone if isinstance(backbone, dict) else {}
 
 
 def embedder_for(

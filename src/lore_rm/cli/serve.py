@@ -17,7 +17,15 @@ def serve(
     backbone: str | None = typer.Option(
         None,
         help="The embedding backbone: a transformers model id or folder, minilm, or "
-        "hashing-<dim> (default: the one the model was fitted with).",
+        "hashing-<dim> (default: the one the model was fitted with). One other than that "
+        "(other weights, chat template or, when no fingerprint is recorded, name) is refused "
+        "unless --force-backbone.",
+    ),
+    force_backbone: bool = typer.Option(
+        False,
+        "--force-backbone",
+        help="Serve with --backbone even though it is not the backbone the model was fitted "
+        "on (its width must still be the model's d).",
     ),
     db: Path | None = typer.Option(
         None, help="SQLite file for onboarded users (default: MODEL_DIR/lore-serve.sqlite)."
@@ -70,6 +78,7 @@ def serve(
         "device": device,
         "dtype": dtype,
         "torch_threads": torch_threads,
+        "force_backbone": force_backbone,
     }
     try:
         if workers == 1:

@@ -116,6 +116,7 @@ def backbone_identity(embedder: Embedder) -> dict[str, Any]:
     return {
         "name": embedder.name,
         "revision": None,
+        "fingerprint": None,
         "kind": type(embedder).__name__,
         "pooling": None,
         "dtype": "float32",

@@ -26,6 +26,7 @@ import torch
 
 from lore_rm.conversation import Conversation, check_conversation
 from lore_rm.devices import as_device
+from lore_rm.embed.fingerprint import backbone_fingerprint
 from lore_rm.errors import LoreError
 
 DTYPES = {
@@ -98,6 +99,7 @@ class _TransformersEmbedder:
         max_length: int,
         padding_side: str | None,
         revision: str,
+        fingerprint: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise LoreError(f"batch_size must be at least 1, got {batch_size}")
@@ -114,6 +116,7 @@ class _TransformersEmbedder:
             raise LoreError(f"padding_side must be 'left' or 'right', got {side!r}")
         self.padding_side = side
         self.revision = revision
+        self.fingerprint = fingerprint  # of the checkpoint's files (lore_rm.embed.fingerprint)
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -145,6 +148,7 @@ class _TransformersEmbedder:
         return {
             "name": self.name,
             "revision": self.revision,
+            "fingerprint": self.fingerprint,
             "kind": type(self).__name__,
             "pooling": self.pooling,
             "dtype": _dtype_name(self.dtype),
@@ -408,6 +412,7 @@ def load_transformers_backbone(
         max_length=max_length,
         padding_side=padding_side,
         revision=rev,
+        fingerprint=backbone_fingerprint(path, revision),
     )
     if pooling == "mean":
         model = AutoModel.from_pretrained(path, **kwargs).to(dev)

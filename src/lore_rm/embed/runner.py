@@ -101,6 +101,11 @@ def _plan(
             for k in IDENTITY_FIELDS
             if old["backbone"].get(k) != ident.get(k)
         ]
+        had, has = old["backbone"].get("fingerprint"), ident.get("fingerprint")
+        if had and has and had != has:  # stores made before fingerprints were recorded have none
+            diffs.append(
+                f"backbone.fingerprint: store has {had!r}, this run {has!r} (other weights)"
+            )
         if old["count"] != count or old["texts_sha256"] != fingerprint:
             diffs.append(
                 f"texts: the store was made from {old['count']} texts with another "

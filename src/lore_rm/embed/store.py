@@ -10,8 +10,9 @@ Layout of ``DATASET/embeddings/``::
     reference_head.safetensors    the backbone's reward direction "reference_head" (d,), when
                                   the backbone has one
 
-``manifest.json``: ``format`` / ``format_version``; ``backbone`` (name, revision, kind,
-pooling, compute dtype, chat-template sha256, max_length, d); ``d``; ``dtype`` (storage dtype
+``manifest.json``: ``format`` / ``format_version``; ``backbone`` (name, revision, content
+fingerprint (:mod:`~lore_rm.embed.fingerprint`), kind, pooling, compute dtype, chat-template
+sha256, max_length, d); ``d``; ``dtype`` (storage dtype
 of the shards); ``count`` (texts = rows); ``texts_sha256`` (fingerprint of texts.parquet's
 messages); ``shard_size``; ``n_shards``; ``shards`` (file, start, stop, bytes and sha256 of each
 finished shard); ``complete``; ``reference_head`` (file name or null) and ``reference_bias``.
@@ -23,7 +24,7 @@ Guarantees:
 * a run over an existing store continues where the last stopped: finished shards are never
   recomputed or rewritten, stale temporary files are removed;
 * a run whose backbone (or texts, or shard size) differs from the manifest's stops with an
-  error naming the differing fields;
+  error naming the differing fields (the fingerprint is compared when both have one);
 * every read checks each shard against its recorded sha256 and its rows against its name, and
   :func:`~lore_rm.embed.split.load_split` checks the texts' fingerprint: a flipped byte, a
   swapped shard file or manifest entry, or a re-prepared ``texts.parquet`` is an error, never

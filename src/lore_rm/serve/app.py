@@ -25,6 +25,7 @@ Endpoints (every one but ``/health`` needs the bearer token when one is configur
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
@@ -36,7 +37,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from lore_rm.embed.base import Embedder
-from lore_rm.errors import LoreError
+from lore_rm.embed.match import check_backbone, recorded_backbone
+from lore_rm.errors import LoreError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.auth import (
     TOKEN_ENV,
@@ -184,11 +186,16 @@ def build_app(
     dtype: str | None = None,
     loader: Callable[..., Embedder] | None = None,
     torch_threads: int = 0,
+    force_backbone: bool = False,
 ) -> FastAPI:
     """Load the model folder and the backbone, then :func:`create_app`.
 
-    ``backbone`` defaults to the one the model records; ``dtype`` to the compute dtype its
-    embeddings were made with (``training.json``), so served rewards match the fitted ones.
+    ``backbone`` defaults to the one the model records; ``dtype`` and the token limit to the
+    ones its embeddings were made with (``training.json``), so served rewards match the
+    fitted ones. A backbone other than the recorded one (another content fingerprint, or
+    name when no fingerprint is recorded; another chat template or pooling) is refused
+    unless ``force_backbone`` (:func:`~lore_rm.embed.match.check_backbone`); another width
+    always is.
 
     ``torch_threads``: torch's intra-op threads for this process (0: one thread for the
     ``hashing-*`` stand-in, whose tiny matrix products only lose to threading; otherwise
@@ -207,7 +214,18 @@ def build_app(
         torch.set_num_threads(torch_threads)
     elif backbone.startswith("hashing-"):
         torch.set_num_threads(1)
-    embedder = (loader or load_embedder)(backbone, device=device, dtype=dtype)
+    settings: dict[str, Any] = {"device": device, "dtype": dtype}
+    max_length = recorded_backbone(model_dir).get("max_length")
+    if isinstance(max_length, int) and not isinstance(max_length, bool):
+        settings["max_length"] = max_length
+    embedder = (loader or load_embedder)(backbone, **settings)
+    forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
+    if forced:
+        logging.getLogger("lore_rm.serve").warning(
+            "serving %s with a backbone other than the one it was fitted on (--force-backbone): %s",
+            model_dir,
+            "; ".join(forced),
+        )
     qf = dict(query_format or {})
     if "strip_suffixes" in qf:
         qf["strip_suffixes"] = tuple(qf["strip_suffixes"])
@@ -225,14 +243,19 @@ def embedding_dtype(model_dir: str | Path) -> str | None:
     """The compute dtype of the embeddings the model was fitted on (from the training record
     ``lore fit`` writes), or None when unknown."""
     try:
-        record = json.loads((Path(model_dir) / "training.json").read_text("utf-8"))
-        dtype = record["backbone"]["dtype"]
-    except (OSError, ValueError, KeyError, TypeError):
+        dtype = recorded_backbone(model_dir).get("dtype")
+    except ModelFormatError:
         return None
     return dtype if isinstance(dtype, str) and dtype != "auto" else None
 
 
-def load_embedder(name_or_path: str, *, device: str = "cpu", dtype: str | None = None) -> Embedder:
+def load_embedder(
+    name_or_path: str,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    max_length: int | None = None,
+) -> Embedder:
     """The backbone ``name_or_path`` through ``lore_rm.embed.load_backbone`` (a reward model
     folder or Hub name, ``minilm``, or the ``hashing-<dim>`` stand-in)."""
     from lore_rm.embed import load_backbone
@@ -240,4 +263,6 @@ def load_embedder(name_or_path: str, *, device: str = "cpu", dtype: str | None =
     kwargs: dict[str, Any] = {"device": device}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if max_length is not None:
+        kwargs["max_length"] = max_length
     return load_backbone(name_or_path, **kwargs)

@@ -1,0 +1,92 @@
+"""Is a loaded backbone the one a model was fitted on? ``lore serve`` asks at start-up.
+
+A model folder written by ``lore fit`` records in ``training.json`` the identity of the
+backbone its embeddings came from (the embedding store's manifest record: name, revision,
+content fingerprint, kind, pooling, dtype, chat template, max_length, d); any other model
+folder records only the backbone's name (``config.json``). A backbone of another width can
+never serve the model; one of the same width but other weights or another chat template
+gives embeddings the basis means nothing over, so it is refused unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lore_rm.constants import TRAINING_FILE
+from lore_rm.embed.backbones import backbone_identity
+from lore_rm.embed.base import Embedder
+from lore_rm.errors import LoreError, ModelFormatError
+
+# compared when both sides record them (the compute dtype and max_length may be overridden)
+COMPARED = ("kind", "pooling", "chat_template_sha256")
+
+
+class BackboneMismatchError(LoreError):
+    """A backbone other than the one the model was fitted on."""
+
+
+def recorded_backbone(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The backbone identity ``lore fit`` recorded in the model's training.json ({} if none)."""
+    path = Path(model_dir) / TRAINING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        backbone = json.loads(path.read_text("utf-8")).get("backbone")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
+    return backbone if isinstance(backbone, dict) else {}
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:23] + "..." if len(text) > 26 else text
+
+
+def backbone_differences(recorded: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """What differs between the ``recorded`` backbone identity and the ``actual`` one, each
+    as ``field X (recorded Y)``. The content fingerprints decide when both have one (a
+    moved or copied checkpoint is the same backbone); otherwise name and revision do."""
+    diffs = []
+    had, has = recorded.get("fingerprint"), actual.get("fingerprint")
+    if had and has:
+        identity: tuple[str, ...] = ("fingerprint",) if had != has else ()
+    else:
+        identity = ("name", "revision")
+    for field in identity + COMPARED:
+        want, got = recorded.get(field), actual.get(field)
+        if want is not None and got is not None and want != got:
+            diffs.append(f"{field} {_short(got)} (recorded {_short(want)})")
+    return diffs
+
+
+def check_backbone(
+    model_dir: str | os.PathLike,
+    model_backbone: str | None,
+    d: int,
+    embedder: Embedder,
+    *,
+    force: bool = False,
+    force_option: str = "--force-backbone",
+) -> list[str]:
+    """Refuse ``embedder`` unless it is the backbone the model in ``model_dir`` was fitted on
+    (:func:`backbone_differences` against training.json, else the name ``model_backbone``
+    from config.json). A width other than ``d`` is always refused; other differences are
+    returned instead when ``force``."""
+    actual = backbone_identity(embedder)
+    if int(actual["d"]) != int(d):
+        raise BackboneMismatchError(
+            f"the backbone {actual['name']!r} gives d = {actual['d']} but the model was "
+            f"fitted on d = {d}"
+        )
+    recorded = recorded_backbone(model_dir) or {"name": model_backbone}
+    diffs = backbone_differences(recorded, actual)
+    if diffs and not force:
+        raise BackboneMismatchError(
+            f"{model_dir} was fitted on the backbone {recorded.get('name')!r}, not on "
+            f"{actual['name']!r}: {'; '.join(diffs)}; serve it with the backbone it was fitted "
+            f"on, or pass {force_option} to use this one anyway"
+        )
+    return diffs
