@@ -80,10 +80,11 @@ def active_sweep(
 ) -> list[dict]:
     """Unseen-user test accuracy against the number of questions asked, per criterion.
 
-    ``pool`` draws that many few-shot comparisons per user at random in each trial (all of
-    them when None; then ``"information"`` and ``"uncertainty"`` are deterministic and their
-    std over trials is 0). One row per (criterion, questions asked): the mean over trials of
-    the mean-over-users accuracy and its std over trials.
+    ``pool`` draws that many few-shot comparisons per user at random in each trial. Without
+    it every user's whole few-shot set is the pool: ``"information"`` and ``"uncertainty"``
+    are then deterministic and run once (``trials`` 1 in their rows). One row per
+    (criterion, questions asked): the mean over trials of the mean-over-users accuracy and
+    its std over trials.
     """
     for c in criteria:
         if c not in CRITERIA:
@@ -97,6 +98,8 @@ def active_sweep(
     for trial in range(trials):
         candidates = sample_shots(few, pool, gen) if pool else few
         for c in criteria:
+            if trial and not pool and c != "random":
+                continue  # the same pool and no randomness: the same curve
             curve = ask_sequence(
                 seen, candidates, test, questions, c, batch=batch, seed=seed + trial
             )
@@ -117,7 +120,7 @@ def active_sweep(
                     "questions": q,
                     "unseen_test": float(acc[:, j].mean()),
                     "unseen_test_std": float(acc[:, j].std(unbiased=False)),
-                    "trials": trials,
+                    "trials": acc.shape[0],
                     "batch": batch,
                     "pool_min": int(size.min()) if size.numel() else 0,
                 }

@@ -75,23 +75,28 @@ class QuestionSelection:
         }
 
 
-def slot_layout(user_index: Tensor, n_users: int) -> tuple[Tensor, Tensor]:
-    """Rows grouped by user: ``slots`` (U, C) of row indices, ``-1`` padded, and the mask.
+def slot_layout(user_index: Tensor, n_users: int) -> tuple[Tensor, Tensor, bool]:
+    """Rows grouped by user: ``slots`` (U, C) of row indices, ``-1`` padded, the mask, and
+    whether the rows were already in that layout (grouped, as many per user).
 
     Within a user, rows keep their order.
     """
     n = user_index.numel()
-    if n and bool((user_index[1:] >= user_index[:-1]).all()):
-        order, users = torch.arange(n), user_index  # already grouped: no sort
+    counts = torch.bincount(user_index, minlength=n_users)
+    width = int(counts.max()) if n else 0
+    grouped = n > 0 and bool((user_index[1:] >= user_index[:-1]).all())
+    if grouped and width * n_users == n:
+        slots = torch.arange(n).view(n_users, width)
+        return slots, torch.ones(slots.shape, dtype=torch.bool), True
+    if grouped:
+        order, users = torch.arange(n), user_index  # no sort needed
     else:
         order = torch.argsort(user_index, stable=True)
         users = user_index[order]
-    counts = torch.bincount(user_index, minlength=n_users)
-    width = int(counts.max()) if n else 0
     position = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[users]
     slots = torch.full((n_users, width), -1, dtype=torch.int64)
     slots[users, position] = order
-    return slots, slots >= 0
+    return slots, slots >= 0, False
 
 
 def select(
@@ -112,7 +117,7 @@ def select(
     ``z`` (N, K) are the candidates' projected features, ``user_index`` (N,) their user
     (0..U-1), ``weights`` (U, K) and ``covariance`` (U, K, K) each user's mean weights and
     logit covariance. ``asked`` = ``(z, user_index)`` of questions already asked: their
-    near-duplicates are not eligible.
+    near-duplicates are not eligible. Works in ``z``'s precision (float32 or float64).
     """
     if criterion not in CRITERIA:
         raise LoreError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
@@ -124,34 +129,31 @@ def select(
     if covariance.shape != (n_users, k, k):
         raise LoreError(f"covariance must have shape ({n_users}, {k}, {k}), got {covariance.shape}")
     dtype = z.dtype if z.dtype in (torch.float32, torch.float64) else torch.float32
-    index = user_index.cpu()
-    slots, eligible = slot_layout(index, n_users)
+    slots, eligible, full = slot_layout(user_index.cpu(), n_users)
     rows = torch.full((n_users, n), -1, dtype=torch.int64)
     scores = torch.full((n_users, n), float("nan"), dtype=torch.float64)
     if n == 0 or slots.shape[1] == 0:
         return rows, scores
 
     z = z.to(dtype).cpu()
-    if bool(eligible.all()) and torch.equal(slots.flatten(), torch.arange(z.shape[0])):
-        zs = z.view(*slots.shape, k)  # already grouped, as many per user: no copy
-    else:
-        zs = z[slots.clamp_min(0)]  # (U, C, K)
+    zs = z.view(*slots.shape, k) if full else z[slots.clamp_min(0)]  # (U, C, K)
     w = weights.to(torch.float64).cpu()
     cov = covariance.to(torch.float64).cpu().clone()
-    # m = z . w and g = dm/dtheta = scale * w * (z - z . w / mass): the softmax Jacobian
-    mass = w.sum(-1).clamp_min(1e-30)
-    m = torch.bmm(zs, w.to(dtype)[:, :, None])  # (U, C, 1)
-    g = (zs - m / mass.to(dtype)[:, None, None]) * (scale * w).to(dtype)[:, None, :]
-    margin = scale * m[..., 0]
-    fisher = torch.sigmoid(margin) * torch.sigmoid(-margin)  # p (1 - p), exactly symmetric
     if criterion == "random":
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         key = torch.rand(slots.shape, generator=gen, dtype=dtype)
     else:
-        key = (torch.bmm(g, cov.to(dtype)) * g).sum(-1).clamp_min_(0.0)  # variance g^T S g
+        # m = z . w and g = dm/dtheta = scale * w * (z - z . w / mass): the softmax Jacobian
+        m = torch.bmm(zs, w.to(dtype)[:, :, None])  # (U, C, 1)
+        g = zs - m / w.sum(-1).clamp_min(1e-30).to(dtype)[:, None, None]
+        g *= (scale * w).to(dtype)[:, None, :]
         if criterion == "information":
-            key *= fisher  # c g^T S g: the gain is 0.5 log(1 + key), the same order
-    if not bool(eligible.all()):
+            # g scaled by sqrt(p (1 - p)) (symmetric in the orientation): its S-norm is the
+            # gain's c g^T S g, and the Sherman–Morrison update below needs nothing else
+            margin = scale * m
+            g *= (torch.sigmoid(margin) * torch.sigmoid(-margin)).sqrt_()
+        key = (torch.bmm(g, cov.to(dtype)) * g).sum(-1).clamp_min_(0.0)  # g^T S g
+    if not full:
         key.masked_fill_(~eligible, float("-inf"))  # picks and skipped slots join them
     taken = _Taken(zs, asked, n_users, n)
     everyone = torch.arange(n_users)
@@ -166,15 +168,14 @@ def select(
         key[everyone[has], pick[has]] = float("-inf")
         taken.add(pick, has)
         if criterion == "information":
-            # Sherman–Morrison, S <- S - c S g g^T S / (1 + c g^T S g), and each candidate's
-            # c g^T S g with it: no K x K inverse and no pass over the candidates but one
+            # Sherman–Morrison with v = S g / sqrt(1 + g^T S g) (g Fisher-scaled):
+            # S <- S - v v^T, and every candidate's g^T S g drops by (g . v)^2
             sg = torch.bmm(cov, g[everyone, pick].to(cov.dtype)[:, :, None])[..., 0]
-            c = fisher[everyone, pick].to(cov.dtype)
-            factor = torch.where(has, c / (1 + best.to(cov.dtype)), 0.0)
-            cov -= factor[:, None, None] * sg[:, :, None] * sg[:, None, :]
-            proj = torch.bmm(g, sg.to(dtype)[:, :, None])[..., 0].square_()
-            proj.mul_(factor.to(dtype)[:, None])
-            key.addcmul_(fisher, proj, value=-1.0)
+            v = sg / (1 + best.to(cov.dtype).clamp_min(0.0)).sqrt()[:, None]
+            v = torch.where(has[:, None], v, 0.0)
+            cov -= v[:, :, None] * v[:, None, :]
+            proj = torch.bmm(g, v.to(dtype)[:, :, None])[..., 0]
+            key.addcmul_(proj, proj, value=-1.0)
     return rows, scores
 
 
@@ -188,7 +189,7 @@ class _Taken:
         none = torch.zeros(n_users, 0, dtype=torch.bool)
         before = (torch.zeros(n_users, 0, k, dtype=zs.dtype), none)
         if asked is not None and asked[0].shape[0]:
-            slots, present = slot_layout(asked[1].cpu(), n_users)
+            slots, present, _ = slot_layout(asked[1].cpu(), n_users)
             before = (asked[0].to(zs.dtype).cpu()[slots.clamp_min(0)], present)
         self.start = before[0].shape[1]
         self.z = torch.cat([before[0], torch.zeros(n_users, n, k, dtype=zs.dtype)], 1)
