@@ -27,7 +27,9 @@ K = 2 every ``g`` is parallel to every other.
 
 Ties (e.g. K = 1, where the weights are fixed and every gain is 0) go to the lowest row. All
 users are handled at once: candidates are laid out as (users, slots) with padding, and the
-only Python loop is over the ``n`` greedy steps.
+Python loop is over the ``n`` greedy steps. Near-duplicates are found lazily: a step checks
+each user's best candidate against what they were asked, and re-picks (for those users
+only) while it is one.
 """
 
 from __future__ import annotations
