@@ -438,12 +438,16 @@ def _population(
 
 
 def small_real_text(
-    seed: int = 0, cache_dir: Path = Path("runs/bench-cache"), *, data: Path | None = None
+    seed: int = 0,
+    cache_dir: Path = Path("runs/bench-cache"),
+    *,
+    data: Path | None = None,
+    sizes: dict[str, int] | None = None,
 ) -> TextPopulation:
     """(b) 60 users with opposite preferences on (harmless label, answer length): eight
     directions 45 degrees apart (harmless, harmful, longer, shorter and the four mixes), each
     user jittered around one; 40 seen (50 train + 150 test each), 20 unseen (20 few-shot + 150
-    test each); 10 % flips."""
+    test each); 10 % flips. ``sizes`` overrides some of those counts (keys as below)."""
     corpus = load_corpus(cache_dir, data)
 
     def weights(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -459,18 +463,23 @@ def small_real_text(
         stream=1,
         attrs=[0, 1],
         user_weights=weights,
-        sizes=dict(seen=40, unseen=20, train=50, seen_test=150, fewshot=20, unseen_test=150),
+        sizes=dict(seen=40, unseen=20, train=50, seen_test=150, fewshot=20, unseen_test=150)
+        | (sizes or {}),
         margin_scale=3.0,
         flip=0.1,
     )
 
 
 def large_real_text(
-    seed: int = 0, cache_dir: Path = Path("runs/bench-cache"), *, data: Path | None = None
+    seed: int = 0,
+    cache_dir: Path = Path("runs/bench-cache"),
+    *,
+    data: Path | None = None,
+    sizes: dict[str, int] | None = None,
 ) -> TextPopulation:
     """(c) 300 users, Dirichlet mixes of 4 conflicting tastes over :data:`LARGE_ATTRIBUTES`
     (each a signed mix of 1-3 of them); 200 seen (60 train + 40 test each), 100 unseen (20
-    few-shot + 40 test each); 10 % flips."""
+    few-shot + 40 test each); 10 % flips. ``sizes`` overrides some of those counts."""
     corpus = load_corpus(cache_dir, data)
     attrs = [ATTRIBUTES.index(a) for a in LARGE_ATTRIBUTES]
     rng_tastes = np.random.default_rng([seed, 3])
@@ -491,7 +500,8 @@ def large_real_text(
         stream=2,
         attrs=attrs,
         user_weights=weights,
-        sizes=dict(seen=200, unseen=100, train=60, seen_test=40, fewshot=20, unseen_test=40),
+        sizes=dict(seen=200, unseen=100, train=60, seen_test=40, fewshot=20, unseen_test=40)
+        | (sizes or {}),
         margin_scale=3.0,
         flip=0.1,
         extra={"tastes": tastes, "taste_alpha": TASTE_ALPHA},

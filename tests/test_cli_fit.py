@@ -67,9 +67,11 @@ def test_evaluate_and_fit_on_a_dataset(tmp_path):
         "2,4",
         "--trials",
         "2",
+        "--active",
+        "2",
         "--no-progress",
     )
-    assert "unseen users" in out
+    assert "unseen users" in out and "questions asked" in out
     rep = json.loads((report / "report.json").read_text())
     by_rank = {r["rank"]: r for r in rep["ranks"]}
     assert sorted(by_rank) == [0, 1, 2]
@@ -78,8 +80,12 @@ def test_evaluate_and_fit_on_a_dataset(tmp_path):
     assert by_rank[2]["unseen_test"] > 0.9
     assert [r["shots"] for r in rep["shots"]] == [2, 4]
     assert rep["config"]["backbone"]["name"] == "hashing-64"
-    for name in ("ranks.csv", "shots.csv", "ranks.png", "shots.png", "config.json"):
+    for name in ("ranks.csv", "shots.csv", "ranks.png", "shots.png", "config.json", "active.png"):
         assert (report / name).stat().st_size > 0
+    active = {(r["criterion"], r["questions"]): r for r in rep["active"]}
+    assert sorted(active) == [(c, q) for c in ("information", "random") for q in range(3)]
+    assert active[("information", 2)]["unseen_test"] > active[("information", 0)]["unseen_test"]
+    assert (report / "active.csv").read_text().startswith("rank,criterion,questions")
 
     out = ok("fit", ds, "--out", model_dir, "--rank", "2", "--no-progress")
     model = LowRankReward.from_pretrained(model_dir)

@@ -32,13 +32,17 @@ def test_demo_runs_end_to_end(tmp_path):
             "12",
             "--true-rank",
             "2",
+            "--active",
+            "3",
             "--no-progress",
         ],
     )
     assert result.exit_code == 0, result.output
     assert "oracle" in result.output and "unseen users" in result.output
-    for name in ("report.json", "ranks.csv", "shots.csv", "ranks.png", "shots.png", "config.json"):
+    names = ("report.json", "ranks.csv", "shots.csv", "ranks.png", "shots.png", "config.json")
+    for name in (*names, "active.csv", "active.png"):
         assert (out / name).stat().st_size > 0, name
+    assert "questions asked" in result.output
     report = json.loads((out / "report.json").read_text())
     assert [r["rank"] for r in report["ranks"]] == [0, 1, 2, 3]
     assert [r["shots"] for r in report["shots"]] == [2, 5]
@@ -49,6 +53,12 @@ def test_demo_runs_end_to_end(tmp_path):
     assert 0.5 < report["oracle"]["unseen_test"] <= 1.0
     assert (out / "ranks.csv").read_text().splitlines()[0].startswith("rank,alpha,recipe,train")
     assert json.loads((out / "config.json").read_text())["population"]["n_seen"] == 40
+    active = report["active"]
+    assert [(r["criterion"], r["questions"]) for r in active] == [
+        (c, q) for c in ("information", "random") for q in range(4)
+    ]
+    assert [r["trials"] for r in active if r["questions"] == 3] == [1, 2]  # information: one pool
+    assert all(r["rank"] == chosen for r in active)
 
 
 def test_demo_rejects_bad_ranks(tmp_path):

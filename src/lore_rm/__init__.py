@@ -3,6 +3,7 @@
 from lore_rm.comparisons import Comparisons
 from lore_rm.embed.split import load_split
 from lore_rm.errors import DataError, LoreError, ModelFormatError, UnknownUserError
+from lore_rm.evaluate.active import active_sweep
 from lore_rm.evaluate.protocols import four_numbers, rank_sweep, run_protocol, shots_sweep
 from lore_rm.evaluate.simulate import PopulationConfig, simulate_population
 from lore_rm.fit.config import FitConfig
@@ -22,6 +23,7 @@ __all__ = [
     "PopulationConfig",
     "ProtocolSplit",
     "UnknownUserError",
+    "active_sweep",
     "four_numbers",
     "load_split",
     "mean_accuracy",

@@ -106,3 +106,18 @@ def config_from(cls: type[C], params: Mapping[str, Any], **extra: Any) -> C:
     its field names (reordering the dataclass can never swap two values)."""
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in params.items() if k in names}, **extra)
+
+
+def active_option(default: int):
+    """``--active N``: the active-learning sweep's questions per unseen user."""
+    return typer.Option(
+        default,
+        min=0,
+        help="Questions per unseen user for the active-learning sweep, picked from their "
+        "few-shot pool by expected information gain vs at random (0 = skip).",
+    )
+
+
+ACTIVE_BATCH = typer.Option(
+    1, min=1, help="Questions per round of the active sweep (weights refitted after each)."
+)

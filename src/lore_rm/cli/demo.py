@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from lore_rm.cli.common import fail, parse_int_list
+from lore_rm.cli.common import ACTIVE_BATCH, active_option, fail, parse_int_list
 from lore_rm.cli.fit_options import fit_options
 from lore_rm.errors import LoreError
 
@@ -21,6 +21,8 @@ def demo(
     recipe: str = typer.Option("default", help="'default' (lore-rm) or 'paper' (published)."),
     shots: str = typer.Option("1,2,5,10,20", help="Shots per new user for the shots sweep."),
     trials: int = typer.Option(5, help="Random draws of the shots per shots value."),
+    active: int = active_option(10),
+    active_batch: int = ACTIVE_BATCH,
     n_seen: int = typer.Option(200, help="Seen users in the simulated population."),
     n_unseen: int = typer.Option(100, help="Unseen (new) users."),
     d: int = typer.Option(32, help="Embedding dimension."),
@@ -31,11 +33,13 @@ def demo(
     """Simulate a population, fit ranks, personalise new users, report against the oracle.
 
     The population has a planted low-rank reward, so the best achievable accuracy is known.
-    Prints the four standard numbers per rank and a shots sweep, and writes report.json,
-    ranks.csv, shots.csv, ranks.png, shots.png and config.json to OUT.
+    Prints the four standard numbers per rank, a shots sweep and an active-learning curve
+    (questions picked by expected information gain vs at random), and writes report.json,
+    ranks.csv, shots.csv, ranks.png, shots.png, active.csv, active.png and config.json to OUT.
     """
     from lore_rm.evaluate.protocols import run_protocol
     from lore_rm.evaluate.report import (
+        active_table,
         check_report_out,
         print_tables,
         rank_table,
@@ -47,7 +51,7 @@ def demo(
     console = Console()
     rank_list = parse_int_list(ranks, "--ranks")
     shot_list = parse_int_list(shots, "--shots")
-    fewshot_pool = max(20, max(shot_list))
+    fewshot_pool = max(20, max(shot_list), active)
     config = {
         "command": "demo",
         "seed": seed,
@@ -55,6 +59,8 @@ def demo(
         "recipe": recipe,
         "shots": shot_list,
         "trials": trials,
+        "active": active,
+        "active_batch": active_batch,
         "settings": dict(fit_settings or {}),
     }
     t0 = time.perf_counter()
@@ -83,6 +89,8 @@ def demo(
             recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
             seed=seed,
             progress=progress,
+            active=active,
+            active_batch=active_batch,
             **(fit_settings or {}),
         )
         rows, best, shot_rows = result.rows, result.selected, result.shot_rows
@@ -93,6 +101,8 @@ def demo(
     print_tables(rank_table(rows, pop.oracle, f"lore demo — recipe '{recipe}'"), console=console)
     if shot_rows:
         print_tables(shots_table(shot_rows), console=console)
+    if result.active_rows:
+        print_tables(active_table(result.active_rows), console=console)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     config["notes"] = result.notes
@@ -113,5 +123,6 @@ def demo(
         oracle=pop.oracle,
         title=f"Simulated population (recipe '{recipe}')",
         extra=extra,
+        active_rows=result.active_rows,
     )
     console.print(f"Wrote {out}/: {' '.join(names)} ({elapsed:.1f} s)")

@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 
 from lore_rm.cli.common import (
+    ACTIVE_BATCH,
     JSON_HELP,
+    active_option,
     collected_warnings,
     fail,
     parse_float_list,
@@ -180,6 +182,8 @@ def evaluate_cmd(
         "seen-user test accuracy).",
     ),
     trials: int = typer.Option(20, help="Random draws of the shots per value."),
+    active: int = active_option(0),
+    active_batch: int = ACTIVE_BATCH,
     seed: int = SEED,
     device: str = DEVICE,
     progress: bool = PROGRESS,
@@ -188,12 +192,16 @@ def evaluate_cmd(
 ) -> None:
     """The published protocol: four numbers for every (rank, alpha), then the shots sweep.
 
-    --json prints the rank rows, the selected rank, the shots rows and the notes as JSON on
-    stdout (the tables go to stderr).
+    --active N adds the active-learning sweep at the same rank: unseen-user accuracy after
+    1..N questions chosen from each user's few-shot pool by expected information gain,
+    against random questions (active.csv, active.png). --json prints the rank rows, the
+    selected rank, the shots and active rows and the notes as JSON on stdout (the tables go
+    to stderr).
     """
     from lore_rm.embed.split import load_split
     from lore_rm.evaluate.protocols import run_protocol
     from lore_rm.evaluate.report import (
+        active_table,
         check_report_out,
         print_tables,
         rank_table,
@@ -215,6 +223,8 @@ def evaluate_cmd(
         "settings": settings,
         "shots": shot_list,
         "trials": trials,
+        "active": active,
+        "active_batch": active_batch,
         "seed": seed,
     }
     with collected_warnings() as warned:
@@ -245,6 +255,8 @@ def evaluate_cmd(
                 seed=seed,
                 device=device,
                 progress=progress,
+                active=active,
+                active_batch=active_batch,
                 **settings,
             )
             rows, shot_rows = result.rows, result.shot_rows
@@ -253,6 +265,8 @@ def evaluate_cmd(
     print_tables(rank_table(rows, title=f"{dataset} — recipe '{recipe}'"), console=console)
     if shot_rows:
         print_tables(shots_table(shot_rows), console=console)
+    if result.active_rows:
+        print_tables(active_table(result.active_rows), console=console)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     config["notes"] = result.notes
@@ -262,6 +276,7 @@ def evaluate_cmd(
         shot_rows=shot_rows,
         config=config,
         title=f"{Path(dataset).name} (recipe '{recipe}')",
+        active_rows=result.active_rows,
     )
     console.print(f"Wrote {out}/: {' '.join(names)}")
     if as_json:
@@ -282,6 +297,7 @@ def evaluate_cmd(
                 else {"rank": selected["rank"], "alpha": selected["alpha"]},
                 "shots_rank": swept_at,
                 "shots": shot_rows,
+                "active": result.active_rows,
                 "notes": result.notes,
                 "warnings": warned,
             }

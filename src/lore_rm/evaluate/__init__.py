@@ -3,6 +3,7 @@
 The metrics themselves are pure functions in :mod:`lore_rm.metrics` (re-exported here).
 """
 
+from lore_rm.evaluate.active import active_sweep
 from lore_rm.evaluate.protocols import (
     ProtocolResult,
     four_numbers,
@@ -19,6 +20,7 @@ __all__ = [
     "METRICS",
     "FourNumbers",
     "ProtocolResult",
+    "active_sweep",
     "PopulationConfig",
     "SimulatedPopulation",
     "four_numbers",

@@ -212,6 +212,7 @@ class ProtocolResult:
     selected: dict | None
     shot_rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # why the shots sweep changed or was skipped
+    active_rows: list[dict] = field(default_factory=list)  # accuracy vs questions asked
 
 
 def run_protocol(
@@ -226,6 +227,8 @@ def run_protocol(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    active: int = 0,
+    active_batch: int = 1,
     **settings,
 ) -> ProtocolResult:
     """The whole published protocol, as ``lore demo`` and ``lore evaluate`` run it.
@@ -235,11 +238,14 @@ def run_protocol(
     with the first alpha, unless swept) -> shots sweep for the unseen users. The shots sweep
     is skipped when ``shots`` is empty, when no learned rank was swept and ``shots_rank``
     is not given, or at rank 1 (one pooled reward: nothing to personalise); ``notes`` says why.
+    ``active > 0`` adds the active-learning sweep at the same rank
+    (:func:`lore_rm.evaluate.active.active_sweep`: up to ``active`` questions per unseen
+    user, ``active_batch`` per round, information gain against random over ``trials``).
     """
     rows, models = _sweep(split, ranks, alphas, recipe, seed, device, progress, settings)
     selected = select_rank(rows)
     result = ProtocolResult(rows, selected)
-    if not shots or (shots_rank is None and selected is None):
+    if not (shots or active) or (shots_rank is None and selected is None):
         return result
     if shots_rank is None:
         assert selected is not None
@@ -254,16 +260,25 @@ def run_protocol(
             else f"shots sweep skipped: rank {rank} has one reward for every user"
         )
         return result
-    values, notes = plan_shots(split.unseen_fewshot, shots)
+    values, notes = plan_shots(split.unseen_fewshot, shots) if shots else ([], [])
     result.notes.extend(notes)
-    if not values:
+    if not values and not active:
         return result
     model = models.get((rank, alpha))  # the swept model: the same fit, so not fitted again
     if model is None:
         model = LowRankReward(
             rank=rank, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
         ).fit(split.seen_train, split.reference_head)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="shots sweep:")  # the notes say it once
-        result.shot_rows = shots_sweep(model, split, values, trials, seed=seed, progress=progress)
+    if values:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="shots sweep:")  # the notes say it once
+            result.shot_rows = shots_sweep(
+                model, split, values, trials, seed=seed, progress=progress
+            )
+    if active:
+        from lore_rm.evaluate.active import active_sweep
+
+        result.active_rows = active_sweep(
+            model, split, active, trials=trials, batch=active_batch, seed=seed, progress=progress
+        )
     return result

@@ -63,6 +63,26 @@ def shots_table(rows: Sequence[dict]) -> Table:
     return table
 
 
+def active_table(rows: Sequence[dict]) -> Table:
+    table = Table(title="Unseen-user accuracy vs questions asked (active learning)")
+    criteria = list(dict.fromkeys(r["criterion"] for r in rows))
+    table.add_column("questions", justify="right")
+    for c in criteria:
+        table.add_column(f"{c} (mean ± std)", justify="right")
+    cell = {(r["criterion"], r["questions"]): r for r in rows}
+    for q in sorted({r["questions"] for r in rows}):
+        table.add_row(
+            str(q),
+            *(
+                f"{_fmt(cell[(c, q)]['unseen_test'])} ± {_fmt(cell[(c, q)]['unseen_test_std'])}"
+                if (c, q) in cell
+                else "—"
+                for c in criteria
+            ),
+        )
+    return table
+
+
 def print_tables(*tables: Table, console: Console | None = None) -> None:
     console = console or Console()
     for t in tables:
@@ -140,28 +160,53 @@ def plot_ranks(
 
 
 def plot_shots(rows: Sequence[dict], path: Path, oracle: dict | None = None) -> None:
+    curves = {
+        f"rank {rank}": [r for r in rows if r["rank"] == rank]
+        for rank in sorted({r["rank"] for r in rows})
+    }
+    xlabel = "comparisons per new user (shots)"
+    _plot_curves(curves, "shots", xlabel, "Few-shot personalisation", path, oracle)
+
+
+def plot_active(rows: Sequence[dict], path: Path, oracle: dict | None = None) -> None:
+    curves: dict[str, list[dict]] = {}
+    for r in rows:
+        curves.setdefault(r["criterion"], []).append(r)
+    curves = {f"{c} (trials {sub[0]['trials']})": sub for c, sub in curves.items()}
+    title = f"Active question selection (rank {rows[0]['rank']})"
+    _plot_curves(curves, "questions", "questions asked per new user", title, path, oracle)
+
+
+def _plot_curves(
+    curves: Mapping[str, Sequence[dict]],
+    x: str,
+    xlabel: str,
+    title: str,
+    path: Path,
+    oracle: dict | None,
+) -> None:
+    """Unseen-user accuracy (mean ± std over trials) against ``x``, one line per curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for rank in sorted({r["rank"] for r in rows}):
-        sub = [r for r in rows if r["rank"] == rank]
+    for label, sub in curves.items():
         ax.errorbar(
-            [r["shots"] for r in sub],
+            [r[x] for r in sub],
             [r["unseen_test"] for r in sub],
             yerr=[r["unseen_test_std"] for r in sub],
             fmt="-o",
             capsize=3,
             markersize=4,
-            label=f"rank {rank}",
+            label=label,
         )
     if oracle:
         ax.axhline(oracle["unseen_test"], color="k", lw=1, ls=":", label="oracle")
-    ax.set_xlabel("comparisons per new user (shots)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("unseen-user test accuracy")
-    ax.set_title("Few-shot personalisation")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
@@ -195,14 +240,18 @@ def write_sweep_report(
     oracle: dict | None = None,
     title: str = "",
     extra: dict | None = None,
+    active_rows: Sequence[dict] = (),
 ) -> list[str]:
-    """report.json, config.json, ranks.csv, ranks.png (+ shots.csv, shots.png); the names.
+    """report.json, config.json, ranks.csv, ranks.png (+ shots.csv, shots.png, active.csv,
+    active.png); the names.
 
     The folder is written whole under a temporary name and renamed over ``out``, so no file
     of an earlier report survives beside the new one.
     """
     check_report_out(out)
     report = {"config": config, "oracle": oracle, "ranks": list(rows), "shots": list(shot_rows)}
+    if active_rows:
+        report["active"] = list(active_rows)
     report.update(extra or {})
     names = ["report.json", "config.json", "ranks.csv", "ranks.png"]
     with atomic_folder(out, overwrite=True) as tmp:
@@ -214,4 +263,8 @@ def write_sweep_report(
             atomic_write_text(tmp / "shots.csv", rows_to_csv(shot_rows))
             plot_shots(shot_rows, tmp / "shots.png", oracle)
             names += ["shots.csv", "shots.png"]
+        if active_rows:
+            atomic_write_text(tmp / "active.csv", rows_to_csv(active_rows))
+            plot_active(active_rows, tmp / "active.png", oracle)
+            names += ["active.csv", "active.png"]
     return names

@@ -15,6 +15,7 @@ import torch
 from lore_rm.comparisons import Comparisons
 from lore_rm.devices import as_device
 from lore_rm.errors import DataError, LoreError, UnknownUserError
+from lore_rm.fit.active import DUPLICATE_TOL, QuestionSelection, select
 from lore_rm.fit.auto import AUTO, diagnose, resolve_auto
 from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig, Recipe
 from lore_rm.fit.empirical_bayes import learn_prior
@@ -563,6 +564,59 @@ class LowRankReward:
             counts = torch.zeros(len(ids), dtype=torch.int64)
         cov = covariance_from_hessian(h, lam, hessian)
         return WeightsPosterior(ids, w, cov, counts, lam_matrix, hessian)
+
+    def select_questions(
+        self,
+        candidates: Comparisons,
+        n: int,
+        *,
+        posterior: WeightsPosterior | None = None,
+        criterion: str = "information",
+        seed: int = 0,
+        duplicate_tol: float = DUPLICATE_TOL,
+        asked: Comparisons | None = None,
+    ) -> QuestionSelection:
+        """Up to ``n`` rows of ``candidates`` per user, in the order to ask them.
+
+        ``candidates`` are unlabelled pairs (orientation ignored), each for its row's user.
+        ``criterion`` is ``"information"`` (D-optimal greedy, the default),
+        ``"uncertainty"`` or ``"random"`` (seeded by ``seed``); see
+        :mod:`lore_rm.fit.active`. Without a ``posterior`` every user's logits get the
+        prior's covariance around their current weights (the population's for unknown
+        users). ``asked``: questions already asked; their near-duplicates are skipped. The
+        result covers every id of ``candidates.user_ids``.
+        """
+        self._require_fitted()
+        _check_dim(candidates, self.d_)
+        users = list(candidates.user_ids)
+        if posterior is None:
+            posterior = self.weights_posterior(users=users, unknown="mean")
+        w, known = self.weights_for(users, unknown="mean")
+        cov = self._row_covariances(users, known, posterior)
+        data = candidates.to(dtype=torch.float32)
+        basis = self.basis_.to(data.device)
+        z = data.project_for_scoring(basis)
+        done = None
+        if asked is not None and asked.n:
+            _check_dim(asked, self.d_)
+            pos = {u: i for i, u in enumerate(users)}
+            remap = torch.tensor([pos.get(u, -1) for u in asked.user_ids], dtype=torch.int64)
+            index = remap[asked.user_index.cpu()]  # users without candidates drop out
+            old = asked.subset((index >= 0).to(asked.device)).to(dtype=torch.float32)
+            done = (old.project_for_scoring(basis), index[index >= 0])
+        rows, scores = select(
+            z,
+            data.user_index,
+            w,
+            cov,
+            n,
+            scale=self.scale_,
+            criterion=criterion,
+            generator=torch.Generator().manual_seed(seed),
+            duplicate_tol=duplicate_tol,
+            asked=done,
+        )
+        return QuestionSelection(users, rows, scores, criterion)
 
     def _row_covariances(
         self, users: list, known: Tensor, posterior: WeightsPosterior | None
