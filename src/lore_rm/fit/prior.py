@@ -83,21 +83,25 @@ def isotropic_prior(population_weights: Tensor, strength: float) -> LogitPrior:
     return LogitPrior(mean, float(strength) * torch.eye(k, dtype=torch.float64), "isotropic")
 
 
+def _centred_basis(k: int) -> Tensor:
+    """An orthonormal basis (K, K - 1) of the centred subspace (vectors summing to 0)."""
+    q, _ = torch.linalg.qr(_centring(k))
+    return q[:, : k - 1]
+
+
 def precision_from_covariance(sigma: Tensor) -> Tensor:
     """Precision (K, K) of a covariance over centred logits: inverted on the centred
     subspace with every eigenvalue floored at ``EIGEN_FLOOR`` times the largest, plus the
     all-ones direction (see the module's docstring)."""
     k = sigma.shape[0]
-    c = _centring(k)
-    sigma = c @ (0.5 * (sigma + sigma.T)).to(torch.float64) @ c
-    vals, vecs = torch.linalg.eigh(sigma)
+    b = _centred_basis(k)
+    inner = b.T @ (0.5 * (sigma + sigma.T)).to(torch.float64) @ b  # (K - 1, K - 1)
+    vals, vecs = torch.linalg.eigh(inner)
     top = float(vals.max())
     if not top > 0:
         raise LoreError("the seen users' logits do not vary: no prior can be learned")
-    ones = torch.full((k,), k**-0.5, dtype=torch.float64)
-    keep = (vecs.T @ ones).abs() < 0.5  # the K - 1 eigenvectors of the centred subspace
-    v = vecs[:, keep]
-    precision = (v / vals[keep].clamp_min(EIGEN_FLOOR * top)) @ v.T
+    v = b @ vecs
+    precision = (v / vals.clamp_min(EIGEN_FLOOR * top)) @ v.T
     return _with_ones_direction(precision)
 
 
