@@ -6,15 +6,21 @@ Bounded: every phase runs for ``--seconds``; the server (a ``lore serve`` subpro
 
     .venv/bin/python bench/serve_load.py                      # hashing-64 stand-in backbone
     .venv/bin/python bench/serve_load.py --workers 1 --seconds 3 --json out.json
+    .venv/bin/python bench/serve_load.py --micro-batching      # tiny Llama, batching off vs on
 
 Phases:
-1. ``/get_reward`` with batch size 1 and 16, ``--clients`` concurrent clients (asyncio +
-   httpx keep-alive): requests/s, samples/s, p50 / p99 latency;
+1. ``/get_reward`` with batch size 1 and 16, ``--clients`` concurrent clients (asyncio,
+   one keep-alive connection each): requests/s, samples/s, p50 / p99 latency;
 2. onboarding: ``--clients`` clients each post ``--posts`` requests of ``--per-post``
    comparisons to users drawn from a small pool (new and seen users, so writes collide on
    the same users), while the first phase's traffic keeps going; then the database is read
    directly: comparisons stored == comparisons posted, and each user's served weights were
    fitted on all of that user's comparisons.
+
+``--micro-batching`` instead starts two one-worker servers over the tests' tiny random Llama
+reward model (fp32, CPU), micro-batching off (``--micro-batch 1``) and on, and drives each in
+turn, ``--repeats`` interleaved rounds, with ``--clients`` (64) single-sample clients and with
+one client: requests/s, p50 / p99 latency and the server's CPU time per request, side by side.
 """
 
 from __future__ import annotations
@@ -317,8 +323,19 @@ def tiny_llama_model(root: Path, seed: int) -> tuple[Path, Path, list[str]]:
     return backbone, model_dir, users
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pooled(runs: list[dict]) -> dict:
-    """Requests/s over all runs' wall time; percentiles over all their latencies."""
+    """Requests/s over all runs' wall time; percentiles over all their latencies; the
+    server's CPU time per request (what the server costs, whatever share of the CPUs other
+    jobs leave it)."""
     lat = np.concatenate([r["latencies_ms"] for r in runs])
     return {
         "requests": int(lat.size),
@@ -326,18 +343,22 @@ def pooled(runs: list[dict]) -> dict:
         "requests_per_s": lat.size / sum(r["wall_s"] for r in runs),
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
+        "server_cpu_ms": 1000 * sum(r["server_cpu_s"] for r in runs) / lat.size,
     }
 
 
-async def micro_batching_phases(args, urls: dict[str, str], users: list[str]) -> dict:
-    """``--repeats`` rounds; each drives every server in turn (order alternating by round)
-    with ``--clients`` single-sample clients, then with one client."""
+async def micro_batching_phases(args, servers: dict[str, tuple[int, str]], users: list[str]):
+    """``--repeats`` rounds; each drives every server (name -> (pid, url)) in turn, the order
+    alternating by round, with ``--clients`` single-sample clients, then with one client."""
     runs: dict[tuple[str, int], list[dict]] = {}
     for k in range(args.repeats):
-        names = list(urls) if k % 2 == 0 else list(reversed(urls))
+        names = list(servers) if k % 2 == 0 else list(reversed(servers))
         for name in names:
+            pid, url = servers[name]
             for clients in (args.clients, 1):
-                r = await reward_load(urls[name], 1, clients, args.seconds, users, args.seed + k)
+                cpu = cpu_seconds(pid)
+                r = await reward_load(url, 1, clients, args.seconds, users, args.seed + k)
+                r["server_cpu_s"] = cpu_seconds(pid) - cpu
                 runs.setdefault((name, clients), []).append(r)
     return {f"{name} x{clients}": pooled(rs) for (name, clients), rs in runs.items()}
 
@@ -359,7 +380,7 @@ def micro_batching_main(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="lore-serve-bench-") as tmp:
         root = Path(tmp)
         backbone, model_dir, users = tiny_llama_model(root, args.seed)
-        procs, urls = [], {}
+        procs, servers = [], {}
         try:
             for name, extra in settings.items():
                 common = ("--dtype", "fp32", "--torch-threads", str(threads))
@@ -368,8 +389,8 @@ def micro_batching_main(args) -> dict:
                     common + extra,
                 )  # fmt: skip
                 procs.append(proc)
-                urls[name] = url
-            res = asyncio.run(micro_batching_phases(args, urls, users + ["unknown-x"]))
+                servers[name] = (proc.pid, url)
+            res = asyncio.run(micro_batching_phases(args, servers, users + ["unknown-x"]))
         finally:
             for proc in procs:
                 stop_server(proc)
@@ -378,13 +399,15 @@ def micro_batching_main(args) -> dict:
         (f"{many} clients: req/s", "requests_per_s", many),
         (f"{many} clients: p50 ms", "p50_ms", many),
         (f"{many} clients: p99 ms", "p99_ms", many),
+        (f"{many} clients: server CPU ms/req", "server_cpu_ms", many),
         ("1 client: req/s", "requests_per_s", one),
+        ("1 client: p50 ms", "p50_ms", one),
         ("1 client: p99 ms", "p99_ms", one),
     ]
-    print(f"{'':22s} {'off':>9s} {'on':>9s} {'on/off':>7s}")
+    print(f"{'':32s} {'off':>9s} {'on':>9s} {'on/off':>7s}")
     for label, key, clients in rows:
         off, on = res[f"off x{clients}"][key], res[f"on x{clients}"][key]
-        print(f"{label:22s} {off:9.1f} {on:9.1f} {on / off:6.2f}x")
+        print(f"{label:32s} {off:9.2f} {on:9.2f} {on / off:6.2f}x")
     speedup = res[f"on x{many}"]["requests_per_s"] / res[f"off x{many}"]["requests_per_s"]
     p99_on = res[f"on x{many}"]["p99_ms"]
     print(
@@ -400,7 +423,7 @@ def micro_batching_main(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--clients", type=int, default=None, help="16 (--micro-batching: 64)")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--posts", type=int, default=12, help="onboarding posts per client")
     p.add_argument("--per-post", type=int, default=4)
@@ -418,6 +441,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="with --micro-batching")
     p.add_argument("--torch-threads", type=int, default=1, help="with --micro-batching")
     args = p.parse_args()
+    if args.clients is None:
+        args.clients = 64 if args.micro_batching else 16
     if args.micro_batching:
         results = micro_batching_main(args)
         if args.json:

@@ -207,3 +207,13 @@ def test_batching_settings_are_checked():
         Batching(max_texts=0)
     with pytest.raises(LoreError, match="max_wait_ms"):
         Batching(max_wait_ms=-1)
+
+
+def test_a_closed_batcher_answers_503(llama, tmp_path):
+    emb, model = llama
+    app = create_app(model, emb, tmp_path / "db.sqlite", batching=Batching(8, 1.0))
+    app.state.batcher.close()
+    path, body = requests_of(1, seed=7)[0]
+    with LiveServer(app) as url:
+        r = httpx.post(url + path, json=body, timeout=30)
+    assert r.status_code == 503 and "shutting down" in r.json()["detail"]

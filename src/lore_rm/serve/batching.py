@@ -55,6 +55,10 @@ class _Job:
     arrived: float = field(default_factory=time.monotonic)
 
 
+class ShuttingDown(LoreError):
+    """The batcher was closed: no new requests."""
+
+
 class MicroBatcher:
     """Gathers :meth:`submit` calls from any thread into batched ``score`` calls, run on one
     dedicated thread (so an event loop awaiting the futures never runs the backbone)."""
@@ -76,7 +80,7 @@ class MicroBatcher:
         fut: Future[Scored] = Future()
         with self._cond:
             if self._closed:
-                raise LoreError("the reward service is shutting down")
+                raise ShuttingDown("the reward service is shutting down")
             self._queue.append(_Job(conversations, users, fut))
             self._queued_texts += len(conversations)
             self._cond.notify()

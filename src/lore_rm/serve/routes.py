@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lore_rm.conversation import Conversation
 from lore_rm.errors import DataError, LoreError
-from lore_rm.serve.batching import Batching, MicroBatcher
+from lore_rm.serve.batching import Batching, MicroBatcher, ShuttingDown
 from lore_rm.serve.formats import (
     as_messages,
     check_conversation,
@@ -98,7 +98,11 @@ def api_router(
         """Off the event loop: on the batcher's thread, or on a threadpool thread."""
         if batcher is None:
             return await run_in_threadpool(svc.reward, conversations, users)
-        return await asyncio.wrap_future(batcher.submit(conversations, users))
+        try:
+            future = batcher.submit(conversations, users)
+        except ShuttingDown as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+        return await asyncio.wrap_future(future)
 
     def user_of_label(i: int, label: Any) -> str | None:
         if label is None or label == "":  # OpenRLHF sends "" when no label key is set
