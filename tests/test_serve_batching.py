@@ -3,6 +3,7 @@ rewards (equal to one-at-a-time scoring), errors stay with their request, shutdo
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -194,6 +195,7 @@ def test_batching_settings(llama, tmp_path, texts, wait, on):
         batching={"max_texts": texts, "max_wait_ms": wait},
     )
     assert (app.state.batcher is not None) is on
+    assert gc.get_freeze_count() > 0  # the loaded backbone is out of the cyclic GC's reach
     # on: one forward pass takes as many texts as a batch gathers; off: the default
     default = load_backbone(llama[0].name, dtype="fp32", device="cpu").batch_size
     assert app.state.service.embedder.batch_size == (texts if on else default)

@@ -228,12 +228,8 @@ def build_app(
     elif backbone.startswith("hashing-"):
         torch.set_num_threads(1)
     batch = Batching(**(batching or {}))
-    embedder = (loader or load_embedder)(
-        backbone,
-        device=device,
-        dtype=dtype,
-        batch_size=batch.max_texts if batch.enabled else None,
-    )
+    sized = {"batch_size": batch.max_texts} if batch.enabled else {}
+    embedder = (loader or load_embedder)(backbone, device=device, dtype=dtype, **sized)
     qf = dict(query_format or {})
     if "strip_suffixes" in qf:
         qf["strip_suffixes"] = tuple(qf["strip_suffixes"])
