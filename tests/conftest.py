@@ -1,3 +1,4 @@
+import gc
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,13 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py, importable by name
 
 from tiny_models import build_tiny_reward_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_gc():
+    """``lore serve``'s build_app freezes the heap out of the cyclic GC; a test undoes it."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import torch
 import uvicorn
 
 from lore_rm import Comparisons, LowRankReward
+from lore_rm.embed.base import Embedder
 from lore_rm.embed.hashing import HashingEmbedder
 
 D = 64
@@ -35,10 +36,14 @@ def random_text(gen: torch.Generator, n: int = 6) -> str:
     return " ".join(WORDS[i] for i in idx)
 
 
-def fit_small_model(d: int = D, rank: int = 3, seed: int = 0) -> LowRankReward:
-    """A rank-3 model over HashingEmbedder(d) embeddings of random texts, 8 seen users."""
+def fit_small_model(
+    d: int = D, rank: int = 3, seed: int = 0, embedder: Embedder | None = None
+) -> LowRankReward:
+    """A rank-3 model over ``embedder`` (default HashingEmbedder(d)) embeddings of random
+    texts, 8 seen users."""
     gen = torch.Generator().manual_seed(seed)
-    emb = HashingEmbedder(d)
+    emb = embedder or HashingEmbedder(d)
+    d = emb.dim
     texts = [conversation(random_text(gen), random_text(gen)) for _ in range(120)]
     table = emb.embed(texts)
     truth_v = torch.randn(d, rank, generator=gen)
@@ -69,13 +74,14 @@ class LiveServer:
         start_timeout_s: float = 20.0,
         log_level: str = "warning",
         access_log: bool = False,
+        lifespan: str = "off",
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=access_log)
+        config = uvicorn.Config(app, log_level=log_level, lifespan=lifespan, access_log=access_log)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True

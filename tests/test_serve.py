@@ -764,6 +764,10 @@ def test_lore_serve_command(small_model_dir, tmp_path):
         str(db),
         "--token-file",
         str(token_file),
+        "--micro-batch",
+        "16",
+        "--max-wait-ms",
+        "1.5",
         "--log-level",
         "warning",
     ]
@@ -782,7 +786,9 @@ def test_lore_serve_command(small_model_dir, tmp_path):
             time.sleep(0.2)
         auth = {"Authorization": f"Bearer {TOKEN}"}
         assert httpx.get(url + "/model-info").status_code == 401
-        assert httpx.get(url + "/model-info", headers=auth).json()["embedder"] == "hashing-64"
+        info = httpx.get(url + "/model-info", headers=auth).json()
+        assert info["embedder"] == "hashing-64"
+        assert info["batching"] == {"max_texts": 16, "max_wait_ms": 1.5}
         out = httpx.post(
             url + "/users/erin/comparisons", headers=auth, json=onboarding_body(2), timeout=30
         )

@@ -40,6 +40,19 @@ def serve(
     max_batch: int = typer.Option(512, min=1, help="Conversations per reward request."),
     max_comparisons: int = typer.Option(1024, min=1, help="Comparisons per onboarding post."),
     max_body_mb: float = typer.Option(16.0, min=0.001, help="Largest request body, MiB."),
+    micro_batch: int = typer.Option(
+        64,
+        min=1,
+        help="Micro-batching: most conversations per backbone forward pass, gathered across "
+        "concurrent reward requests (1: off, each request runs alone).",
+    ),
+    max_wait_ms: float = typer.Option(
+        2.0,
+        min=0.0,
+        max=10_000.0,
+        help="Micro-batching: how long the oldest waiting request waits for others to join "
+        "its batch, ms (0: off).",
+    ),
     label_key: str | None = typer.Option(
         None, help="/get_reward labels are JSON objects: read the user id from this key."
     ),
@@ -74,6 +87,7 @@ def serve(
             "max_comparisons": max_comparisons,
             "max_body_bytes": int(max_body_mb * 1024 * 1024),
         },
+        "batching": {"max_texts": micro_batch, "max_wait_ms": max_wait_ms},
         "query_format": {"label_key": label_key, "parse_templates": not keep_template},
         "device": device,
         "dtype": dtype,

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from lore_rm.serve.batching import Batching
 from lore_rm.serve.integrations import make_remote_reward_func, make_reward_func
 from lore_rm.serve.service import RewardService, default_db_path
 from lore_rm.serve.verl import make_verl_reward
 
 __all__ = [
+    "Batching",
     "Limits",
     "QueryFormat",
     "RewardService",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qs
@@ -35,11 +35,11 @@ def resolve_token(token: str | None = None, token_file: str | Path | None = None
     return os.environ.get(TOKEN_ENV) or None
 
 
-def token_dependency(token: str | None) -> Callable[..., None]:
+def token_dependency(token: str | None) -> Callable[..., Awaitable[None]]:
     """A FastAPI dependency that accepts ``Authorization: Bearer TOKEN`` (or
     ``?access_token=TOKEN``) when ``token`` is set, and everything when it is None."""
 
-    def check_token(
+    async def check_token(  # async: no threadpool hop per request for a dict look-up
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:

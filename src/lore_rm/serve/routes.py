@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException
+from starlette.concurrency import run_in_threadpool
 
+from lore_rm.conversation import Conversation
 from lore_rm.errors import DataError, LoreError
+from lore_rm.serve.batching import Batching, MicroBatcher, ShuttingDown
 from lore_rm.serve.formats import (
     as_messages,
     check_conversation,
@@ -32,7 +36,7 @@ from lore_rm.serve.schemas import (
     UserId,
     UserInfo,
 )
-from lore_rm.serve.service import RewardService
+from lore_rm.serve.service import RewardService, Scored
 from lore_rm.serve.user_store import StoredComparison
 
 
@@ -81,11 +85,24 @@ def api_router(
     svc: RewardService,
     limits: Limits,
     qf: QueryFormat,
-    check_token: Callable[..., None],
+    check_token: Callable[..., Awaitable[None]],
     token: str | None,
+    batcher: MicroBatcher | None = None,
+    batching: Batching | None = None,
 ) -> APIRouter:
-    """Every endpoint but ``/health``, each behind ``check_token``."""
+    """Every endpoint but ``/health``, each behind ``check_token``. With a ``batcher`` the
+    reward endpoints are scored through it (micro-batched across requests)."""
     api = APIRouter(dependencies=[Depends(check_token)])
+
+    async def score(conversations: list[Conversation], users: list[str | None]) -> Scored:
+        """Off the event loop: on the batcher's thread, or on a threadpool thread."""
+        if batcher is None:
+            return await run_in_threadpool(svc.reward, conversations, users)
+        try:
+            future = batcher.submit(conversations, users)
+        except ShuttingDown as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+        return await asyncio.wrap_future(future)
 
     def user_of_label(i: int, label: Any) -> str | None:
         if label is None or label == "":  # OpenRLHF sends "" when no label key is set
@@ -117,7 +134,7 @@ def api_router(
         return user
 
     @api.post("/get_reward", response_model=GetRewardResponse, tags=["rewards"])
-    def get_reward(body: GetRewardRequest) -> GetRewardResponse:
+    async def get_reward(body: GetRewardRequest) -> GetRewardResponse:
         """OpenRLHF remote reward model: ``labels[i]`` is sample i's user id."""
         n = len(body.query)
         _check_batch("query", n, limits.max_batch)
@@ -138,7 +155,7 @@ def api_router(
             mismatch.append(0.0 if matched else 1.0)
         labels = body.labels if body.labels is not None else [None] * n
         users = [user_of_label(i, lab) for i, lab in enumerate(labels)]
-        scored = svc.reward(conversations, users)
+        scored = await score(conversations, users)
         rewards = [float(v) for v in scored.rewards]
         return GetRewardResponse(
             rewards=rewards,
@@ -150,7 +167,7 @@ def api_router(
         )
 
     @api.post("/reward", response_model=RewardResponse, tags=["rewards"])
-    def reward(body: RewardRequest) -> RewardResponse:
+    async def reward(body: RewardRequest) -> RewardResponse:
         """Personalised rewards of conversations for one user (or one user each)."""
         n = len(body.conversations)
         _check_batch("conversations", n, limits.max_batch)
@@ -175,7 +192,7 @@ def api_router(
                 )
             except LoreError as exc:
                 raise _unprocessable(["conversations", i], str(exc)) from exc
-        scored = svc.reward(conversations, users)
+        scored = await score(conversations, users)
         known = [bool(k) for k in scored.known]
         return RewardResponse(
             rewards=[float(v) for v in scored.rewards],
@@ -217,6 +234,11 @@ def api_router(
     @api.get("/model-info", response_model=ModelInfo, tags=["meta"])
     def model_info() -> ModelInfo:
         """What is being served: rank, d, backbone, user counts, limits."""
-        return ModelInfo(**svc.info(), limits=asdict(limits), auth=token is not None)
+        return ModelInfo(
+            **svc.info(),
+            limits=asdict(limits),
+            batching=asdict(batching or Batching(max_texts=1)),
+            auth=token is not None,
+        )
 
     return api

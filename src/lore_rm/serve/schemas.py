@@ -170,6 +170,9 @@ class ModelInfo(BaseModel):
     population_weights: list[float]
     model_fingerprint: str
     limits: dict[str, int]
+    batching: dict[str, int | float] = Field(
+        description="micro-batching: max_texts per backbone forward, max_wait_ms"
+    )
     auth: bool
 
 
