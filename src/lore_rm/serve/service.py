@@ -11,6 +11,10 @@
 * :meth:`RewardService.onboard` embeds posted comparisons, commits them, then refits the
   user's weights with the basis frozen on *all* of that user's stored comparisons
   (:meth:`LowRankReward.personalize`), stores and serves them;
+* :meth:`RewardService.posterior` is the Laplace posterior of a user's logits around their
+  served weights, from the stored comparisons those weights were fitted on (the prior for a
+  user with none), and :meth:`RewardService.next_questions` picks the candidate pairs that
+  would tell the most about that user (:meth:`LowRankReward.select_questions`);
 * every call first picks up weights other server processes wrote (``users.seq``).
 """
 
@@ -19,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import threading
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -30,9 +35,12 @@ from lore_rm.comparisons import Comparisons
 from lore_rm.constants import DB_FILE
 from lore_rm.conversation import Conversation
 from lore_rm.embed.base import Embedder
-from lore_rm.errors import DataError, ModelFormatError
+from lore_rm.errors import DataError, LoreError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
+from lore_rm.fit.posterior import WeightsPosterior
 from lore_rm.serve.user_store import FifoLock, Store, StoredComparison
+
+T = TypeVar("T")
 
 
 def default_db_path(model_dir: str | Path) -> Path:
@@ -62,6 +70,35 @@ class Onboarded:
     total: int  # the user's stored comparisons after this request
     n_fit: int  # comparisons the served weights were fitted on
     weights: list[float]
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """A user's posterior as reported: the served weights, the delta-method std of each weight
+    under the Laplace logit covariance, the answers (stored comparisons) it conditions on and
+    the kind of prior it starts from."""
+
+    weights: list[float]
+    weights_std: list[float]
+    n_answers: int
+    prior: str
+
+
+@dataclass(frozen=True)
+class Questions:
+    """Chosen candidates (row indices, in asking order) and their expected information gain
+    (nats), for a user whose posterior conditions on ``n_answers`` stored comparisons (0: the
+    prior's covariance, around the served weights)."""
+
+    rows: list[int]
+    gains: list[float]
+    known: bool
+    n_answers: int
+    prior: str
+
+
+class NoPosterior(LoreError):
+    """The served model has no posterior to offer (it was fitted without a few-shot prior)."""
 
 
 class RewardService:
@@ -261,7 +298,85 @@ class RewardService:
             "weights": [float(v) for v in w[0].tolist()],
             "n_comparisons": self.store.count_comparisons(user),
             "n_fit": n_fit,
+            "posterior": None if (p := self._posterior(user)) is None else asdict(p),
         }
+
+    # ---- uncertainty and questions ------------------------------------------------------------
+    def _with_posterior(
+        self, user: str, use: Callable[[WeightsPosterior, Comparisons | None], T]
+    ) -> T:
+        """``use(posterior, answers)`` under the weights lock, with ``user``'s posterior at the
+        served weights from the stored comparisons those weights were fitted on (the first
+        ``n_fit``: the table is append-only), or the prior's covariance when there are none.
+
+        The rows are read outside the lock; if a newer fit arrived meanwhile, read again."""
+        d = self.model.d_
+        while True:
+            x = self.store.features_of(user, d)
+            with self._lock:
+                n_fit = self._n_fit.get(user, 0)
+                if n_fit > x.shape[0]:
+                    continue  # weights synced in after the read: their rows are committed now
+                answers = Comparisons.from_features(x[:n_fit], [user] * n_fit) if n_fit else None
+                try:
+                    post = self.model.weights_posterior(answers, users=[user], unknown="mean")
+                except LoreError as exc:
+                    raise NoPosterior(
+                        f"no posterior: {exc}; refit the model with a few-shot prior"
+                    ) from exc
+                return use(post, answers)
+
+    def posterior(self, user: str) -> Posterior | None:
+        """``user``'s posterior; None for a user of the model folder with no stored
+        comparisons (their weights come from training data the folder does not keep) and
+        for a model fitted without a few-shot prior."""
+        self.sync()
+        return self._posterior(user)
+
+    def _posterior(self, user: str) -> Posterior | None:
+        with self._lock:
+            if user in self._model_users and user not in self._n_fit:
+                return None
+        prior = self.model.few_shot_prior().kind
+        try:
+            post = self._with_posterior(user, lambda p, _: p)
+        except NoPosterior:
+            return None
+        return Posterior(
+            [float(v) for v in post.weights[0].tolist()],
+            [float(v) for v in post.weights_std()[0].tolist()],
+            int(post.n_comparisons[0]),
+            prior,
+        )
+
+    def next_questions(
+        self, user: str, pairs: Sequence[tuple[Conversation, Conversation]], n: int
+    ) -> Questions:
+        """The ``n`` candidate pairs (two conversations each) most informative about
+        ``user``, greedily (D-optimal, :mod:`lore_rm.fit.active`); near-duplicates of each
+        other or of the user's stored comparisons are skipped, so fewer may come back.
+
+        A user of the model folder without stored comparisons gets the prior's covariance
+        around their fitted weights; an unknown user the prior around the population's."""
+        if not 1 <= n <= len(pairs):
+            raise DataError(f"n must be between 1 and the {len(pairs)} candidates, got {n}")
+        self.sync()
+        m = len(pairs)
+        e = self.embed([a for a, _ in pairs] + [b for _, b in pairs])
+        candidates = Comparisons.from_features(e[:m] - e[m:], [user] * m)
+
+        def choose(post: WeightsPosterior, answers: Comparisons | None) -> Questions:
+            sel = self.model.select_questions(candidates, n, posterior=post, asked=answers)
+            keep = sel.rows[0] >= 0
+            return Questions(
+                [int(r) for r in sel.rows[0][keep].tolist()],
+                [float(g) for g in sel.scores[0][keep].tolist()],
+                user in self._n_fit or user in self._model_users,
+                int(post.n_comparisons[0]),
+                self.model.few_shot_prior().kind,
+            )
+
+        return self._with_posterior(user, choose)
 
     def info(self) -> dict:
         self.sync()
