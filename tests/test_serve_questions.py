@@ -241,3 +241,15 @@ def test_questions_on_the_tiny_llama_backbone(tiny_backbone, tmp_path):
         nxt = client.post("/users/carol/next-questions", json={"candidates": pool, "n": 4}).json()
         assert nxt["n_answers"] == 2
         assert not {q["index"] for q in nxt["questions"]} & {q["index"] for q in asked}
+
+
+def test_a_model_without_a_prior_has_no_posterior(small_model, tmp_path):
+    """The 'paper' recipe fits without a few-shot prior: no posterior, next-questions 409."""
+    model = small_model.copy()
+    model.settings = {**model.settings, "fewshot_prior": 0.0}
+    app = create_app(model, HashingEmbedder(D), tmp_path / "db.sqlite")
+    with LiveServer(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/users/newbie").json()["posterior"] is None
+        out = client.post("/users/newbie/next-questions", json={"candidates": candidates(3)})
+        assert out.status_code == 409, out.text
+        assert "prior" in out.json()["detail"]

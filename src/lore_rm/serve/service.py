@@ -20,13 +20,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -39,8 +39,6 @@ from lore_rm.errors import DataError, LoreError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.fit.posterior import WeightsPosterior
 from lore_rm.serve.user_store import FifoLock, Store, StoredComparison
-
-T = TypeVar("T")
 
 
 def default_db_path(model_dir: str | Path) -> Path:
@@ -302,29 +300,36 @@ class RewardService:
         }
 
     # ---- uncertainty and questions ------------------------------------------------------------
-    def _with_posterior(
-        self, user: str, use: Callable[[WeightsPosterior, Comparisons | None], T]
-    ) -> T:
-        """``use(posterior, answers)`` under the weights lock, with ``user``'s posterior at the
-        served weights from the stored comparisons those weights were fitted on (the first
-        ``n_fit``: the table is append-only), or the prior's covariance when there are none.
+    def _user_view(self, user: str) -> tuple[LowRankReward, int]:
+        """A shallow copy of the model holding ``user``'s served weights alone (the basis and
+        the prior are shared, read-only), and how many stored comparisons they were fitted
+        on: posteriors and selections run on it without holding the weights lock."""
+        with self._lock:
+            w, known = self.model.weights_for([user], unknown="mean")
+            n_fit = self._n_fit.get(user, 0)
+        view = copy.copy(self.model)
+        view.users_ = [user] if bool(known[0]) else []
+        view.user_weights_ = w if bool(known[0]) else w[:0]
+        return view, n_fit
 
-        The rows are read outside the lock; if a newer fit arrived meanwhile, read again."""
-        d = self.model.d_
+    def _user_posterior(
+        self, user: str
+    ) -> tuple[LowRankReward, WeightsPosterior, Comparisons | None]:
+        """``user``'s served weights (as a one-user model), their Laplace posterior from the
+        stored comparisons those weights were fitted on (the first ``n_fit``: the table is
+        append-only) or the prior's covariance when there are none, and those comparisons."""
         while True:
-            x = self.store.features_of(user, d)
-            with self._lock:
-                n_fit = self._n_fit.get(user, 0)
-                if n_fit > x.shape[0]:
-                    continue  # weights synced in after the read: their rows are committed now
-                answers = Comparisons.from_features(x[:n_fit], [user] * n_fit) if n_fit else None
-                try:
-                    post = self.model.weights_posterior(answers, users=[user], unknown="mean")
-                except LoreError as exc:
-                    raise NoPosterior(
-                        f"no posterior: {exc}; refit the model with a few-shot prior"
-                    ) from exc
-                return use(post, answers)
+            x = self.store.features_of(user, self.model.d_)
+            view, n_fit = self._user_view(user)
+            if n_fit <= x.shape[0]:
+                break  # else weights synced in after the read: their rows are committed now
+        answers = Comparisons.from_features(x[:n_fit], [user] * n_fit) if n_fit else None
+        try:
+            post = view.weights_posterior(answers, users=[user], unknown="mean")
+        except LoreError as exc:
+            msg = f"no posterior: {exc}; refit the model with a few-shot prior"
+            raise NoPosterior(msg) from exc
+        return view, post, answers
 
     def posterior(self, user: str) -> Posterior | None:
         """``user``'s posterior; None for a user of the model folder with no stored
@@ -339,7 +344,7 @@ class RewardService:
                 return None
         prior = self.model.few_shot_prior().kind
         try:
-            post = self._with_posterior(user, lambda p, _: p)
+            _, post, _ = self._user_posterior(user)
         except NoPosterior:
             return None
         return Posterior(
@@ -364,19 +369,16 @@ class RewardService:
         m = len(pairs)
         e = self.embed([a for a, _ in pairs] + [b for _, b in pairs])
         candidates = Comparisons.from_features(e[:m] - e[m:], [user] * m)
-
-        def choose(post: WeightsPosterior, answers: Comparisons | None) -> Questions:
-            sel = self.model.select_questions(candidates, n, posterior=post, asked=answers)
-            keep = sel.rows[0] >= 0
-            return Questions(
-                [int(r) for r in sel.rows[0][keep].tolist()],
-                [float(g) for g in sel.scores[0][keep].tolist()],
-                user in self._n_fit or user in self._model_users,
-                int(post.n_comparisons[0]),
-                self.model.few_shot_prior().kind,
-            )
-
-        return self._with_posterior(user, choose)
+        view, post, answers = self._user_posterior(user)
+        sel = view.select_questions(candidates, n, posterior=post, asked=answers)
+        keep = sel.rows[0] >= 0
+        return Questions(
+            [int(r) for r in sel.rows[0][keep].tolist()],
+            [float(g) for g in sel.scores[0][keep].tolist()],
+            bool(view.users_),
+            int(post.n_comparisons[0]),
+            view.few_shot_prior().kind,
+        )
 
     def info(self) -> dict:
         self.sync()
