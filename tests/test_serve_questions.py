@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 
 import httpx
@@ -253,3 +254,29 @@ def test_a_model_without_a_prior_has_no_posterior(small_model, tmp_path):
         out = client.post("/users/newbie/next-questions", json={"candidates": candidates(3)})
         assert out.status_code == 409, out.text
         assert "prior" in out.json()["detail"]
+
+
+def test_questions_while_the_user_is_being_onboarded(served):
+    """Concurrent answers and questions for one user: every call succeeds, and each
+    posterior conditions on whole onboarding posts (4 comparisons each, committed at once)."""
+    client = served
+    results: list[httpx.Response] = []
+
+    def onboard(k: int) -> None:
+        body = {"comparisons": answers(12)[4 * k : 4 * k + 4]}
+        results.append(client.post("/users/dave/comparisons", json=body))
+
+    def ask() -> None:
+        body = {"candidates": candidates(10), "n": 3}
+        results.append(client.post("/users/dave/next-questions", json=body))
+
+    threads = [threading.Thread(target=onboard, args=(k,)) for k in range(3)]
+    threads += [threading.Thread(target=ask) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    seen = {r.json()["n_answers"] for r in results if "questions" in r.json()}
+    assert seen <= {0, 4, 8, 12}
+    assert client.get("/users/dave").json()["posterior"]["n_answers"] == 12
