@@ -8,7 +8,8 @@ previous default), on the same draws; the table is unseen-user test accuracy (me
 draws and seeds) and the difference.
 
     python bench/fewshot_prior.py [--populations demo,high-d,small-text,large-text]
-                                  [--seeds 0,1] [--draws 3] [--out runs/fewshot-prior.json]
+                                  [--seeds 0,1] [--draws 3] [--rank auto|K]
+                                  [--out runs/fewshot-prior.json]
 
 The planted populations get 50 few-shot comparisons per new user; the real-text ones
 (which need ../shared/data and MiniLM, see bench/accuracy.py) have 20.
@@ -55,12 +56,12 @@ def population(name: str, seed: int):
     return build[name](seed).split
 
 
-def sweep(name: str, seed: int, draws: int) -> dict:
+def sweep(name: str, seed: int, draws: int, rank: int | str = "auto") -> dict:
     split = population(name, seed)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = LowRankReward(rank="auto", seed=seed).fit(split.seen_train, split.reference_head)
+        model = LowRankReward(rank=rank, seed=seed).fit(split.seen_train, split.reference_head)
     fit_s = time.perf_counter() - t0
     pool = int(split.unseen_fewshot.counts_per_user().min())
     acc: dict[str, dict[int, list[float]]] = {p: {} for p in PRIORS}
@@ -92,13 +93,15 @@ def main() -> None:
     p.add_argument("--populations", default="demo,high-d,small-text,large-text")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--rank", default="auto", help="'auto' (the default fit) or a fixed rank")
     p.add_argument("--out", default="runs/fewshot-prior.json")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     report: dict = {"seeds": seeds, "draws": args.draws, "populations": {}}
     for name in args.populations.split(","):
         try:
-            runs = [sweep(name, seed, args.draws) for seed in seeds]
+            rank = args.rank if args.rank == "auto" else int(args.rank)
+            runs = [sweep(name, seed, args.draws, rank) for seed in seeds]
         except text_populations.DataUnavailable as exc:
             print(f"{name}: skipped: {exc}")
             continue

@@ -3,30 +3,45 @@
 On a planted population (``simulate_population``, the `lore demo` one by default): fit the
 default recipe on the seen users, personalise the new users on ``shots`` comparisons each,
 then score the held-out comparisons of the new users by the expected calibration error (ECE)
-of ``predict_proba`` plain and integrated over the posterior (probit approximation).
+of ``predict_proba`` plain and integrated over the posterior (probit approximation), and the
+coverage of the 90% intervals of the reward margin (mean +- 1.645 std under the posterior)
+of the TRUE margin, which the planted population knows. Last, the time of one
+``weights_posterior`` call for 100,000 users (10 comparisons each).
 
     python bench/posterior_calibration.py [--seed 0] [--rank 4] [--shots 2 5 20]
+                                          [--speed-users 100000]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
-from lore_rm import LowRankReward, simulate_population
+from lore_rm import Comparisons, LowRankReward, simulate_population
 from lore_rm.evaluate import sample_shots
+from lore_rm.fit.solvers import bt_margins
 from lore_rm.metrics import expected_calibration_error
 
 
-def calibration(model: LowRankReward, fewshot, test, shots: int, seed: int = 0) -> dict:
-    """ECE and accuracy of new users' test predictions after ``shots`` comparisons each."""
+def calibration(
+    model: LowRankReward, fewshot, test, shots: int, seed: int = 0, true_margins=None
+) -> dict:
+    """ECE and accuracy of new users' test predictions after ``shots`` comparisons each, and
+    the coverage of the true margins by the 90% intervals."""
     data = sample_shots(fewshot, shots, torch.Generator().manual_seed(seed))
     m = model.copy().personalize(data)
     post = m.weights_posterior(data)
     plain = m.predict_proba(test)
     bayes = m.predict_proba(test, posterior=post)
+    coverage = float("nan")
+    if true_margins is not None:
+        mean, std = m.margin_std(test, post)
+        inside = (true_margins - mean.double()).abs() <= 1.645 * std.double()
+        coverage = float(inside.double().mean())
     return {
+        "coverage_90": coverage,
         "shots": shots,
         "ece_plain": expected_calibration_error(plain),
         "ece_posterior": expected_calibration_error(bayes),
@@ -40,16 +55,45 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--shots", type=int, nargs="+", default=[2, 5, 20])
+    p.add_argument("--speed-users", type=int, default=100_000)
     args = p.parse_args()
-    split = simulate_population(seed=args.seed).split
+    pop = simulate_population(seed=args.seed)
+    split = pop.split
     model = LowRankReward(rank=args.rank).fit(split.seen_train, split.reference_head)
-    print("shots  ECE plain  ECE posterior  accuracy  mean tr(Cov)")
+    test = split.unseen_test
+    truth = bt_margins(
+        test.project(pop.true_basis), pop.true_weights["unseen"], test.user_index, 1.0
+    ).double()
+    print("shots  ECE plain  ECE posterior  90% coverage  accuracy  mean tr(Cov)")
     for shots in args.shots:
-        r = calibration(model, split.unseen_fewshot, split.unseen_test, shots, args.seed)
+        r = calibration(model, split.unseen_fewshot, test, shots, args.seed, truth)
         print(
             f"{r['shots']:5d}  {r['ece_plain']:9.4f}  {r['ece_posterior']:13.4f}  "
-            f"{r['accuracy']:8.4f}  {r['mean_trace']:12.3f}"
+            f"{r['coverage_90']:12.3f}  {r['accuracy']:8.4f}  {r['mean_trace']:12.3f}"
         )
+    posterior_speed(model, args.speed_users)
+
+
+def posterior_speed(model: LowRankReward, n_users: int, per_user: int = 10) -> None:
+    """Time ``weights_posterior`` for ``n_users`` users with ``per_user`` comparisons each
+    (the weights are the population's; only the posterior is timed; median of 3)."""
+    g = torch.Generator().manual_seed(0)
+    ids = [f"u{i}" for i in range(n_users)]
+    rows = torch.arange(n_users).repeat_interleave(per_user)
+    x = torch.randn(len(rows), model.d_, generator=g)
+    data = Comparisons.from_features(x, rows.numpy(), user_ids=ids)
+    m = model.copy()
+    m.set_user_weights(ids, model.population_weights_.expand(n_users, -1).clone())
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        m.weights_posterior(data)
+        times.append(time.perf_counter() - t)
+    print(
+        f"weights_posterior for {n_users:,} users x {per_user} comparisons "
+        f"(K = {m.n_components_}, d = {m.d_}): {sorted(times)[1]:.3f} s (median of 3, "
+        f"{torch.get_num_threads()} threads)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ well conditioned without changing any weight.
 
 The learned prior is a logistic normal ``N(mu, Sigma)`` over centred logits, fitted to the
 seen users by :mod:`lore_rm.fit.empirical_bayes`; :func:`moment_prior` is its M-step. Every
-eigenvalue of ``Sigma`` is floored at ``EIGEN_FLOOR`` times the largest, so a handful of users
-or a direction no user moves along still gives an invertible prior.
+eigenvalue of ``Sigma`` is capped at ``MAX_VARIANCE`` (the isotropic fallback's variance, so
+the learned prior is never weaker than it in any direction) and floored at ``EIGEN_FLOOR``
+times the largest, so a handful of users or a direction no user moves along still gives an
+invertible prior.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from dataclasses import dataclass
 import torch
 
 from lore_rm.errors import LoreError
+from lore_rm.fit.config import FALLBACK_PRIOR
 
 Tensor = torch.Tensor
 #: no direction of the learned prior is tighter than this times the widest one
 EIGEN_FLOOR = 1e-3
+#: nor wider than the isotropic fallback's: a basis that fitted the seen users' noise (a rank
+#: the cross-validation would not choose) spreads their logits, and an uncapped prior then let
+#: new users overfit (measured on the high-d population at rank 6: -0.045 at 1-5 shots)
+MAX_VARIANCE = 1.0 / FALLBACK_PRIOR
 #: centred logits are clipped to this magnitude before the moments: a weight of 1e-6 and one
 #: of 1e-12 are the same answer, and unclipped they would dominate the covariance
 LOGIT_CLIP = 8.0
@@ -91,12 +98,13 @@ def _centred_basis(k: int) -> Tensor:
 
 def precision_from_covariance(sigma: Tensor) -> Tensor:
     """Precision (K, K) of a covariance over centred logits: inverted on the centred
-    subspace with every eigenvalue floored at ``EIGEN_FLOOR`` times the largest, plus the
-    all-ones direction (see the module's docstring)."""
+    subspace with every eigenvalue capped at ``MAX_VARIANCE`` and floored at ``EIGEN_FLOOR``
+    times the largest, plus the all-ones direction (see the module's docstring)."""
     k = sigma.shape[0]
     b = _centred_basis(k)
     inner = b.T @ (0.5 * (sigma + sigma.T)).to(torch.float64) @ b  # (K - 1, K - 1)
     vals, vecs = torch.linalg.eigh(inner)
+    vals = vals.clamp(max=MAX_VARIANCE)
     top = float(vals.max())
     if not top > 0:
         raise LoreError("the seen users' logits do not vary: no prior can be learned")
