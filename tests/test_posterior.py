@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 
 from lore_rm import Comparisons, LoreError, LowRankReward, UnknownUserError, simulate_population
 from lore_rm.evaluate import sample_shots
-from lore_rm.fit.posterior import covariance_from_hessian, logit_hessian, probit_proba
+from lore_rm.fit.posterior import (
+    WeightsPosterior,
+    covariance_from_hessian,
+    logit_hessian,
+    probit_proba,
+)
 from lore_rm.metrics import expected_calibration_error
 
 
@@ -214,3 +219,20 @@ def test_expected_calibration_error():
     assert abs(expected_calibration_error(torch.full((10,), 0.8)) - 0.2) < 1e-6
     assert abs(expected_calibration_error(torch.full((10,), 0.3)) - 0.7) < 1e-6
     assert math.isnan(expected_calibration_error(torch.zeros(0)))
+
+
+def test_weights_std_is_the_delta_method_through_the_softmax():
+    """std of each weight = sqrt(diag(J S J^T)) with J the autograd Jacobian of s softmax."""
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    mass = torch.tensor([1.0, 1.0, 0.7], dtype=torch.float64)
+    a = torch.randn(3, 4, 4, generator=gen, dtype=torch.float64)
+    cov = a @ a.transpose(1, 2) + 0.1 * torch.eye(4, dtype=torch.float64)
+    weights = mass[:, None] * torch.softmax(theta, -1)
+    post = WeightsPosterior(["a", "b", "c"], weights, cov, torch.zeros(3), torch.eye(4))
+    for u in range(3):
+        jac = torch.autograd.functional.jacobian(
+            lambda t, u=u: mass[u] * torch.softmax(t, -1), theta[u]
+        )
+        expected = torch.diagonal(jac @ cov[u] @ jac.T).sqrt()
+        torch.testing.assert_close(post.weights_std()[u], expected)

@@ -39,6 +39,7 @@ def serve(
     ),
     max_batch: int = typer.Option(512, min=1, help="Conversations per reward request."),
     max_comparisons: int = typer.Option(1024, min=1, help="Comparisons per onboarding post."),
+    max_candidates: int = typer.Option(256, min=1, help="Candidate pairs per next-questions post."),
     max_body_mb: float = typer.Option(16.0, min=0.001, help="Largest request body, MiB."),
     micro_batch: int = typer.Option(
         64,
@@ -70,7 +71,8 @@ def serve(
     ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
-    """Serve personalised rewards over HTTP (OpenRLHF /get_reward, /reward, onboarding)."""
+    """Serve personalised rewards over HTTP (OpenRLHF /get_reward, /reward, onboarding,
+    next questions for a user)."""
     import uvicorn
 
     from lore_rm.serve.app import CONFIG_ENV, build_app
@@ -86,6 +88,7 @@ def serve(
         "limits": {
             "max_batch": max_batch,
             "max_comparisons": max_comparisons,
+            "max_candidates": max_candidates,
             "max_body_bytes": int(max_body_mb * 1024 * 1024),
         },
         "batching": {"max_texts": micro_batch, "max_wait_ms": max_wait_ms},

@@ -126,6 +126,15 @@ class WeightsPosterior:
     def prior_covariance(self) -> Tensor:
         return torch.linalg.inv(self.prior_precision.to(torch.float64))
 
+    def weights_std(self) -> Tensor:
+        """Delta-method std (M, K) of each weight under the logit covariance: the Jacobian of
+        ``w = s softmax(theta)`` is ``diag(w) - w p_w^T``."""
+        w = self.weights.to(torch.float64)
+        eye = torch.eye(w.shape[1], dtype=torch.float64)
+        jac = softmax_gradient(eye.expand(w.shape[0], -1, -1), w[:, None, :])  # (M, K, K)
+        var = torch.einsum("mjk,mkl,mjl->mj", jac, self.covariance.to(torch.float64), jac)
+        return var.clamp_min(0.0).sqrt()
+
     def rows(self, users) -> Tensor:
         """Row of each id in ``users``, -1 for ids this posterior does not cover."""
         index = {u: i for i, u in enumerate(self.users)}

@@ -1,5 +1,6 @@
 """The HTTP service (FastAPI): OpenRLHF's remote reward model, a native reward endpoint,
-onboarding, health and model info. See ``docs/serving.md``.
+onboarding, a user's posterior and next questions, health and model info. See
+``docs/serving.md``.
 
 The app is assembled here from :mod:`~lore_rm.serve.schemas` (bodies, limits),
 :mod:`~lore_rm.serve.auth` (token, body-size limit) and :mod:`~lore_rm.serve.routes`.
@@ -18,8 +19,16 @@ Endpoints (every one but ``/health`` needs the bearer token when one is configur
 ``POST /users/{user_id}/comparisons``
     onboarding: ``{"comparisons": [{"prompt", "chosen", "rejected"}, ...]}``; stored, then the
     user's weights are refit (basis frozen) on all their stored comparisons.
-``GET /users/{user_id}``, ``GET /model-info``, ``GET /health``; ``/openapi.json`` and
-``/docs`` come from FastAPI.
+``POST /users/{user_id}/next-questions``
+    ``{"candidates": [{"prompt", "response_a", "response_b"}, ...], "n": 3}`` -> the (up to)
+    ``n`` pairs most informative about the user (greedy D-optimal under their posterior; the
+    prior for a user without stored comparisons), in asking order, each with its
+    ``information_gain`` in nats. Nothing is stored.
+``GET /users/{user_id}``
+    the served weights, their source and ``posterior``: the weights' delta-method std, the
+    number of answers it conditions on and the prior's kind (null for a seen user of the
+    model folder with no stored comparisons).
+``GET /model-info``, ``GET /health``; ``/openapi.json`` and ``/docs`` come from FastAPI.
 """
 
 from __future__ import annotations

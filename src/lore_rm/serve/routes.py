@@ -29,15 +29,18 @@ from lore_rm.serve.schemas import (
     Limits,
     Message,
     ModelInfo,
+    NextQuestionsRequest,
+    NextQuestionsResponse,
     OnboardRequest,
     OnboardResponse,
     QueryFormat,
+    Question,
     RewardRequest,
     RewardResponse,
     UserId,
     UserInfo,
 )
-from lore_rm.serve.service import RewardService, Scored
+from lore_rm.serve.service import NoPosterior, RewardService, Scored
 from lore_rm.serve.user_store import StoredComparison
 
 
@@ -65,21 +68,49 @@ def _loose(value: str | list[Message]) -> Any:
     return value if isinstance(value, str) else _message_dicts(value)
 
 
-def _check_pair(
-    prompt: list[dict[str, str]],
-    chosen: list[dict[str, str]],
-    rejected: list[dict[str, str]],
-    where: str,
-) -> None:
-    """What ``lore prepare`` refuses too: empty text, and chosen identical to rejected."""
-    for name, msgs in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-        if not msgs:
+def _read_pair(
+    prompt: Any, first: Any, second: Any, where: str, names: tuple[str, str]
+) -> tuple[list[dict[str, str]], list[dict[str, str]], list[dict[str, str]]]:
+    """Prompt and two responses as messages, refused as ``lore prepare`` refuses them: empty
+    text, or the two responses identical. ``names`` name the responses in errors."""
+    msgs = (
+        as_messages(_loose(prompt), "user", f"{where}.prompt"),
+        as_messages(_loose(first), "assistant", f"{where}.{names[0]}"),
+        as_messages(_loose(second), "assistant", f"{where}.{names[1]}"),
+    )
+    for name, m in zip(("prompt", *names), msgs, strict=True):
+        if not m:
             raise DataError(f"{where}.{name}: empty")
-        for j, m in enumerate(msgs):
-            if not m["content"].strip():
+        for j, message in enumerate(m):
+            if not message["content"].strip():
                 raise DataError(f"{where}.{name}: empty text (message {j})")
-    if chosen == rejected:
-        raise DataError(f"{where}: chosen is identical to rejected")
+    if msgs[1] == msgs[2]:
+        raise DataError(f"{where}: {names[0]} is identical to {names[1]}")
+    return msgs
+
+
+def _conversations(
+    field: str, items: Sequence[Any], names: tuple[str, str]
+) -> tuple[list[tuple[Conversation, Conversation]], list[StoredComparison]]:
+    """Each item's two conversations (prompt + response), and the item as messages; a bad
+    item is a 422 naming ``field[i]``."""
+    pairs, raw = [], []
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        try:
+            prompt, first, second = _read_pair(
+                item.prompt, getattr(item, names[0]), getattr(item, names[1]), where, names
+            )
+            pairs.append(
+                (
+                    to_conversation(prompt, first, f"{where}.{names[0]}"),
+                    to_conversation(prompt, second, f"{where}.{names[1]}"),
+                )
+            )
+        except LoreError as exc:
+            raise _unprocessable([field, i], str(exc)) from exc
+        raw.append(StoredComparison(prompt=prompt, chosen=first, rejected=second))
+    return pairs, raw
 
 
 def api_router(
@@ -213,23 +244,7 @@ def api_router(
         on all their stored comparisons; the next request is scored with the new weights.
         Stored and refit in one transaction: a failed write (503) stores nothing."""
         _check_batch("comparisons", len(body.comparisons), limits.max_comparisons)
-        pairs, raw = [], []
-        for i, c in enumerate(body.comparisons):
-            where = f"comparisons[{i}]"
-            try:
-                prompt = as_messages(_loose(c.prompt), "user", f"{where}.prompt")
-                chosen = as_messages(_loose(c.chosen), "assistant", f"{where}.chosen")
-                rejected = as_messages(_loose(c.rejected), "assistant", f"{where}.rejected")
-                _check_pair(prompt, chosen, rejected, where)
-                pairs.append(
-                    (
-                        to_conversation(prompt, chosen, f"{where}.chosen"),
-                        to_conversation(prompt, rejected, f"{where}.rejected"),
-                    )
-                )
-            except LoreError as exc:
-                raise _unprocessable(["comparisons", i], str(exc)) from exc
-            raw.append(StoredComparison(prompt=prompt, chosen=chosen, rejected=rejected))
+        pairs, raw = _conversations("comparisons", body.comparisons, ("chosen", "rejected"))
         try:
             done = svc.onboard(user_id, pairs, raw, idempotency_key=idempotency_key)
         except IdempotencyKeyReused as exc:
@@ -242,9 +257,43 @@ def api_router(
             response.headers["Idempotent-Replayed"] = "true"
         return OnboardResponse(**result)
 
+    @api.post(
+        "/users/{user_id}/next-questions", response_model=NextQuestionsResponse, tags=["users"]
+    )
+    def next_questions(user_id: UserId, body: NextQuestionsRequest) -> NextQuestionsResponse:
+        """The ``n`` candidate pairs whose answers would tell the most about the user (greedy
+        D-optimal under their posterior; the prior for a user with no stored comparisons),
+        in the order to ask them; near-duplicates (of each other or of the user's stored
+        comparisons) are skipped, so fewer may come back."""
+        m = len(body.candidates)
+        _check_batch("candidates", m, limits.max_candidates)
+        if body.n > m:
+            raise _unprocessable(["n"], f"n = {body.n} is more than the {m} candidates")
+        pairs, _ = _conversations("candidates", body.candidates, ("response_a", "response_b"))
+        try:
+            chosen = svc.next_questions(user_id, pairs, body.n)
+        except NoPosterior as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from exc
+        return NextQuestionsResponse(
+            user=user_id,
+            known=chosen.known,
+            n_answers=chosen.n_answers,
+            prior=chosen.prior,  # type: ignore[arg-type]
+            questions=[
+                Question(
+                    index=i,
+                    prompt=body.candidates[i].prompt,
+                    response_a=body.candidates[i].response_a,
+                    response_b=body.candidates[i].response_b,
+                    information_gain=g,
+                )
+                for i, g in zip(chosen.rows, chosen.gains, strict=True)
+            ],
+        )
+
     @api.get("/users/{user_id}", response_model=UserInfo, tags=["users"])
     def user_info(user_id: UserId) -> UserInfo:
-        """The weights a user is served with, and where they come from."""
+        """The weights a user is served with, where they come from, and their posterior."""
         return UserInfo(**svc.user_info(user_id))
 
     @api.get("/model-info", response_model=ModelInfo, tags=["meta"])

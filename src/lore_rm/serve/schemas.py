@@ -19,6 +19,7 @@ class Limits:
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch: int = 512  # conversations (or queries) per reward request
     max_comparisons: int = 1024  # comparisons per onboarding request
+    max_candidates: int = 256  # candidate pairs per next-questions request
     max_user_id_chars: int = 256
 
 
@@ -138,9 +139,14 @@ class RewardResponse(BaseModel):
     n_unknown: int
 
 
-class ComparisonIn(BaseModel):
+class _PairIn(BaseModel):
+    """A prompt and two responses (the subclasses name the responses)."""
+
     model_config = ConfigDict(extra="forbid")
     prompt: Text | Messages = Field(description="a user message, or the prompt messages")
+
+
+class ComparisonIn(_PairIn):
     chosen: Text | Messages = Field(description="the preferred response")
     rejected: Text | Messages = Field(description="the other response")
 
@@ -159,6 +165,49 @@ class OnboardResponse(BaseModel):
     weights: list[float]
 
 
+class CandidateIn(_PairIn):
+    response_a: Text | Messages = Field(description="one response")
+    response_b: Text | Messages = Field(description="the other response (order is irrelevant)")
+
+
+class NextQuestionsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    candidates: Annotated[list[CandidateIn], Field(fail_fast=True)] = Field(
+        min_length=1, description="unlabelled pairs to choose from"
+    )
+    n: int = Field(3, ge=1, strict=True, description="how many to choose (at most the pool)")
+
+
+class Question(BaseModel):
+    index: int = Field(description="the candidate's position in the request")
+    prompt: str | list[Message]
+    response_a: str | list[Message]
+    response_b: str | list[Message]
+    information_gain: float = Field(
+        description="expected information about the user's logits, in nats, given the "
+        "questions before it in this list"
+    )
+
+
+class NextQuestionsResponse(BaseModel):
+    user: str
+    known: bool
+    n_answers: int = Field(
+        description="stored comparisons the posterior conditions on (0: the prior's covariance)"
+    )
+    prior: Literal["learned", "isotropic"]
+    questions: list[Question]
+
+
+class PosteriorInfo(BaseModel):
+    weights: list[float] = Field(description="the posterior's centre: the served weights")
+    weights_std: list[float] = Field(
+        description="delta-method std of each weight under the Laplace logit covariance"
+    )
+    n_answers: int = Field(description="stored comparisons the posterior conditions on")
+    prior: Literal["learned", "isotropic"]
+
+
 class UserInfo(BaseModel):
     user: str
     known: bool
@@ -166,6 +215,10 @@ class UserInfo(BaseModel):
     weights: list[float]
     n_comparisons: int
     n_fit: int | None
+    posterior: PosteriorInfo | None = Field(
+        description="null for a user of the model folder with no stored comparisons (the "
+        "training data behind their weights is not kept) or a model without a few-shot prior"
+    )
 
 
 class ModelInfo(BaseModel):

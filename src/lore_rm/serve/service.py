@@ -13,11 +13,16 @@
   (:meth:`LowRankReward.fit_user_weights`), commits comparisons and weights (and an optional
   idempotency key) in one transaction, and only then serves the new weights: a failed write
   (:class:`~lore_rm.errors.StorageError`) stores nothing and changes nothing in memory;
+* :meth:`RewardService.posterior` is the Laplace posterior of a user's logits around their
+  served weights, from the stored comparisons those weights were fitted on (the prior for a
+  user with none), and :meth:`RewardService.next_questions` picks the candidate pairs that
+  would tell the most about that user (:meth:`LowRankReward.select_questions`);
 * every call first picks up weights other server processes wrote (``users.seq``).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import threading
@@ -33,8 +38,9 @@ from lore_rm.comparisons import Comparisons
 from lore_rm.constants import DB_FILE
 from lore_rm.conversation import Conversation
 from lore_rm.embed.base import Embedder
-from lore_rm.errors import DataError, ModelFormatError
+from lore_rm.errors import DataError, LoreError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
+from lore_rm.fit.posterior import WeightsPosterior
 from lore_rm.serve.user_store import FifoLock, Idempotency, Store, StoredComparison
 
 
@@ -72,6 +78,35 @@ def body_sha256(raw: Sequence[StoredComparison]) -> str:
     """A hash of an onboarding post's comparisons (as parsed: equal bodies, equal hashes)."""
     text = json.dumps([asdict(c) for c in raw], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """A user's posterior as reported: the served weights, the delta-method std of each weight
+    under the Laplace logit covariance, the answers (stored comparisons) it conditions on and
+    the kind of prior it starts from."""
+
+    weights: list[float]
+    weights_std: list[float]
+    n_answers: int
+    prior: str
+
+
+@dataclass(frozen=True)
+class Questions:
+    """Chosen candidates (row indices, in asking order) and their expected information gain
+    (nats), for a user whose posterior conditions on ``n_answers`` stored comparisons (0: the
+    prior's covariance, around the served weights)."""
+
+    rows: list[int]
+    gains: list[float]
+    known: bool
+    n_answers: int
+    prior: str
+
+
+class NoPosterior(LoreError):
+    """The served model has no posterior to offer (it was fitted without a few-shot prior)."""
 
 
 class RewardService:
@@ -292,7 +327,89 @@ class RewardService:
             "weights": [float(v) for v in w[0].tolist()],
             "n_comparisons": self.store.count_comparisons(user),
             "n_fit": n_fit,
+            "posterior": None if (p := self._posterior(user)) is None else asdict(p),
         }
+
+    # ---- uncertainty and questions ------------------------------------------------------------
+    def _user_view(self, user: str) -> tuple[LowRankReward, int]:
+        """A shallow copy of the model holding ``user``'s served weights alone (the basis and
+        the prior are shared, read-only), and how many stored comparisons they were fitted
+        on: posteriors and selections run on it without holding the weights lock."""
+        with self._lock:
+            w, known = self.model.weights_for([user], unknown="mean")
+            n_fit = self._n_fit.get(user, 0)
+        view = copy.copy(self.model)
+        view.users_ = [user] if bool(known[0]) else []
+        view.user_weights_ = w if bool(known[0]) else w[:0]
+        return view, n_fit
+
+    def _user_posterior(
+        self, user: str
+    ) -> tuple[LowRankReward, WeightsPosterior, Comparisons | None]:
+        """``user``'s served weights (as a one-user model), their Laplace posterior from the
+        stored comparisons those weights were fitted on (the first ``n_fit``: the table is
+        append-only) or the prior's covariance when there are none, and those comparisons."""
+        while True:
+            x = self.store.features_of(user, self.model.d_)
+            view, n_fit = self._user_view(user)
+            if n_fit <= x.shape[0]:
+                break  # else weights synced in after the read: their rows are committed now
+        answers = Comparisons.from_features(x[:n_fit], [user] * n_fit) if n_fit else None
+        try:
+            post = view.weights_posterior(answers, users=[user], unknown="mean")
+        except LoreError as exc:
+            msg = f"no posterior: {exc}; refit the model with a few-shot prior"
+            raise NoPosterior(msg) from exc
+        return view, post, answers
+
+    def posterior(self, user: str) -> Posterior | None:
+        """``user``'s posterior; None for a user of the model folder with no stored
+        comparisons (their weights come from training data the folder does not keep) and
+        for a model fitted without a few-shot prior."""
+        self.sync()
+        return self._posterior(user)
+
+    def _posterior(self, user: str) -> Posterior | None:
+        with self._lock:
+            if user in self._model_users and user not in self._n_fit:
+                return None
+        prior = self.model.few_shot_prior().kind
+        try:
+            _, post, _ = self._user_posterior(user)
+        except NoPosterior:
+            return None
+        return Posterior(
+            [float(v) for v in post.weights[0].tolist()],
+            [float(v) for v in post.weights_std()[0].tolist()],
+            int(post.n_comparisons[0]),
+            prior,
+        )
+
+    def next_questions(
+        self, user: str, pairs: Sequence[tuple[Conversation, Conversation]], n: int
+    ) -> Questions:
+        """The ``n`` candidate pairs (two conversations each) most informative about
+        ``user``, greedily (D-optimal, :mod:`lore_rm.fit.active`); near-duplicates of each
+        other or of the user's stored comparisons are skipped, so fewer may come back.
+
+        A user of the model folder without stored comparisons gets the prior's covariance
+        around their fitted weights; an unknown user the prior around the population's."""
+        if not 1 <= n <= len(pairs):
+            raise DataError(f"n must be between 1 and the {len(pairs)} candidates, got {n}")
+        self.sync()
+        m = len(pairs)
+        e = self.embed([a for a, _ in pairs] + [b for _, b in pairs])
+        candidates = Comparisons.from_features(e[:m] - e[m:], [user] * m)
+        view, post, answers = self._user_posterior(user)
+        sel = view.select_questions(candidates, n, posterior=post, asked=answers)
+        keep = sel.rows[0] >= 0
+        return Questions(
+            [int(r) for r in sel.rows[0][keep].tolist()],
+            [float(g) for g in sel.scores[0][keep].tolist()],
+            bool(view.users_),
+            int(post.n_comparisons[0]),
+            view.few_shot_prior().kind,
+        )
 
     def info(self) -> dict:
         self.sync()
