@@ -17,8 +17,10 @@ Endpoints (every one but ``/health`` needs the bearer token when one is configur
     ``{"user": id, "conversations": [[messages], ...]}`` (or ``"users"``: one id per
     conversation) -> ``{"rewards": [...], "known": [...], ...}``.
 ``POST /users/{user_id}/comparisons``
-    onboarding: ``{"comparisons": [{"prompt", "chosen", "rejected"}, ...]}``; stored, then the
-    user's weights are refit (basis frozen) on all their stored comparisons.
+    onboarding: ``{"comparisons": [{"prompt", "chosen", "rejected"}, ...]}``; the user's weights
+    are refit (basis frozen) on all their comparisons and stored with them in one transaction
+    (optional ``Idempotency-Key`` header: a retry stores nothing). A failed database write is
+    a 503 that stored nothing.
 ``POST /users/{user_id}/next-questions``
     ``{"candidates": [{"prompt", "response_a", "response_b"}, ...], "n": 3}`` -> the (up to)
     ``n`` pairs most informative about the user (greedy D-optimal under their posterior; the
