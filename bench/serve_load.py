@@ -7,6 +7,7 @@ Bounded: every phase runs for ``--seconds``; the server (a ``lore serve`` subpro
     .venv/bin/python bench/serve_load.py                      # hashing-64 stand-in backbone
     .venv/bin/python bench/serve_load.py --workers 1 --seconds 3 --json out.json
     .venv/bin/python bench/serve_load.py --micro-batching      # tiny Llama, batching off vs on
+    .venv/bin/python bench/serve_load.py --soak 600            # 10-minute memory soak
 
 Phases:
 1. ``/get_reward`` with batch size 1 and 16, ``--clients`` concurrent clients (asyncio,
@@ -21,6 +22,9 @@ Phases:
 reward model (fp32, CPU), micro-batching off (``--micro-batch 1``) and on, and drives each in
 turn, ``--repeats`` interleaved rounds, with ``--clients`` (64) single-sample clients and with
 one client: requests/s, p50 / p99 latency and the server's CPU time per request, side by side.
+
+``--soak SECONDS`` instead runs a memory soak: varied traffic against one tiny-Llama worker,
+its RSS sampled every ``--sample-every`` seconds (``bench/serve_soak.py``).
 """
 
 from __future__ import annotations
@@ -439,10 +443,24 @@ def main() -> None:
     p.add_argument("--micro-batch", type=int, default=64, help="with --micro-batching")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="with --micro-batching")
     p.add_argument("--repeats", type=int, default=3, help="with --micro-batching")
-    p.add_argument("--torch-threads", type=int, default=1, help="with --micro-batching")
+    p.add_argument("--torch-threads", type=int, default=1, help="with --micro-batching, --soak")
+    p.add_argument(
+        "--soak",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="instead: a memory soak of SECONDS over the tiny Llama (bench/serve_soak.py)",
+    )
+    p.add_argument("--sample-every", type=float, default=10.0, help="with --soak: RSS every s")
+    p.add_argument("--soak-users", type=int, default=20, help="with --soak: onboarding pool")
     args = p.parse_args()
     if args.clients is None:
-        args.clients = 64 if args.micro_batching else 16
+        args.clients = 64 if args.micro_batching else 8 if args.soak else 16
+    if args.soak is not None:
+        from serve_soak import soak_main
+
+        soak_main(args)
+        return
     if args.micro_batching:
         results = micro_batching_main(args)
         if args.json:

@@ -6,12 +6,15 @@ import atexit
 import functools
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import warnings
 from pathlib import Path
 
+import httpx
 import torch
 import uvicorn
 
@@ -111,3 +114,42 @@ def shared_model_dir() -> Path:
     atexit.register(shutil.rmtree, path, True)
     fit_small_model().save_pretrained(path)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_lore_serve(model_dir: Path, db: Path, *extra: str, timeout_s: float = 60.0):
+    """``lore serve MODEL_DIR --backbone hashing-64 --db DB EXTRA...`` in a subprocess on a
+    free loopback port; returns (process, url) once ``/health`` answers."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "lore_rm.cli", "serve", str(model_dir), "--backbone",
+           f"hashing-{D}", "--port", str(port), "--db", str(db), "--log-level", "warning",
+           *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"lore serve exited: {proc.stdout.read().decode()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("lore serve did not come up")
+        time.sleep(0.2)
+
+
+def stop_lore_serve(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)

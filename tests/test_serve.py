@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -14,7 +11,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serve_utils import D, LiveServer, conversation, shared_model_dir
+from serve_utils import (
+    D,
+    LiveServer,
+    conversation,
+    shared_model_dir,
+    start_lore_serve,
+    stop_lore_serve,
+)
 
 from lore_rm import Comparisons, LowRankReward
 from lore_rm.embed.hashing import HashingEmbedder
@@ -737,53 +741,17 @@ def test_rank_zero_model_serves_reference_head(small_model, embedder, tmp_path):
     np.testing.assert_allclose(out["rewards"], want, rtol=1e-5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_lore_serve_command(small_model_dir, tmp_path):
     """`lore serve MODEL_DIR --backbone hashing-64` in a subprocess, token from a file."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     db = tmp_path / "cli.sqlite"
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "lore_rm.cli",
-        "serve",
-        str(small_model_dir),
-        "--backbone",
-        "hashing-64",
-        "--port",
-        str(port),
-        "--db",
-        str(db),
-        "--token-file",
-        str(token_file),
-        "--micro-batch",
-        "16",
-        "--max-wait-ms",
-        "1.5",
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_lore_serve(
+        small_model_dir, db, "--token-file", str(token_file), "--micro-batch", "16",
+        "--max-wait-ms", "1.5",
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "lore serve did not come up"
-            time.sleep(0.2)
         auth = {"Authorization": f"Bearer {TOKEN}"}
         assert httpx.get(url + "/model-info").status_code == 401
         info = httpx.get(url + "/model-info", headers=auth).json()
@@ -794,12 +762,7 @@ def test_lore_serve_command(small_model_dir, tmp_path):
         )
         assert out.status_code == 200 and out.json()["total"] == 2
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_lore_serve(proc)
     assert Store(db).count_comparisons("erin") == 2
 
 

@@ -31,3 +31,13 @@ class NoSignalWarning(UserWarning):
 
 class DivergenceError(LoreError, FloatingPointError):
     """A fit produced NaN or inf in a parameter."""
+
+
+class StorageError(RuntimeError):
+    """The database could not be read or written (disk full, read-only, locked, I/O error);
+    a write that raised it stored nothing."""
+
+
+class IdempotencyKeyReused(LoreError):
+    """An idempotency key came back with a request body other than the one it was first
+    used with."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from lore_rm.cli.common import fail
-from lore_rm.errors import LoreError
+from lore_rm.errors import LoreError, StorageError
 
 
 def serve(
@@ -76,6 +76,7 @@ def serve(
     import uvicorn
 
     from lore_rm.serve.app import CONFIG_ENV, build_app
+    from lore_rm.serve.lifeline import MASTER_PID_ENV
 
     if token_file is not None and not token_file.is_file():
         raise typer.BadParameter(f"{token_file}: no such file", param_hint="--token-file")
@@ -104,6 +105,7 @@ def serve(
         else:
             build_app(**cfg)  # fail here, once, on a bad model, backbone or database
             os.environ[CONFIG_ENV] = json.dumps(cfg)  # the token itself never goes here
+            os.environ[MASTER_PID_ENV] = str(os.getpid())  # workers die with this process
             uvicorn.run(
                 "lore_rm.serve.app:app_from_env",
                 factory=True,
@@ -112,7 +114,7 @@ def serve(
                 workers=workers,
                 log_level=log_level,
             )
-    except LoreError as exc:
+    except (LoreError, StorageError) as exc:
         fail(exc)
 
 

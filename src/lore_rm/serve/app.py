@@ -17,8 +17,10 @@ Endpoints (every one but ``/health`` needs the bearer token when one is configur
     ``{"user": id, "conversations": [[messages], ...]}`` (or ``"users"``: one id per
     conversation) -> ``{"rewards": [...], "known": [...], ...}``.
 ``POST /users/{user_id}/comparisons``
-    onboarding: ``{"comparisons": [{"prompt", "chosen", "rejected"}, ...]}``; stored, then the
-    user's weights are refit (basis frozen) on all their stored comparisons.
+    onboarding: ``{"comparisons": [{"prompt", "chosen", "rejected"}, ...]}``; the user's weights
+    are refit (basis frozen) on all their comparisons and stored with them in one transaction
+    (optional ``Idempotency-Key`` header: a retry stores nothing). A failed database write is
+    a 503 that stored nothing.
 ``POST /users/{user_id}/next-questions``
     ``{"candidates": [{"prompt", "response_a", "response_b"}, ...], "n": 3}`` -> the (up to)
     ``n`` pairs most informative about the user (greedy D-optimal under their posterior; the
@@ -37,6 +39,7 @@ import gc
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -49,7 +52,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lore_rm.embed.base import Embedder
 from lore_rm.embed.match import check_backbone, recorded_backbone
-from lore_rm.errors import LoreError, ModelFormatError
+from lore_rm.errors import LoreError, ModelFormatError, StorageError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.auth import (
     TOKEN_ENV,
@@ -60,10 +63,15 @@ from lore_rm.serve.auth import (
     token_dependency,
 )
 from lore_rm.serve.batching import Batching, MicroBatcher
+from lore_rm.serve.lifeline import die_with_master
+from lore_rm.serve.memory import bound_heap
 from lore_rm.serve.redact import install_log_redaction
 from lore_rm.serve.routes import api_router
 from lore_rm.serve.schemas import N_SHOWN, Health, Limits, QueryFormat
 from lore_rm.serve.service import RewardService
+from lore_rm.serve.user_store import describe
+
+_log = logging.getLogger("lore_rm.serve")
 
 # the names the app module has always offered
 __all__ = [
@@ -143,6 +151,17 @@ def create_app(
             content={"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]},
         )
 
+    @app.exception_handler(StorageError)
+    async def _storage_error(request: Request, exc: StorageError) -> JSONResponse:
+        _log.error("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(sqlite3.Error)
+    async def _database_error(request: Request, exc: sqlite3.Error) -> JSONResponse:
+        return await _storage_error(
+            request, StorageError(describe(exc, svc.db_path, svc.store.timeout_s))
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content=validation_errors(exc.errors()))
@@ -191,7 +210,9 @@ CONFIG_ENV = "LORE_SERVE_CONFIG"
 
 def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory lore_rm.serve.app:app_from_env``: reads the JSON
-    configuration that ``lore serve`` puts in ``$LORE_SERVE_CONFIG``."""
+    configuration that ``lore serve`` puts in ``$LORE_SERVE_CONFIG``. A worker of
+    ``lore serve --workers N`` stops when its master dies (:mod:`~lore_rm.serve.lifeline`)."""
+    die_with_master()
     raw = os.environ.get(CONFIG_ENV)
     if not raw:
         raise LoreError(f"${CONFIG_ENV} is not set: start the service with `lore serve`")
@@ -253,7 +274,7 @@ def build_app(
     embedder = (loader or load_embedder)(backbone, **settings)
     forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
     if forced:
-        logging.getLogger("lore_rm.serve").warning(
+        _log.warning(
             "serving %s with a backbone other than the one it was fitted on (--force-backbone): %s",
             model_dir,
             "; ".join(forced),
@@ -275,6 +296,7 @@ def build_app(
     # it stalled every request for ~0.2 s (they now take a few ms).
     gc.collect()
     gc.freeze()
+    bound_heap()  # freed activation buffers go back to the system (see serve/memory.py)
     return app
 
 

@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Response
 from starlette.concurrency import run_in_threadpool
 
 from lore_rm.conversation import Conversation
-from lore_rm.errors import DataError, LoreError
+from lore_rm.errors import DataError, IdempotencyKeyReused, LoreError
 from lore_rm.serve.batching import Batching, MicroBatcher, ShuttingDown
 from lore_rm.serve.formats import (
     as_messages,
@@ -25,6 +25,7 @@ from lore_rm.serve.formats import (
 from lore_rm.serve.schemas import (
     GetRewardRequest,
     GetRewardResponse,
+    IdempotencyKey,
     Limits,
     Message,
     ModelInfo,
@@ -233,13 +234,28 @@ def api_router(
         )
 
     @api.post("/users/{user_id}/comparisons", response_model=OnboardResponse, tags=["users"])
-    def onboard(user_id: UserId, body: OnboardRequest) -> OnboardResponse:
+    def onboard(
+        user_id: UserId,
+        body: OnboardRequest,
+        response: Response,
+        idempotency_key: IdempotencyKey = None,
+    ) -> OnboardResponse:
         """Store comparisons for a user (new or seen) and refit their weights (basis frozen)
-        on all their stored comparisons; the next request is scored with the new weights."""
+        on all their stored comparisons; the next request is scored with the new weights.
+        Stored and refit in one transaction: a failed write (503) stores nothing."""
         _check_batch("comparisons", len(body.comparisons), limits.max_comparisons)
         pairs, raw = _conversations("comparisons", body.comparisons, ("chosen", "rejected"))
-        done = svc.onboard(user_id, pairs, raw)
-        return OnboardResponse(**asdict(done))
+        try:
+            done = svc.onboard(user_id, pairs, raw, idempotency_key=idempotency_key)
+        except IdempotencyKeyReused as exc:
+            detail = [
+                {"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "value_error"}
+            ]
+            raise HTTPException(status_code=422, detail=detail) from exc
+        result = asdict(done)
+        if result.pop("replayed"):
+            response.headers["Idempotent-Replayed"] = "true"
+        return OnboardResponse(**result)
 
     @api.post(
         "/users/{user_id}/next-questions", response_model=NextQuestionsResponse, tags=["users"]

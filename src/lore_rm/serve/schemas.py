@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from fastapi import Header
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from lore_rm.serve.formats import DEFAULT_STRIP_SUFFIXES, lone_surrogate
@@ -73,6 +74,19 @@ Strings = Annotated[list[Text], BeforeValidator(_strings_only(False))]
 
 # ---- schemas ----------------------------------------------------------------------------------
 UserId = Annotated[Text, Field(min_length=1, max_length=256, examples=["alice"])]
+# printable ASCII, no spaces: what a client-made UUID or random token looks like
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[!-~]+$",
+        description="Optional: a retry with the same key and body stores nothing and returns "
+        "the first response (header Idempotent-Replayed: true); another body under a used key "
+        "is refused with 422.",
+    ),
+]
 
 
 class Message(BaseModel):

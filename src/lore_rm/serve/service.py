@@ -8,9 +8,11 @@
   the comparisons their weights were fitted on (a crash between the two transactions);
 * :meth:`RewardService.reward` embeds conversations and scores them for their users; users
   the model and the database do not know get the population's mean weights, flagged;
-* :meth:`RewardService.onboard` embeds posted comparisons, commits them, then refits the
-  user's weights with the basis frozen on *all* of that user's stored comparisons
-  (:meth:`LowRankReward.personalize`), stores and serves them;
+* :meth:`RewardService.onboard` embeds posted comparisons, refits the user's weights with
+  the basis frozen on *all* of that user's stored comparisons plus the new ones
+  (:meth:`LowRankReward.fit_user_weights`), commits comparisons and weights (and an optional
+  idempotency key) in one transaction, and only then serves the new weights: a failed write
+  (:class:`~lore_rm.errors.StorageError`) stores nothing and changes nothing in memory;
 * :meth:`RewardService.posterior` is the Laplace posterior of a user's logits around their
   served weights, from the stored comparisons those weights were fitted on (the prior for a
   user with none), and :meth:`RewardService.next_questions` picks the candidate pairs that
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import threading
 import warnings
 from collections.abc import Sequence
@@ -38,7 +41,7 @@ from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.fit.posterior import WeightsPosterior
-from lore_rm.serve.user_store import FifoLock, Store, StoredComparison
+from lore_rm.serve.user_store import FifoLock, Idempotency, Store, StoredComparison
 
 
 def default_db_path(model_dir: str | Path) -> Path:
@@ -68,6 +71,13 @@ class Onboarded:
     total: int  # the user's stored comparisons after this request
     n_fit: int  # comparisons the served weights were fitted on
     weights: list[float]
+    replayed: bool = False  # an idempotency key's stored response: nothing was stored now
+
+
+def body_sha256(raw: Sequence[StoredComparison]) -> str:
+    """A hash of an onboarding post's comparisons (as parsed: equal bodies, equal hashes)."""
+    text = json.dumps([asdict(c) for c in raw], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,8 @@ class NoPosterior(LoreError):
 
 
 class RewardService:
-    """Thread-safe scoring and onboarding over one model, one embedder and one database."""
+    """Thread-safe scoring and onboarding over one model, one embedder and one database
+    (``db_timeout_s``: how long a write waits for a database another process holds)."""
 
     def __init__(
         self,
@@ -111,6 +122,7 @@ class RewardService:
         serialize_embed: bool = True,
         refit_stale: bool = True,
         warm_up: bool = True,
+        db_timeout_s: float = 60.0,
     ) -> None:
         if not model.is_fitted:
             raise ModelFormatError("the service needs a fitted model")
@@ -122,7 +134,7 @@ class RewardService:
         self.model = model.copy()  # the caller's object is never mutated
         self.embedder = embedder
         self.db_path = Path(db_path)
-        self.store = Store(self.db_path)
+        self.store = Store(self.db_path, timeout_s=db_timeout_s)
         self.store.bind(
             {
                 "model_fingerprint": model_fingerprint(model),
@@ -192,16 +204,20 @@ class RewardService:
             warnings.simplefilter("ignore")
             self.model.fit_user_weights(Comparisons.from_features(x, ["warm-up"] * 2))
 
-    def _personalize(self, user: str) -> tuple[np.ndarray, int]:
-        x = self.store.features_of(user, self.model.d_)
-        n = int(x.shape[0])
+    def _fit(self, user: str, x: np.ndarray) -> np.ndarray:
+        """``user``'s weights fitted on features ``x`` (n, d), basis frozen."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # a pure fit on the frozen basis: the served weights change only through _apply()
             _, weights = self.model.fit_user_weights(
-                Comparisons.from_features(x, [user] * n), users=[user]
+                Comparisons.from_features(x, [user] * int(x.shape[0])), users=[user]
             )
-        w = weights[0].numpy().astype(np.float32)
+        return weights[0].numpy().astype(np.float32)
+
+    def _personalize(self, user: str) -> tuple[np.ndarray, int]:
+        x = self.store.features_of(user, self.model.d_)
+        n = int(x.shape[0])
+        w = self._fit(user, x)
         if self.store.put_weights(user, w, n):
             self._apply([user], w[None, :], [n])
         else:
@@ -249,34 +265,49 @@ class RewardService:
         user: str,
         comparisons: Sequence[tuple[Conversation, Conversation]],
         raw: Sequence[StoredComparison],
+        *,
+        idempotency_key: str | None = None,
     ) -> Onboarded:
         """Store ``comparisons`` ((chosen, rejected) conversations) for ``user`` and refit.
 
-        ``raw`` holds what was posted (kept in the database next to the features).
-        """
+        ``raw`` holds what was posted (kept in the database next to the features). With
+        ``idempotency_key``, a post whose key ``user`` already used returns the first post's
+        result and stores nothing (another body under the key:
+        :class:`~lore_rm.errors.IdempotencyKeyReused`). Comparisons, weights and key are
+        committed together; the served weights change only after the commit."""
         if not comparisons:
             raise DataError("comparisons: at least one comparison is needed")
         if len(raw) != len(comparisons):
             raise DataError("raw must hold one entry per comparison")
+        idem = None if idempotency_key is None else Idempotency(idempotency_key, body_sha256(raw))
+        if idem is not None and (stored := self.store.replay(user, idem)) is not None:
+            return Onboarded(**(stored | {"replayed": True}))
         self.sync()
         new_user = not self.is_known(user)
         n = len(comparisons)
         e = self.embed([c for c, _ in comparisons] + [r for _, r in comparisons])
         x = (e[:n] - e[n:]).numpy()
-        total = self.store.add_comparisons(user, raw, x)  # committed: durable from here on
+
+        def respond(total: int, w: np.ndarray) -> dict:
+            weights = [float(v) for v in w.tolist()]
+            return asdict(Onboarded(user, new_user, n, total, total, weights))
+
         with self._personalize_lock:
-            # refits are GIL- and CPU-bound: one at a time per process. A refit that ran while
-            # this request waited may already cover its comparisons (any process's): reuse it.
-            stored = self.store.user_record(user)
-            if stored is not None and stored[1] >= total:
-                self.sync()
-                n_fit = stored[1]
-            else:
-                _, n_fit = self._personalize(user)
-        with self._lock:
-            served = self.model.weights_for([user])[0][0].tolist()
-            n_served = self._n_fit.get(user, n_fit)
-        return Onboarded(user, new_user, n, total, n_served, [float(v) for v in served])
+            # refits are GIL- and CPU-bound: one at a time per process
+            before = self.store.features_of(user, self.model.d_)
+            w = self._fit(user, np.concatenate([before, x]))
+            done = self.store.add_and_fit(
+                user, raw, x,
+                fit=lambda features: self._fit(user, features),
+                fitted=(int(before.shape[0]), w),
+                respond=respond,
+                idem=idem,
+            )  # fmt: skip
+        if done.replayed:  # the same key raced this request and won: its result stands
+            return Onboarded(**(done.response | {"replayed": True}))
+        assert done.weights is not None
+        self._apply([user], done.weights[None, :], [done.total])
+        return Onboarded(**done.response)
 
     def is_known(self, user: str) -> bool:
         with self._lock:

@@ -16,6 +16,10 @@ One database file (WAL mode, ``synchronous=FULL``) holds three tables:
 ``users``
     the current weights of every onboarded user, with ``n_fit`` (how many of the user's
     comparisons the weights were fitted on) and ``seq`` (a database-wide version number).
+``idempotency``
+    optional idempotency keys of onboarding posts, per user: the hash of the body the key
+    came with and the response that was sent, stored in the same transaction as the post's
+    comparisons (a retry with the key gets that response back and stores nothing).
 
 Concurrency and crashes:
 
@@ -23,13 +27,20 @@ Concurrency and crashes:
   transaction in flight. Writers queue on a per-process lock and, across processes, on an
   advisory lock file next to the database (``DB.writelock``), so they wait in line instead
   of polling SQLite's busy handler.
-* comparisons are committed before the refit starts; the refit reads a committed snapshot
-  and writes its weights back with a conditional upsert that keeps the fit over the most
-  comparisons. Snapshots of an append-only table are nested, so "more comparisons" means
-  "newer superset": concurrent onboarding of one user, from threads or from several server
-  processes, can never leave older weights in place of newer ones.
-* a crash between the two transactions leaves ``n_fit`` below the stored count: the service
-  refits those users at start-up (:meth:`Store.stale_users`).
+* an onboarding post is one transaction (:meth:`Store.add_and_fit`): its comparisons, the
+  user's refitted weights and its idempotency key are committed together or not at all.
+  The refit runs before the transaction on the committed comparisons plus the new ones; if
+  another process added comparisons for the user meanwhile, it is redone inside the
+  transaction. Weights are written with a conditional upsert that keeps the fit over the
+  most comparisons. Snapshots of an append-only table are nested, so "more comparisons"
+  means "newer superset": concurrent onboarding of one user, from threads or from several
+  server processes, can never leave older weights in place of newer ones.
+* a database written by an older lore-rm (comparisons and weights in two transactions) can
+  hold ``n_fit`` below the stored count after a crash: the service refits those users at
+  start-up (:meth:`Store.stale_users`).
+* any SQLite failure of a write (disk full, read-only file system, locked past the timeout,
+  I/O error) rolls the transaction back and raises :class:`~lore_rm.errors.StorageError`
+  naming the problem (:func:`describe`); the service then answers 503.
 * ``seq`` lets every server process pick up weights written by the others
   (:meth:`Store.weights_since`).
 """
@@ -41,7 +52,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +64,7 @@ try:  # POSIX: a file lock queues writers of several server processes
 except ImportError:  # pragma: no cover - Windows: SQLite's busy timeout alone
     fcntl = None
 
-from lore_rm.errors import ModelFormatError
+from lore_rm.errors import IdempotencyKeyReused, ModelFormatError, StorageError
 
 SCHEMA_VERSION = 1
 
@@ -80,7 +91,68 @@ CREATE TABLE IF NOT EXISTS users (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS users_seq ON users (seq);
+CREATE TABLE IF NOT EXISTS idempotency (
+    user_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body_sha256 TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (user_id, key)
+);
 """
+
+_INSERT_COMPARISONS = (
+    "INSERT INTO comparisons (user_id, prompt, chosen, rejected, x, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_WEIGHTS = (
+    "INSERT INTO users (user_id, weights, n_fit, seq, updated_at) "
+    "VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM users), ?) "
+    "ON CONFLICT (user_id) DO UPDATE SET weights = excluded.weights, "
+    "n_fit = excluded.n_fit, seq = excluded.seq, updated_at = excluded.updated_at "
+    "WHERE excluded.n_fit >= users.n_fit"
+)
+
+# SQLite's primary result codes (extended codes keep them in the low byte)
+_SQLITE_PROBLEMS = {
+    5: "the database is locked by another writer (waited {timeout:g} s)",  # BUSY
+    6: "the database is locked (waited {timeout:g} s)",  # LOCKED
+    8: "the database is read-only",  # READONLY
+    10: "a disk I/O error ({name}): the disk may be full or read-only",  # IOERR
+    11: "the database file is corrupt",  # CORRUPT
+    13: "the disk holding the database is full",  # FULL
+    14: "the database file cannot be opened",  # CANTOPEN
+}
+
+
+def describe(exc: sqlite3.Error, path: Path, timeout_s: float) -> str:
+    """What went wrong with the database, in words (from SQLite's error code)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    problem = _SQLITE_PROBLEMS.get(code & 0xFF if isinstance(code, int) else -1)
+    if problem is None:
+        problem = f"a database error ({name}: {exc})"
+    return f"{path}: {problem.format(timeout=timeout_s, name=name)}"
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An onboarding post's idempotency key and the hash of its body."""
+
+    key: str
+    body_sha256: str
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What :meth:`Store.add_and_fit` stored: the user's comparison count, the weights (fitted
+    on all of them) and the response to send; ``replayed``: the key had been used (nothing
+    was stored, ``response`` is the original one)."""
+
+    total: int
+    weights: np.ndarray | None
+    response: dict
+    replayed: bool
 
 
 @dataclass(frozen=True)
@@ -151,9 +223,15 @@ class Store:
         self._wlock = _write_lock(self.path)
         # writers of other processes queue on this file's lock (woken as soon as it is free)
         # rather than polling in SQLite's busy handler; the lock file holds no data
-        self._lockfile = open(self.path.with_name(self.path.name + ".writelock"), "a+b")
-        conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")
+        lockfile = self.path.with_name(self.path.name + ".writelock")
+        try:
+            self._lockfile = open(lockfile, "a+b")
+            conn = self._conn()
+            conn.execute("PRAGMA journal_mode=WAL")
+        except OSError as exc:
+            raise StorageError(f"{lockfile}: cannot open the database's lock file ({exc})") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(describe(exc, self.path, timeout_s)) from exc
         with self._write(conn):
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
@@ -186,7 +264,10 @@ class Store:
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        """``with store._write(conn):`` one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction."""
+        """``with store._write(conn):`` one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction.
+
+        Committed in full or rolled back; SQLite's errors (the COMMIT's too) come out as
+        :class:`StorageError`."""
         with self._wlock:
             if fcntl is not None:
                 fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_EX)
@@ -194,13 +275,27 @@ class Store:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    self._rollback(conn)
                     raise
-                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StorageError(
+                    describe(exc, self.path, self.timeout_s) + "; nothing was stored"
+                ) from exc
             finally:
                 if fcntl is not None:
                     fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_UN)
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        """Roll back what is left of a failed transaction (SQLite may have rolled it back
+        itself, e.g. after a full disk)."""
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:  # the connection is unusable: SQLite discards the transaction
+                pass
 
     def close(self) -> None:
         with self._all_lock:
@@ -244,11 +339,22 @@ class Store:
 
         Returns the user's total number of stored comparisons after the insert.
         """
+        rows = self._rows(user, items, features)
+        conn = self._conn()
+        with self._write(conn):
+            conn.executemany(_INSERT_COMPARISONS, rows)
+            (total,) = conn.execute(
+                "SELECT COUNT(*) FROM comparisons WHERE user_id = ?", (user,)
+            ).fetchone()
+        return int(total)
+
+    @staticmethod
+    def _rows(user: str, items: Sequence[StoredComparison], features: np.ndarray) -> list[tuple]:
         x = np.ascontiguousarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[0] != len(items):
             raise ValueError(f"features must have one row per comparison, got {x.shape}")
         now = time.time()
-        rows = [
+        return [
             (
                 user,
                 json.dumps(item.prompt),
@@ -259,25 +365,16 @@ class Store:
             )
             for i, item in enumerate(items)
         ]
-        conn = self._conn()
-        with self._write(conn):
-            conn.executemany(
-                "INSERT INTO comparisons (user_id, prompt, chosen, rejected, x, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            (total,) = conn.execute(
-                "SELECT COUNT(*) FROM comparisons WHERE user_id = ?", (user,)
-            ).fetchone()
-        return int(total)
 
     def features_of(self, user: str, d: int) -> np.ndarray:
         """All of ``user``'s stored features (n, d), in insertion order (one snapshot)."""
-        rows = (
-            self._conn()
-            .execute("SELECT x FROM comparisons WHERE user_id = ? ORDER BY id", (user,))
-            .fetchall()
-        )
+        return self._features(self._conn(), user, d)
+
+    @staticmethod
+    def _features(conn: sqlite3.Connection, user: str, d: int) -> np.ndarray:
+        rows = conn.execute(
+            "SELECT x FROM comparisons WHERE user_id = ? ORDER BY id", (user,)
+        ).fetchall()
         if not rows:
             return np.zeros((0, d), dtype=np.float32)
         buf = b"".join(r[0] for r in rows)
@@ -302,16 +399,72 @@ class Store:
         w = np.ascontiguousarray(weights, dtype=np.float32).tobytes()
         conn = self._conn()
         with self._write(conn):
-            (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM users").fetchone()
-            cur = conn.execute(
-                "INSERT INTO users (user_id, weights, n_fit, seq, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (user_id) DO UPDATE SET weights = excluded.weights, "
-                "n_fit = excluded.n_fit, seq = excluded.seq, updated_at = excluded.updated_at "
-                "WHERE excluded.n_fit >= users.n_fit",
-                (user, w, int(n_fit), int(seq), time.time()),
-            )
+            cur = conn.execute(_UPSERT_WEIGHTS, (user, w, int(n_fit), time.time()))
             return cur.rowcount > 0
+
+    # ---- onboarding: comparisons, weights and key in one transaction --------------------------
+    def replay(self, user: str, idem: Idempotency) -> dict | None:
+        """The response stored with ``user``'s key ``idem.key``, or None if the key is new.
+
+        Raises :class:`IdempotencyKeyReused` if the key came with another body."""
+        return self._replay(self._conn(), user, idem)
+
+    @staticmethod
+    def _replay(conn: sqlite3.Connection, user: str, idem: Idempotency) -> dict | None:
+        row = conn.execute(
+            "SELECT body_sha256, response FROM idempotency WHERE user_id = ? AND key = ?",
+            (user, idem.key),
+        ).fetchone()
+        if row is None:
+            return None
+        if row[0] != idem.body_sha256:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {idem.key!r} was already used for user {user!r} with another "
+                "request body; use a new key for a new request"
+            )
+        return dict(json.loads(row[1]))
+
+    def add_and_fit(
+        self,
+        user: str,
+        items: Sequence[StoredComparison],
+        features: np.ndarray,
+        *,
+        fit: Callable[[np.ndarray], np.ndarray],
+        fitted: tuple[int, np.ndarray],
+        respond: Callable[[int, np.ndarray], dict],
+        idem: Idempotency | None = None,
+    ) -> Committed:
+        """Append ``items`` for ``user`` and store the weights fitted on all of the user's
+        comparisons, in one transaction (with ``idem``'s key and response, when given).
+
+        ``fitted = (n, w)``: weights ``w`` already fitted on the user's first ``n`` stored
+        comparisons followed by ``features``; used if the user still has ``n`` comparisons
+        when the transaction starts, else ``fit(all features)`` runs inside it. ``respond(total,
+        w)`` builds the response stored with the key."""
+        rows = self._rows(user, items, features)
+        conn = self._conn()
+        with self._write(conn):
+            if idem is not None and (done := self._replay(conn, user, idem)) is not None:
+                return Committed(int(done["total"]), None, done, replayed=True)
+            (before,) = conn.execute(
+                "SELECT COUNT(*) FROM comparisons WHERE user_id = ?", (user,)
+            ).fetchone()
+            n_prev, w = fitted
+            if before != n_prev:  # another process onboarded this user meanwhile
+                w = fit(np.concatenate([self._features(conn, user, features.shape[1]), features]))
+            total = int(before) + len(rows)
+            conn.executemany(_INSERT_COMPARISONS, rows)
+            w = np.ascontiguousarray(w, dtype=np.float32)
+            conn.execute(_UPSERT_WEIGHTS, (user, w.tobytes(), total, time.time()))
+            response = respond(total, w)
+            if idem is not None:
+                conn.execute(
+                    "INSERT INTO idempotency (user_id, key, body_sha256, response, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (user, idem.key, idem.body_sha256, json.dumps(response), time.time()),
+                )
+        return Committed(total, w, response, replayed=False)
 
     def weights_since(self, seq: int) -> tuple[list[str], np.ndarray | None, list[int], int]:
         """Users whose weights changed after version ``seq``: ids, weights (n, K), n_fit, and
