@@ -17,6 +17,9 @@ Per cell:
   table MB     used rows x d x 4 bytes
   RSS MB       resident before the fit; peak MB: the fit's high-water mark (VmHWM, reset
                before the fit); +/table: (peak - RSS before) / table, the fit's own growth
+The 100k-user cell needs more than 24 GB: simulate_population forms the dense difference
+rows of every comparison it draws (4.7M x 1024 float32 = 19 GB) before the fit starts.
+
 Copy bandwidth: bytes of a 512 MiB float32 tensor / the time of copying it into another
 allocated one (median of 5).
 
@@ -182,7 +185,8 @@ def run_child(kind: str, cell: dict, threads: int, timeout: float) -> dict | str
     except subprocess.TimeoutExpired:
         return f"not finished in {timeout:.0f} s"
     if out.returncode:
-        return f"failed: {out.stderr.strip().splitlines()[-1:]}"
+        last = out.stderr.strip().splitlines()[-1:]
+        return f"failed (exit status {out.returncode}){': ' + last[0] if last else ''}"
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
