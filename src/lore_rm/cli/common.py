@@ -121,3 +121,26 @@ def active_option(default: int):
 ACTIVE_BATCH = typer.Option(
     1, min=1, help="Questions per round of the active sweep (weights refitted after each)."
 )
+
+
+THREADS = typer.Option(
+    "auto",
+    "--threads",
+    help="torch CPU threads: a number, or 'auto': the usable CPUs not already busy (CPUs in "
+    "this process's affinity minus the 1-minute load average, rounded down; at least 1, at "
+    "most torch's default). Under contention one thread is much faster than two.",
+)
+
+
+def use_threads(spec: str) -> int:
+    """Set torch's intra-op threads from ``--threads``; returns the count."""
+    import torch
+
+    from lore_rm.threads import resolve_threads
+
+    try:
+        n = resolve_threads(spec)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--threads") from None
+    torch.set_num_threads(n)
+    return n

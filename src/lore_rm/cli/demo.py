@@ -8,7 +8,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from lore_rm.cli.common import ACTIVE_BATCH, active_option, fail, parse_int_list
+from lore_rm.cli.common import (
+    ACTIVE_BATCH,
+    THREADS,
+    active_option,
+    fail,
+    parse_int_list,
+    use_threads,
+)
 from lore_rm.cli.fit_options import fit_options
 from lore_rm.errors import LoreError
 
@@ -27,6 +34,7 @@ def demo(
     n_unseen: int = typer.Option(100, help="Unseen (new) users."),
     d: int = typer.Option(32, help="Embedding dimension."),
     true_rank: int = typer.Option(4, help="Rank of the planted reward basis."),
+    threads: str = THREADS,
     progress: bool = typer.Option(True, help="Show progress bars."),
     fit_settings: dict | None = None,
 ) -> None:
@@ -49,6 +57,7 @@ def demo(
     from lore_rm.evaluate.simulate import PopulationConfig, simulate_population
 
     console = Console()
+    n_threads = use_threads(threads)
     rank_list = parse_int_list(ranks, "--ranks")
     shot_list = parse_int_list(shots, "--shots")
     fewshot_pool = max(20, max(shot_list), active)
@@ -62,6 +71,7 @@ def demo(
         "active": active,
         "active_batch": active_batch,
         "settings": dict(fit_settings or {}),
+        "threads": n_threads,
     }
     t0 = time.perf_counter()
     try:

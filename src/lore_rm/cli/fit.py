@@ -11,12 +11,14 @@ from rich.console import Console
 from lore_rm.cli.common import (
     ACTIVE_BATCH,
     JSON_HELP,
+    THREADS,
     active_option,
     collected_warnings,
     fail,
     parse_float_list,
     parse_int_list,
     print_json,
+    use_threads,
 )
 from lore_rm.cli.fit_options import fit_options
 from lore_rm.constants import DB_FILE, TRAINING_FILE
@@ -53,6 +55,7 @@ def fit_cmd(
     ),
     seed: int = SEED,
     device: str = DEVICE,
+    threads: str = THREADS,
     progress: bool = PROGRESS,
     as_json: bool = JSON_OUT,
     fit_settings: dict | None = None,
@@ -70,6 +73,7 @@ def fit_cmd(
     from lore_rm.fit.model import LowRankReward
 
     console = Console(stderr=as_json)
+    use_threads(threads)
     with collected_warnings() as warned:
         try:
             check_model_out(out, overwrite)
@@ -186,6 +190,7 @@ def evaluate_cmd(
     active_batch: int = ACTIVE_BATCH,
     seed: int = SEED,
     device: str = DEVICE,
+    threads: str = THREADS,
     progress: bool = PROGRESS,
     as_json: bool = JSON_OUT,
     fit_settings: dict | None = None,
@@ -210,6 +215,7 @@ def evaluate_cmd(
     )
 
     console = Console(stderr=as_json)
+    config_threads = use_threads(threads)
     rank_list = parse_int_list(ranks, "--ranks")
     alpha_list = parse_float_list(alphas, "--alphas")
     shot_list = parse_int_list(shots, "--shots") if shots.strip() else []
@@ -226,6 +232,7 @@ def evaluate_cmd(
         "active": active,
         "active_batch": active_batch,
         "seed": seed,
+        "threads": config_threads,
     }
     with collected_warnings() as warned:
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli.common import fail
+from lore_rm.cli.common import THREADS, fail, use_threads
 from lore_rm.errors import LoreError
 
 OUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
@@ -49,6 +49,7 @@ def score(
     max_length: int | None = typer.Option(
         None, help="Token cap (default: the recorded one, else 4096); longer texts keep their end."
     ),
+    threads: str = THREADS,
     progress: bool = typer.Option(True, help="Show a progress bar (on stderr)."),
 ) -> None:
     """Personalised rewards for a file of conversations, offline: per input row its index,
@@ -65,6 +66,7 @@ def score(
         fmt = OUT_FORMATS.get(out.suffix.lower(), "")
         if not fmt:
             raise typer.BadParameter("must end in .jsonl or .csv", param_hint="--out")
+    use_threads(threads)
     try:
         model, db_path, _ = load_with_served_users(model_dir, db)
         rows = read_score_rows(file)

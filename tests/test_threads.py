@@ -1,0 +1,63 @@
+"""``--threads``: the rule behind 'auto', the CLI option, and fits equal across thread counts."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lore_rm import LowRankReward, PopulationConfig, four_numbers, simulate_population
+from lore_rm import threads as th
+from lore_rm.cli import app
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_auto_leaves_busy_cpus_alone(monkeypatch, restore_threads):
+    torch.set_num_threads(8)
+    monkeypatch.setattr(th, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(th.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert th.resolve_threads("auto") == 3  # 3.8 idle CPUs
+    monkeypatch.setattr(th.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert th.resolve_threads("AUTO") == 4
+    monkeypatch.setattr(th.os, "getloadavg", lambda: (7.5, 0.0, 0.0))
+    assert th.resolve_threads("auto") == 1
+    torch.set_num_threads(2)
+    monkeypatch.setattr(th.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert th.resolve_threads("auto") == 2  # never above torch's default
+
+
+def test_explicit_counts_and_bad_values():
+    assert th.resolve_threads("3") == 3 and th.resolve_threads(1) == 1
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(ValueError, match="--threads"):
+            th.resolve_threads(bad)
+
+
+def test_cli_sets_and_records_the_thread_count(tmp_path, restore_threads):
+    res = CliRunner().invoke(app, ["demo", "--threads", "0", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--threads" in res.output
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--threads", "1", "--ranks", "1", "--shots", "2"]
+    args += ["--trials", "1", "--n-seen", "20", "--n-unseen", "5", "--d", "6", "--active", "0"]
+    res = CliRunner().invoke(app, [*args, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert torch.get_num_threads() == 1
+    assert json.loads((out / "config.json").read_text())["threads"] == 1
+
+
+def test_one_and_two_threads_give_the_same_accuracies(restore_threads):
+    split = simulate_population(PopulationConfig(d=64, n_seen=60, n_unseen=20)).split
+    numbers = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        model = LowRankReward(rank=3).fit(split.seen_train, split.reference_head)
+        numbers.append(four_numbers(model, split))
+    for key, value in numbers[0].items():
+        if isinstance(value, float):
+            assert abs(value - numbers[1][key]) <= 1e-6, key
