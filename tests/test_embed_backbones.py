@@ -204,3 +204,35 @@ def test_bad_inputs_are_clear_errors(tiny_backbone, tmp_path):
         load_backbone(str(tmp_path / "nope"), dtype="fp32", device="cpu")
     with pytest.raises(LoreError, match="role"):
         tiny_backbone.embed([[{"content": "no role"}]])
+
+
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+def test_very_long_texts_are_cut_before_tokenising_with_the_same_ids(
+    which, tiny_reward_model_dir, tmp_path
+):
+    """A text far longer than max_length is tokenised from its end only: the kept ids equal
+    those of the whole text, truncated (H2: a 15 MiB prompt used to be tokenised whole)."""
+    import random
+
+    from lore_rm.embed import load_backbone
+    from lore_rm.embed.hf import MAX_CHARS_PER_TOKEN
+
+    source = str(tiny_reward_model_dir) if which == "tiny" else "minilm"
+    emb = load_backbone(source, dtype="fp32", device="cpu", max_length=40)
+    rng = random.Random(0)
+    words = ["alpha", "beta", "gamma", "delta,", "eps.", "zeta?", "eta", "théta"]
+    long_text = " ".join(rng.choice(words) for _ in range(4000))  # ~25k chars
+    conv = [{"role": "user", "content": long_text}, {"role": "assistant", "content": "fine"}]
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert len(emb.render(conv)) > 40 * MAX_CHARS_PER_TOKEN
+    special = which == "minilm"
+    whole = emb.tokenizer(
+        [emb.render(conv), emb.render(short)], add_special_tokens=special, verbose=False
+    )["input_ids"]
+    bos = emb.tokenizer.bos_token_id
+    want = [
+        emb._truncate(list(x), keep_first=special or (bool(x) and x[0] == bos), room=40)
+        for x in whole
+    ]
+    assert emb._token_ids([conv, short]) == want
+    assert len(want[0]) == 40
