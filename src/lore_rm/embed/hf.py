@@ -173,9 +173,7 @@ class _TransformersEmbedder:
         for i in long:
             head = bos if bos and texts[i].startswith(bos) else ""
             cut[i] = head + texts[i][-bound:]
-        ids = self.tokenizer(cut, add_special_tokens=add_special_tokens, verbose=False)[
-            "input_ids"
-        ]
+        ids = self.tokenizer(cut, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
         for i in long:  # rare: the end held too few tokens, so the cut could show
             if len(ids[i]) < self.max_length + TAIL_MARGIN:
                 whole = self.tokenizer(
