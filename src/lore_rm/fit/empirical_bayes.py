@@ -44,13 +44,16 @@ def learn_prior(
     counts = data.counts_per_user()
     fitted = counts > 0
     prior = moment_prior(centred_logits(user_weights[fitted]))
-    z = data.project(basis).detach().to(torch.float64)
+    projected = data.project(basis).detach()  # once: EM only moves the logits
+    z = projected.to(torch.float64)
     index = data.user_index
     cov = prior.covariance()
     iterations = 0
     while iterations < EM_MAX_ITER:
         iterations += 1
-        weights = fit_user_weights(data, basis, scale, cfg, population_weights, prior=prior)
+        weights = fit_user_weights(
+            data, basis, scale, cfg, population_weights, prior=prior, projected=projected
+        )
         h = logit_hessian(z, weights.to(torch.float64), index, scale, prior.precision)
         post = torch.linalg.inv(0.5 * (h + h.transpose(1, 2)))[fitted]
         prior = moment_prior(centred_logits(weights[fitted]), post.mean(0))

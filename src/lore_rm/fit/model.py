@@ -203,7 +203,7 @@ class LowRankReward:
         )
         self.prior_: LogitPrior | None = None
         if cfg.fewshot_prior == LEARNED and rank > 0:
-            self._learn_prior(data.with_user_ids(self.users_), int(fitted.sum()), device)
+            self._learn_prior(data, int(fitted.sum()), device)
         return self
 
     def _learn_prior(self, data: Comparisons, n_fitted: int, device: torch.device) -> None:

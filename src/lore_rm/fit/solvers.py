@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import ConvergenceWarning, DivergenceError, LoreError
-from lore_rm.fit.config import FitConfig
+from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
 from lore_rm.fit.start import initial_point
 from lore_rm.progress import progress_bar
@@ -340,12 +340,15 @@ def fit_user_weights(
     population_weights: Tensor,
     *,
     prior: LogitPrior | None = None,
+    projected: Tensor | None = None,
     progress: bool = False,
 ) -> Tensor:
     """Weights (U, K) for every user of ``data.user_ids`` with the basis frozen.
 
-    The MAP under ``prior`` (default: the isotropic ``cfg.fewshot_prior`` around the
-    population's mean weights). Users without comparisons get the population's mean weights.
+    The MAP under ``prior`` (default: the isotropic prior of strength ``cfg.fewshot_prior``,
+    or of the fallback strength when that is ``'learned'``, around the population's mean
+    weights). ``projected`` is ``data.project(basis)`` when the caller has it already. Users
+    without comparisons get the population's mean weights.
     """
     k = basis.shape[1]
     n_users = data.n_users
@@ -353,11 +356,12 @@ def fit_user_weights(
     if k <= 1:
         return torch.ones(n_users, k, device=device)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
-    z = data.project(basis).detach()  # (N, K): the rest is independent of d
+    z = (data.project(basis) if projected is None else projected).detach()  # (N, K)
     u = data.user_index
     counts = torch.bincount(u, minlength=n_users).to(z.dtype)
     if prior is None:
-        prior = isotropic_prior(population_weights, cfg.fewshot_prior)
+        strength = FALLBACK_PRIOR if cfg.fewshot_prior == LEARNED else cfg.fewshot_prior
+        prior = isotropic_prior(population_weights, float(strength))
     prior = prior.to(device)
     start = prior.mean.to(device, z.dtype)
 
