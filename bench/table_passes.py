@@ -9,6 +9,7 @@ One evaluation is ``X @ V`` (project: ``table @ V`` then chosen - rejected) plus
   blocked B    the same over row blocks of B rows, addmm_ into a preallocated output
   bf16/fp16 B  the table stored in bf16 (fp16); each row block upcast into a float32 buffer
                (B x d, cache sized) and multiplied there: float32 accumulation
+  bf16 library lore_rm.table_passes on the bf16 table (256-row blocks, the loop on 1 thread)
   bf16 native  torch's bf16 GEMM (V and h rounded to bf16, bf16 output): accuracy check only
 
 Printed per variant: forward, backward and evaluation ms (median of --repeat, the variants
@@ -111,6 +112,20 @@ def blocked(table, c, r, rows: int):
     return fwd, bwd
 
 
+def library(table, c, r):
+    """lore_rm.table_passes as the library runs them (a blocked loop on one torch thread)."""
+    from lore_rm.table_passes import table_times, table_transpose_times
+
+    def fwd(v):
+        p = table_times(table, v.T.contiguous())
+        return p[c] - p[r]
+
+    def bwd(g):
+        return table_transpose_times(table, scatter(g, c, r, table.shape[0]))
+
+    return fwd, bwd
+
+
 def native(table, c, r):
     def fwd(v):
         p = F.linear(table, v.T.contiguous().to(table.dtype)).float()
@@ -155,7 +170,8 @@ def run(d: int, threads: int, repeat: int, bandwidth: float, with_mm: bool) -> N
         "bf16 256": blocked(bf16, c, r, 256),
         "bf16 1024": blocked(bf16, c, r, 1024),
         "bf16 2048": blocked(bf16, c, r, 2048),
-        "fp16 1024": blocked(fp16, c, r, 1024),
+        "fp16 256": blocked(fp16, c, r, 256),
+        "bf16 library": library(bf16, c, r),
         "bf16 native": native(bf16, c, r),
     }
     if with_mm:

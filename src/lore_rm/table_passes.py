@@ -13,6 +13,7 @@ storing the table in bf16).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -30,10 +31,30 @@ def block_rows(d: int, device: torch.device) -> int:
     return max(1, size // (4 * max(d, 1)))
 
 
+def _blocked(table: Tensor, dtype: torch.dtype, offset: Tensor | None) -> bool:
+    return table.dtype != dtype or offset is not None
+
+
+@contextmanager
+def one_thread(device: torch.device, active: bool = True) -> Iterator[None]:
+    """One torch thread for a loop of small ops on the CPU: on two threads of a shared machine
+    each block's parallel region waits for a descheduled thread (bench/table_passes.py: the
+    bf16 block loop 8-40x slower on 2 threads at load 5 than on 1)."""
+    threads = torch.get_num_threads()
+    if not active or device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def blocks(table: Tensor, dtype: torch.dtype, offset: Tensor | None = None) -> Iterator[Tensor]:
     """Row blocks of ``table - offset`` in ``dtype``: the table itself (one GEMM, the fastest
     form for a table that needs no conversion) or cache-sized upcast copies."""
-    if table.dtype == dtype and offset is None:
+    if not _blocked(table, dtype, offset):
         yield table
         return
     rows = block_rows(table.shape[1], table.device)
@@ -51,9 +72,10 @@ def table_times(table: Tensor, weight: Tensor, offset: Tensor | None = None) -> 
     """``(table - offset) @ weight.T`` (T x K) for a (K, d) ``weight``, in weight's dtype."""
     out = torch.empty(table.shape[0], weight.shape[0], dtype=weight.dtype, device=weight.device)
     start = 0
-    for block in blocks(table, weight.dtype, offset):
-        torch.mm(block, weight.T, out=out[start : start + block.shape[0]])
-        start += block.shape[0]
+    with one_thread(table.device, _blocked(table, weight.dtype, offset)):
+        for block in blocks(table, weight.dtype, offset):
+            torch.mm(block, weight.T, out=out[start : start + block.shape[0]])
+            start += block.shape[0]
     return out
 
 
@@ -61,9 +83,10 @@ def table_transpose_times(table: Tensor, h: Tensor, offset: Tensor | None = None
     """``(table - offset).T @ h`` (d x K) for an (T, K) ``h``, in h's dtype."""
     acc = torch.zeros(h.shape[1], table.shape[1], dtype=h.dtype, device=h.device)
     start = 0
-    for block in blocks(table, h.dtype, offset):
-        acc.addmm_(h[start : start + block.shape[0]].T, block)
-        start += block.shape[0]
+    with one_thread(table.device, _blocked(table, h.dtype, offset)):
+        for block in blocks(table, h.dtype, offset):
+            acc.addmm_(h[start : start + block.shape[0]].T, block)
+            start += block.shape[0]
     return acc.T
 
 
