@@ -21,8 +21,6 @@ Tensor = torch.Tensor
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 BLOCK_BYTES = 4 << 20  # float32 rows per block: 256 at d = 4096 (bench/table_passes.py)
-
-
 GPU_BLOCK_BYTES = 128 << 20  # on a GPU, blocks only bound the upcast buffer
 
 
