@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lore_rm.errors import DataError
+from lore_rm.table_passes import LOW_PRECISION, mean_row, table_times, table_transpose_times
 
 Tensor = torch.Tensor
 
@@ -54,11 +55,12 @@ _PROJECTED_LOCK = threading.Lock()
 MOMENT_BATCH_BYTES = 128 << 20
 
 
-def _projected_table(table: Tensor, basis: Tensor) -> Tensor:
-    """``table @ basis`` (T x K), reused while the table and the basis are unchanged."""
+def _projected_table(table: Tensor, basis: Tensor, offset: Tensor | None = None) -> Tensor:
+    """``(table - offset) @ basis`` (T x K), reused while the table and the basis are unchanged."""
     b = basis.detach().contiguous()
     key = (
         table._version,
+        None if offset is None else hashlib.sha1(offset.cpu().numpy().tobytes()).digest(),
         b.dtype,
         tuple(b.shape),
         hashlib.sha1(b.cpu().numpy().tobytes()).digest(),
@@ -67,7 +69,7 @@ def _projected_table(table: Tensor, basis: Tensor) -> Tensor:
         hit = _PROJECTED.get(id(table))
     if hit is not None and hit[0]() is table and hit[1] == key:
         return hit[2]
-    p = F.linear(table.to(b.dtype), b.T.contiguous())
+    p = table_times(table, b.T.contiguous(), offset)
     with _PROJECTED_LOCK:
         for stale in [k for k, v in _PROJECTED.items() if v[0]() is None]:
             del _PROJECTED[stale]
@@ -140,9 +142,12 @@ class Comparisons:
     user_index: Tensor  # (N,) int64
     user_ids: tuple[str, ...]
     features: Tensor | None = None  # (N, d)
-    table: Tensor | None = None  # (T, d)
+    table: Tensor | None = None  # (T, d), float32, bfloat16 or float16
     chosen: Tensor | None = None  # (N,) int64 rows of table
     rejected: Tensor | None = None
+    # (d,) float32 subtracted from every table row as it is read (the centring of a
+    # low-precision table, kept apart); x is unchanged by it
+    table_offset: Tensor | None = None
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -170,7 +175,8 @@ class Comparisons:
         check_finite: bool = True,
     ) -> Comparisons:
         """Table form: ``table`` holds one embedding per unique text; ``chosen``/``rejected``
-        are row indices into it."""
+        are row indices into it. A floating table keeps its dtype (a bfloat16 table is
+        projected block by block with float32 accumulation, never upcast whole)."""
         e = _as_float_tensor(table, "embedding table")
         c = torch.as_tensor(np.asarray(chosen), dtype=torch.int64).flatten()
         r = torch.as_tensor(np.asarray(rejected), dtype=torch.int64).flatten()
@@ -235,11 +241,11 @@ class Comparisons:
         return self._project(basis)
 
     def _project(self, basis: Tensor) -> Tensor:
-        # F.linear with a contiguous (K, d) weight measured 2x faster than X @ V on CPU
+        # a contiguous (K, d) weight measured 2x faster than X @ V on CPU
         weight = basis.T.contiguous()
         if self.features is not None:
             return F.linear(self.features.to(basis.dtype), weight)
-        p = F.linear(self.table.to(basis.dtype), weight)
+        p = table_times(self.table, weight, self.table_offset)
         return p[self.chosen] - p[self.rejected]
 
     def project_for_scoring(self, basis: Tensor) -> Tensor:
@@ -253,7 +259,7 @@ class Comparisons:
         if self.table is None:
             return self._project(basis)
         with torch.no_grad():
-            p = _projected_table(self.table, basis)
+            p = _projected_table(self.table, basis, self.table_offset)
         return p[self.chosen] - p[self.rejected]
 
     def backproject(self, grad: Tensor) -> Tensor:
@@ -263,15 +269,15 @@ class Comparisons:
         h = torch.zeros(self.table.shape[0], grad.shape[1], dtype=grad.dtype, device=grad.device)
         h.index_add_(0, self.chosen, grad)
         h.index_add_(0, self.rejected, -grad)
-        return (h.T @ self.table.to(grad.dtype)).T
+        return table_transpose_times(self.table, h, self.table_offset)
 
     def feature_rows(self, start: int, stop: int, dtype=torch.float32) -> Tensor:
         """Rows ``start:stop`` of X, formed on demand."""
         if self.features is not None:
             return self.features[start:stop].to(dtype)
-        return (self.table[self.chosen[start:stop]] - self.table[self.rejected[start:stop]]).to(
-            dtype
-        )
+        return self.table[self.chosen[start:stop]].to(dtype) - self.table[
+            self.rejected[start:stop]
+        ].to(dtype)
 
     def feature_moments(self, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
         """Per-dimension mean and RMS of X, computed batch by batch (float64).
@@ -300,14 +306,21 @@ class Comparisons:
         if self.features is not None:
             return Comparisons(features=self.features[rows], **kw)
         return Comparisons(
-            table=self.table, chosen=self.chosen[rows], rejected=self.rejected[rows], **kw
+            table=self.table,
+            chosen=self.chosen[rows],
+            rejected=self.rejected[rows],
+            table_offset=self.table_offset,
+            **kw,
         )
 
     def compact(self, *, centre: bool = False) -> Comparisons:
-        """Drop table rows and users that no comparison uses (a copy of the used rows).
+        """Drop table rows and users that no comparison uses (a copy of the used rows; none
+        when every row is used and the rows need not change).
 
         ``centre=True`` also subtracts the kept rows' mean in that copy, in place: the same
-        numbers as ``compact().centred()`` with one copy of the rows instead of two.
+        numbers as ``compact().centred()`` with one copy of the rows instead of two. A
+        bfloat16/float16 table keeps its rows and stores the mean as ``table_offset``
+        (centring in place would round the centred rows again).
         """
         users, uindex = torch.unique(self.user_index, return_inverse=True)
         ids = tuple(self.user_ids[i] for i in users.tolist())
@@ -315,15 +328,24 @@ class Comparisons:
             return Comparisons(user_index=uindex, user_ids=ids, features=self.features)
         used, inv = torch.unique(torch.cat([self.chosen, self.rejected]), return_inverse=True)
         n = self.n
-        table = self.table[used]
+        low = self.table.dtype in LOW_PRECISION
+        if used.numel() == self.table.shape[0] and (low or not centre):
+            table, chosen, rejected = self.table, self.chosen, self.rejected
+        else:
+            table, chosen, rejected = self.table[used], inv[:n], inv[n:]
+        offset = self.table_offset
         if centre and table.shape[0]:
-            table -= table.mean(dim=0, keepdim=True)
+            if low:
+                offset = mean_row(table) + (0 if offset is None else offset)
+            else:
+                table -= table.mean(dim=0, keepdim=True)
         return Comparisons(
             user_index=uindex,
             user_ids=ids,
             table=table,
-            chosen=inv[:n],
-            rejected=inv[n:],
+            chosen=chosen,
+            rejected=rejected,
+            table_offset=offset,
         )
 
     def centred(self) -> Comparisons:
@@ -334,15 +356,23 @@ class Comparisons:
         """
         if self.table is None or self.table.shape[0] == 0:
             return self
+        if self.table.dtype in LOW_PRECISION:
+            return self.compact(centre=True).with_user_ids(self.user_ids)
         table = self.table - self.table.mean(dim=0, keepdim=True)
         return Comparisons(self.user_index, self.user_ids, None, table, self.chosen, self.rejected)
 
-    def to(self, device=None, dtype=None) -> Comparisons:
+    def to(self, device=None, dtype=None, *, keep_low_precision: bool = False) -> Comparisons:
+        """Move to ``device`` and cast floating tensors to ``dtype``; with
+        ``keep_low_precision`` a bfloat16/float16 table keeps its dtype (the fit's passes
+        upcast it block by block)."""
+
         def mv(t: Tensor | None, is_float: bool) -> Tensor | None:
             if t is None:
                 return None
-            return t.to(device=device, dtype=dtype if is_float else None)
+            keep = keep_low_precision and t.dtype in LOW_PRECISION
+            return t.to(device=device, dtype=dtype if is_float and not keep else None)
 
+        offset = self.table_offset
         return Comparisons(
             user_index=self.user_index.to(device),
             user_ids=self.user_ids,
@@ -350,6 +380,7 @@ class Comparisons:
             table=mv(self.table, True),
             chosen=mv(self.chosen, False),
             rejected=mv(self.rejected, False),
+            table_offset=None if offset is None else offset.to(device),
         )
 
     def with_user_ids(self, user_ids: Sequence[str]) -> Comparisons:
@@ -369,6 +400,7 @@ class Comparisons:
             table=self.table,
             chosen=self.chosen,
             rejected=self.rejected,
+            table_offset=self.table_offset,
         )
 
 

@@ -16,7 +16,7 @@ def load_split(dataset_dir: str | Path) -> tuple[ProtocolSplit, dict]:
     dataset = PreferenceDataset(dataset_dir)
     store = EmbeddingStore(dataset_dir)
     store.check_texts(dataset_dir)
-    split = dataset.to_split(store.load(), store.reference_head())
+    split = dataset.to_split(store.load(dtype=store.dtype), store.reference_head())
     if split.seen_train.n == 0:
         counts = ", ".join(
             f"{role} {part.n}"

@@ -136,6 +136,11 @@ class EmbeddingStore:
     def d(self) -> int:
         return int(self.manifest["d"])
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The storage dtype of the shards (what ``load_split`` keeps: no float32 copy)."""
+        return STORAGE_DTYPES[self.manifest.get("dtype", "float32")]
+
     def __len__(self) -> int:
         return int(self.manifest["count"])
 

@@ -172,7 +172,7 @@ class LowRankReward:
                 "reference_head was given (the backbone has no reward head): use alpha = 0"
             )
         device = as_device(self.device)
-        data = comparisons.to(device=device, dtype=torch.float32)
+        data = comparisons.to(device=device, dtype=torch.float32, keep_low_precision=True)
         if data.is_table:
             data = data.compact(centre=True).with_user_ids(comparisons.user_ids)
         ref_dev = ref.to(device) if ref is not None else None
@@ -300,7 +300,9 @@ class LowRankReward:
             weights = torch.ones(len(ids), 1)  # one column, weight 1 for all: nothing to fit
         elif data is not None and data.n:
             weights = fit_user_weights(
-                data.to(device=device, dtype=torch.float32).compact(centre=True).with_user_ids(ids),
+                data.to(device=device, dtype=torch.float32, keep_low_precision=True)
+                .compact(centre=True)
+                .with_user_ids(ids),
                 basis,
                 self.scale_,
                 self.config,
@@ -469,7 +471,7 @@ class LowRankReward:
         """Bradley–Terry logit ``r(chosen) - r(rejected)`` of every comparison (N,)."""
         self._require_fitted()
         _check_dim(comparisons, self.d_)
-        data = comparisons.to(dtype=torch.float32)
+        data = comparisons.to(dtype=torch.float32, keep_low_precision=True)
         w, _ = self.weights_for(list(comparisons.user_ids), unknown=unknown)
         z = data.project_for_scoring(self.basis_.to(data.device))
         return bt_margins(z, w.to(z.device), data.user_index, self.scale_).cpu()
@@ -499,7 +501,7 @@ class LowRankReward:
         """Margins (N,) and their delta-method std (N,) under ``posterior``."""
         self._require_fitted()
         _check_dim(comparisons, self.d_)
-        data = comparisons.to(dtype=torch.float32)
+        data = comparisons.to(dtype=torch.float32, keep_low_precision=True)
         users = list(comparisons.user_ids)
         w, known = self.weights_for(users, unknown=unknown)
         z = data.project(self.basis_.to(data.device)).cpu()
@@ -553,7 +555,7 @@ class LowRankReward:
         w, _ = self.weights_for(ids, unknown=unknown)
         k = self.n_components_
         if has_rows:
-            data = comparisons.with_user_ids(ids).to(dtype=torch.float64)  # type: ignore[union-attr]
+            data = comparisons.with_user_ids(ids)  # type: ignore[union-attr]
             z = data.project(self.basis_.to(data.device, torch.float64)).cpu()
             index = data.user_index.cpu()
             h = logit_hessian(z, w, index, self.scale_, lam_matrix, hessian=hessian)
@@ -593,7 +595,7 @@ class LowRankReward:
             posterior = self.weights_posterior(users=users, unknown="mean")
         w, known = self.weights_for(users, unknown="mean")
         cov = self._row_covariances(users, known, posterior)
-        data = candidates.to(dtype=torch.float32)
+        data = candidates.to(dtype=torch.float32, keep_low_precision=True)
         basis = self.basis_.to(data.device)
         z = data.project_for_scoring(basis)
         done = None
@@ -602,7 +604,9 @@ class LowRankReward:
             pos = {u: i for i, u in enumerate(users)}
             remap = torch.tensor([pos.get(u, -1) for u in asked.user_ids], dtype=torch.int64)
             index = remap[asked.user_index.cpu()]  # users without candidates drop out
-            old = asked.subset((index >= 0).to(asked.device)).to(dtype=torch.float32)
+            old = asked.subset((index >= 0).to(asked.device)).to(
+                dtype=torch.float32, keep_low_precision=True
+            )
             done = (old.project_for_scoring(basis), index[index >= 0])
         rows, scores = select(
             z,
