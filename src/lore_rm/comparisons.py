@@ -275,9 +275,13 @@ class Comparisons:
         """Rows ``start:stop`` of X, formed on demand."""
         if self.features is not None:
             return self.features[start:stop].to(dtype)
-        return self.table[self.chosen[start:stop]].to(dtype) - self.table[
-            self.rejected[start:stop]
-        ].to(dtype)
+        chosen, rejected = (
+            self.table[self.chosen[start:stop]],
+            self.table[self.rejected[start:stop]],
+        )
+        if self.table.dtype == torch.float32:  # subtracted in float32, as the fit always has
+            return (chosen - rejected).to(dtype)
+        return chosen.to(dtype) - rejected.to(dtype)  # a low-precision table: no second rounding
 
     def feature_moments(self, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
         """Per-dimension mean and RMS of X, computed batch by batch (float64).
