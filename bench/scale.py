@@ -17,8 +17,8 @@ Per cell:
   table MB     used rows x d x 4 bytes
   RSS MB       resident before the fit; peak MB: the fit's high-water mark (VmHWM, reset
                before the fit); +/table: (peak - RSS before) / table, the fit's own growth
-The 100k-user cell needs more than 24 GB: simulate_population forms the dense difference
-rows of every comparison it draws (4.7M x 1024 float32 = 19 GB) before the fit starts.
+simulate_population forms the difference rows a block at a time (it formed all of them at
+once: 4.7M x 1024 float32 = 19 GB at 100k users), so every cell runs in a few GB.
 
 Copy bandwidth: bytes of a 512 MiB float32 tensor / the time of copying it into another
 allocated one (median of 5).
@@ -26,6 +26,7 @@ allocated one (median of 5).
     python bench/scale.py --quick          # a small grid, minutes
     python bench/scale.py                  # the full grid + PersonalLLM size (long)
     python bench/scale.py --cells users --personal   # choose parts
+    python bench/scale.py --cells users --users 100000 --threads 1   # one users cell
 """
 
 from __future__ import annotations
@@ -219,6 +220,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="users 100..10k, d 384..1024, K 1..20")
     p.add_argument("--cells", default="users,d,k", help="axes to sweep ('' = none)")
+    p.add_argument("--users", help="comma-separated user counts: the users axis's values")
     p.add_argument("--skip-quick", action="store_true", help="full grid less the --quick cells")
     p.add_argument("--personal", action="store_true", help="the PersonalLLM-sized fit")
     p.add_argument("--evaluate", action="store_true", help="lore evaluate at PersonalLLM size")
@@ -245,7 +247,10 @@ def main() -> None:
         f"{'table MB':>8} {'RSS MB':>7} {'peak MB':>7} {'+/table':>7}"
     )
     chosen = [a for a in args.cells.split(",") if a]
-    todo = cells(AXES if full else QUICK, chosen)
+    axes = AXES if full else QUICK
+    if args.users:
+        axes = {**axes, "users": [int(u) for u in args.users.split(",")]}
+    todo = cells(axes, chosen)
     if full and args.skip_quick:
         todo = [c for c in todo if c not in cells(QUICK, chosen)]
     if args.personal:
