@@ -186,3 +186,33 @@ def test_a_hub_backbone_is_fingerprinted_from_the_local_cache(fitted, tmp_path, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert backbone_fingerprint("org/tiny") == folder_fingerprint(a) is not None
     assert backbone_fingerprint("org/absent") is None
+
+
+def test_score_refuses_another_backbone_unless_forced(fitted, tmp_path):
+    """`lore score` runs the same check as `lore serve`."""
+    _, a, b, _, model_dir = fitted
+    model = LowRankReward.from_pretrained(model_dir)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"user": u, "prompt": "tell me", "response": f"answer {i}"}) + "\n"
+            for i, u in enumerate(model.users_[:3])
+        )
+    )
+    runner = CliRunner()
+    base = ["score", str(model_dir), str(rows), "--no-progress", "--dtype", "fp32"]
+    res = runner.invoke(cli_app, [*base, "--backbone", str(b)])
+    assert res.exit_code == 2, res.output
+    assert "fingerprint" in res.output and "--force-backbone" in res.output
+    assert "Traceback" not in res.output
+
+    forced = runner.invoke(cli_app, [*base, "--backbone", str(b), "--force-backbone"])
+    assert forced.exit_code == 0, forced.output
+    assert "other than the one the model was fitted on" in forced.output
+    assert "fingerprint" in forced.output
+
+    same = runner.invoke(cli_app, [*base, "--backbone", str(a)])
+    assert same.exit_code == 0, same.output
+    assert "other than" not in same.output
+    scored = [json.loads(line) for line in same.stdout.splitlines() if line.startswith("{")]
+    assert len(scored) == 3 and all(r["known"] for r in scored)

@@ -49,6 +49,12 @@ def score(
     max_length: int | None = typer.Option(
         None, help="Token cap (default: the recorded one, else 4096); longer texts keep their end."
     ),
+    force_backbone: bool = typer.Option(
+        False,
+        "--force-backbone",
+        help="Score with a backbone other than the one the model was fitted on (same width): "
+        "refused by default, as lore serve does.",
+    ),
     threads: str = THREADS,
     progress: bool = typer.Option(True, help="Show a progress bar (on stderr)."),
 ) -> None:
@@ -56,6 +62,7 @@ def score(
     id (when given), user, reward and whether the user was known."""
     from rich.console import Console
 
+    from lore_rm.embed.match import check_backbone
     from lore_rm.scoring import embedder_for, read_score_rows, score_rows
     from lore_rm.serve.export import check_users, load_with_served_users
 
@@ -81,6 +88,7 @@ def score(
             device=device,
             batch_size=batch_size,
         )
+        forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
         rewards, known = score_rows(
             model, embedder, rows, unknown=unknown, db=db_path, progress=progress
         )
@@ -94,6 +102,12 @@ def score(
         rec = {"index": i, "id": rows.ids[i]} if with_ids else {"index": i}
         records.append({**rec, "user": user, "reward": reward, "known": k})
     text = _render(records, fmt)
+    if forced:
+        Console(stderr=True, soft_wrap=True).print(
+            "warning: scored with a backbone other than the one the model was fitted on "
+            "(--force-backbone): " + "; ".join(forced),
+            highlight=False,
+        )
     n_unknown = sum(not r["known"] for r in records)
     note = f"Scored {len(records)} rows for {len(set(rows.users))} users with {embedder.name}" + (
         f"; {n_unknown} row(s) of unknown users got the population's mean weights"
