@@ -216,3 +216,19 @@ def test_score_refuses_another_backbone_unless_forced(fitted, tmp_path):
     assert "other than" not in same.output
     scored = [json.loads(line) for line in same.stdout.splitlines() if line.startswith("{")]
     assert len(scored) == 3 and all(r["known"] for r in scored)
+
+
+def test_the_database_binds_the_backbone_by_content(fitted, tmp_path):
+    """A served database follows the backbone's fingerprint, not its folder: a copy of the
+    checkpoint serves it; another backbone, even forced, does not."""
+    from lore_rm.errors import ModelFormatError
+
+    root, a, b, _, model_dir = fitted
+    db = str(tmp_path / "bound.db")
+    build_app(str(model_dir), str(a), db=db).state.service.close()
+    copy = root / "a-copy-db"
+    if not copy.exists():
+        shutil.copytree(a, copy)
+    build_app(str(model_dir), str(copy), db=db).state.service.close()
+    with pytest.raises(ModelFormatError, match="embedder = 'sha256:"):
+        build_app(str(model_dir), str(b), db=db, force_backbone=True)

@@ -37,6 +37,7 @@ import torch
 from lore_rm.comparisons import Comparisons
 from lore_rm.constants import DB_FILE
 from lore_rm.conversation import Conversation
+from lore_rm.embed.backbones import backbone_identity
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
@@ -138,7 +139,7 @@ class RewardService:
         self.store.bind(
             {
                 "model_fingerprint": model_fingerprint(model),
-                "embedder": str(embedder.name),
+                "embedder": self._embedder_binding(embedder),
                 "d": str(model.d_),
             }
         )
@@ -154,6 +155,16 @@ class RewardService:
         if refit_stale:
             for user in self.store.stale_users():
                 self._personalize(user)
+
+    def _embedder_binding(self, embedder: Embedder) -> str:
+        """What the database records of the backbone: its content fingerprint when it has
+        one (a moved or copied checkpoint is the same backbone), else its name. A database
+        bound by name before fingerprints were recorded keeps that binding."""
+        name = str(embedder.name)
+        if self.store.get_meta("embedder") == name:
+            return name
+        fingerprint = backbone_identity(embedder).get("fingerprint")
+        return str(fingerprint) if fingerprint else name
 
     # ---- weights ------------------------------------------------------------------------------
     def _apply(self, users: Sequence[str], weights: np.ndarray, n_fit: Sequence[int]) -> None:
