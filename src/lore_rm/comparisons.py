@@ -413,6 +413,25 @@ class Comparisons:
         )
 
 
+class DifferenceRows:
+    """``table[a] - table[b]`` for blocks of index pairs, gathered into two buffers of up to
+    ``size`` rows kept across blocks (fresh block-sized tensors page-faulted for most of a
+    100k-user fit). The rows are subtracted in the table's dtype, as the fit always has."""
+
+    def __init__(self, table: Tensor, size: int):
+        self.table = table
+        self.x = torch.empty(max(1, size), table.shape[1], dtype=table.dtype, device=table.device)
+        self.y = torch.empty_like(self.x)
+
+    def __call__(self, a: Tensor, b: Tensor) -> Tensor:
+        """The rows (n, d) for ``a``, ``b`` (n,); valid until the next call."""
+        n = a.numel()
+        x, y = self.x[:n], self.y[:n]
+        torch.index_select(self.table, 0, a, out=x)
+        torch.index_select(self.table, 0, b, out=y)
+        return x.sub_(y)
+
+
 class _RowBuffers:
     """Feature rows of ``data`` formed into buffers of ``size`` rows kept across calls:
     float64 rows with the values of ``feature_rows(start, stop, torch.float64)``."""
@@ -422,20 +441,19 @@ class _RowBuffers:
         size = max(1, min(size, data.n))
         self.out = torch.empty(size, data.d, dtype=torch.float64, device=data.device)
         table = data.table
-        self.gather = table is not None and table.dtype == torch.float32
-        if self.gather:
-            self.x = torch.empty(size, data.d, device=data.device)
-            self.y = torch.empty_like(self.x)
+        self.diff = (
+            DifferenceRows(table, size)
+            if table is not None and table.dtype == torch.float32
+            else None
+        )
 
     def form(self, start: int, stop: int) -> Tensor:
-        n, data = stop - start, self.data
-        out = self.out[:n]
-        if not self.gather:
+        data = self.data
+        out = self.out[: stop - start]
+        if self.diff is None:
             return out.copy_(data.feature_rows(start, stop, torch.float64))
-        x, y = self.x[:n], self.y[:n]
-        torch.index_select(data.table, 0, data.chosen[start:stop], out=x)  # type: ignore[arg-type]
-        torch.index_select(data.table, 0, data.rejected[start:stop], out=y)  # type: ignore[arg-type]
-        return out.copy_(x.sub_(y))
+        rows = self.diff(data.chosen[start:stop], data.rejected[start:stop])  # type: ignore[index]
+        return out.copy_(rows)
 
 
 def _resolve_users(users, user_ids, n: int) -> tuple[Tensor, tuple[str, ...]]:

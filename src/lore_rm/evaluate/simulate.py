@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from lore_rm.comparisons import Comparisons
+from lore_rm.comparisons import Comparisons, DifferenceRows
 from lore_rm.fit.solvers import bt_margins
 from lore_rm.metrics import mean_accuracy
 from lore_rm.protocol import ProtocolSplit
@@ -68,15 +68,11 @@ def _pair_utilities(table: Tensor, a: Tensor, b: Tensor, basis: Tensor, w: Tenso
     """
     block = min(a.numel(), max(1, PAIR_BLOCK_BYTES // (4 * table.shape[1])))
     out = torch.empty(a.numel())
-    x = torch.empty(block, table.shape[1])
-    y = torch.empty_like(x)
+    rows = DifferenceRows(table, block)
     for start in range(0, a.numel(), block):
         stop = min(start + block, a.numel())
-        n = stop - start
-        torch.index_select(table, 0, a[start:stop], out=x[:n])
-        torch.index_select(table, 0, b[start:stop], out=y[:n])
-        x[:n] -= y[:n]
-        out[start:stop] = ((x[:n] @ basis) * w[start:stop]).sum(1)
+        x = rows(a[start:stop], b[start:stop])
+        out[start:stop] = ((x @ basis) * w[start:stop]).sum(1)
     return out
 
 
