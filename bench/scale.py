@@ -6,7 +6,10 @@ cross-validation; the ridge path and the learned few-shot prior included) of a p
 in a fresh child process. Axes are swept one at a time from a base cell (1,000 users,
 d = 1024, K = 5, 16k texts): users 100 -> 100k, d 384 -> 4096, K 1 -> 50; then the
 PersonalLLM-sized cell (d = 4096, 83k texts, 1000 + 500 users) and the whole
-``lore evaluate`` protocol on it (run_protocol with the command's defaults).
+``lore evaluate`` protocol on it (run_protocol with the command's defaults; with
+``--weight-decay W`` every rank is fitted at that fixed ridge instead of its cross-validated
+one, as ``lore evaluate --weight-decay W`` does). The protocol prints each rank's fit time and
+its seen-test and unseen-test accuracy.
 
 Per cell:
   fit s        wall time of LowRankReward(rank=K, weight_decay=0.1).fit on seen_train
@@ -27,6 +30,7 @@ allocated one (median of 5).
     python bench/scale.py                  # the full grid + PersonalLLM size (long)
     python bench/scale.py --cells users --personal   # choose parts
     python bench/scale.py --cells users --users 100000 --threads 1   # one users cell
+    python bench/scale.py --cells '' --evaluate --weight-decay 0.1   # protocol, fixed ridge
 """
 
 from __future__ import annotations
@@ -166,7 +170,8 @@ def child_evaluate(cell: dict) -> dict:
     before = rss("VmRSS")
     peak_reset = reset_peak()
     t0 = time.perf_counter()
-    result = run_protocol(split, range(7), (0.0,), (5, 10, 20, 30, 40, 50), 20)
+    settings = {} if cell.get("weight_decay") is None else {"weight_decay": cell["weight_decay"]}
+    result = run_protocol(split, range(7), (0.0,), (5, 10, 20, 30, 40, 50), 20, **settings)
     seconds = time.perf_counter() - t0
     return {
         "sim_s": sim_s,
@@ -175,6 +180,10 @@ def child_evaluate(cell: dict) -> dict:
         "peak": rss("VmHWM"),
         "peak_reset": peak_reset,
         "selected_rank": result.selected["rank"] if result.selected else None,
+        "ranks": [
+            {k: r[k] for k in ("rank", "fit_seconds", "seen_test", "unseen_test")}
+            for r in result.rows
+        ],
         "comparisons": split.seen_train.n + split.seen_test.n + split.unseen_test.n,
     }
 
@@ -224,6 +233,11 @@ def main() -> None:
     p.add_argument("--skip-quick", action="store_true", help="full grid less the --quick cells")
     p.add_argument("--personal", action="store_true", help="the PersonalLLM-sized fit")
     p.add_argument("--evaluate", action="store_true", help="lore evaluate at PersonalLLM size")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        help="--evaluate with this fixed ridge (default: the cross-validated one per rank)",
+    )
     p.add_argument("--threads", default="auto", help="torch threads (default: lore's auto)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per cell")
     p.add_argument("--json-out", type=Path, help="also write every cell's raw figures here")
@@ -261,7 +275,8 @@ def main() -> None:
         print(fit_line(cell, r, bandwidth), flush=True)
         raw.append({"cell": cell, "result": r})
     if args.evaluate:
-        r = run_child("evaluate", PERSONAL, threads, args.timeout)
+        cell = {**PERSONAL, "weight_decay": args.weight_decay}
+        r = run_child("evaluate", cell, threads, args.timeout)
         if isinstance(r, str):
             print(f"\nlore evaluate protocol at PersonalLLM size: {r}")
         else:
@@ -272,7 +287,12 @@ def main() -> None:
                 f"{r['peak'] / mb:.0f} MB (RSS before {r['rss_before'] / mb:.0f} MB), "
                 f"selected rank {r['selected_rank']}"
             )
-        raw.append({"cell": {**PERSONAL, "evaluate": True}, "result": r})
+            for row in r["ranks"]:
+                print(
+                    f"  rank {row['rank']}: {row['fit_seconds']:.1f} s, seen test "
+                    f"{row['seen_test']:.4f}, unseen test {row['unseen_test']:.4f}"
+                )
+        raw.append({"cell": {**cell, "evaluate": True}, "result": r})
     print(f"copy bandwidth at the end: {copy_bandwidth() / 1e9:.1f} GB/s")
     if args.json_out:
         args.json_out.write_text(json.dumps({"bandwidth": bandwidth, "cells": raw}, indent=1))
