@@ -112,6 +112,8 @@ def main() -> None:
     if args.rank == truth.shape[1]:
         res = fit(fold_rows, truth[None], true_logits[None], path[-1:])
         report("true basis (oracle)", res, time.perf_counter() - t0)
+    else:
+        print(f"true basis (oracle): skipped, the planted rank is {truth.shape[1]}")
     if args.with_full:
         t0 = time.perf_counter()
         basis, logits = initial_point(data, sigma, args.rank, cfg.init, gen)
