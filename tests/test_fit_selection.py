@@ -11,8 +11,8 @@ import torch
 
 from lore_rm import Comparisons, FitConfig, LoreError, LowRankReward, simulate_population
 from lore_rm.errors import ConvergenceWarning, NoSignalWarning
-from lore_rm.fit.selection import EDGE_STEPS, user_folds
-from lore_rm.fit.solvers import feature_scale, ridge_path
+from lore_rm.fit.selection import EDGE_STEPS, _new_user_scores, held_out_users, user_folds
+from lore_rm.fit.solvers import feature_scale, fit_user_weights, ridge_path
 from lore_rm.fit.start import initial_point
 
 SMALL_GRID = {"rank_grid": (1, 2, 3), "weight_decay_grid": (0.01, 0.1), "cv_folds": 3}
@@ -82,6 +82,66 @@ def test_folds_are_stratified_by_user(rank2_population):
     assert int(per_user_fold.max() - per_user_fold.min()) <= 1  # dealt evenly
 
 
+def test_user_holdout_folds_hold_out_whole_users(rank2_population):
+    data = rank2_population.split.seen_train
+    fold = held_out_users(data, 5, torch.Generator().manual_seed(0))
+    per_user = torch.zeros(data.n_users, 5, dtype=torch.long)
+    per_user.index_put_((data.user_index, fold), torch.ones_like(fold), accumulate=True)
+    assert bool(((per_user > 0).sum(1) == 1).all())  # each user in exactly one fold
+    users_per_fold = (per_user > 0).sum(0)
+    assert int(users_per_fold.max() - users_per_fold.min()) <= 1
+
+
+def test_new_user_scores_equal_fitting_each_held_out_split_on_its_own(rank2_population):
+    """The batched score (every held-out user and inner split at once) equals fitting every
+    (user, inner split) alone: weights on the user's other splits, margin on this one."""
+    data = rank2_population.split.seen_train.compact(centre=True)
+    cfg = FitConfig.for_recipe("default")
+    sigma = feature_scale(data, True)
+    gen = torch.Generator().manual_seed(1)
+    inner = user_folds(data, 3, gen)
+    fold = held_out_users(data, 3, gen)
+    held_out = torch.stack([fold == f for f in range(3)])
+    basis = torch.randn(3, data.d, 2, generator=gen)
+    logits = torch.randn(3, data.n_users, 2, generator=gen)
+    loss, acc = _new_user_scores(data, sigma, basis, logits, held_out, inner, cfg)
+    margins = torch.zeros(data.n)
+    for f in range(3):
+        raw = basis[f] / sigma[:, None]
+        trained = ~torch.isin(torch.arange(data.n_users), data.user_index[held_out[f]])
+        population = logits[f][trained].softmax(-1).mean(0)
+        for user in data.user_index[held_out[f]].unique().tolist():
+            for part in range(3):
+                mine = data.user_index == user
+                fit_rows = (mine & (inner != part)).nonzero()[:, 0]
+                one = data.subset(fit_rows).with_user_ids([data.user_ids[user]])
+                w = fit_user_weights(one, raw, cfg.scale, cfg, population)
+                scored = (mine & (inner == part)).nonzero()[:, 0]
+                margins[scored] = cfg.scale * (data.subset(scored).project(raw) @ w[0])
+    expected = [float(torch.nn.functional.softplus(-margins[held_out[f]]).mean()) for f in range(3)]
+    assert loss.tolist() == pytest.approx(expected, abs=1e-4)
+    assert bool(((acc > 0.3) & (acc < 1)).all())
+
+
+def test_fewer_users_than_folds_fall_back_to_holding_out_comparisons():
+    pop = simulate_population(
+        d=8, true_rank=2, n_seen=3, n_unseen=2, train_per_user=30, n_prompts=100, seed=2
+    )
+    model = LowRankReward(rank=2, weight_decay_grid=(0.01, 0.1), cv_folds=4).fit(
+        pop.split.seen_train
+    )
+    sel = model.history_["selection"]
+    assert sel["holdout"] == "comparisons"
+    assert any("fewer than the 4 folds" in n for n in sel["notes"])
+
+
+def test_comparison_holdout_is_still_available(rank2_population):
+    split = rank2_population.split
+    model = LowRankReward(rank="auto", cv_holdout="comparisons", **SMALL_GRID).fit(split.seen_train)
+    assert model.history_["selection"]["holdout"] == "comparisons"
+    assert model.rank_ == 2
+
+
 @pytest.mark.parametrize("kind", ["spectral", "svd"])
 def test_informed_start_is_deterministic_and_uses_no_random_draw(rank2_population, kind):
     data = rank2_population.split.seen_train.compact()
@@ -143,6 +203,7 @@ def test_a_converged_fit_does_not_warn(rank2_population):
         {"cv_folds": 1},
         {"rank_grid": (0, 2)},
         {"init": "zeros"},
+        {"cv_holdout": "prompts"},
         {"fewshot_prior": float("nan")},
     ],
 )

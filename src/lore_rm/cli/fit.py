@@ -113,7 +113,8 @@ def fit_cmd(
         console.print(number_line(numbers, m))
     if sel:
         console.print(
-            f"Chosen by {sel['folds']}-fold cross-validation ({sel['n_fits']} fits, "
+            f"Chosen by {sel['folds']}-fold cross-validation, holding out "
+            f"{sel.get('holdout', 'comparisons')} ({sel['n_fits']} fits, "
             f"{sel['seconds']:.1f} s, {sel['rule']} rule): rank {sel['rank']}, "
             f"weight_decay {sel['weight_decay']:g}"
         )

@@ -125,7 +125,8 @@ def print_model_summary(s: dict) -> None:
             t.add_row(
                 "selection",
                 f"rank {sel['rank']}, weight_decay {sel['weight_decay']:g} "
-                f"({sel['folds']}-fold CV, {sel['n_fits']} fits, {sel['seconds']:.1f} s, "
+                f"({sel['folds']}-fold CV holding out {sel.get('holdout', 'comparisons')}, "
+                f"{sel['n_fits']} fits, {sel['seconds']:.1f} s, "
                 f"{sel['rule']} rule)",
             )
         dg = tr["diagnostics"]

@@ -21,6 +21,7 @@ SOLVERS = ("adam-alternating", "lbfgs")
 FEWSHOT_SOLVERS = ("adam", "lbfgs")
 REGULARIZERS = ("cosine", "l2")
 INITS = ("spectral", "svd", "random")
+CV_HOLDOUTS = ("users", "comparisons")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -83,7 +84,14 @@ class FitConfig:
         "pooled saddle); false starts at the ridge directly.",
     )
     rank_grid: tuple[int, ...] = _f((1, 2, 3, 4, 6, 8), "Ranks tried by rank='auto'.")
-    cv_folds: int = _f(5, "Cross-validation folds (stratified by user) for the 'auto' settings.")
+    cv_folds: int = _f(5, "Cross-validation folds for the 'auto' settings (see cv_holdout).")
+    cv_holdout: Literal["users", "comparisons"] = _f(
+        "users",
+        "What a cross-validation fold holds out: 'users' (whole users; the fold's basis is scored "
+        "on them after fitting their weights on part of their comparisons, as for new users) or "
+        "'comparisons' (a share of every user's comparisons).",
+        choices=CV_HOLDOUTS,
+    )
     one_se: bool = _f(
         True,
         "Pick the simplest setting (lower rank, then stronger ridge) whose cross-validated "
@@ -174,6 +182,7 @@ class FitConfig:
             ("fewshot_solver", FEWSHOT_SOLVERS),
             ("regularizer", REGULARIZERS),
             ("init", INITS),
+            ("cv_holdout", CV_HOLDOUTS),
             ("recipe", ("default", "paper")),
         ):
             if getattr(self, name) not in choices:

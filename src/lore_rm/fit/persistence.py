@@ -269,6 +269,14 @@ def _prior_card(history: dict) -> str:
     )
 
 
+def _holdout_words(sel: dict) -> str:
+    """What the folds held out, in words (selections saved before ``holdout`` existed held
+    out comparisons)."""
+    if sel.get("holdout", "comparisons") == "users":
+        return "each fold held out whole users, scored as new users of the fold's basis"
+    return "each fold held out a share of every user's comparisons"
+
+
 def _selection_card(history: dict) -> str:
     """The model-selection curve as a Markdown section (empty when nothing was searched)."""
     sel = history.get("selection")
@@ -276,8 +284,8 @@ def _selection_card(history: dict) -> str:
         return ""
     lines = [
         "\n## How the rank and ridge were chosen\n",
-        f"{sel['folds']}-fold cross-validation over the seen users' comparisons (folds "
-        f"stratified by user), {sel['n_fits']} fits in {sel['seconds']:.1f} s, rule: "
+        f"{sel['folds']}-fold cross-validation over the seen users' comparisons "
+        f"({_holdout_words(sel)}), {sel['n_fits']} fits in {sel['seconds']:.1f} s, rule: "
         f"{sel['rule']}. Chosen: rank {sel['rank']}, weight_decay {sel['weight_decay']:g}.\n",
         "| rank | weight_decay | CV log-loss | ± se | CV accuracy | chosen |",
         "|---|---|---|---|---|---|",

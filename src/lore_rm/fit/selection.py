@@ -1,8 +1,19 @@
 """Choosing the rank and the ridge by cross-validation over the seen users' comparisons.
 
-Folds are stratified by user: each user's comparisons are dealt round-robin (after a seeded
-shuffle) over the folds, so every user with at least ``cv_folds`` comparisons is in every
-fold and keeps weights of its own in every training part. Every (rank, ridge) cell fits all
+What a fold holds out (``cv_holdout``):
+
+* ``"users"`` (the default): whole users, dealt evenly over the folds after a seeded shuffle.
+  The fold's basis is fitted on the other users; each held-out user is then scored as a new
+  user of that basis: their comparisons are dealt over ``cv_folds`` inner parts, and every
+  comparison is predicted by weights fitted (basis frozen, few-shot prior) on the user's other
+  parts. This scores what the model is for, new users on a basis that never saw them, and
+  each fold's basis is learned from complete users.
+* ``"comparisons"``: each user's comparisons are dealt round-robin (after a seeded shuffle)
+  over the folds, so every user with at least ``cv_folds`` comparisons is in every fold and
+  keeps weights of its own in every training part. Used as well when there are fewer users
+  than folds.
+
+Every (rank, ridge) cell fits all
 folds at once (one L-BFGS over ``folds`` independent problems: one ``X @ V`` with
 ``folds * K`` columns).
 
@@ -34,13 +45,14 @@ import torch.nn.functional as F
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import ConvergenceWarning
 from lore_rm.fit.config import FitConfig
-from lore_rm.fit.solvers import solve_lbfgs
+from lore_rm.fit.solvers import fit_user_weights, solve_lbfgs
 from lore_rm.fit.start import initial_point
 from lore_rm.progress import progress_bar
 
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
 SEARCH_TOL = 1e-4  # the search ranks cells; the final refit converges to cfg.tol
+MIN_GAIN = 1e-3  # a log-loss gain over a coin flip smaller than this (or than its SE) is none
 EDGE_STEPS = 4  # extra, stronger ridges tried when a rank's best sits at the grid's strong end
 
 
@@ -56,6 +68,7 @@ class Selection:
     n_fits: int
     seconds: float
     pooled: dict | None = None  # the best rank-1 cell (the pooled Bradley–Terry reward)
+    holdout: str = "comparisons"  # what a fold held out: "users" or "comparisons"
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -86,6 +99,69 @@ def user_folds(data: Comparisons, n_folds: int, generator: torch.Generator) -> T
     return fold.to(data.device)
 
 
+def held_out_users(data: Comparisons, n_folds: int, generator: torch.Generator) -> Tensor:
+    """Fold id (N,) of every comparison: its user's fold, users dealt evenly after a shuffle."""
+    user_fold = torch.randperm(data.n_users, generator=generator) % n_folds
+    return user_fold.to(data.device)[data.user_index]
+
+
+def _new_user_scores(
+    data: Comparisons,
+    sigma: Tensor,
+    basis: Tensor,
+    logits: Tensor,
+    held_out: Tensor,
+    inner: Tensor,
+    cfg: FitConfig,
+) -> tuple[Tensor, Tensor]:
+    """Per fold: held-out users scored as new users of the fold's basis.
+
+    Each held-out user's comparisons are dealt over ``inner`` folds; every comparison is
+    scored by weights fitted (basis frozen, few-shot prior around the fold's mean weights) on
+    that user's comparisons of the other inner folds. All held-out users of a fold and all
+    their inner splits are one batched few-shot fit. Returns the mean log-loss over the
+    fold's comparisons and the mean-over-users accuracy, as :func:`_held_out_scores`.
+    """
+    n_folds, d, rank = basis.shape
+    n_inner = int(inner.max()) + 1 if inner.numel() else 1
+    u = data.user_index
+    with torch.no_grad():
+        raw = (basis / sigma[None, :, None]).permute(1, 0, 2).reshape(d, n_folds * rank)
+        z = data.project(raw).reshape(-1, n_folds, rank)
+        margins = torch.zeros(data.n, dtype=z.dtype, device=z.device)
+        for f in range(n_folds):  # a handful of folds; users and rows are batched
+            rows = held_out[f].nonzero()[:, 0]
+            if not rows.numel():
+                continue
+            local_users, local = torch.unique(u[rows], return_inverse=True)
+            trained = torch.ones(data.n_users, dtype=torch.bool, device=u.device)
+            trained[local_users] = False
+            population = logits[f][trained].softmax(-1).mean(0)
+            zf = z[rows, f]
+            split = torch.arange(n_inner, device=rows.device)
+            rep = torch.arange(rows.numel(), device=rows.device).repeat_interleave(n_inner)
+            part = split.repeat(rows.numel())
+            keep = part != inner[rows][rep]
+            rep, part = rep[keep], part[keep]
+            n_virtual = local_users.numel() * n_inner
+            fitted_on = Comparisons.from_features(
+                zf[rep],
+                (local[rep] * n_inner + part).cpu().numpy(),
+                user_ids=[str(i) for i in range(n_virtual)],
+            )
+            weights = fit_user_weights(
+                fitted_on,
+                torch.eye(rank, dtype=zf.dtype, device=zf.device),
+                cfg.scale,
+                cfg,
+                population,
+                projected=zf[rep],
+            )
+            own = weights[local * n_inner + inner[rows]]
+            margins[rows] = cfg.scale * (zf * own).sum(-1)
+        return _fold_scores(data, margins[None].expand(n_folds, -1), held_out)
+
+
 def _held_out_scores(
     data: Comparisons, sigma: Tensor, basis: Tensor, logits: Tensor, held_out: Tensor, scale: float
 ) -> tuple[Tensor, Tensor]:
@@ -96,16 +172,22 @@ def _held_out_scores(
         z = data.project(raw).reshape(-1, n_folds, rank)
         w = logits.softmax(dim=-1)[:, data.user_index, :].permute(1, 0, 2)
         margins = scale * (z * w).sum(-1).T  # (F, N)
-        weight = held_out.to(margins.dtype)
-        loss = (F.softplus(-margins) * weight).sum(1) / weight.sum(1).clamp_min(1)
-        right = (margins > 0).to(margins.dtype) * weight
-        u = data.user_index
-        per_user = torch.zeros(n_folds, data.n_users, dtype=margins.dtype, device=data.device)
-        total = torch.zeros_like(per_user)
-        per_user.index_add_(1, u, right)
-        total.index_add_(1, u, weight)
-        has = total > 0
-        acc = (per_user / total.clamp_min(1) * has).sum(1) / has.sum(1).clamp_min(1)
+        return _fold_scores(data, margins, held_out)
+
+
+def _fold_scores(data: Comparisons, margins: Tensor, held_out: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean log-loss over each fold's held-out comparisons and mean-over-users accuracy,
+    from the margins (F, N) each fold predicts."""
+    weight = held_out.to(margins.dtype)
+    loss = (F.softplus(-margins) * weight).sum(1) / weight.sum(1).clamp_min(1)
+    right = (margins > 0).to(margins.dtype) * weight
+    u = data.user_index
+    per_user = torch.zeros(len(margins), data.n_users, dtype=margins.dtype, device=data.device)
+    total = torch.zeros_like(per_user)
+    per_user.index_add_(1, u, right)
+    total.index_add_(1, u, weight)
+    has = total > 0
+    acc = (per_user / total.clamp_min(1) * has).sum(1) / has.sum(1).clamp_min(1)
     return loss.double(), acc.double()
 
 
@@ -129,6 +211,9 @@ def select_settings(
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     n_folds = cfg.cv_folds
     fold = user_folds(data, n_folds, gen)
+    holdout = cfg.cv_holdout if data.n_users >= n_folds else "comparisons"
+    if holdout == "users":
+        inner, fold = fold, held_out_users(data, n_folds, gen)
     held_out = torch.stack([fold == f for f in range(n_folds)])  # (F, N)
     train_weights = (~held_out).to(torch.float32)
     ranks = sorted(set(int(k) for k in ranks))
@@ -164,7 +249,14 @@ def select_settings(
             n_fits += n_folds
             basis0, logits0 = res.basis, res.logits  # warm start for the next, stronger ridge
             not_converged += not res.converged
-            loss, acc = _held_out_scores(data, sigma, res.basis, res.logits, held_out, cfg.scale)
+            if holdout == "users":
+                loss, acc = _new_user_scores(
+                    data, sigma, res.basis, res.logits, held_out, inner, cfg
+                )
+            else:
+                loss, acc = _held_out_scores(
+                    data, sigma, res.basis, res.logits, held_out, cfg.scale
+                )
             mean, se = _mean_se(loss)
             acc_mean, acc_se = _mean_se(acc)
             rows.append(
@@ -211,6 +303,11 @@ def select_settings(
     pooled_rows = [r for r in rows if r["rank"] == 1]
     pooled = min(pooled_rows, key=lambda r: r["cv_loss"]) if pooled_rows else None
     notes = []
+    if holdout != cfg.cv_holdout:
+        notes.append(
+            f"{data.n_users} users are fewer than the {n_folds} folds: each fold held out a share "
+            "of every user's comparisons instead of whole users"
+        )
     if not_converged:
         notes.append(
             f"{not_converged} of the cross-validation cells stopped on the iteration cap "
@@ -231,6 +328,7 @@ def select_settings(
         seconds=round(time.perf_counter() - t0, 3),
         pooled=pooled,
         notes=notes,
+        holdout=holdout,
     )
 
 
@@ -238,10 +336,12 @@ def signal_problems(selection: Selection) -> list[str]:
     """Why the chosen model may have learned nothing (empty when it learned something)."""
     chosen = selection.chosen
     problems = []
-    if chosen["cv_loss"] >= LN2:
+    margin = max(chosen["cv_loss_se"], MIN_GAIN)
+    if chosen["cv_loss"] >= LN2 - margin:
         problems.append(
             f"its cross-validated log-loss {chosen['cv_loss']:.4f} is not below ln 2 = "
-            f"{LN2:.4f} (a coin flip)"
+            f"{LN2:.4f} (a coin flip) by more than {margin:.4f} (its standard error, at least "
+            f"{MIN_GAIN})"
         )
     pooled = selection.pooled
     if pooled is not None and chosen["rank"] > 1 and chosen["cv_accuracy"] <= pooled["cv_accuracy"]:
