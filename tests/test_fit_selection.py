@@ -30,6 +30,7 @@ def test_auto_picks_the_planted_rank(rank2_population):
     model = LowRankReward(rank="auto", **SMALL_GRID).fit(split.seen_train)
     assert model.rank_ == 2
     sel = model.history_["selection"]
+    assert sel["holdout"] == "users"  # the default: folds hold out whole users
     assert sel["rank"] == 2 and any(r["chosen"] for r in sel["rows"])
     tried = {r["weight_decay"] for r in sel["rows"]}
     assert model.config_.weight_decay in tried
