@@ -119,7 +119,7 @@ def test_unknown_user_is_an_error_or_the_mean(fitted):
         fitted.reward(e, "nobody")
     r = fitted.reward(e, "nobody", unknown="mean")
     w = fitted.population_weights_
-    torch.testing.assert_close(r, fitted.scale_ * (e @ fitted.basis_ @ w))
+    torch.testing.assert_close(r, fitted.reward_scale * (e @ fitted.basis_ @ w))
 
 
 def test_bad_input_gives_clear_errors(fitted, tmp_path):

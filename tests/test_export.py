@@ -351,7 +351,7 @@ def test_export_copies_the_backbone_files_and_replaces_only_the_head(rope_backbo
         for key in old.keys():
             if key != "score.weight":
                 assert torch.equal(new.get_tensor(key), old.get_tensor(key)), key
-        head = model.scale_ * model.basis_ @ model.user_weights_[1]
+        head = model.reward_scale * model.basis_ @ model.user_weights_[1]
         torch.testing.assert_close(new.get_tensor("score.weight")[0], head)
 
 

@@ -11,6 +11,9 @@ import torch
 
 from lore_rm import Comparisons, FitConfig, LoreError, LowRankReward, simulate_population
 from lore_rm.errors import ConvergenceWarning, NoSignalWarning
+from lore_rm.fit.config import FALLBACK_PRIOR
+from lore_rm.fit.posterior import linear_std, logit_hessian
+from lore_rm.fit.prior import isotropic_prior
 from lore_rm.fit.selection import EDGE_STEPS, _new_user_scores, held_out_users, user_folds
 from lore_rm.fit.solvers import feature_scale, fit_user_weights, ridge_path
 from lore_rm.fit.start import initial_point
@@ -95,7 +98,8 @@ def test_user_holdout_folds_hold_out_whole_users(rank2_population):
 
 def test_new_user_scores_equal_fitting_each_held_out_split_on_its_own(rank2_population):
     """The batched score (every held-out user and inner split at once) equals fitting every
-    (user, inner split) alone: weights on the user's other splits, margin on this one."""
+    (user, inner split) alone: weights on the user's other splits, margin on this one, and
+    the margin's std under that fit's Laplace posterior (isotropic fallback prior)."""
     data = rank2_population.split.seen_train.compact(centre=True)
     cfg = FitConfig.for_recipe("default")
     sigma = feature_scale(data, True)
@@ -105,22 +109,33 @@ def test_new_user_scores_equal_fitting_each_held_out_split_on_its_own(rank2_popu
     held_out = torch.stack([fold == f for f in range(3)])
     basis = torch.randn(3, data.d, 2, generator=gen)
     logits = torch.randn(3, data.n_users, 2, generator=gen)
-    loss, acc = _new_user_scores(data, sigma, basis, logits, held_out, inner, cfg)
-    margins = torch.zeros(data.n)
+    loss, acc, margins, std = _new_user_scores(data, sigma, basis, logits, held_out, inner, cfg)
+    want, want_std = torch.zeros(data.n), torch.zeros(data.n, dtype=torch.float64)
     for f in range(3):
         raw = basis[f] / sigma[:, None]
         trained = ~torch.isin(torch.arange(data.n_users), data.user_index[held_out[f]])
         population = logits[f][trained].softmax(-1).mean(0)
+        prior = isotropic_prior(population, FALLBACK_PRIOR).precision
         for user in data.user_index[held_out[f]].unique().tolist():
             for part in range(3):
                 mine = data.user_index == user
                 fit_rows = (mine & (inner != part)).nonzero()[:, 0]
                 one = data.subset(fit_rows).with_user_ids([data.user_ids[user]])
                 w = fit_user_weights(one, raw, cfg.scale, cfg, population)
+                h = logit_hessian(one.project(raw), w, one.user_index, cfg.scale, prior)
+                cov = torch.linalg.inv(h)
                 scored = (mine & (inner == part)).nonzero()[:, 0]
-                margins[scored] = cfg.scale * (data.subset(scored).project(raw) @ w[0])
-    expected = [float(torch.nn.functional.softplus(-margins[held_out[f]]).mean()) for f in range(3)]
+                z = data.subset(scored).project(raw)
+                want[scored] = cfg.scale * (z @ w[0])
+                n = len(scored)
+                want_std[scored] = linear_std(z, w.expand(n, -1), cov.expand(n, -1, -1), cfg.scale)
+    expected = [float(torch.nn.functional.softplus(-want[held_out[f]]).mean()) for f in range(3)]
     assert loss.tolist() == pytest.approx(expected, abs=1e-4)
+    torch.testing.assert_close(
+        margins.float(), want, atol=2e-2, rtol=0
+    )  # each fit stops at its own tolerance
+    torch.testing.assert_close(std, want_std, atol=2e-3, rtol=2e-3)
+    assert bool((std > 0).all())
     assert bool(((acc > 0.3) & (acc < 1)).all())
 
 

@@ -112,7 +112,7 @@ def test_get_reward_openrlhf_shape(served, small_model, embedder):
     assert data["extra_logs"]["lore_unknown_user"] == [0.0, 1.0]
     # the unknown user got the population's mean weights
     pop = (
-        small_model.scale_
+        small_model.reward_scale
         * embedder.embed([convs[1]])
         @ small_model.basis_
         @ small_model.population_weights_

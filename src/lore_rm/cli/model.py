@@ -45,6 +45,7 @@ def model_summary(model_dir: Path, db: Path | None = None) -> dict:
         "n_components": record.get("n_components"),
         "d": own.d_,
         "scale": own.scale_,
+        "margin_scale": own.margin_scale_,
         "backbone": own.backbone,
         "recipe": own.recipe,
         "seed": own.seed,
@@ -108,6 +109,11 @@ def print_model_summary(s: dict) -> None:
     )
     t.add_row("rank", f"{rank}, {s['n_components']} basis column(s) kept")
     t.add_row("d, scale", f"{s['d']}, {s['scale']:g}")
+    t.add_row(
+        "margin_scale",
+        f"{s['margin_scale']:g}"
+        + (" (calibrated on held-out users)" if s["margin_scale"] != 1 else " (uncalibrated)"),
+    )
     u = s["users"]
     users = f"{u['total']} ({u['model']} in the model"
     if u["database"]:

@@ -97,6 +97,12 @@ class FitConfig:
         "Pick the simplest setting (lower rank, then stronger ridge) whose cross-validated "
         "log-loss is within one standard error of the best.",
     )
+    calibrate: bool = _f(
+        True,
+        "Multiply the fitted model's margins (rewards, probabilities, their std) by the scale at "
+        "which the cross-validation's held-out users find them calibrated (learned when an "
+        "'auto' setting is searched with cv_holdout='users'; otherwise, or when false, 1).",
+    )
     user_l2: float = _f(
         1e-3, "L2 penalty on user logits (keeps weights off the simplex's corners)."
     )
@@ -142,6 +148,7 @@ class FitConfig:
                 fewshot_n_iter=500,
                 fewshot_lr=0.1,
                 fewshot_prior=0.0,
+                calibrate=False,
             )
         elif recipe == "default":
             base = cls()

@@ -17,6 +17,7 @@ from lore_rm.devices import as_device
 from lore_rm.errors import DataError, LoreError, UnknownUserError
 from lore_rm.fit.active import DUPLICATE_TOL, QuestionSelection, select
 from lore_rm.fit.auto import AUTO, diagnose, resolve_auto
+from lore_rm.fit.calibration import margin_calibration
 from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig, Recipe
 from lore_rm.fit.empirical_bayes import learn_prior
 from lore_rm.fit.persistence import load_model, save_model
@@ -38,7 +39,9 @@ class LowRankReward:
     """Shared low-rank reward basis ``V`` (d x K) plus a simplex weight vector per user.
 
     The reward of user ``u`` for a conversation with embedding ``e`` is
-    ``scale * e @ V @ w_u`` (a Bradley–Terry logit: ``P(a > b) = sigmoid(r(a) - r(b))``).
+    ``margin_scale * scale * e @ V @ w_u`` (a Bradley–Terry logit: ``P(a > b) =
+    sigmoid(r(a) - r(b))``; ``margin_scale`` is learned by the cross-validation, see
+    :mod:`lore_rm.fit.calibration`, and 1 when it was not).
     Rank 0 is the reference head, held as data: the basis is ``v_ref`` as one column and every
     user's weight is 1 (``e @ v_ref``, the same for every user); rank 1 is one pooled
     Bradley–Terry reward.
@@ -81,6 +84,12 @@ class LowRankReward:
     def is_fitted(self) -> bool:
         return hasattr(self, "basis_")
 
+    @property
+    def reward_scale(self) -> float:
+        """The factor of every output, ``margin_scale_ * scale_`` (``r = reward_scale * e @ V
+        @ w``); the fits use ``scale_`` alone."""
+        return self.scale_ * getattr(self, "margin_scale_", 1.0)
+
     def _require_fitted(self) -> None:
         if not self.is_fitted:
             raise LoreError("this model is not fitted yet: call fit() or from_pretrained()")
@@ -93,6 +102,7 @@ class LowRankReward:
         users: Sequence[str],
         *,
         scale: float = 1.0,
+        margin_scale: float = 1.0,
         population_weights: Tensor | np.ndarray | None = None,
         reference_head: Tensor | np.ndarray | None = None,
         rank: int | None = None,
@@ -106,7 +116,8 @@ class LowRankReward:
         """A fitted model from its arrays: basis (d, K), user weights (U, K) and user ids.
 
         ``population_weights`` default to the mean of ``user_weights``; ``rank`` defaults to
-        K; ``fit_config`` to the recipe's settings.
+        K; ``fit_config`` to the recipe's settings. ``margin_scale`` multiplies every output
+        (rewards, margins and their std), not the fits.
         """
         basis = torch.as_tensor(basis, dtype=torch.float32).clone()  # never the caller's memory
         weights = torch.as_tensor(user_weights, dtype=torch.float32).clone()
@@ -118,6 +129,8 @@ class LowRankReward:
             raise DataError(
                 f"user_weights must have shape ({len(users)}, {k}), got {tuple(weights.shape)}"
             )
+        if not (np.isfinite(margin_scale) and margin_scale > 0):
+            raise DataError(f"margin_scale must be a positive number, got {margin_scale!r}")
         if population_weights is None:
             population = weights.mean(dim=0) if len(users) else torch.full((k,), 1.0 / max(k, 1))
         else:
@@ -133,6 +146,7 @@ class LowRankReward:
         model.rank_ = k if rank is None or rank == AUTO else int(rank)
         model.d_ = int(d)
         model.scale_ = float(scale)
+        model.margin_scale_ = float(margin_scale)
         model.users_ = users
         model.config_ = fit_config if fit_config is not None else model.config
         model.basis_ = basis
@@ -155,7 +169,8 @@ class LowRankReward:
 
         ``rank="auto"`` and ``weight_decay="auto"`` (the default) are chosen first by
         cross-validation over ``comparisons`` (:mod:`lore_rm.fit.selection`); the model is
-        then refitted on all of them. The search is in ``history_["selection"]``.
+        then refitted on all of them. The search is in ``history_["selection"]``; with users
+        held out it also learns ``margin_scale_`` (``history_["calibration"]``).
         """
         cfg = self.config
         _check_nonempty(comparisons, "fit")
@@ -194,6 +209,8 @@ class LowRankReward:
             self.scale_ = float(cfg.scale)
             self.history_ = result.history
         self.history_.update(diagnose(selection))
+        self.history_["calibration"] = margin_calibration(selection, cfg.calibrate, rank)
+        self.margin_scale_ = float(self.history_["calibration"]["margin_scale"])
         counts = comparisons.counts_per_user().cpu()
         fitted = counts > 0
         self.population_weights_ = (
@@ -436,8 +453,8 @@ class LowRankReward:
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Personalised reward (M,) of each embedding row for its user (or one user for all).
 
-        ``reward = scale * e @ basis @ w_u`` (rank 0: the basis is the reference head and
-        every weight is 1).
+        ``reward = reward_scale * e @ basis @ w_u`` (rank 0: the basis is the reference head
+        and every weight is 1).
         A ``None`` user gets the population's mean weights.
 
         ``return_std=True`` (with a ``posterior`` from :meth:`weights_posterior`) returns
@@ -461,11 +478,11 @@ class LowRankReward:
             raise DataError(f"{len(users)} users given for {e.shape[0]} embeddings")
         w, known = self.weights_for(list(users), unknown=unknown)
         y = e @ self.basis_
-        r = self.scale_ * (y * w).sum(dim=1)
+        r = self.reward_scale * (y * w).sum(dim=1)
         if not return_std:
             return r
         cov = self._row_covariances(list(users), known, posterior)
-        return r, linear_std(y, w, cov, self.scale_).to(r.dtype)
+        return r, linear_std(y, w, cov, self.reward_scale).to(r.dtype)
 
     def margins(self, comparisons: Comparisons, *, unknown: str = "error") -> Tensor:
         """Bradley–Terry logit ``r(chosen) - r(rejected)`` of every comparison (N,)."""
@@ -474,7 +491,7 @@ class LowRankReward:
         data = comparisons.to(dtype=torch.float32, keep_low_precision=True)
         w, _ = self.weights_for(list(comparisons.user_ids), unknown=unknown)
         z = data.project_for_scoring(self.basis_.to(data.device))
-        return bt_margins(z, w.to(z.device), data.user_index, self.scale_).cpu()
+        return bt_margins(z, w.to(z.device), data.user_index, self.reward_scale).cpu()
 
     def predict_proba(
         self,
@@ -506,9 +523,9 @@ class LowRankReward:
         w, known = self.weights_for(users, unknown=unknown)
         z = data.project(self.basis_.to(data.device)).cpu()
         rows = data.user_index.cpu()
-        mean = bt_margins(z, w, rows, self.scale_)
+        mean = bt_margins(z, w, rows, self.reward_scale)
         cov = self._row_covariances(users, known, posterior)
-        return mean, linear_std(z, w[rows], cov[rows], self.scale_).to(mean.dtype)
+        return mean, linear_std(z, w[rows], cov[rows], self.reward_scale).to(mean.dtype)
 
     def weights_posterior(
         self,

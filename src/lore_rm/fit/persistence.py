@@ -1,12 +1,14 @@
 """A model folder: ``config.json``, ``model.safetensors``, ``users.json`` and a model card.
 
-Format version 3 adds the learned few-shot prior (``prior_mean`` (K,) and
-``prior_precision`` (K, K) in ``model.safetensors``, when the fit learned one); folders
-without it personalise new users under the isotropic prior their settings name. Version 2
-keeps the user ids in ``users.json`` (one JSON list, in weight-row order) and records the
-lore-rm version that wrote the folder; version 1 folders (user ids inside ``config.json``)
-are still read. Rank 0 is stored as an empty basis next to the reference head, as it always
-was; in memory the reference head is the one-column basis.
+Format version 4 adds ``margin_scale`` to ``config.json`` (the cross-validated calibration of
+every output, :mod:`lore_rm.fit.calibration`); earlier folders read as 1. Version 3 adds the
+learned few-shot prior (``prior_mean`` (K,) and ``prior_precision`` (K, K) in
+``model.safetensors``, when the fit learned one); folders without it personalise new users
+under the isotropic prior their settings name. Version 2 keeps the user ids in ``users.json``
+(one JSON list, in weight-row order) and records the lore-rm version that wrote the folder;
+version 1 folders (user ids inside ``config.json``) are still read. Rank 0 is stored as an
+empty basis next to the reference head, as it always was; in memory the reference head is the
+one-column basis.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def save_model(model: LowRankReward, path: str | os.PathLike) -> Path:
         "n_components": int(tensors["basis"].shape[1]),
         "d": model.d_,
         "scale": model.scale_,
+        "margin_scale": model.margin_scale_,
         "recipe": model.recipe,
         "seed": model.seed,
         "backbone": model.backbone,
@@ -78,7 +81,7 @@ def save_model(model: LowRankReward, path: str | os.PathLike) -> Path:
 
 
 def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -> LowRankReward:
-    """The model saved in folder ``path`` (format version 1 or 2)."""
+    """The model saved in folder ``path`` (format version 1 to 4)."""
     folder = Path(path)
     cfg_path = folder / MODEL_CONFIG_FILE
     if not cfg_path.is_file():
@@ -108,6 +111,7 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
         weights,
         users,
         scale=config["scale"],
+        margin_scale=config.get("margin_scale", 1.0),
         population_weights=population,
         reference_head=tensors.get("reference_head"),
         rank=config["rank"],
@@ -239,14 +243,30 @@ def _model_card(m: LowRankReward) -> str:
         f"- backbone: `{m.backbone or 'unspecified'}` (frozen; this folder holds only the head)\n"
         f"- rank K = {m.rank_} ({0 if m.rank_ == 0 else m.n_components_} basis columns kept), "
         f"d = {m.d_}, "
-        f"scale = {m.scale_}\n"
+        f"scale = {m.scale_}, margin_scale = {m.margin_scale_:g}\n"
         f"- users: {len(m.users_)}; recipe: {m.recipe}; written by lore-rm {__version__}\n\n"
-        "Reward of user u for embedding e: `scale * e @ basis @ user_weights[u]` "
-        "(rank 0: `e @ reference_head`).\n\n"
+        "Reward of user u for embedding e: `margin_scale * scale * e @ basis @ "
+        "user_weights[u]` (rank 0: `e @ reference_head`).\n"
+        + _calibration_card(getattr(m, "history_", {}))
+        + "\n"
         "```python\nfrom lore_rm import LowRankReward\n"
         "model = LowRankReward.from_pretrained('THIS_FOLDER')\n```\n"
         + _selection_card(getattr(m, "history_", {}))
         + _prior_card(getattr(m, "history_", {}))
+    )
+
+
+def _calibration_card(history: dict) -> str:
+    """Where the margin scale came from, in words (empty when the history does not say)."""
+    cal = history.get("calibration")
+    if not cal:
+        return ""
+    if "why" in cal:
+        return f"\nThe margins are not calibrated (margin_scale 1): {cal['why']}.\n"
+    return (
+        f"\nmargin_scale {cal['margin_scale']:g} calibrates rewards, probabilities and their "
+        f"std: it is the scale at which the held-out users of the {cal['source']} find the "
+        "margins calibrated.\n"
     )
 
 

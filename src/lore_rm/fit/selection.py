@@ -26,6 +26,10 @@ in a row; the rank grid stops once two larger ranks in a row fail to improve on 
 When a rank's best ridge is the grid's strongest, the path goes on past the grid (same ratio,
 up to ``EDGE_STEPS`` more values) until the loss rises, so the choice is never clipped there.
 
+With users held out, every cell also records ``margin_scale``: the factor by which the true
+log-odds exceed its held-out margins (:mod:`lore_rm.fit.calibration`); the chosen cell's
+scale calibrates the fitted model's outputs.
+
 The score is the held-out Bradley–Terry log-loss (mean over the fold's comparisons). The
 one-standard-error rule then picks the simplest cell (lowest rank, then strongest ridge) whose
 mean loss is within one standard error (over folds) of the best.
@@ -44,7 +48,10 @@ import torch.nn.functional as F
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import ConvergenceWarning
-from lore_rm.fit.config import FitConfig
+from lore_rm.fit.calibration import fit_margin_scale
+from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig
+from lore_rm.fit.posterior import covariance_from_hessian, linear_std, logit_hessian
+from lore_rm.fit.prior import isotropic_prior
 from lore_rm.fit.solvers import fit_user_weights, solve_lbfgs
 from lore_rm.fit.start import initial_point
 from lore_rm.progress import progress_bar
@@ -113,22 +120,26 @@ def _new_user_scores(
     held_out: Tensor,
     inner: Tensor,
     cfg: FitConfig,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per fold: held-out users scored as new users of the fold's basis.
 
     Each held-out user's comparisons are dealt over ``inner`` folds; every comparison is
     scored by weights fitted (basis frozen, few-shot prior around the fold's mean weights) on
     that user's comparisons of the other inner folds. All held-out users of a fold and all
     their inner splits are one batched few-shot fit. Returns the mean log-loss over the
-    fold's comparisons and the mean-over-users accuracy, as :func:`_held_out_scores`.
+    fold's comparisons and the mean-over-users accuracy, as :func:`_held_out_scores`, then
+    every comparison's held-out margin (N,) and its std (N,) under the Laplace posterior of
+    the weights that predicted it (zero at rank 1, where the weights are fixed).
     """
     n_folds, d, rank = basis.shape
     n_inner = int(inner.max()) + 1 if inner.numel() else 1
     u = data.user_index
+    strength = float(FALLBACK_PRIOR if cfg.fewshot_prior == LEARNED else cfg.fewshot_prior)
     with torch.no_grad():
         raw = (basis / sigma[None, :, None]).permute(1, 0, 2).reshape(d, n_folds * rank)
         z = data.project(raw).reshape(-1, n_folds, rank)
         margins = torch.zeros(data.n, dtype=z.dtype, device=z.device)
+        std = torch.zeros(data.n, dtype=torch.float64, device=z.device)
         for f in range(n_folds):  # a handful of folds; users and rows are batched
             rows = held_out[f].nonzero()[:, 0]
             if not rows.numel():
@@ -157,9 +168,18 @@ def _new_user_scores(
                 population,
                 projected=zf[rep],
             )
-            own = weights[local * n_inner + inner[rows]]
+            virtual = local * n_inner + inner[rows]
+            own = weights[virtual]
             margins[rows] = cfg.scale * (zf * own).sum(-1)
-        return _fold_scores(data, margins[None].expand(n_folds, -1), held_out)
+            if rank > 1 and strength > 0:
+                prior = isotropic_prior(population, strength).precision.to(zf.device)
+                index = local[rep] * n_inner + part
+                h = logit_hessian(zf[rep], weights, index, cfg.scale, prior)
+                floor = float(torch.linalg.eigvalsh(prior)[0])
+                cov = covariance_from_hessian(h, floor, "gauss-newton")
+                std[rows] = linear_std(zf, own, cov[virtual], cfg.scale)
+        loss, acc = _fold_scores(data, margins[None].expand(n_folds, -1), held_out)
+        return loss, acc, margins, std
 
 
 def _held_out_scores(
@@ -249,10 +269,12 @@ def select_settings(
             n_fits += n_folds
             basis0, logits0 = res.basis, res.logits  # warm start for the next, stronger ridge
             not_converged += not res.converged
+            scale_fit: dict = {}
             if holdout == "users":
-                loss, acc = _new_user_scores(
+                loss, acc, margins, std = _new_user_scores(
                     data, sigma, res.basis, res.logits, held_out, inner, cfg
                 )
+                scale_fit["margin_scale"] = fit_margin_scale(margins, std)
             else:
                 loss, acc = _held_out_scores(
                     data, sigma, res.basis, res.logits, held_out, cfg.scale
@@ -269,6 +291,7 @@ def select_settings(
                     "cv_accuracy_se": acc_se,
                     "iterations": res.iterations,
                     "converged": res.converged,
+                    **scale_fit,
                 }
             )
             bar.update(1)

@@ -3,12 +3,13 @@
 The low-rank reward of user ``u`` is linear in the backbone's pooled state ``e`` (the final
 hidden state, after the final norm, of the last non-padding token -- exactly what a
 ``*ForSequenceClassification`` decoder applies its ``score`` head to):
-``r_u(e) = scale * e @ V @ w_u = e @ h_u`` with ``h_u = scale * V @ w_u``. Writing ``h_u``
+``r_u(e) = c * e @ V @ w_u = e @ h_u`` with ``h_u = c * V @ w_u`` (``c`` is the model's
+``reward_scale``: its ``scale`` times its cross-validated ``margin_scale``). Writing ``h_u``
 into the ``score`` head gives a folder that TRL, OpenRLHF or rewardbench load with
 ``AutoModelForSequenceClassification`` and no knowledge of lore-rm:
 
 * ``--user ID``: ``num_labels = 1``, ``score.weight = h_u``: ``logits[:, 0]`` is ``r_u``;
-* ``--basis``: ``num_labels = K``, ``score.weight = (scale * V).T``: ``logits @ w_u`` is
+* ``--basis``: ``num_labels = K``, ``score.weight = (c * V).T``: ``logits @ w_u`` is
   ``r_u`` for any user; every user's weights travel in ``lore_user_weights.safetensors``.
 
 Weights of users onboarded through ``lore serve`` live in its database; pass it with ``db``
@@ -170,16 +171,17 @@ def backbone_source(backbone: str | os.PathLike) -> BackboneInfo:
 
 
 def reward_head(model: LowRankReward, user: str | None, *, basis: bool) -> torch.Tensor:
-    """The score-head matrix (num_labels, d): ``h_u`` (1, d) or ``(scale * V).T`` (K, d)."""
+    """The score-head matrix (num_labels, d): ``h_u`` (1, d) or ``(reward_scale * V).T``
+    (K, d); ``reward_scale`` is ``margin_scale * scale``."""
     if basis:
         if model.rank_ == 0:
             raise LoreError("a rank-0 model has no basis: export one user (the reference head)")
-        return (model.scale_ * model.basis_).T.contiguous().to(torch.float32)
+        return (model.reward_scale * model.basis_).T.contiguous().to(torch.float32)
     if user is None and model.rank_ > 0:
         raise LoreError("name the user to export (--user ID), or export the basis (--basis)")
     # rank 0: every user's weight is 1, the population's too
     w, _ = model.weights_for([user], unknown="mean" if model.rank_ == 0 else "error")
-    return (model.scale_ * model.basis_ @ w[0])[None, :].contiguous().to(torch.float32)
+    return (model.reward_scale * model.basis_ @ w[0])[None, :].contiguous().to(torch.float32)
 
 
 def export_reward_model(
@@ -247,6 +249,7 @@ def export_reward_model(
         "user": None if basis else user,
         "weights": user_weights,
         "scale": float(model.scale_),
+        "margin_scale": float(model.margin_scale_),
         "rank": int(model.rank_),
         "d": int(d),
         "source_model": str(source) if source is not None else None,

@@ -51,7 +51,8 @@ def default_db_path(model_dir: str | Path) -> Path:
 
 
 def model_fingerprint(model: LowRankReward) -> str:
-    """A hash of what user weights are defined over: the basis and the scale."""
+    """A hash of what user weights are defined over: the basis and the scale the fits use
+    (``scale_``; the margin scale changes outputs only, not what a user's weights mean)."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(model.basis_.to(torch.float32).numpy()).tobytes())
     h.update(repr((float(model.scale_), tuple(model.basis_.shape))).encode())
@@ -434,6 +435,7 @@ class RewardService:
             "n_components": int(m.n_components_),
             "d": int(m.d_),
             "scale": float(m.scale_),
+            "margin_scale": float(m.margin_scale_),
             "recipe": m.recipe,
             "backbone": m.backbone,
             "embedder": str(self.embedder.name),

@@ -1,0 +1,93 @@
+"""The margin scale: how far the fitted margins understate the true log-odds (issue #9).
+
+The ridge on the basis and the prior on the users' logits shrink every fitted margin, and
+labels seen in training cannot reveal it: the shrunk margins fit them best. Users held out of
+the fit can. The cross-validation that holds out users (``cv_holdout="users"``) predicts each
+held-out comparison as a new user's: weights fitted on that user's other comparisons with the
+basis frozen, and their Laplace posterior. From those predictions (margin ``m``, posterior std
+``s``) the scale ``a`` is the maximum-likelihood fit of
+
+    P(chosen preferred) = E[sigmoid(t)],  t ~ N(a m, (a s)^2)   (probit approximation),
+
+that is, the true margin is read as ``a`` times the fitted one and its posterior is scaled
+alike. ``a`` multiplies the model's outputs (rewards, margins, their std); the fits
+themselves (joint, few-shot, the posterior's Hessian) keep the training likelihood, so no
+weight and no ranking changes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lore_rm.fit.selection import Selection
+
+Tensor = torch.Tensor
+#: the scale is searched on [1 / SCALE_RANGE, SCALE_RANGE]
+SCALE_RANGE = 10.0
+GRID_POINTS = 121
+REFINE_STEPS = 40
+
+
+def scaled_log_loss(scale: float, margins: Tensor, std: Tensor) -> float:
+    """Mean log-loss of the held-out comparisons (all oriented chosen-first) when the margins
+    and their std are multiplied by ``scale`` and the probability is integrated over the
+    posterior (probit approximation)."""
+    a = float(scale)
+    z = a * margins / torch.sqrt(1.0 + math.pi * (a * std) ** 2 / 8.0)
+    return float(F.softplus(-z).mean())
+
+
+def fit_margin_scale(margins: Tensor, std: Tensor) -> float:
+    """The scale ``a`` of the module doc, by a log-spaced grid then golden-section refinement
+    (deterministic; 1.0 when there is nothing to fit: no rows, or every margin 0)."""
+    m = margins.detach().to(torch.float64).flatten()
+    s = std.detach().to(torch.float64).flatten()
+    keep = torch.isfinite(m) & torch.isfinite(s)
+    m, s = m[keep], s[keep]
+    if not m.numel() or float(m.abs().max()) == 0.0:
+        return 1.0
+    lo, hi = -math.log(SCALE_RANGE), math.log(SCALE_RANGE)
+    grid = [lo + (hi - lo) * i / (GRID_POINTS - 1) for i in range(GRID_POINTS)]
+    losses = [scaled_log_loss(math.exp(g), m, s) for g in grid]
+    best = min(range(GRID_POINTS), key=lambda i: (losses[i], abs(grid[i])))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, GRID_POINTS - 1)]
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = scaled_log_loss(math.exp(c), m, s), scaled_log_loss(math.exp(d), m, s)
+    for _ in range(REFINE_STEPS):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = scaled_log_loss(math.exp(c), m, s)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = scaled_log_loss(math.exp(d), m, s)
+    found = (a + b) / 2.0
+    if scaled_log_loss(math.exp(found), m, s) > losses[best]:
+        found = grid[best]
+    return float(f"{math.exp(found):.6g}")
+
+
+def margin_calibration(selection: Selection | None, calibrate: bool, rank: int) -> dict:
+    """The fitted model's margin scale and where it came from (``history_["calibration"]``):
+    the chosen cell's, when the search held out users; else 1 and why not."""
+    if rank == 0:
+        why = "rank 0 is the reference head, which is not fitted"
+    elif not calibrate:
+        why = "calibrate is off"
+    elif selection is None:
+        why = "no cross-validated search ran (rank and weight_decay were both given)"
+    elif selection.holdout != "users" or "margin_scale" not in selection.chosen:
+        why = "the cross-validation held out comparisons, not users"
+    else:
+        return {
+            "margin_scale": float(selection.chosen["margin_scale"]),
+            "source": f"{selection.folds}-fold cross-validation, users held out",
+        }
+    return {"margin_scale": 1.0, "why": why}
