@@ -1,10 +1,13 @@
 """Active question selection (lore_rm.fit.active, LowRankReward.select_questions)."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from lore_rm import Comparisons, LoreError, LowRankReward
 from lore_rm.evaluate.active import active_sweep
+from lore_rm.evaluate.report import active_calibration_table
 from lore_rm.fit import active
 from lore_rm.fit.active import select
 from lore_rm.fit.posterior import softmax_gradient
@@ -197,3 +200,17 @@ def test_active_sweep_on_a_planted_population(easy_rank3, easy_population):
         assert 0.5 < r["unseen_test"] <= 1 and r["trials"] == 2 and r["pool_min"] == 20
     final = {r["criterion"]: r["unseen_test"] for r in rows if r["questions"] == 4}
     assert final["information"] > start.pop()
+    # calibration per round: the planted population knows the true margins
+    for r in rows:
+        assert 0 < r["ece"] < 0.5 and 0 < r["coverage_90"] <= 1
+
+
+def test_active_sweep_without_true_margins_reports_no_coverage(easy_rank3, easy_population):
+    split = dataclasses.replace(easy_population.split, unseen_test_margins=None)
+    rows = active_sweep(easy_rank3, split, questions=1, criteria=("random",), trials=1, pool=5)
+    assert all(r["coverage_90"] is None and 0 < r["ece"] < 0.5 for r in rows)
+    table = active_calibration_table(rows)
+    assert "coverage" not in str(table.title) and len(table.columns) == 2
+    short = dataclasses.replace(split, unseen_test_margins=torch.zeros(3))
+    with pytest.raises(LoreError, match="unseen_test_margins has 3 rows"):
+        active_sweep(easy_rank3, short, questions=1, criteria=("random",), trials=1, pool=5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
+from statistics import NormalDist
 from typing import Protocol
 
 import torch
@@ -96,6 +97,15 @@ class FourNumbers(Mapping[str, float]):
 
     def to_dict(self) -> dict[str, float]:
         return dict(self)
+
+
+def interval_coverage(truth: Tensor, mean: Tensor, std: Tensor, level: float = 0.9) -> float:
+    """Share of ``truth`` inside the central ``level`` normal intervals ``mean +- z std``."""
+    if not truth.numel():
+        return math.nan
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    inside = (truth.double() - mean.double()).abs() <= z * std.double()
+    return float(inside.double().mean())
 
 
 def expected_calibration_error(proba: Tensor, n_bins: int = 15) -> float:

@@ -17,6 +17,9 @@ class ProtocolSplit:
 
     ``reference_head`` (d,) is the backbone's own reward direction, needed for rank 0 and for
     the cosine regulariser; ``None`` when the embeddings come without one.
+    ``unseen_test_margins`` (N,) are the TRUE Bradley–Terry margins of ``unseen_test``'s rows
+    where the population is planted (simulated), so evaluations can check interval coverage;
+    ``None`` for real data.
     """
 
     seen_train: Comparisons
@@ -25,3 +28,4 @@ class ProtocolSplit:
     unseen_test: Comparisons
     reference_head: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    unseen_test_margins: torch.Tensor | None = None

@@ -47,6 +47,7 @@ def demo(
     """
     from lore_rm.evaluate.protocols import run_protocol
     from lore_rm.evaluate.report import (
+        active_calibration_table,
         active_table,
         check_report_out,
         print_tables,
@@ -112,7 +113,11 @@ def demo(
     if shot_rows:
         print_tables(shots_table(shot_rows), console=console)
     if result.active_rows:
-        print_tables(active_table(result.active_rows), console=console)
+        print_tables(
+            active_table(result.active_rows),
+            active_calibration_table(result.active_rows),
+            console=console,
+        )
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     config["notes"] = result.notes

@@ -118,6 +118,12 @@ def fit_cmd(
             f"{sel['seconds']:.1f} s, {sel['rule']} rule): rank {sel['rank']}, "
             f"weight_decay {sel['weight_decay']:g}"
         )
+    cal = model.history_.get("calibration")
+    if cal and "why" not in cal:
+        console.print(
+            f"Margins calibrated on the held-out users: rewards and probabilities x "
+            f"{cal['margin_scale']:.3g} (margin_scale)"
+        )
     if moved:
         console.print(
             f"The replaced model's serving database (onboarded users) was moved to "
@@ -139,6 +145,7 @@ def fit_cmd(
                 "rank": model.rank_,
                 "requested_rank": model.rank,
                 "weight_decay": model.config_.weight_decay,
+                "margin_scale": model.margin_scale_,
                 "n_users": len(model.users_),
                 "selection": selection_summary(model.history_),
                 "accuracy": dict(numbers),
@@ -207,6 +214,7 @@ def evaluate_cmd(
     from lore_rm.embed.split import load_split
     from lore_rm.evaluate.protocols import run_protocol
     from lore_rm.evaluate.report import (
+        active_calibration_table,
         active_table,
         check_report_out,
         print_tables,
@@ -274,7 +282,11 @@ def evaluate_cmd(
     if shot_rows:
         print_tables(shots_table(shot_rows), console=console)
     if result.active_rows:
-        print_tables(active_table(result.active_rows), console=console)
+        print_tables(
+            active_table(result.active_rows),
+            active_calibration_table(result.active_rows),
+            console=console,
+        )
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     config["notes"] = result.notes

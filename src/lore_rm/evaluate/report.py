@@ -83,6 +83,29 @@ def active_table(rows: Sequence[dict]) -> Table:
     return table
 
 
+def active_calibration_table(rows: Sequence[dict]) -> Table:
+    """ECE of the posterior-integrated probabilities (and, on planted data, the coverage of
+    the true margins by the 90% intervals) against questions asked, per criterion."""
+    has_truth = any(r.get("coverage_90") is not None for r in rows)
+    title = "Unseen-user calibration vs questions asked: ECE" + (
+        " / 90% interval coverage of the true margins" if has_truth else ""
+    )
+    table = Table(title=title)
+    criteria = list(dict.fromkeys(r["criterion"] for r in rows))
+    table.add_column("questions", justify="right")
+    for c in criteria:
+        table.add_column(c, justify="right")
+    cell = {(r["criterion"], r["questions"]): r for r in rows}
+
+    def shown(r: dict) -> str:
+        text = _fmt(r["ece"])
+        return text + (f" / {_fmt(r['coverage_90'])}" if has_truth else "")
+
+    for q in sorted({r["questions"] for r in rows}):
+        table.add_row(str(q), *(shown(cell[(c, q)]) if (c, q) in cell else "—" for c in criteria))
+    return table
+
+
 def print_tables(*tables: Table, console: Console | None = None) -> None:
     console = console or Console()
     for t in tables:

@@ -142,4 +142,6 @@ def simulate_population(config: PopulationConfig | None = None, **overrides) -> 
     ):
         m = bt_margins(data.project(true_basis), w, data.user_index, 1.0)
         pop.oracle[key], pop.oracle[f"{key}_std"] = mean_accuracy(m, data)
+        if key == "unseen_test":
+            split.unseen_test_margins = m.detach().to(torch.float64)
     return pop
