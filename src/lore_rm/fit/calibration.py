@@ -27,19 +27,31 @@ if TYPE_CHECKING:  # pragma: no cover
     from lore_rm.fit.selection import Selection
 
 Tensor = torch.Tensor
-#: the scale is searched on [1 / SCALE_RANGE, SCALE_RANGE]
+#: the scale is searched on [1 / SCALE_RANGE, SCALE_RANGE]: a log-spaced grid, then
+#: golden-section steps inside the best grid point's bracket
 SCALE_RANGE = 10.0
-GRID_POINTS = 121
-REFINE_STEPS = 40
+GRID_POINTS = 41
+REFINE_STEPS = 32
+ROWS_PER_BLOCK = 1 << 16
+
+
+def scaled_log_losses(scales: Tensor, margins: Tensor, std: Tensor) -> Tensor:
+    """Mean log-loss (G,) of the held-out comparisons (all oriented chosen-first) for each of
+    ``scales`` (G,): margins and std multiplied by the scale, the probability integrated over
+    the posterior (probit approximation). Rows are taken in blocks, so memory stays small."""
+    a = scales.to(torch.float64)[:, None]
+    total = torch.zeros(a.shape[0], dtype=torch.float64)
+    for start in range(0, margins.numel(), ROWS_PER_BLOCK):
+        m = margins[start : start + ROWS_PER_BLOCK].to(torch.float64)[None, :]
+        s = std[start : start + ROWS_PER_BLOCK].to(torch.float64)[None, :]
+        z = a * m / torch.sqrt(1.0 + math.pi * (a * s) ** 2 / 8.0)
+        total += F.softplus(-z).sum(1).cpu()
+    return total / max(margins.numel(), 1)
 
 
 def scaled_log_loss(scale: float, margins: Tensor, std: Tensor) -> float:
-    """Mean log-loss of the held-out comparisons (all oriented chosen-first) when the margins
-    and their std are multiplied by ``scale`` and the probability is integrated over the
-    posterior (probit approximation)."""
-    a = float(scale)
-    z = a * margins / torch.sqrt(1.0 + math.pi * (a * std) ** 2 / 8.0)
-    return float(F.softplus(-z).mean())
+    """:func:`scaled_log_losses` at one scale."""
+    return float(scaled_log_losses(torch.tensor([float(scale)]), margins, std)[0])
 
 
 def fit_margin_scale(margins: Tensor, std: Tensor) -> float:
@@ -51,26 +63,26 @@ def fit_margin_scale(margins: Tensor, std: Tensor) -> float:
     m, s = m[keep], s[keep]
     if not m.numel() or float(m.abs().max()) == 0.0:
         return 1.0
-    lo, hi = -math.log(SCALE_RANGE), math.log(SCALE_RANGE)
-    grid = [lo + (hi - lo) * i / (GRID_POINTS - 1) for i in range(GRID_POINTS)]
-    losses = [scaled_log_loss(math.exp(g), m, s) for g in grid]
-    best = min(range(GRID_POINTS), key=lambda i: (losses[i], abs(grid[i])))
-    a, b = grid[max(best - 1, 0)], grid[min(best + 1, GRID_POINTS - 1)]
+    grid = torch.linspace(-math.log(SCALE_RANGE), math.log(SCALE_RANGE), GRID_POINTS)
+    grid = grid.to(torch.float64)
+    losses = scaled_log_losses(grid.exp(), m, s)
+    best = int(torch.argmin(losses))  # the first of equal losses
+    lo, hi = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, GRID_POINTS - 1)])
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    c, d = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fc, fd = scaled_log_loss(math.exp(c), m, s), scaled_log_loss(math.exp(d), m, s)
     for _ in range(REFINE_STEPS):
         if fc <= fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
+            hi, d, fd = d, c, fc
+            c = hi - ratio * (hi - lo)
             fc = scaled_log_loss(math.exp(c), m, s)
         else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
+            lo, c, fc = c, d, fd
+            d = lo + ratio * (hi - lo)
             fd = scaled_log_loss(math.exp(d), m, s)
-    found = (a + b) / 2.0
-    if scaled_log_loss(math.exp(found), m, s) > losses[best]:
-        found = grid[best]
+    found = (lo + hi) / 2.0
+    if scaled_log_loss(math.exp(found), m, s) > float(losses[best]):
+        found = float(grid[best])
     return float(f"{math.exp(found):.6g}")
 
 
