@@ -95,7 +95,7 @@ def margin_calibration(selection: Selection | None, calibrate: bool, rank: int) 
         why = "calibrate is off"
     elif selection is None:
         why = "no cross-validated search ran (rank and weight_decay were both given)"
-    elif selection.holdout != "users" or "margin_scale" not in selection.chosen:
+    elif selection.holdout != "users":
         why = "the cross-validation held out comparisons, not users"
     else:
         return {

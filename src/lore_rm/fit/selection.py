@@ -129,7 +129,8 @@ def _new_user_scores(
     their inner splits are one batched few-shot fit. Returns the mean log-loss over the
     fold's comparisons and the mean-over-users accuracy, as :func:`_held_out_scores`, then
     every comparison's held-out margin (N,) and its std (N,) under the Laplace posterior of
-    the weights that predicted it (zero at rank 1, where the weights are fixed).
+    the weights that predicted it (zero at rank 1, where the weights are fixed, and when
+    ``cfg.calibrate`` is off, which needs no std).
     """
     n_folds, d, rank = basis.shape
     n_inner = int(inner.max()) + 1 if inner.numel() else 1
@@ -171,7 +172,7 @@ def _new_user_scores(
             virtual = local * n_inner + inner[rows]
             own = weights[virtual]
             margins[rows] = cfg.scale * (zf * own).sum(-1)
-            if rank > 1 and strength > 0:
+            if cfg.calibrate and rank > 1 and strength > 0:
                 prior = isotropic_prior(population, strength).precision.to(zf.device)
                 index = local[rep] * n_inner + part
                 h = logit_hessian(zf[rep], weights, index, cfg.scale, prior)
@@ -274,7 +275,8 @@ def select_settings(
                 loss, acc, margins, std = _new_user_scores(
                     data, sigma, res.basis, res.logits, held_out, inner, cfg
                 )
-                scale_fit["margin_scale"] = fit_margin_scale(margins, std)
+                if cfg.calibrate:
+                    scale_fit["margin_scale"] = fit_margin_scale(margins, std)
             else:
                 loss, acc = _held_out_scores(
                     data, sigma, res.basis, res.logits, held_out, cfg.scale
