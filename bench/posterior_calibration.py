@@ -17,7 +17,7 @@ Last, the time of one ``weights_posterior`` call for 100,000 users (10 compariso
     python bench/posterior_calibration.py [--population demo] [--seed 0] [--rank 4]
         [--shots 2 5 20] [--weight-decay auto] [--speed-users 100000] [--set FIELD=VALUE ...]
 
-``--population`` is one of the accuracy suite's (``demo``, ``high-d``: planted;
+``--population`` is one of the accuracy suite's (``demo``, ``high-d``, ``personal``: planted;
 ``small-text``, ``large-text``: real hh-rlhf text, labels only, no true margins; they need
 ``../shared/data``). ``--set`` changes fields of a planted population (``PopulationConfig``).
 """
@@ -78,7 +78,9 @@ def raw(model: LowRankReward) -> LowRankReward:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--population", default="demo", choices=["demo", "high-d", "small-text", "large-text"]
+        "--population",
+        default="demo",
+        choices=["demo", "high-d", "personal", "small-text", "large-text"],
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rank", default="4", help="an integer, or 'auto'")
@@ -99,9 +101,11 @@ def main() -> None:
         split, _ = text_population(args.population, args.seed)
     wd = args.weight_decay if args.weight_decay == "auto" else float(args.weight_decay)
     rank = args.rank if args.rank == "auto" else int(args.rank)
+    t0 = time.perf_counter()
     model = LowRankReward(rank=rank, weight_decay=wd, seed=args.seed).fit(
         split.seen_train, split.reference_head
     )
+    fit_seconds = time.perf_counter() - t0
     test = split.unseen_test
     if args.population in PLANTED:
         truth = bt_margins(
@@ -111,7 +115,7 @@ def main() -> None:
     print(
         f"{args.population} seed {args.seed}: rank {model.rank_}, weight_decay "
         f"{model.config_.weight_decay:g}, margin_scale {model.margin_scale_:g} "
-        f"({cal.get('source') or cal.get('why')})"
+        f"({cal.get('source') or cal.get('why')}); fit {fit_seconds:.1f} s"
     )
     print(
         "shots  ECE plain (calibrated / raw)  ECE posterior (calibrated / raw)  "

@@ -48,6 +48,10 @@ def test_the_estimator_recovers_a_planted_scale(scale, seed):
 def test_nothing_to_fit_is_scale_one():
     assert fit_margin_scale(torch.zeros(0), torch.zeros(0)) == 1.0
     assert fit_margin_scale(torch.zeros(5), torch.ones(5)) == 1.0
+    # separable held-out comparisons (all right, by a wide margin): the likelihood alone would
+    # grow the scale without end; the prior on log a keeps it near 1 when they are few
+    few_right = fit_margin_scale(torch.full((50,), 3.0), torch.zeros(50))
+    assert 1.0 < few_right < 3.0
     # no std (rank 1): the scale is a plain temperature
     m, _ = _planted_rows(1.5, 40_000, 0)
     assert fit_margin_scale(m, torch.zeros_like(m)) > 1.0
