@@ -76,6 +76,7 @@ def test_health_model_info_openapi(served, small_model):
     info = client.get("/model-info").json()
     assert info["rank"] == 3 and info["d"] == small_model.d_
     assert info["n_model_users"] == len(small_model.users_)
+    assert info["margin_scale"] == small_model.margin_scale_
     assert info["auth"] is False and info["limits"]["max_batch"] == 512
     paths = client.get("/openapi.json").json()["paths"]
     for p in (

@@ -227,6 +227,9 @@ class ModelInfo(BaseModel):
     n_components: int
     d: int
     scale: float
+    margin_scale: float = Field(
+        description="the cross-validated calibration every served reward is multiplied by"
+    )
     recipe: str
     backbone: str | None
     embedder: str
