@@ -132,7 +132,7 @@ def test_save_load_keeps_the_scale_and_old_folders_read_as_one(pair, tmp_path):
     e = torch.randn(3, on.d_)
     torch.testing.assert_close(back.reward(e, on.users_[:3]), on.reward(e, on.users_[:3]))
     card = (tmp_path / "m" / "README.md").read_text()
-    assert f"margin_scale = {on.margin_scale_:g}" in card and "held-out users" in card
+    assert f"margin_scale = {on.margin_scale_:g}" in card and "users the search held out" in card
     cfg_path = tmp_path / "m" / "config.json"
     record = json.loads(cfg_path.read_text())
     assert record["format_version"] == 4 and record["margin_scale"] == on.margin_scale_

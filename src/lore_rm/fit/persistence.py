@@ -265,8 +265,8 @@ def _calibration_card(history: dict) -> str:
         return f"\nThe margins are not calibrated (margin_scale 1): {cal['why']}.\n"
     return (
         f"\nmargin_scale {cal['margin_scale']:g} calibrates rewards, probabilities and their "
-        f"std: it is the scale at which the held-out users of the {cal['source']} find the "
-        "margins calibrated.\n"
+        "std: it is the scale at which the users the search held out "
+        f"({cal['source']}) find the margins calibrated.\n"
     )
 
 

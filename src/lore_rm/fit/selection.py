@@ -161,22 +161,23 @@ def _new_user_scores(
                 (local[rep] * n_inner + part).cpu().numpy(),
                 user_ids=[str(i) for i in range(n_virtual)],
             )
+            prior = isotropic_prior(population, strength)
             weights = fit_user_weights(
                 fitted_on,
                 torch.eye(rank, dtype=zf.dtype, device=zf.device),
                 cfg.scale,
                 cfg,
                 population,
+                prior=prior,
                 projected=zf[rep],
             )
             virtual = local * n_inner + inner[rows]
             own = weights[virtual]
             margins[rows] = cfg.scale * (zf * own).sum(-1)
             if cfg.calibrate and rank > 1 and strength > 0:
-                prior = isotropic_prior(population, strength).precision.to(zf.device)
-                index = local[rep] * n_inner + part
-                h = logit_hessian(zf[rep], weights, index, cfg.scale, prior)
-                floor = float(torch.linalg.eigvalsh(prior)[0])
+                precision = prior.precision.to(zf.device)
+                h = logit_hessian(zf[rep], weights, fitted_on.user_index, cfg.scale, precision)
+                floor = float(torch.linalg.eigvalsh(precision)[0])
                 cov = covariance_from_hessian(h, floor, "gauss-newton")
                 std[rows] = linear_std(zf, own, cov[virtual], cfg.scale)
         loss, acc = _fold_scores(data, margins[None].expand(n_folds, -1), held_out)
