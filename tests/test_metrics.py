@@ -50,3 +50,19 @@ def test_four_numbers_reads_like_a_dict():
     assert json.loads(json.dumps(numbers.to_dict())) == values
     with pytest.raises(KeyError):
         numbers["accuracy"]
+
+
+def test_bootstrap_mean_interval_covers_the_mean_and_narrows_with_users():
+    from lore_rm.metrics import bootstrap_mean
+
+    gen = torch.Generator().manual_seed(0)
+    small = bootstrap_mean(0.05 + 0.1 * torch.randn(50, generator=gen))
+    large = bootstrap_mean(0.05 + 0.1 * torch.randn(2000, generator=gen))
+    for r in (small, large):
+        assert r.lower < r.mean < r.upper
+    assert large.upper - large.lower < 0.5 * (small.upper - small.lower)
+    assert large.excludes_zero() and abs(large.mean - 0.05) < 0.01
+    nan_rows = bootstrap_mean(torch.tensor([0.1, float("nan"), 0.3]))
+    assert nan_rows.n == 2 and nan_rows.mean == pytest.approx(0.2)
+    assert bootstrap_mean(torch.tensor([])).n == 0
+    assert bootstrap_mean(torch.zeros(30)).excludes_zero() is False

@@ -127,3 +127,41 @@ def expected_calibration_error(proba: Tensor, n_bins: int = 15) -> float:
         bins, weights=conf, minlength=n_bins
     )
     return float(gap.abs().sum() / total.sum())
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """A mean over users with its bootstrap interval (``level``, percentile method)."""
+
+    mean: float
+    lower: float
+    upper: float
+    n: int
+    level: float = 0.95
+
+    def excludes_zero(self) -> bool:
+        return self.n > 0 and (self.lower > 0.0 or self.upper < 0.0)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "lower": self.lower, "upper": self.upper, "n": self.n}
+
+
+def bootstrap_mean(
+    values: Tensor, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> MeanInterval:
+    """The mean of ``values`` (one per user; NaN rows dropped) and a percentile bootstrap
+    interval over users: ``n_boot`` resamples of the users with replacement, in one batched
+    draw. For a paired difference pass the per-user differences."""
+    v = values.detach().cpu().to(torch.float64).flatten()
+    v = v[~torch.isnan(v)]
+    n = int(v.numel())
+    if n == 0:
+        return MeanInterval(math.nan, math.nan, math.nan, 0, level)
+    mean = float(v.mean())
+    if n == 1:
+        return MeanInterval(mean, mean, mean, 1, level)
+    gen = torch.Generator().manual_seed(seed)
+    draws = v[torch.randint(n, (n_boot, n), generator=gen)].mean(1)
+    tail = (1.0 - level) / 2.0
+    lo, hi = torch.quantile(draws, torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
+    return MeanInterval(mean, float(lo), float(hi), n, level)
