@@ -12,8 +12,11 @@ Populations:
   high-d     (d) planted, d = 512, 100 seen users x 40 comparisons: the paper recipe overfits
   personal   (e) PersonalLLM-sized planted problem (d = 4096, 83k texts, 1000 + 500 users);
                  slow on a CPU: only with --populations personal
+  shared-text   (f) 200 users over hh-rlhf answers who share one taste (label noise only),
+                    15 train / 15 test per seen user, 15 few-shot per new user
+  mostly-shared (g) the same with 75% one shared taste + 25% each user's own direction
 
-(b) and (c) need ../shared/data (the hh-rlhf file) and MiniLM; they are skipped with a
+(b), (c), (f) and (g) need ../shared/data (the hh-rlhf file) and MiniLM; they are skipped with a
 message when absent. The first run embeds 4,606 texts (about 6 minutes on 2 cores) into
 runs/bench-cache/.
 
@@ -68,6 +71,8 @@ def population(name: str, seed: int):
     build = {
         "small-text": text_populations.small_real_text,
         "large-text": text_populations.large_real_text,
+        "shared-text": text_populations.shared_real_text,
+        "mostly-shared": text_populations.mostly_shared_real_text,
     }
     pop = build[name](seed)
     return pop.split, pop.oracle
@@ -82,6 +87,8 @@ def run(split, seed: int, **kw) -> dict:
     row["seconds"] = round(time.perf_counter() - t0, 2)
     row["rank"] = model.rank_
     row["weight_decay"] = model.config_.weight_decay
+    row["personalization"] = model.personalization_
+    row["weights"] = model.weight_space_
     row["warnings"] = sorted({type(w.message).__name__ for w in caught})
     sel = model.history_.get("selection")
     if sel:
@@ -94,21 +101,30 @@ def mean_rows(rows: list[dict]) -> dict:
     out = {key: sum(r[key] for r in rows) / len(rows) for key in (*KEYS, "seconds")}
     unseen = torch.tensor([r["unseen_test"] for r in rows], dtype=torch.float64)
     out["unseen_test_seed_std"] = float(unseen.std()) if len(rows) > 1 else 0.0
-    for key in ("rank", "weight_decay", "search_fits", "warnings"):
+    for key in ("rank", "weight_decay", "personalization", "weights", "search_fits", "warnings"):
         if key in rows[0]:
             out[key] = [r[key] for r in rows]
     return out
 
 
-def evaluate_population(name: str, seeds: list[int]) -> dict:
-    """Every row of the table for one population, averaged over ``seeds``."""
+def evaluate_population(
+    name: str, seeds: list[int], settings: dict | None = None, grid_too: bool = True
+) -> dict:
+    """Every row of the table for one population, averaged over ``seeds``; ``settings``
+    override the default row's fit settings; ``grid_too=False`` fits the default only."""
     ranks, decays = PERSONAL_GRID if name == "personal" else (GRID_RANKS, GRID_DECAYS)
+    if not grid_too:
+        ranks, decays = (), ()
     per_seed: dict[str, list[dict]] = {}
     grid: dict[tuple[int, float], list[dict]] = {}
     oracles = []
     for seed in seeds:
         split, oracle = population(name, seed)
-        per_seed.setdefault("default", []).append(run(split, seed, rank="auto"))
+        per_seed.setdefault("default", []).append(
+            run(split, seed, **{"rank": "auto", **(settings or {})})
+        )
+        if not grid_too:
+            continue
         per_seed.setdefault("pooled rank 1", []).append(run(split, seed, rank=1))
         per_seed.setdefault("paper recipe, rank 4", []).append(
             run(split, seed, rank=4, recipe="paper")
@@ -119,6 +135,8 @@ def evaluate_population(name: str, seeds: list[int]) -> dict:
         if oracle:
             oracles.append(oracle)
     rows = {label: mean_rows(r) for label, r in per_seed.items()}
+    if not grid_too:
+        return {"seeds": seeds, "rows": rows, "settings": settings or {}}
     grid_mean = {kw: mean_rows(r) for kw, r in grid.items()}
     k, w = max(grid_mean, key=lambda kw: grid_mean[kw]["unseen_test"])
     rows[f"hindsight best: K={k} wd={w:g}"] = grid_mean[(k, w)]
@@ -137,38 +155,57 @@ def evaluate_population(name: str, seeds: list[int]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--populations", default="demo,small-text,large-text,high-d")
+    p.add_argument(
+        "--populations", default="demo,small-text,large-text,high-d,shared-text,mostly-shared"
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated; every row is their mean")
     p.add_argument("--out", type=Path, default=Path("runs/accuracy.json"))
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a fit setting of the default row (JSON value), e.g. --set cv_exclude_pairs=false",
+    )
+    p.add_argument("--default-only", action="store_true", help="fit the default row only")
     args = p.parse_args()
+    settings = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     seeds = [int(s) for s in args.seeds.split(",")]
-    results: dict = {"seeds": seeds, "torch_threads": torch.get_num_threads()}
-    fmt = "{:11s} {:30s} {:>6s} {:>6s} {:>6s} {:>6s} {:>6s} {:>7s}"
+    results: dict = {
+        "seeds": seeds,
+        "torch_threads": torch.get_num_threads(),
+        "settings": settings,
+    }
+    fmt = "{:13s} {:30s} {:>6s} {:>6s} {:>6s} {:>6s} {:>6s} {:>7s}"
     print(f"mean over seeds {seeds}; 'sd' is the unseen accuracy's spread over seeds")
     print(fmt.format("population", "row", "train", "seen", "fs-tr", "unseen", "sd", "sec"))
     for name in args.populations.split(","):
         try:
-            result = evaluate_population(name, seeds)
+            result = evaluate_population(name, seeds, settings, not args.default_only)
         except text_populations.DataUnavailable as exc:
-            print(f"{name:11s} skipped: {exc}")
+            print(f"{name:13s} skipped: {exc}")
             continue
         for label, r in result["rows"].items():
             numbers = [f"{r[key]:.3f}" for key in KEYS]
             sd = f"{r['unseen_test_seed_std']:.3f}" if "unseen_test_seed_std" in r else ""
             print(fmt.format(name, label, *numbers, sd, f"{r.get('seconds', 0):.1f}"))
         d = result["rows"]["default"]
-        chose = ", ".join(
-            f"K={k} wd={w:g}" for k, w in zip(d["rank"], d["weight_decay"], strict=True)
-        )
-        print(
-            f"{'':11s} default chose {chose} ({d['search_fits']} search fits); unseen - "
-            f"hindsight best = {result['default_minus_hindsight_best']:+.3f}; unseen - pooled "
-            f"= {result['default_minus_pooled']:+.3f}",
-            flush=True,
-        )
         results[name] = result
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        chose = ", ".join(
+            f"K={k} wd={w:g} lam={lam:g}{' signed' if sp == 'signed' else ''}"
+            for k, w, lam, sp in zip(
+                d["rank"], d["weight_decay"], d["personalization"], d["weights"], strict=True
+            )
+        )
+        line = f"{'':13s} default chose {chose} ({d['search_fits']} search fits)"
+        if "default_minus_hindsight_best" in result:
+            line += (
+                f"; unseen - hindsight best = {result['default_minus_hindsight_best']:+.3f}; "
+                f"unseen - pooled = {result['default_minus_pooled']:+.3f}"
+            )
+        print(line, flush=True)
     print(f"wrote {args.out}")
 
 

@@ -508,6 +508,63 @@ def large_real_text(
     )
 
 
+AGREE_SIZES = dict(seen=100, unseen=100, train=15, seen_test=15, fewshot=15, unseen_test=15)
+
+
+def shared_real_text(
+    seed: int = 0,
+    cache_dir: Path = Path("runs/bench-cache"),
+    *,
+    data: Path | None = None,
+    sizes: dict[str, int] | None = None,
+    own: float = 0.0,
+) -> TextPopulation:
+    """(f) / (g): users who mostly agree. Every user's taste is ``(1 - own) * s + own * o_u``
+    (normalised): ``s`` one taste shared by everyone (a signed mix of 1-3 of
+    :data:`LARGE_ATTRIBUTES`, drawn per seed) and ``o_u`` the user's own random unit direction.
+    ``own = 0`` is (f), everyone shares one preference and only the label noise differs;
+    ``own = 0.25`` is (g), mostly shared plus a small personal part. 100 seen users (15 train +
+    15 test each), 100 new users (15 few-shot + 15 test each); 10 % flips."""
+    corpus = load_corpus(cache_dir, data)
+    attrs = [ATTRIBUTES.index(a) for a in LARGE_ATTRIBUTES]
+    shared = _signed_mixes(np.random.default_rng([seed, 5]), 1, len(attrs), 1, 3)[0]
+
+    def weights(rng: np.random.Generator, n: int) -> np.ndarray:
+        o = rng.normal(size=(n, len(attrs)))
+        o /= np.linalg.norm(o, axis=1, keepdims=True)
+        w = (1.0 - own) * shared + own * o
+        return w / np.linalg.norm(w, axis=1, keepdims=True)
+
+    name = "shared_real_text" if own == 0 else "mostly_shared_real_text"
+    return _population(
+        name,
+        f"200 users over real hh-rlhf answers sharing one taste ({1 - own:.0%} shared, "
+        f"{own:.0%} own random direction) over {', '.join(LARGE_ATTRIBUTES)}; Bradley-Terry + "
+        "10% flips",
+        corpus,
+        seed,
+        stream=4 if own == 0 else 6,
+        attrs=attrs,
+        user_weights=weights,
+        sizes=AGREE_SIZES | (sizes or {}),
+        margin_scale=3.0,
+        flip=0.1,
+        extra={"shared_taste": shared, "own": own},
+    )
+
+
+def mostly_shared_real_text(
+    seed: int = 0,
+    cache_dir: Path = Path("runs/bench-cache"),
+    *,
+    data: Path | None = None,
+    sizes: dict[str, int] | None = None,
+) -> TextPopulation:
+    """(g): 75 % one shared taste + 25 % each user's own direction (see
+    :func:`shared_real_text`)."""
+    return shared_real_text(seed, cache_dir, data=data, sizes=sizes, own=0.25)
+
+
 def _signed_mixes(
     rng: np.random.Generator, n: int, n_attr: int, k_min: int, k_max: int
 ) -> np.ndarray:

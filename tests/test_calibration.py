@@ -135,7 +135,7 @@ def test_save_load_keeps_the_scale_and_old_folders_read_as_one(pair, tmp_path):
     assert f"margin_scale = {on.margin_scale_:g}" in card and "users the search held out" in card
     cfg_path = tmp_path / "m" / "config.json"
     record = json.loads(cfg_path.read_text())
-    assert record["format_version"] == 4 and record["margin_scale"] == on.margin_scale_
+    assert record["format_version"] == 5 and record["margin_scale"] == on.margin_scale_
     del record["margin_scale"]
     record["format_version"] = 3
     cfg_path.write_text(json.dumps(record))

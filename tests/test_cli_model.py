@@ -108,7 +108,7 @@ def test_model_info(fitted, tmp_path):
     assert s["users"]["onboarded_new"] == 1 and s["users"]["total"] == 25
     assert s["users"]["database"].endswith("lore-serve.sqlite")
     assert s["fit_config"]["weight_decay"] > 0 and s["fit_config"]["cv_folds"] == 5
-    assert s["lore_rm_version"] and s["format_version"] == 4
+    assert s["lore_rm_version"] and s["format_version"] == 5
     training = s["training"]
     assert training["dataset"] == str(ds) and training["selection"]["rank"] == 2
     assert training["diagnostics"]["converged"] is True

@@ -14,7 +14,13 @@ from lore_rm.errors import ConvergenceWarning, NoSignalWarning
 from lore_rm.fit.config import FALLBACK_PRIOR
 from lore_rm.fit.posterior import linear_std, logit_hessian
 from lore_rm.fit.prior import isotropic_prior
-from lore_rm.fit.selection import EDGE_STEPS, _new_user_scores, held_out_users, user_folds
+from lore_rm.fit.selection import (
+    EDGE_STEPS,
+    _fold_scores,
+    _new_user_scores,
+    held_out_users,
+    user_folds,
+)
 from lore_rm.fit.solvers import feature_scale, fit_user_weights, ridge_path
 from lore_rm.fit.start import initial_point
 
@@ -109,8 +115,11 @@ def test_new_user_scores_equal_fitting_each_held_out_split_on_its_own(rank2_popu
     held_out = torch.stack([fold == f for f in range(3)])
     basis = torch.randn(3, data.d, 2, generator=gen)
     logits = torch.randn(3, data.n_users, 2, generator=gen)
-    loss, acc, margins, std = _new_user_scores(data, sigma, basis, logits, held_out, inner, cfg)
+    scores = _new_user_scores(data, sigma, basis, logits, held_out, inner, cfg)
+    margins, std = scores.own, scores.std
+    loss, acc = _fold_scores(data, margins[None].expand(3, -1), held_out)
     want, want_std = torch.zeros(data.n), torch.zeros(data.n, dtype=torch.float64)
+    want_shared = torch.zeros(data.n)
     for f in range(3):
         raw = basis[f] / sigma[:, None]
         trained = ~torch.isin(torch.arange(data.n_users), data.user_index[held_out[f]])
@@ -127,6 +136,7 @@ def test_new_user_scores_equal_fitting_each_held_out_split_on_its_own(rank2_popu
                 scored = (mine & (inner == part)).nonzero()[:, 0]
                 z = data.subset(scored).project(raw)
                 want[scored] = cfg.scale * (z @ w[0])
+                want_shared[scored] = cfg.scale * (z @ population)
                 n = len(scored)
                 want_std[scored] = linear_std(z, w.expand(n, -1), cov.expand(n, -1, -1), cfg.scale)
     expected = [float(torch.nn.functional.softplus(-want[held_out[f]]).mean()) for f in range(3)]
@@ -135,6 +145,8 @@ def test_new_user_scores_equal_fitting_each_held_out_split_on_its_own(rank2_popu
         margins.float(), want, atol=2e-2, rtol=0
     )  # each fit stops at its own tolerance
     torch.testing.assert_close(std, want_std, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(scores.shared.float(), want_shared, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores.at(0.5), 0.5 * (scores.own + scores.shared))
     assert bool((std > 0).all())
     assert bool(((acc > 0.3) & (acc < 1)).all())
 

@@ -230,6 +230,15 @@ class Comparisons:
     def counts_per_user(self) -> Tensor:
         return torch.bincount(self.user_index, minlength=self.n_users)
 
+    def pair_ids(self) -> Tensor | None:
+        """Id (N,) of each comparison's unordered pair of texts (the same two table rows, in
+        either orientation, share an id); None in dense form, where rows name no texts."""
+        if self.table is None:
+            return None
+        low = torch.minimum(self.chosen, self.rejected).to(torch.int64)
+        high = torch.maximum(self.chosen, self.rejected).to(torch.int64)
+        return torch.unique(low * int(self.table.shape[0]) + high, return_inverse=True)[1]
+
     def users_of_rows(self) -> list[str]:
         return [self.user_ids[i] for i in self.user_index.tolist()]
 

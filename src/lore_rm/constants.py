@@ -10,8 +10,8 @@ from __future__ import annotations
 MODEL_FORMAT = "lore-rm"
 # 3: the learned few-shot prior (prior_mean, prior_precision); 2: user ids in users.json
 # (1: in config.json). Every earlier version is still read.
-MODEL_FORMAT_VERSION = 4
-MODEL_FORMAT_VERSIONS_READ = (1, 2, 3, 4)
+MODEL_FORMAT_VERSION = 5
+MODEL_FORMAT_VERSIONS_READ = (1, 2, 3, 4, 5)
 MODEL_CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.safetensors"
 MODEL_USERS_FILE = "users.json"

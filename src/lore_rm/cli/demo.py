@@ -45,6 +45,7 @@ def demo(
     (questions picked by expected information gain vs at random), and writes report.json,
     ranks.csv, shots.csv, ranks.png, shots.png, active.csv, active.png and config.json to OUT.
     """
+    from lore_rm.cli.fit import print_personalization
     from lore_rm.evaluate.protocols import run_protocol
     from lore_rm.evaluate.report import (
         active_calibration_table,
@@ -118,10 +119,12 @@ def demo(
             active_calibration_table(result.active_rows),
             console=console,
         )
+    if result.personalization is not None:
+        print_personalization(result.personalization, console)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     config["notes"] = result.notes
-    extra: dict = {"selected_rank": best["rank"] if best else None, "seconds": round(elapsed, 2)}
+    extra: dict = {"seconds": round(elapsed, 2)}
     if best is not None:
         gap = (best["unseen_test"] - 0.5) / max(pop.oracle["unseen_test"] - 0.5, 1e-9)
         extra["gap_closed_unseen"] = gap
@@ -139,5 +142,7 @@ def demo(
         title=f"Simulated population (recipe '{recipe}')",
         extra=extra,
         active_rows=result.active_rows,
+        personalization=result.personalization,
+        selected_rank=best["rank"] if best else None,
     )
     console.print(f"Wrote {out}/: {' '.join(names)} ({elapsed:.1f} s)")

@@ -58,6 +58,12 @@ def fit_cmd(
     threads: str = THREADS,
     progress: bool = PROGRESS,
     as_json: bool = JSON_OUT,
+    per_user: Path | None = typer.Option(
+        None,
+        "--per-user",
+        help="Also write every test user's pooled / shared / personal accuracy to this file "
+        "(.csv or .jsonl); training.json has them either way.",
+    ),
     fit_settings: dict | None = None,
 ) -> None:
     """Fit the basis and the seen users' weights; save the model and print the four numbers.
@@ -68,6 +74,7 @@ def fit_cmd(
     summary (settings, selection, accuracy, diagnostics) as JSON on stdout.
     """
     from lore_rm.embed.split import load_split
+    from lore_rm.evaluate.personalization import personalization_report, pooled_model
     from lore_rm.evaluate.protocols import four_numbers
     from lore_rm.evaluate.report import METRICS, number_line, write_json
     from lore_rm.fit.model import LowRankReward
@@ -89,6 +96,8 @@ def fit_cmd(
             ).fit(split.seen_train, split.reference_head, progress=progress)
             seconds = time.perf_counter() - t0
             numbers = four_numbers(model, split)
+            report = personalization_report(model, split, pooled=pooled_model(model, split))
+            model.history_["personalization"] = report.to_dict()
             if personalize_unseen and split.unseen_fewshot.n:
                 model.personalize(split.unseen_fewshot, progress=progress)
             sel = model.history_.get("selection")
@@ -101,9 +110,12 @@ def fit_cmd(
                         "backbone": backbone,
                         "fit_seconds": round(seconds, 3),
                         "accuracy": numbers,
+                        "personalization": report.to_dict(per_user=True),
                         "history": model.history_,
                     },
                 )
+                if per_user is not None:
+                    write_rows(per_user, report.per_user)
                 if sel:
                     plot_selection(sel, tmp / "selection.png")
                 moved = set_aside_database(out)  # last: a failed write leaves the old folder whole
@@ -132,6 +144,10 @@ def fit_cmd(
         )
     for problem in model.history_.get("no_signal", []):
         console.print(f"[yellow]warning:[/yellow] the model may have learned nothing: {problem}")
+    if report.groups:
+        print_personalization(report, console)
+    else:
+        console.print(f"[bold]{report.summary}[/bold]")
     console.print(
         f"Wrote {out}/ (rank {model.rank_}, {len(model.users_)} users, {seconds:.1f} s fit)"
     )
@@ -146,6 +162,10 @@ def fit_cmd(
                 "requested_rank": model.rank,
                 "weight_decay": model.config_.weight_decay,
                 "margin_scale": model.margin_scale_,
+                "weights": model.weight_space_,
+                "personalization": model.personalization_,
+                "personalizes": model.personalizes,
+                "personalization_report": report.to_dict(),
                 "n_users": len(model.users_),
                 "selection": selection_summary(model.history_),
                 "accuracy": dict(numbers),
@@ -201,6 +221,12 @@ def evaluate_cmd(
     threads: str = THREADS,
     progress: bool = PROGRESS,
     as_json: bool = JSON_OUT,
+    per_user: Path | None = typer.Option(
+        None,
+        "--per-user",
+        help="Also write every user's pooled / shared / personal accuracy to this file "
+        "(.csv or .jsonl); the report folder has per_user.csv either way.",
+    ),
     fit_settings: dict | None = None,
 ) -> None:
     """The published protocol: four numbers for every (rank, alpha), then the shots sweep.
@@ -279,8 +305,14 @@ def evaluate_cmd(
         except LoreError as exc:
             fail(exc)
     print_tables(rank_table(rows, title=f"{dataset} — recipe '{recipe}'"), console=console)
+    selected_rank = _selected_line(result, shots_rank, console)
     if shot_rows:
         print_tables(shots_table(shot_rows), console=console)
+    report = result.personalization
+    if report is not None:
+        print_personalization(report, console)
+        if per_user is not None:
+            write_rows(per_user, report.per_user)
     if result.active_rows:
         print_tables(
             active_table(result.active_rows),
@@ -297,6 +329,8 @@ def evaluate_cmd(
         config=config,
         title=f"{Path(dataset).name} (recipe '{recipe}')",
         active_rows=result.active_rows,
+        personalization=report,
+        selected_rank=selected_rank,
     )
     console.print(f"Wrote {out}/: {' '.join(names)}")
     if as_json:
@@ -317,11 +351,49 @@ def evaluate_cmd(
                 else {"rank": selected["rank"], "alpha": selected["alpha"]},
                 "shots_rank": swept_at,
                 "shots": shot_rows,
+                "personalization": None if report is None else report.to_dict(),
                 "active": result.active_rows,
                 "notes": result.notes,
                 "warnings": warned,
             }
         )
+
+
+def _selected_line(result, shots_rank: int | None, console: Console) -> int | None:
+    """Print which rank the protocol selected and why; the rank its report is about."""
+    selected = result.selected
+    if selected is not None:
+        console.print(
+            f"Selected rank {selected['rank']}: the smallest learned rank within 0.005 of the "
+            "best seen-user test accuracy (seen users' held-out prompts choose; unseen users "
+            "never do)."
+        )
+    if shots_rank is not None:
+        console.print(f"The shots sweep and the personalisation report use rank {shots_rank}.")
+        return shots_rank
+    return None if selected is None else int(selected["rank"])
+
+
+def print_personalization(report, console: Console) -> None:
+    """The personalisation report's table and its one-sentence summary."""
+    from lore_rm.evaluate.report import personalization_table, print_tables
+
+    print_tables(personalization_table(report), console=console)
+    console.print(f"[bold]{report.summary}[/bold]")
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Rows as CSV (``.csv``) or JSON Lines (anything else), written atomically."""
+    import json
+
+    from lore_rm.evaluate.report import rows_to_csv
+    from lore_rm.io import atomic_write_text
+
+    if path.suffix.lower() == ".csv":
+        text = rows_to_csv(rows)
+    else:
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write_text(path, text)
 
 
 def check_model_out(out: Path, overwrite: bool) -> None:

@@ -20,7 +20,7 @@ from lore_rm.fit.config import AUTO, LEARNED, FitConfig
 
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 #: settings that take a number or a word ("auto", "none", "learned")
-NUMBER_OR_WORD = ("weight_decay", "prune_threshold", "fewshot_prior")
+NUMBER_OR_WORD = ("weight_decay", "prune_threshold", "fewshot_prior", "personalization")
 PANEL = "Fit settings (FitConfig; default: the recipe's)"
 
 
@@ -33,7 +33,7 @@ def parse_setting(f: Field, raw: str) -> Any:
     text = raw.strip()
     default = f.default
     try:
-        if f.name == "weight_decay" and text.lower() == AUTO:
+        if f.name in ("weight_decay", "personalization") and text.lower() == AUTO:
             return AUTO
         if f.name == "fewshot_prior" and text.lower() == LEARNED:
             return LEARNED

@@ -21,7 +21,7 @@ import torch
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import LoreError
-from lore_rm.evaluate.protocols import sample_shots
+from lore_rm.evaluate.shots import sample_shots
 from lore_rm.fit.active import CRITERIA
 from lore_rm.fit.model import LowRankReward
 from lore_rm.fit.posterior import WeightsPosterior, probit_proba

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lore_rm.comparisons import Comparisons
+from lore_rm.evaluate.personalization import PersonalizationReport, personalization_report
+from lore_rm.evaluate.shots import plan_shots, sample_shots
 from lore_rm.fit.config import Recipe
 from lore_rm.fit.model import LowRankReward
 from lore_rm.metrics import METRICS, FourNumbers, mean_accuracy
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
+REPORT_TRIALS = 5  # draws per shot count of the personalisation report
 
 
 def four_numbers(seen: LowRankReward, split: ProtocolSplit) -> FourNumbers:
@@ -83,6 +85,14 @@ def _sweep(
     rows = []
     models = {}
     jobs = [(k, a) for k in ranks for a in (alphas if k > 0 else alphas[:1])]
+    users = {
+        f"{m}_users": int((data.counts_per_user() > 0).sum())
+        for m, data in zip(
+            METRICS,
+            (split.seen_train, split.seen_test, split.unseen_fewshot, split.unseen_test),
+            strict=True,
+        )
+    }
     bar = progress_bar(len(jobs), "rank sweep", progress)
     for rank, alpha in jobs:
         t0 = time.perf_counter()
@@ -91,6 +101,7 @@ def _sweep(
         ).fit(split.seen_train, split.reference_head)
         row = {"rank": rank, "alpha": alpha, "recipe": recipe}
         row.update(four_numbers(model, split))
+        row.update(users)  # for intervals over users: std / sqrt(users)
         row["fit_seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
         models[(rank, alpha)] = model
@@ -110,52 +121,6 @@ def select_rank(rows: Sequence[dict], tolerance: float = 0.005) -> dict | None:
         (r for r in learned if r["seen_test"] >= best - tolerance),
         key=lambda r: (r["rank"], -r["seen_test"]),
     )
-
-
-def sample_shots(data: Comparisons, shots: int, generator: torch.Generator) -> Comparisons:
-    """At most ``shots`` comparisons per user, drawn uniformly without replacement."""
-    n = data.n
-    key = torch.rand(n, generator=generator)
-    order = torch.argsort(key)
-    order = order[torch.argsort(data.user_index[order].cpu(), stable=True)]
-    users_sorted = data.user_index[order].cpu()
-    counts = torch.bincount(users_sorted, minlength=data.n_users)
-    starts = torch.cumsum(counts, 0) - counts
-    position = torch.arange(n) - starts[users_sorted]
-    return data.subset(order[position < shots])
-
-
-def plan_shots(data: Comparisons, shots: Sequence[int]) -> tuple[list[int], list[str]]:
-    """The shots values worth running on the pools ``data`` and why any others were dropped.
-
-    A value at or above the largest user's pool gives every user their whole pool: all such
-    values are one and the same draw, so only the largest pool size itself is kept.
-    """
-    counts = data.counts_per_user()
-    counts = counts[counts > 0]
-    if not counts.numel():
-        return [], ["no unseen user has few-shot comparisons: the shots sweep is skipped"]
-    largest = int(counts.max())
-    wanted = sorted(set(int(s) for s in shots if s > 0))
-    kept = [s for s in wanted if s < largest]
-    capped = [s for s in wanted if s >= largest]
-    notes = []
-    if capped:
-        kept.append(largest)
-        if capped != [largest]:
-            notes.append(
-                f"shots {', '.join(map(str, capped))}: no unseen user has more than {largest} "
-                f"few-shot comparisons, so these are one draw (every user's whole pool), "
-                f"reported once as {largest} shots"
-            )
-    short = [s for s in kept if bool((counts < s).any())]
-    if short:
-        s = short[0]
-        notes.append(
-            f"{int((counts < s).sum())} of {counts.numel()} unseen users have fewer than {s} "
-            "few-shot comparisons and use all they have (the shots_capped_users column)"
-        )
-    return kept, notes
 
 
 def shots_sweep(
@@ -213,6 +178,8 @@ class ProtocolResult:
     shot_rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # why the shots sweep changed or was skipped
     active_rows: list[dict] = field(default_factory=list)  # accuracy vs questions asked
+    personalization: PersonalizationReport | None = None  # at the selected (or shots) rank
+    models: dict = field(default_factory=dict, repr=False)  # the swept models, (rank, alpha)
 
 
 def run_protocol(
@@ -244,14 +211,31 @@ def run_protocol(
     """
     rows, models = _sweep(split, ranks, alphas, recipe, seed, device, progress, settings)
     selected = select_rank(rows)
-    result = ProtocolResult(rows, selected)
-    if not (shots or active) or (shots_rank is None and selected is None):
+    result = ProtocolResult(rows, selected, models=models)
+    if shots_rank is None and selected is None:
         return result
     if shots_rank is None:
         assert selected is not None
         rank, alpha = selected["rank"], selected["alpha"]
     else:
         rank, alpha = shots_rank, alphas[0]
+    values, notes = plan_shots(split.unseen_fewshot, shots) if shots else ([], [])
+    model = models.get((rank, alpha))  # the swept model: the same fit, so not fitted again
+    if model is None:
+        model = LowRankReward(
+            rank=rank, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
+        ).fit(split.seen_train, split.reference_head)
+        models[(rank, alpha)] = model
+    result.personalization = personalization_report(
+        model,
+        split,
+        pooled=models.get((1, alpha)),
+        shots=[*values, None] if values else (None,),
+        trials=min(trials, REPORT_TRIALS),
+        seed=seed,
+    )
+    if not (shots or active):
+        return result
     if rank <= 1:
         result.notes.append(
             f"shots sweep skipped: at rank {rank} every user has the same reward, so shots "
@@ -260,15 +244,9 @@ def run_protocol(
             else f"shots sweep skipped: rank {rank} has one reward for every user"
         )
         return result
-    values, notes = plan_shots(split.unseen_fewshot, shots) if shots else ([], [])
     result.notes.extend(notes)
     if not values and not active:
         return result
-    model = models.get((rank, alpha))  # the swept model: the same fit, so not fitted again
-    if model is None:
-        model = LowRankReward(
-            rank=rank, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
-        ).fit(split.seen_train, split.reference_head)
     if values:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="shots sweep:")  # the notes say it once

@@ -152,9 +152,25 @@ def json_default(o):
     raise TypeError(f"cannot serialise {type(o).__name__}")
 
 
+def user_interval(row: Mapping, metric: str) -> float:
+    """Half-width of the normal 95% interval of a mean over users: 1.96 std / sqrt(users)
+    (0 when the row does not say how many users)."""
+    n = row.get(f"{metric}_users") or 0
+    std = row.get(f"{metric}_std")
+    if not n or std is None or std != std:
+        return 0.0
+    return 1.96 * float(std) / math.sqrt(n)
+
+
 def plot_ranks(
-    rows: Sequence[dict], path: Path, oracle: dict | None = None, title: str = ""
+    rows: Sequence[dict],
+    path: Path,
+    oracle: dict | None = None,
+    title: str = "",
+    selected: int | None = None,
 ) -> None:
+    """Every metric against the rank, with 95% intervals over users; the selected rank
+    marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,7 +186,17 @@ def plot_ranks(
         ks = [r["rank"] for r in sub]
         suffix = f" (alpha={alpha:g})" if len(alphas) > 1 else ""
         for m, style in zip(METRICS, ("-o", "-s", "--^", "--D"), strict=True):
-            ax.plot(ks, [r[m] for r in sub], style, label=LABELS[m] + suffix, markersize=4)
+            ax.errorbar(
+                ks,
+                [r[m] for r in sub],
+                yerr=[user_interval(r, m) for r in sub],
+                fmt=style,
+                capsize=2,
+                label=LABELS[m] + suffix,
+                markersize=4,
+            )
+    if selected is not None:
+        ax.axvline(selected, color="tab:red", lw=1, ls="--", label=f"selected rank {selected}")
     if oracle:
         ax.axhline(oracle["unseen_test"], color="k", lw=1, ls=":", label="oracle (unseen users)")
     ax.axhline(0.5, color="grey", lw=0.8, ls="-.", label="chance")
@@ -182,13 +208,21 @@ def plot_ranks(
     _save(fig, path)
 
 
-def plot_shots(rows: Sequence[dict], path: Path, oracle: dict | None = None) -> None:
+def plot_shots(
+    rows: Sequence[dict],
+    path: Path,
+    oracle: dict | None = None,
+    baselines: Mapping[str, float] | None = None,
+) -> None:
+    """Unseen-user accuracy against shots; ``baselines`` (label -> accuracy) are drawn as
+    horizontal lines: the shared reward (every new user at the population's mean weights,
+    i.e. 0 shots) and the pooled one."""
     curves = {
         f"rank {rank}": [r for r in rows if r["rank"] == rank]
         for rank in sorted({r["rank"] for r in rows})
     }
     xlabel = "comparisons per new user (shots)"
-    _plot_curves(curves, "shots", xlabel, "Few-shot personalisation", path, oracle)
+    _plot_curves(curves, "shots", xlabel, "Few-shot personalisation", path, oracle, baselines or {})
 
 
 def plot_active(rows: Sequence[dict], path: Path, oracle: dict | None = None) -> None:
@@ -207,6 +241,7 @@ def _plot_curves(
     title: str,
     path: Path,
     oracle: dict | None,
+    baselines: Mapping[str, float] | None = None,
 ) -> None:
     """Unseen-user accuracy (mean ± std over trials) against ``x``, one line per curve."""
     import matplotlib
@@ -225,6 +260,8 @@ def _plot_curves(
             markersize=4,
             label=label,
         )
+    for (label, value), style in zip((baselines or {}).items(), ("--", "-."), strict=False):
+        ax.axhline(value, color="tab:grey", lw=1, ls=style, label=label)
     if oracle:
         ax.axhline(oracle["unseen_test"], color="k", lw=1, ls=":", label="oracle")
     ax.set_xlabel(xlabel)
@@ -264,6 +301,8 @@ def write_sweep_report(
     title: str = "",
     extra: dict | None = None,
     active_rows: Sequence[dict] = (),
+    personalization=None,
+    selected_rank: int | None = None,
 ) -> list[str]:
     """report.json, config.json, ranks.csv, ranks.png (+ shots.csv, shots.png, active.csv,
     active.png); the names.
@@ -272,22 +311,71 @@ def write_sweep_report(
     of an earlier report survives beside the new one.
     """
     check_report_out(out)
-    report = {"config": config, "oracle": oracle, "ranks": list(rows), "shots": list(shot_rows)}
+    report: dict = {
+        "config": config,
+        "oracle": oracle,
+        "ranks": list(rows),
+        "shots": list(shot_rows),
+    }
     if active_rows:
         report["active"] = list(active_rows)
+    report["selected_rank"] = selected_rank
+    if personalization is not None:
+        report["personalization"] = personalization.to_dict(per_user=True)
     report.update(extra or {})
     names = ["report.json", "config.json", "ranks.csv", "ranks.png"]
     with atomic_folder(out, overwrite=True) as tmp:
         write_json(tmp / "report.json", report)
         write_json(tmp / "config.json", config)
         atomic_write_text(tmp / "ranks.csv", rows_to_csv(rows))
-        plot_ranks(rows, tmp / "ranks.png", oracle, title)
+        plot_ranks(rows, tmp / "ranks.png", oracle, title, selected_rank)
+        if personalization is not None and personalization.per_user:
+            atomic_write_text(tmp / "per_user.csv", rows_to_csv(personalization.per_user))
+            names.append("per_user.csv")
         if shot_rows:
             atomic_write_text(tmp / "shots.csv", rows_to_csv(shot_rows))
-            plot_shots(shot_rows, tmp / "shots.png", oracle)
+            plot_shots(shot_rows, tmp / "shots.png", oracle, shot_baselines(personalization))
             names += ["shots.csv", "shots.png"]
         if active_rows:
             atomic_write_text(tmp / "active.csv", rows_to_csv(active_rows))
             plot_active(active_rows, tmp / "active.png", oracle)
             names += ["active.csv", "active.png"]
     return names
+
+
+def shot_baselines(report) -> dict[str, float]:
+    """The shared (0 shots) and pooled accuracies of new users, from a personalisation
+    report (empty without one)."""
+    new = [g for g in (report.groups if report is not None else []) if g.group == "new"]
+    if not new:
+        return {}
+    a = new[0].accuracy
+    return {
+        "shared reward (0 shots: mean weights)": a["shared"],
+        "pooled rank 1": a["pooled"],
+    }
+
+
+def personalization_table(report) -> Table:
+    """The personalisation report as a table: per group, pooled / shared / personal accuracy
+    (and the reference head's), the gain personal - shared with its 95% interval over users,
+    the personal accuracy's 10th percentile, the bottom decile's gain and how many users
+    their own weights serve worse than the shared reward."""
+    has_ref = any("reference" in g.accuracy for g in report.groups)
+    table = Table(title=f"Does personalisation pay? (strength {report.strength:g})")
+    cols = ["users", *(["reference"] if has_ref else []), "pooled", "shared", "personal"]
+    table.add_column("group")
+    for col in [*cols, "gain [95% CI]", "p10", "bottom-10% gain", "worse"]:
+        table.add_column(col, justify="right")
+    for g in report.groups:
+        gain = g.gain
+        table.add_row(
+            g.label,
+            str(g.users),
+            *[_fmt(g.accuracy.get(c)) for c in cols[1:]],
+            f"{gain['mean']:+.3f} [{gain['lower']:+.3f}, {gain['upper']:+.3f}]",
+            _fmt(g.distribution["p10"]),
+            f"{g.bottom_decile_gain:+.3f}",
+            str(len(g.worse_than_shared)),
+        )
+    return table

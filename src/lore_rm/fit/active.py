@@ -113,6 +113,7 @@ def select(
     generator: torch.Generator | None = None,
     duplicate_tol: float = DUPLICATE_TOL,
     asked: tuple[Tensor, Tensor] | None = None,
+    space: str = "simplex",
 ) -> tuple[Tensor, Tensor]:
     """Greedy choice of up to ``n`` rows per user: ``(rows, scores)``, both (U, n).
 
@@ -145,10 +146,14 @@ def select(
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         key = torch.rand(slots.shape, generator=gen, dtype=dtype)
     else:
-        # m = z . w and g = dm/dtheta = scale * w * (z - z . w / mass): the softmax Jacobian
+        # m = z . w and g = dm/dtheta: scale * w * (z - z . w / mass) through the softmax,
+        # scale * z for signed weights
         m = torch.bmm(zs, w.to(dtype)[:, :, None])  # (U, C, 1)
-        g = zs - m / w.sum(-1).clamp_min(1e-30).to(dtype)[:, None, None]
-        g *= (scale * w).to(dtype)[:, None, :]
+        if space == "simplex":
+            g = zs - m / w.sum(-1).clamp_min(1e-30).to(dtype)[:, None, None]
+            g *= (scale * w).to(dtype)[:, None, :]
+        else:
+            g = scale * zs
         if criterion == "information":
             # g scaled by sqrt(p (1 - p)) (symmetric in the orientation): its S-norm is the
             # gain's c g^T S g, and the Sherman–Morrison update below needs nothing else

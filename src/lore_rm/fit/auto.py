@@ -30,7 +30,7 @@ def resolve_auto(
     the pooled reward; with an explicit rank only the coin-flip check applies.
     """
     auto_rank = rank == AUTO
-    if not auto_rank and not cfg.auto_weight_decay:
+    if not auto_rank and not cfg.auto_weight_decay and cfg.weights != AUTO:
         return int(rank), cfg, None
     if not auto_rank and int(rank) == 0:  # the reference head: nothing to fit
         return 0, replace(cfg, weight_decay=0.0), None
@@ -45,7 +45,8 @@ def resolve_auto(
         raise LoreError(f"rank_grid {cfg.rank_grid} has no rank <= d = {data.d}")
     sigma = feature_scale(data, cfg.standardize)
     selection = select_settings(data, sigma, ranks, decays, cfg, reference_head, progress=progress)
-    return selection.rank, replace(cfg, weight_decay=selection.weight_decay), selection
+    chosen = replace(cfg, weight_decay=selection.weight_decay, weights=selection.weights)
+    return selection.rank, chosen, selection
 
 
 def diagnose(selection: Selection | None) -> dict:
@@ -61,3 +62,13 @@ def diagnose(selection: Selection | None) -> dict:
             stacklevel=3,
         )
     return {"validated": True, "selection": selection.to_dict(), "no_signal": problems}
+
+
+def chosen_strength(selection: Selection | None, cfg: FitConfig, rank: int) -> float:
+    """The model's personalisation strength: the chosen cell's, the configured number, or 1
+    where nothing was searched (rank 1 and below: 1, nothing to personalise)."""
+    if cfg.personalization != AUTO:
+        return float(cfg.personalization)
+    if selection is None or rank <= 1:
+        return 1.0
+    return float(selection.chosen.get("personalization", 1.0))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from lore_rm.errors import LoreError
 
 Recipe = Literal["default", "paper"]
+Weights = Literal["simplex", "signed", "auto"]
 AUTO = "auto"
 LEARNED = "learned"
 #: the isotropic prior strength used where a learned prior cannot be (K = 1, one user)
@@ -22,6 +23,8 @@ FEWSHOT_SOLVERS = ("adam", "lbfgs")
 REGULARIZERS = ("cosine", "l2")
 INITS = ("spectral", "svd", "random")
 CV_HOLDOUTS = ("users", "comparisons")
+WEIGHTS = ("simplex", "signed", "auto")
+TUPLE_FIELDS = ("warmup", "weight_decay_grid", "rank_grid", "personalization_grid")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -50,6 +53,13 @@ class FitConfig:
         "lbfgs",
         "'lbfgs' (joint, to convergence) or 'adam-alternating' (the published loop).",
         choices=SOLVERS,
+    )
+    weights: Weights = _f(
+        "simplex",
+        "Users' weights: 'simplex' (LoRe's: a point of the probability simplex over the basis "
+        "columns), 'signed' (the population's mean weights plus a signed offset per user, so "
+        "a user can want the opposite of a column) or 'auto' (chosen by the cross-validation).",
+        choices=WEIGHTS,
     )
     init: Literal["spectral", "svd", "random"] = _f(
         "spectral",
@@ -92,6 +102,13 @@ class FitConfig:
         "'comparisons' (a share of every user's comparisons).",
         choices=CV_HOLDOUTS,
     )
+    cv_exclude_pairs: bool = _f(
+        True,
+        "With users held out, also leave out of each fold's training rows the comparisons of "
+        "the same pair of texts as a held-out user's, so held-out users are scored on pairs "
+        "the fold never trained on, as new users meet new prompts (dense features name no "
+        "texts and are not matched).",
+    )
     one_se: bool = _f(
         True,
         "Pick the simplest setting (lower rank, then stronger ridge) whose cross-validated "
@@ -102,6 +119,23 @@ class FitConfig:
         "Multiply the fitted model's margins (rewards, probabilities, their std) by the scale at "
         "which the cross-validation's held-out users find them calibrated (learned when an "
         "'auto' setting is searched with cv_holdout='users'; otherwise, or when false, 1).",
+    )
+    hierarchical: bool = _f(
+        True,
+        "Fit the seen users' weights under the population prior learned from them (empirical "
+        "Bayes, alternating with the basis), as new users' are: users with few comparisons are "
+        "pulled toward the population as far as their data says; false leaves them free "
+        "(only user_l2).",
+    )
+    personalization: float | str = _f(
+        AUTO,
+        "How far users move from the shared weights toward their own, in [0, 1]: "
+        "w_bar + strength * (w_u - w_bar) (0 = every user gets the shared reward); 'auto' "
+        "takes the weakest of personalization_grid within one standard error of the best "
+        "cross-validated loss (1 when nothing is searched).",
+    )
+    personalization_grid: tuple[float, ...] = _f(
+        (0.0, 0.25, 0.5, 0.75, 1.0), "Strengths tried by personalization='auto'."
     )
     user_l2: float = _f(
         1e-3, "L2 penalty on user logits (keeps weights off the simplex's corners)."
@@ -149,6 +183,8 @@ class FitConfig:
                 fewshot_lr=0.1,
                 fewshot_prior=0.0,
                 calibrate=False,
+                hierarchical=False,
+                personalization=1.0,
             )
         elif recipe == "default":
             base = cls()
@@ -158,7 +194,7 @@ class FitConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise LoreError(f"unknown fit setting(s): {', '.join(unknown)}")
-        for name in ("warmup", "weight_decay_grid", "rank_grid"):
+        for name in TUPLE_FIELDS:
             if name in overrides and overrides[name] is not None:
                 overrides[name] = tuple(overrides[name])
         cfg = replace(base, **overrides)
@@ -172,6 +208,12 @@ class FitConfig:
     @property
     def auto_weight_decay(self) -> bool:
         return self.weight_decay == AUTO
+
+    @property
+    def space(self) -> Literal["simplex", "signed"]:
+        """The users' weight space to fit in ('auto' is resolved by the search; before that,
+        and for the paper recipe, 'simplex')."""
+        return "signed" if self.weights == "signed" else "simplex"
 
     def validate(self) -> None:
         """Raise :class:`LoreError` naming the first field whose value cannot work."""
@@ -190,6 +232,7 @@ class FitConfig:
             ("regularizer", REGULARIZERS),
             ("init", INITS),
             ("cv_holdout", CV_HOLDOUTS),
+            ("weights", WEIGHTS),
             ("recipe", ("default", "paper")),
         ):
             if getattr(self, name) not in choices:
@@ -224,6 +267,18 @@ class FitConfig:
             raise LoreError(
                 f"weight_decay_grid must be non-negative numbers, got {self.weight_decay_grid!r}"
             )
+        lam = self.personalization
+        if lam != AUTO and not (
+            isinstance(lam, int | float) and not isinstance(lam, bool) and 0.0 <= lam <= 1.0
+        ):
+            raise LoreError(f"personalization must be 'auto' or a number in [0, 1], got {lam!r}")
+        if not self.personalization_grid or any(
+            not isinstance(v, int | float) or isinstance(v, bool) or not 0.0 <= v <= 1.0
+            for v in self.personalization_grid
+        ):
+            raise LoreError(
+                f"personalization_grid must be numbers in [0, 1], got {self.personalization_grid!r}"
+            )
         if not self.rank_grid or any(
             not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in self.rank_grid
         ):
@@ -244,7 +299,7 @@ class FitConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for name in ("warmup", "weight_decay_grid", "rank_grid"):
+        for name in TUPLE_FIELDS:
             d[name] = list(d[name])
         return d
 
@@ -252,7 +307,7 @@ class FitConfig:
     def from_dict(cls, d: dict) -> FitConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        for name in ("warmup", "weight_decay_grid", "rank_grid"):
+        for name in TUPLE_FIELDS:
             if name in kw:
                 kw[name] = tuple(kw[name])
         return cls(**kw)

@@ -20,8 +20,9 @@ import torch
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.fit.config import FitConfig
+from lore_rm.fit.link import params_of
 from lore_rm.fit.posterior import logit_hessian
-from lore_rm.fit.prior import LogitPrior, centred_logits, moment_prior
+from lore_rm.fit.prior import LogitPrior, moment_prior
 from lore_rm.fit.solvers import fit_user_weights
 
 Tensor = torch.Tensor
@@ -37,13 +38,19 @@ def learn_prior(
     cfg: FitConfig,
     user_weights: Tensor,
     population_weights: Tensor,
+    *,
+    start: LogitPrior | None = None,
 ) -> tuple[LogitPrior, dict]:
     """The learned prior from the seen users' comparisons ``data`` (compact, centred, one
     user per ``user_weights`` row) with ``basis`` frozen, and a small history for the model
-    card (EM iterations, the prior's standard deviations along its principal axes)."""
+    card (EM iterations, the prior's standard deviations along its principal axes).
+    ``start``: the EM's first prior (default: the moments of ``user_weights``' logits)."""
     counts = data.counts_per_user()
     fitted = counts > 0
-    prior = moment_prior(centred_logits(user_weights[fitted]))
+    space = cfg.space
+    if start is None:
+        start = moment_prior(params_of(user_weights[fitted], space), space=space)
+    prior = start
     projected = data.project(basis).detach()  # once: EM only moves the logits
     z = projected.to(torch.float64)
     index = data.user_index
@@ -54,17 +61,20 @@ def learn_prior(
         weights = fit_user_weights(
             data, basis, scale, cfg, population_weights, prior=prior, projected=projected
         )
-        h = logit_hessian(z, weights.to(torch.float64), index, scale, prior.precision)
+        h = logit_hessian(z, weights.to(torch.float64), index, scale, prior.precision, space=space)
         post = torch.linalg.inv(0.5 * (h + h.transpose(1, 2)))[fitted]
-        prior = moment_prior(centred_logits(weights[fitted]), post.mean(0))
+        prior = moment_prior(params_of(weights[fitted], space), post.mean(0), space)
         new_cov = prior.covariance()
         change = float(torch.linalg.norm(new_cov - cov) / torch.linalg.norm(cov))
         cov = new_cov
         if change < EM_TOL:
             break
     k = prior.k
-    centre = torch.eye(k, dtype=torch.float64) - 1.0 / k
-    axes = torch.linalg.eigvalsh(centre @ cov @ centre)[1:].clamp_min(0).sqrt()
+    if space == "simplex":
+        centre = torch.eye(k, dtype=torch.float64) - 1.0 / k
+        axes = torch.linalg.eigvalsh(centre @ cov @ centre)[1:].clamp_min(0).sqrt()
+    else:
+        axes = torch.linalg.eigvalsh(cov).clamp_min(0).sqrt()
     history = {
         "kind": "learned",
         "em_iterations": iterations,

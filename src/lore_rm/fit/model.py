@@ -6,6 +6,7 @@ import copy
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, overload
 
@@ -16,10 +17,12 @@ from lore_rm.comparisons import Comparisons
 from lore_rm.devices import as_device
 from lore_rm.errors import DataError, LoreError, UnknownUserError
 from lore_rm.fit.active import DUPLICATE_TOL, QuestionSelection, select
-from lore_rm.fit.auto import AUTO, diagnose, resolve_auto
+from lore_rm.fit.auto import AUTO, chosen_strength, diagnose, resolve_auto
 from lore_rm.fit.calibration import margin_calibration
 from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig, Recipe
 from lore_rm.fit.empirical_bayes import learn_prior
+from lore_rm.fit.hierarchy import shrink_seen_users
+from lore_rm.fit.link import check_space
 from lore_rm.fit.persistence import load_model, save_model
 from lore_rm.fit.posterior import (
     WeightsPosterior,
@@ -29,7 +32,7 @@ from lore_rm.fit.posterior import (
     probit_proba,
 )
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
-from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights
+from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights, signed_prior
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
 
 Tensor = torch.Tensor
@@ -52,7 +55,7 @@ class LowRankReward:
 
     def __init__(
         self,
-        rank: int | str = 5,
+        rank: int | str = "auto",
         recipe: Recipe = "default",
         *,
         backbone: str | None = None,
@@ -105,6 +108,8 @@ class LowRankReward:
         margin_scale: float = 1.0,
         population_weights: Tensor | np.ndarray | None = None,
         reference_head: Tensor | np.ndarray | None = None,
+        strength: float = 1.0,
+        weight_space: str = "simplex",
         rank: int | None = None,
         recipe: Recipe = "default",
         backbone: str | None = None,
@@ -117,7 +122,8 @@ class LowRankReward:
 
         ``population_weights`` default to the mean of ``user_weights``; ``rank`` defaults to
         K; ``fit_config`` to the recipe's settings. ``margin_scale`` multiplies every output
-        (rewards, margins and their std), not the fits.
+        (rewards, margins and their std), not the fits. ``strength`` is the personalisation
+        strength (``personalization_``) and ``weight_space`` "simplex" or "signed".
         """
         basis = torch.as_tensor(basis, dtype=torch.float32).clone()  # never the caller's memory
         weights = torch.as_tensor(user_weights, dtype=torch.float32).clone()
@@ -155,6 +161,8 @@ class LowRankReward:
         model.reference_head_ = _as_reference(reference_head, int(d))
         model.history_ = {}
         model.prior_ = None
+        model.personalization_ = float(strength)
+        model.weight_space_ = check_space(weight_space)
         return model
 
     # ---- fitting ---------------------------------------------------------------------------
@@ -192,11 +200,16 @@ class LowRankReward:
             data = data.compact(centre=True).with_user_ids(comparisons.user_ids)
         ref_dev = ref.to(device) if ref is not None else None
         rank, cfg, selection = resolve_auto(data, self.rank, cfg, ref_dev, progress=progress)
+        if rank <= 1:  # one column, weight 1 for everyone: no weight space to speak of
+            cfg = replace(cfg, weights="simplex")
+        self.weight_space_ = cfg.space
         self.rank_ = rank
         self.d_ = comparisons.d
         self.users_ = list(comparisons.user_ids)
         self.reference_head_ = ref
         self.config_ = cfg
+        shrunk: dict | None = None
+        learned: LogitPrior | None = None
         if rank == 0:  # the reference head as a one-column basis, weight 1 for everyone
             self.basis_ = ref[:, None].clone()  # type: ignore[index]  # checked above
             self.user_weights_ = torch.ones(len(self.users_), 1)
@@ -204,10 +217,15 @@ class LowRankReward:
             self.history_ = {}
         else:
             result = fit_joint(data, rank, cfg, ref_dev, progress=progress)
+            if cfg.hierarchical and cfg.solver == "lbfgs" and rank > 1:
+                result, learned, shrunk = shrink_seen_users(data, result, cfg, ref_dev)
             self.basis_ = result.basis.detach().cpu()
             self.user_weights_ = result.user_weights.detach().cpu()
             self.scale_ = float(cfg.scale)
             self.history_ = result.history
+            if shrunk is not None:
+                self.history_["hierarchy"] = shrunk
+        self.personalization_ = chosen_strength(selection, cfg, rank)
         self.history_.update(diagnose(selection))
         self.history_["calibration"] = margin_calibration(selection, cfg.calibrate, rank)
         self.margin_scale_ = float(self.history_["calibration"]["margin_scale"])
@@ -219,8 +237,19 @@ class LowRankReward:
             else torch.full((self.n_components_,), 1.0 / max(self.n_components_, 1))
         )
         self.prior_: LogitPrior | None = None
-        if cfg.fewshot_prior == LEARNED and rank > 0:
-            self._learn_prior(data, int(fitted.sum()), device)
+        if cfg.fewshot_prior == LEARNED and rank > 1 and self.weight_space_ == "signed":
+            self.prior_ = signed_prior(self.population_weights_)
+            self.history_["prior"] = {
+                "kind": "isotropic",
+                "strength": float(self.prior_.precision[0, 0]),
+                "why": "signed weights: the joint fit's prior on every user's offset",
+            }
+        elif cfg.fewshot_prior == LEARNED and rank > 0:
+            if shrunk and shrunk.get("prior"):  # learned on the final basis by the hierarchy
+                self.prior_ = learned.to("cpu") if learned is not None else None
+                self.history_["prior"] = shrunk.pop("prior")
+            else:
+                self._learn_prior(data, int(fitted.sum()), device)
         return self
 
     def _learn_prior(self, data: Comparisons, n_fitted: int, device: torch.device) -> None:
@@ -255,7 +284,9 @@ class LowRankReward:
         if strength == LEARNED and prior is not None and prior.k == self.n_components_:
             return prior
         return isotropic_prior(
-            self.population_weights_, FALLBACK_PRIOR if strength == LEARNED else float(strength)
+            self.population_weights_,
+            FALLBACK_PRIOR if strength == LEARNED else float(strength),
+            self.weight_space_,
         )
 
     def personalize(
@@ -393,14 +424,42 @@ class LowRankReward:
         """Columns of the basis actually kept (the rank, less pruned columns)."""
         return int(self.basis_.shape[1])
 
+    @property
+    def personalizes(self) -> bool:
+        """Whether users can get different rewards: rank >= 2 and a strength above 0."""
+        return self.rank_ > 0 and self.n_components_ > 1 and self.personalization_ > 0
+
+    def _strength(self, personalization: float | None) -> float:
+        if personalization is None:
+            return self.personalization_
+        lam = float(personalization)
+        if not (0.0 <= lam <= 1.0):
+            raise LoreError(f"personalization must be in [0, 1], got {personalization!r}")
+        return lam
+
     def weights_for(
-        self, users: Sequence[str | None], *, unknown: str = "error"
+        self,
+        users: Sequence[str | None],
+        *,
+        unknown: str = "error",
+        personalization: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Weights (M, K) for ``users`` and a bool mask of which were known.
 
         ``unknown="mean"`` gives unknown users the population's mean weights instead of an
         error. A ``None`` id always gets the population's mean weights (and is not known).
+        A known user's weights are ``w_bar + lam * (w_u - w_bar)``: ``lam`` is
+        ``personalization`` (0 = the shared weights ``w_bar``, 1 = the user's own), by default
+        the model's ``personalization_``, chosen by the cross-validation.
         """
+        lam = self._strength(personalization)
+        w, known = self._own_weights(users, unknown)
+        if lam != 1.0 and bool(known.any()):
+            w[known] = self.population_weights_ + lam * (w[known] - self.population_weights_)
+        return w, known
+
+    def _own_weights(self, users: Sequence[str | None], unknown: str) -> tuple[Tensor, Tensor]:
+        """Each user's own fitted weights (the population's for unknown ones) and the mask."""
         self._require_fitted()
         if unknown not in ("error", "mean"):
             raise LoreError(f"unknown must be 'error' or 'mean', got {unknown!r}")
@@ -429,6 +488,7 @@ class LowRankReward:
         unknown: str = ...,
         return_std: Literal[False] = ...,
         posterior: WeightsPosterior | None = ...,
+        personalization: float | None = ...,
     ) -> Tensor: ...
 
     @overload
@@ -440,6 +500,7 @@ class LowRankReward:
         unknown: str = ...,
         return_std: Literal[True],
         posterior: WeightsPosterior | None = ...,
+        personalization: float | None = ...,
     ) -> tuple[Tensor, Tensor]: ...
 
     def reward(
@@ -450,6 +511,7 @@ class LowRankReward:
         unknown: str = "error",
         return_std: bool = False,
         posterior: WeightsPosterior | None = None,
+        personalization: float | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Personalised reward (M,) of each embedding row for its user (or one user for all).
 
@@ -461,6 +523,9 @@ class LowRankReward:
         ``(reward, std)``: the std (M,) of the reward under the Laplace posterior of the
         user's logits, by the delta method through the softmax. The reward itself is
         unchanged.
+
+        ``personalization`` (in [0, 1]; default the model's ``personalization_``) moves every
+        known user between the shared weights (0) and their own (1); see :meth:`weights_for`.
         """
         self._require_fitted()
         e = torch.as_tensor(embeddings)
@@ -476,20 +541,48 @@ class LowRankReward:
             users = [users] * e.shape[0]
         if len(users) != e.shape[0]:
             raise DataError(f"{len(users)} users given for {e.shape[0]} embeddings")
-        w, known = self.weights_for(list(users), unknown=unknown)
+        lam = self._strength(personalization)
+        w, known = self.weights_for(list(users), unknown=unknown, personalization=lam)
         y = e @ self.basis_
         r = self.reward_scale * (y * w).sum(dim=1)
         if not return_std:
             return r
-        cov = self._row_covariances(list(users), known, posterior)
-        return r, linear_std(y, w, cov, self.reward_scale).to(r.dtype)
+        return r, self._std(y, list(users), known, posterior, lam).to(r.dtype)
 
-    def margins(self, comparisons: Comparisons, *, unknown: str = "error") -> Tensor:
+    def _std(
+        self,
+        y: Tensor,
+        users: list,
+        known: Tensor,
+        posterior: WeightsPosterior | None,
+        lam: float,
+        rows: Tensor | None = None,
+    ) -> Tensor:
+        """Delta-method std of ``reward_scale * y @ w`` for each row of ``y``, whose user is
+        ``users[rows[i]]`` (``rows`` None: row i is user i). The Jacobian is the softmax's at
+        the user's own weights, times the strength ``lam`` for known users (unknown users
+        have the prior's spread around the population)."""
+        cov = self._row_covariances(users, known, posterior)
+        own, _ = self._own_weights(users, "mean")
+        if rows is not None:
+            cov, own, known = cov[rows], own[rows], known[rows]
+        std = linear_std(y, own, cov, self.reward_scale, self.weight_space_)
+        return torch.where(known, lam * std, std)
+
+    def margins(
+        self,
+        comparisons: Comparisons,
+        *,
+        unknown: str = "error",
+        personalization: float | None = None,
+    ) -> Tensor:
         """Bradley–Terry logit ``r(chosen) - r(rejected)`` of every comparison (N,)."""
         self._require_fitted()
         _check_dim(comparisons, self.d_)
         data = comparisons.to(dtype=torch.float32, keep_low_precision=True)
-        w, _ = self.weights_for(list(comparisons.user_ids), unknown=unknown)
+        w, _ = self.weights_for(
+            list(comparisons.user_ids), unknown=unknown, personalization=personalization
+        )
         z = data.project_for_scoring(self.basis_.to(data.device))
         return bt_margins(z, w.to(z.device), data.user_index, self.reward_scale).cpu()
 
@@ -499,6 +592,7 @@ class LowRankReward:
         *,
         posterior: WeightsPosterior | None = None,
         unknown: str = "error",
+        personalization: float | None = None,
     ) -> Tensor:
         """P(chosen preferred to rejected) for every comparison.
 
@@ -508,24 +602,34 @@ class LowRankReward:
         closer to 0.5.
         """
         if posterior is None:
-            return torch.sigmoid(self.margins(comparisons, unknown=unknown))
-        mean, std = self.margin_std(comparisons, posterior, unknown=unknown)
+            return torch.sigmoid(
+                self.margins(comparisons, unknown=unknown, personalization=personalization)
+            )
+        mean, std = self.margin_std(
+            comparisons, posterior, unknown=unknown, personalization=personalization
+        )
         return probit_proba(mean, std)
 
     def margin_std(
-        self, comparisons: Comparisons, posterior: WeightsPosterior, *, unknown: str = "error"
+        self,
+        comparisons: Comparisons,
+        posterior: WeightsPosterior,
+        *,
+        unknown: str = "error",
+        personalization: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Margins (N,) and their delta-method std (N,) under ``posterior``."""
         self._require_fitted()
         _check_dim(comparisons, self.d_)
         data = comparisons.to(dtype=torch.float32, keep_low_precision=True)
         users = list(comparisons.user_ids)
-        w, known = self.weights_for(users, unknown=unknown)
+        lam = self._strength(personalization)
+        w, known = self.weights_for(users, unknown=unknown, personalization=lam)
         z = data.project(self.basis_.to(data.device)).cpu()
         rows = data.user_index.cpu()
         mean = bt_margins(z, w, rows, self.reward_scale)
-        cov = self._row_covariances(users, known, posterior)
-        return mean, linear_std(z, w[rows], cov[rows], self.reward_scale).to(mean.dtype)
+        std = self._std(z, users, known, posterior, lam, rows)
+        return mean, std.to(mean.dtype)
 
     def weights_posterior(
         self,
@@ -550,7 +654,9 @@ class LowRankReward:
         if prior_precision is None:
             lam_matrix = self.few_shot_prior().precision
         else:
-            lam_matrix = isotropic_prior(self.population_weights_, prior_precision).precision
+            lam_matrix = isotropic_prior(
+                self.population_weights_, prior_precision, self.weight_space_
+            ).precision
         lam = float(torch.linalg.eigvalsh(lam_matrix)[0])
         if not lam > 0 or not np.isfinite(lam):
             raise LoreError(
@@ -569,20 +675,22 @@ class LowRankReward:
         else:
             present = []
         ids = list(dict.fromkeys([*present, *map(str, users)]))
-        w, _ = self.weights_for(ids, unknown=unknown)
+        w, _ = self.weights_for(ids, unknown=unknown, personalization=1.0)
         k = self.n_components_
         if has_rows:
             data = comparisons.with_user_ids(ids)  # type: ignore[union-attr]
             z = data.project(self.basis_.to(data.device, torch.float64)).cpu()
             index = data.user_index.cpu()
-            h = logit_hessian(z, w, index, self.scale_, lam_matrix, hessian=hessian)
+            h = logit_hessian(
+                z, w, index, self.scale_, lam_matrix, hessian=hessian, space=self.weight_space_
+            )
             counts = torch.bincount(index, minlength=len(ids))
         else:
             empty = torch.zeros(0, dtype=torch.int64)
             h = logit_hessian(torch.zeros(0, k), w, empty, 1.0, lam_matrix)
             counts = torch.zeros(len(ids), dtype=torch.int64)
         cov = covariance_from_hessian(h, lam, hessian)
-        return WeightsPosterior(ids, w, cov, counts, lam_matrix, hessian)
+        return WeightsPosterior(ids, w, cov, counts, lam_matrix, hessian, self.weight_space_)
 
     def select_questions(
         self,
@@ -610,7 +718,7 @@ class LowRankReward:
         users = list(candidates.user_ids)
         if posterior is None:
             posterior = self.weights_posterior(users=users, unknown="mean")
-        w, known = self.weights_for(users, unknown="mean")
+        w, known = self.weights_for(users, unknown="mean", personalization=1.0)
         cov = self._row_covariances(users, known, posterior)
         data = candidates.to(dtype=torch.float32, keep_low_precision=True)
         basis = self.basis_.to(data.device)
@@ -633,6 +741,7 @@ class LowRankReward:
             n,
             scale=self.scale_,
             criterion=criterion,
+            space=self.weight_space_,
             generator=torch.Generator().manual_seed(seed),
             duplicate_tol=duplicate_tol,
             asked=done,

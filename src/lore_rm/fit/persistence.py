@@ -1,5 +1,9 @@
 """A model folder: ``config.json``, ``model.safetensors``, ``users.json`` and a model card.
 
+Format version 5 adds ``weights`` (the users' weight space, ``"simplex"`` or ``"signed"``,
+:mod:`lore_rm.fit.link`) and ``personalization`` (the strength in [0, 1] at which users' own
+weights are used, chosen by the cross-validation) to ``config.json``; earlier folders read
+as simplex weights at strength 1.
 Format version 4 adds ``margin_scale`` to ``config.json`` (the cross-validated calibration of
 every output, :mod:`lore_rm.fit.calibration`); earlier folders read as 1. Version 3 adds the
 learned few-shot prior (``prior_mean`` (K,) and ``prior_precision`` (K, K) in
@@ -66,6 +70,8 @@ def save_model(model: LowRankReward, path: str | os.PathLike) -> Path:
         "d": model.d_,
         "scale": model.scale_,
         "margin_scale": model.margin_scale_,
+        "personalization": model.personalization_,
+        "weights": model.weight_space_,
         "recipe": model.recipe,
         "seed": model.seed,
         "backbone": model.backbone,
@@ -81,7 +87,7 @@ def save_model(model: LowRankReward, path: str | os.PathLike) -> Path:
 
 
 def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -> LowRankReward:
-    """The model saved in folder ``path`` (format version 1 to 4)."""
+    """The model saved in folder ``path`` (format version 1 to 5)."""
     folder = Path(path)
     cfg_path = folder / MODEL_CONFIG_FILE
     if not cfg_path.is_file():
@@ -112,6 +118,8 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
         users,
         scale=config["scale"],
         margin_scale=config.get("margin_scale", 1.0),
+        strength=config.get("personalization", 1.0),
+        weight_space=config.get("weights", "simplex"),
         population_weights=population,
         reference_head=tensors.get("reference_head"),
         rank=config["rank"],
@@ -124,7 +132,10 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
     )
     if "prior_mean" in tensors:
         model.prior_ = LogitPrior(
-            tensors["prior_mean"].double(), tensors["prior_precision"].double(), "learned"
+            tensors["prior_mean"].double(),
+            tensors["prior_precision"].double(),
+            "learned",
+            model.weight_space_,
         )
     return model
 
@@ -185,6 +196,14 @@ def _check_folder(
     scale = config.get("scale")
     if not isinstance(scale, int | float) or isinstance(scale, bool) or not scale == scale:
         raise ModelFormatError(f"{cfg_path}: scale is {scale!r}, expected a number")
+    space = config.get("weights", "simplex")
+    if space not in ("simplex", "signed"):
+        raise ModelFormatError(f"{cfg_path}: weights is {space!r}, expected 'simplex' or 'signed'")
+    lam = config.get("personalization", 1.0)
+    if not isinstance(lam, int | float) or isinstance(lam, bool) or not 0.0 <= lam <= 1.0:
+        raise ModelFormatError(
+            f"{cfg_path}: personalization is {lam!r}, expected a number in [0, 1]"
+        )
 
 
 def _check_prior(wpath: Path, tensors: dict, k: int) -> None:
@@ -251,9 +270,42 @@ def _model_card(m: LowRankReward) -> str:
         + "\n"
         "```python\nfrom lore_rm import LowRankReward\n"
         "model = LowRankReward.from_pretrained('THIS_FOLDER')\n```\n"
+        + _personalization_card(m)
         + _selection_card(getattr(m, "history_", {}))
         + _prior_card(getattr(m, "history_", {}))
     )
+
+
+def _personalization_card(m: LowRankReward) -> str:
+    """Whether and how much the model personalises, and what it measured, as Markdown."""
+    lines = ["\n## Personalisation\n"]
+    space = "signed weights (population mean + a signed offset per user)"
+    if m.weight_space_ == "simplex":
+        space = "simplex weights (a point of the simplex over the basis columns)"
+    if not m.personalizes:
+        why = "one reward for everyone"
+        if m.rank_ > 1 and m.personalization_ == 0:
+            why = "strength 0: users' own weights did not beat the shared ones"
+        lines.append(f"This model does not personalise ({why}): every user gets the same reward.")
+    else:
+        lines.append(
+            f"Users get `w_bar + {m.personalization_:g} * (w_u - w_bar)`: their own {space} "
+            f"at strength {m.personalization_:g} (0 = the shared weights `w_bar`, 1 = their own)."
+        )
+    report = getattr(m, "history_", {}).get("personalization")
+    if report:
+        lines.append(f"\n{report['summary']}\n")
+        lines.append("| group | users | pooled | shared | personal | gain [95% CI] |")
+        lines.append("|---|---|---|---|---|---|")
+        for g in report["groups"]:
+            a, gain = g["accuracy"], g["gain"]
+            label = "seen users" if g["group"] == "seen" else f"new users ({g['shots'] or 'all'})"
+            lines.append(
+                f"| {label} | {g['users']} | {a['pooled']:.3f} | {a['shared']:.3f} | "
+                f"{a['personal']:.3f} | {gain['mean']:+.3f} [{gain['lower']:+.3f}, "
+                f"{gain['upper']:+.3f}] |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def _calibration_card(history: dict) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from lore_rm.errors import LoreError
+from lore_rm.fit.link import weight_gradient
 
 Tensor = torch.Tensor
 HESSIANS = ("gauss-newton", "exact")
@@ -35,8 +36,7 @@ CHUNK = 65536  # rows per (rows, K, K) block, to bound memory
 
 def softmax_gradient(y: Tensor, weights: Tensor) -> Tensor:
     """d(y @ w(theta))/d theta (N, K) for rows ``y`` (N, K) and weights ``w = s softmax``."""
-    mass = weights.sum(-1, keepdim=True).clamp_min(1e-30)
-    return weights * (y - (weights * y).sum(-1, keepdim=True) / mass)
+    return weight_gradient(y, weights, "simplex")
 
 
 def logit_hessian(
@@ -47,8 +47,10 @@ def logit_hessian(
     prior_precision: float | Tensor,
     *,
     hessian: str = "gauss-newton",
+    space: str = "simplex",
 ) -> Tensor:
-    """Hessian (U, K, K) of each user's negative log posterior over their logits.
+    """Hessian (U, K, K) of each user's negative log posterior over their logits
+    (``space="signed"``: over their weights themselves, :mod:`lore_rm.fit.link`).
 
     ``z`` (N, K) are the projected comparison rows ``x @ V`` (chosen minus rejected),
     ``weights`` (U, K) the users' weights (the linearisation point), ``user_index`` (N,) the
@@ -67,11 +69,11 @@ def logit_hessian(
         zc = z[start : start + CHUNK].to(dtype)
         uc = user_index[start : start + CHUNK]
         w = w_all[uc]
-        a = softmax_gradient(zc, w)  # d(z @ w)/d theta
+        a = weight_gradient(zc, w, space)  # d(z @ w)/d theta
         m = scale * (zc * w).sum(-1)
         p = torch.sigmoid(m)
         per = (p * (1 - p) * scale**2)[:, None, None] * a[:, :, None] * a[:, None, :]
-        if hessian == "exact":
+        if hessian == "exact" and space == "simplex":  # signed: the margin is linear
             # d2(z @ w)/d theta2 = diag(a) - a pw^T - pw a^T; the loss's slope is -(1 - p)
             pw = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
             outer = a[:, :, None] * pw[:, None, :]
@@ -119,10 +121,14 @@ class WeightsPosterior:
     n_comparisons: Tensor
     prior_precision: Tensor
     hessian: str = "gauss-newton"
+    space: str = "simplex"  # what the covariance is over: logits, or signed weights
 
     @property
     def logits(self) -> Tensor:
-        """Centred logits (M, K) whose softmax is each row's weights, normalised to sum 1."""
+        """The parameters (M, K) the covariance is over: centred logits whose softmax is each
+        row's weights, normalised to sum 1 (simplex), or the weights (signed)."""
+        if self.space != "simplex":
+            return self.weights.clone()
         lg = self.weights.clamp_min(1e-6).log()
         return lg - lg.mean(-1, keepdim=True)
 
@@ -134,7 +140,7 @@ class WeightsPosterior:
         ``w = s softmax(theta)`` is ``diag(w) - w p_w^T``."""
         w = self.weights.to(torch.float64)
         eye = torch.eye(w.shape[1], dtype=torch.float64)
-        jac = softmax_gradient(eye.expand(w.shape[0], -1, -1), w[:, None, :])  # (M, K, K)
+        jac = weight_gradient(eye.expand(w.shape[0], -1, -1), w[:, None, :], self.space)
         var = torch.einsum("mjk,mkl,mjl->mj", jac, self.covariance.to(torch.float64), jac)
         return var.clamp_min(0.0).sqrt()
 
@@ -146,12 +152,14 @@ class WeightsPosterior:
         )
 
 
-def linear_std(y: Tensor, weights: Tensor, covariance: Tensor, scale: float) -> Tensor:
+def linear_std(
+    y: Tensor, weights: Tensor, covariance: Tensor, scale: float, space: str = "simplex"
+) -> Tensor:
     """Delta-method std (N,) of ``scale * y @ w(theta)``, ``theta ~ N(., covariance)``.
 
     ``y`` (N, K), ``weights`` (N, K) and ``covariance`` (N, K, K) are per row.
     """
-    g = scale * softmax_gradient(y.to(torch.float64), weights.to(torch.float64))
+    g = scale * weight_gradient(y.to(torch.float64), weights.to(torch.float64), space)
     var = torch.einsum("nk,nkl,nl->n", g, covariance.to(torch.float64), g)
     return var.clamp_min(0.0).sqrt()
 

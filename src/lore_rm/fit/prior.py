@@ -23,6 +23,7 @@ import torch
 
 from lore_rm.errors import LoreError
 from lore_rm.fit.config import FALLBACK_PRIOR
+from lore_rm.fit.link import LOGIT_CLIP, params_of  # noqa: F401  (re-exported)
 
 Tensor = torch.Tensor
 #: no direction of the learned prior is tighter than this times the widest one
@@ -31,18 +32,16 @@ EIGEN_FLOOR = 1e-3
 #: the cross-validation would not choose) spreads their logits, and an uncapped prior then let
 #: new users overfit (measured on the high-d population at rank 6: -0.045 at 1-5 shots)
 MAX_VARIANCE = 1.0 / FALLBACK_PRIOR
-#: centred logits are clipped to this magnitude before the moments: a weight of 1e-6 and one
-#: of 1e-12 are the same answer, and unclipped they would dominate the covariance
-LOGIT_CLIP = 8.0
 
 
 @dataclass(frozen=True)
 class LogitPrior:
     """Gaussian prior ``N(mean, precision^-1)`` over a user's centred logits (K,)."""
 
-    mean: Tensor  # (K,) float64, entries sum to 0
+    mean: Tensor  # (K,) float64 (simplex: centred logits, entries sum to 0)
     precision: Tensor  # (K, K) float64, symmetric positive definite
     kind: str = "isotropic"
+    space: str = "simplex"  # the parameters' weight space (lore_rm.fit.link)
 
     @property
     def k(self) -> int:
@@ -57,15 +56,12 @@ class LogitPrior:
         return 0.5 * ((diff @ self.precision.to(logits)) * diff).sum()
 
     def to(self, device: torch.device | str) -> LogitPrior:
-        return LogitPrior(self.mean.to(device), self.precision.to(device), self.kind)
+        return LogitPrior(self.mean.to(device), self.precision.to(device), self.kind, self.space)
 
 
 def centred_logits(weights: Tensor) -> Tensor:
     """Centred logits (..., K) whose softmax is ``weights`` renormalised (clipped, see above)."""
-    w = weights.to(torch.float64).clamp_min(1e-12)
-    lg = (w / w.sum(-1, keepdim=True)).log()
-    lg = (lg - lg.mean(-1, keepdim=True)).clamp(-LOGIT_CLIP, LOGIT_CLIP)
-    return lg - lg.mean(-1, keepdim=True)
+    return params_of(weights, "simplex")
 
 
 def _centring(k: int) -> Tensor:
@@ -83,11 +79,14 @@ def _with_ones_direction(precision_centred: Tensor) -> Tensor:
     return precision_centred + level * ones
 
 
-def isotropic_prior(population_weights: Tensor, strength: float) -> LogitPrior:
-    """Today's prior: ``N(log mean weights, I / strength)`` (``strength`` may be 0: no prior)."""
+def isotropic_prior(
+    population_weights: Tensor, strength: float, space: str = "simplex"
+) -> LogitPrior:
+    """``N(params of the mean weights, I / strength)`` (``strength`` may be 0: no prior)."""
     k = int(population_weights.shape[0])
-    mean = centred_logits(population_weights.reshape(1, k))[0]
-    return LogitPrior(mean, float(strength) * torch.eye(k, dtype=torch.float64), "isotropic")
+    mean = params_of(population_weights.reshape(1, k), space)[0]
+    eye = torch.eye(k, dtype=torch.float64)
+    return LogitPrior(mean, float(strength) * eye, "isotropic", space)
 
 
 def _centred_basis(k: int) -> Tensor:
@@ -96,12 +95,13 @@ def _centred_basis(k: int) -> Tensor:
     return q[:, : k - 1]
 
 
-def precision_from_covariance(sigma: Tensor) -> Tensor:
+def precision_from_covariance(sigma: Tensor, space: str = "simplex") -> Tensor:
     """Precision (K, K) of a covariance over centred logits: inverted on the centred
     subspace with every eigenvalue capped at ``MAX_VARIANCE`` and floored at ``EIGEN_FLOOR``
-    times the largest, plus the all-ones direction (see the module's docstring)."""
+    times the largest, plus the all-ones direction (see the module's docstring). Signed
+    weights have no such direction: the whole space, with the same cap and floor."""
     k = sigma.shape[0]
-    b = _centred_basis(k)
+    b = _centred_basis(k) if space == "simplex" else torch.eye(k, dtype=torch.float64)
     inner = b.T @ (0.5 * (sigma + sigma.T)).to(torch.float64) @ b  # (K - 1, K - 1)
     vals, vecs = torch.linalg.eigh(inner)
     vals = vals.clamp(max=MAX_VARIANCE)
@@ -110,13 +110,15 @@ def precision_from_covariance(sigma: Tensor) -> Tensor:
         raise LoreError("the seen users' logits do not vary: no prior can be learned")
     v = b @ vecs
     precision = (v / vals.clamp_min(EIGEN_FLOOR * top)) @ v.T
-    return _with_ones_direction(precision)
+    return _with_ones_direction(precision) if space == "simplex" else precision
 
 
-def moment_prior(logits: Tensor, spread: Tensor | None = None) -> LogitPrior:
-    """``N(mean, covariance + spread)`` of logits (U, K): the M-step of the empirical-Bayes
-    fit. ``spread`` (K, K) is the mean of the users' posterior covariances (their estimation
-    noise, which the spread of point estimates understates)."""
+def moment_prior(
+    logits: Tensor, spread: Tensor | None = None, space: str = "simplex"
+) -> LogitPrior:
+    """``N(mean, covariance + spread)`` of parameters (U, K): the M-step of the
+    empirical-Bayes fit. ``spread`` (K, K) is the mean of the users' posterior covariances
+    (their estimation noise, which the spread of point estimates understates)."""
     n, k = logits.shape
     if n < 2:
         raise LoreError(f"a learned prior needs at least 2 users with comparisons, got {n}")
@@ -126,4 +128,6 @@ def moment_prior(logits: Tensor, spread: Tensor | None = None) -> LogitPrior:
     sigma = diff.T @ diff / n
     if spread is not None:
         sigma = sigma + spread.to(torch.float64)
-    return LogitPrior(mean - mean.mean(), precision_from_covariance(sigma), "learned")
+    if space == "simplex":
+        mean = mean - mean.mean()
+    return LogitPrior(mean, precision_from_covariance(sigma, space), "learned", space)

@@ -42,6 +42,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +50,11 @@ import torch.nn.functional as F
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import ConvergenceWarning
 from lore_rm.fit.calibration import fit_margin_scale
-from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig
+from lore_rm.fit.config import AUTO, FALLBACK_PRIOR, LEARNED, FitConfig
+from lore_rm.fit.link import joint_weights
 from lore_rm.fit.posterior import covariance_from_hessian, linear_std, logit_hessian
 from lore_rm.fit.prior import isotropic_prior
-from lore_rm.fit.solvers import fit_user_weights, solve_lbfgs
+from lore_rm.fit.solvers import fit_user_weights, signed_prior, solve_lbfgs
 from lore_rm.fit.start import initial_point
 from lore_rm.progress import progress_bar
 
@@ -69,6 +71,7 @@ class Selection:
 
     rank: int
     weight_decay: float
+    weights: Literal["simplex", "signed"]  # the chosen cell's weight space
     rows: list[dict]
     rule: str
     folds: int
@@ -83,7 +86,9 @@ class Selection:
         return next(
             r
             for r in self.rows
-            if r["rank"] == self.rank and r["weight_decay"] == self.weight_decay
+            if r["rank"] == self.rank
+            and r["weight_decay"] == self.weight_decay
+            and r.get("weights", "simplex") == self.weights
         )
 
     def to_dict(self) -> dict:
@@ -112,6 +117,23 @@ def held_out_users(data: Comparisons, n_folds: int, generator: torch.Generator) 
     return user_fold.to(data.device)[data.user_index]
 
 
+def exclude_held_out_pairs(data: Comparisons, held_out: Tensor, train_weights: Tensor) -> float:
+    """Zero (in place) each fold's training rows whose pair of texts some held-out user of
+    that fold labelled; returns the share of (fold, training row) cells zeroed. Dense
+    comparisons name no texts and are left as they are."""
+    pairs = data.pair_ids()
+    if pairs is None or not data.n:
+        return 0.0
+    n_folds = held_out.shape[0]
+    n_pairs = int(pairs.max()) + 1
+    labelled = torch.zeros(n_folds, n_pairs, dtype=torch.bool, device=held_out.device)
+    f, rows = held_out.nonzero(as_tuple=True)
+    labelled[f, pairs[rows]] = True
+    clash = labelled[:, pairs] & ~held_out  # (F, N)
+    train_weights[clash] = 0.0
+    return float(clash.sum()) / max(float((~held_out).sum()), 1.0)
+
+
 def _new_user_scores(
     data: Comparisons,
     sigma: Tensor,
@@ -120,26 +142,28 @@ def _new_user_scores(
     held_out: Tensor,
     inner: Tensor,
     cfg: FitConfig,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    weight_decay: float = 0.0,
+) -> HeldOut:
     """Per fold: held-out users scored as new users of the fold's basis.
 
     Each held-out user's comparisons are dealt over ``inner`` folds; every comparison is
     scored by weights fitted (basis frozen, few-shot prior around the fold's mean weights) on
     that user's comparisons of the other inner folds. All held-out users of a fold and all
-    their inner splits are one batched few-shot fit. Returns the mean log-loss over the
-    fold's comparisons and the mean-over-users accuracy, as :func:`_held_out_scores`, then
-    every comparison's held-out margin (N,) and its std (N,) under the Laplace posterior of
-    the weights that predicted it (zero at rank 1, where the weights are fixed, and when
-    ``cfg.calibrate`` is off, which needs no std).
+    their inner splits are one batched few-shot fit. Returns every comparison's held-out
+    margin under those weights and under the fold's mean weights, and the std (N,) of the
+    former under the Laplace posterior of the weights that predicted it (zero at rank 1,
+    where the weights are fixed, and when ``cfg.calibrate`` is off, which needs no std).
     """
     n_folds, d, rank = basis.shape
     n_inner = int(inner.max()) + 1 if inner.numel() else 1
     u = data.user_index
     strength = float(FALLBACK_PRIOR if cfg.fewshot_prior == LEARNED else cfg.fewshot_prior)
+    space = cfg.space
     with torch.no_grad():
         raw = (basis / sigma[None, :, None]).permute(1, 0, 2).reshape(d, n_folds * rank)
         z = data.project(raw).reshape(-1, n_folds, rank)
         margins = torch.zeros(data.n, dtype=z.dtype, device=z.device)
+        shared = torch.zeros(data.n, dtype=z.dtype, device=z.device)
         std = torch.zeros(data.n, dtype=torch.float64, device=z.device)
         for f in range(n_folds):  # a handful of folds; users and rows are batched
             rows = held_out[f].nonzero()[:, 0]
@@ -148,7 +172,7 @@ def _new_user_scores(
             local_users, local = torch.unique(u[rows], return_inverse=True)
             trained = torch.ones(data.n_users, dtype=torch.bool, device=u.device)
             trained[local_users] = False
-            population = logits[f][trained].softmax(-1).mean(0)
+            population = joint_weights(logits[f], space, trained)[trained].mean(0)
             zf = z[rows, f]
             split = torch.arange(n_inner, device=rows.device)
             rep = torch.arange(rows.numel(), device=rows.device).repeat_interleave(n_inner)
@@ -161,7 +185,10 @@ def _new_user_scores(
                 (local[rep] * n_inner + part).cpu().numpy(),
                 user_ids=[str(i) for i in range(n_virtual)],
             )
-            prior = isotropic_prior(population, strength)
+            if space == "signed":
+                prior = signed_prior(population)
+            else:
+                prior = isotropic_prior(population, strength, space)
             weights = fit_user_weights(
                 fitted_on,
                 torch.eye(rank, dtype=zf.dtype, device=zf.device),
@@ -174,27 +201,54 @@ def _new_user_scores(
             virtual = local * n_inner + inner[rows]
             own = weights[virtual]
             margins[rows] = cfg.scale * (zf * own).sum(-1)
+            shared[rows] = cfg.scale * (zf * population.to(zf.dtype)).sum(-1)
             if cfg.calibrate and rank > 1 and strength > 0:
                 precision = prior.precision.to(zf.device)
-                h = logit_hessian(zf[rep], weights, fitted_on.user_index, cfg.scale, precision)
+                h = logit_hessian(
+                    zf[rep], weights, fitted_on.user_index, cfg.scale, precision, space=space
+                )
                 floor = float(torch.linalg.eigvalsh(precision)[0])
                 cov = covariance_from_hessian(h, floor, "gauss-newton")
-                std[rows] = linear_std(zf, own, cov[virtual], cfg.scale)
-        loss, acc = _fold_scores(data, margins[None].expand(n_folds, -1), held_out)
-        return loss, acc, margins, std
+                std[rows] = linear_std(zf, own, cov[virtual], cfg.scale, space)
+        return HeldOut(margins, shared, std)
 
 
 def _held_out_scores(
-    data: Comparisons, sigma: Tensor, basis: Tensor, logits: Tensor, held_out: Tensor, scale: float
-) -> tuple[Tensor, Tensor]:
-    """Per fold: mean held-out log-loss and mean-over-users held-out accuracy."""
+    data: Comparisons,
+    sigma: Tensor,
+    basis: Tensor,
+    logits: Tensor,
+    held_out: Tensor,
+    fold: Tensor,
+    scale: float,
+    space: str = "simplex",
+) -> HeldOut:
+    """Every comparison's margin under the fold that held it out: its user's weights in that
+    fold, and the fold's mean weights (users are in every fold's training part)."""
     n_folds, d, rank = basis.shape
     with torch.no_grad():
         raw = (basis / sigma[None, :, None]).permute(1, 0, 2).reshape(d, n_folds * rank)
-        z = data.project(raw).reshape(-1, n_folds, rank)
-        w = logits.softmax(dim=-1)[:, data.user_index, :].permute(1, 0, 2)
-        margins = scale * (z * w).sum(-1).T  # (F, N)
-        return _fold_scores(data, margins, held_out)
+        z = data.project(raw).reshape(-1, n_folds, rank)[torch.arange(data.n), fold]  # (N, K)
+        weights = joint_weights(logits, space)  # (F, U, K)
+        own = weights[fold, data.user_index]
+        mean = weights.mean(1)[fold]
+        margins = scale * (z * own).sum(-1)
+        shared = scale * (z * mean).sum(-1)
+        return HeldOut(margins, shared, torch.zeros_like(margins, dtype=torch.float64))
+
+
+@dataclass
+class HeldOut:
+    """Every comparison's held-out margin (N,) under its user's own weights, under the shared
+    (mean) weights, and the std of the former (0 where not computed)."""
+
+    own: Tensor
+    shared: Tensor
+    std: Tensor
+
+    def at(self, strength: float) -> Tensor:
+        """Margins at personalisation ``strength``: shared + strength * (own - shared)."""
+        return self.shared + strength * (self.own - self.shared)
 
 
 def _fold_scores(data: Comparisons, margins: Tensor, held_out: Tensor) -> tuple[Tensor, Tensor]:
@@ -211,6 +265,46 @@ def _fold_scores(data: Comparisons, margins: Tensor, held_out: Tensor) -> tuple[
     has = total > 0
     acc = (per_user / total.clamp_min(1) * has).sum(1) / has.sum(1).clamp_min(1)
     return loss.double(), acc.double()
+
+
+def strengths(cfg: FitConfig, rank: int) -> tuple[float, ...]:
+    """The personalisation strengths a cell scores: the grid when ``personalization`` is
+    'auto' (rank 1 has one reward for everyone: 1 alone), else the given value."""
+    if cfg.personalization != AUTO:
+        return (float(cfg.personalization),)
+    return (1.0,) if rank <= 1 else tuple(sorted(set(cfg.personalization_grid)))
+
+
+def choose_strength(
+    data: Comparisons, scores: HeldOut, held_out: Tensor, grid: Sequence[float]
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """The personalisation strength of one cell, and every strength's scores.
+
+    Each strength's held-out log-loss is averaged per user; the chosen strength is the
+    weakest whose mean over users is within one standard error of the best's, the error of
+    the paired per-user difference: a user's own weights must beat the shared ones by more
+    than the noise before they are used (strength 0 serves every user the shared reward)."""
+    u, n_users = data.user_index, data.n_users
+    counts = torch.bincount(u, minlength=n_users).to(torch.float64)
+    has = counts > 0
+    per_user = {}
+    table: dict[str, dict[str, float]] = {}
+    for lam in grid:
+        m = scores.at(lam)
+        loss = torch.bincount(u, weights=F.softplus(-m).double(), minlength=n_users)
+        per_user[lam] = (loss / counts.clamp_min(1))[has]
+        fold_loss, fold_acc = _fold_scores(data, m[None].expand(len(held_out), -1), held_out)
+        table[f"{lam:g}"] = {
+            "cv_loss": float(fold_loss.mean()),
+            "cv_accuracy": float(fold_acc.mean()),
+        }
+    best = min(grid, key=lambda lam: float(per_user[lam].mean()))
+    for lam in sorted(grid):
+        diff = per_user[lam] - per_user[best]
+        se = float(diff.std(unbiased=True)) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0
+        if float(diff.mean()) <= se:
+            return lam, table
+    return best, table
 
 
 def _mean_se(x: Tensor) -> tuple[float, float]:
@@ -238,20 +332,45 @@ def select_settings(
         inner, fold = fold, held_out_users(data, n_folds, gen)
     held_out = torch.stack([fold == f for f in range(n_folds)])  # (F, N)
     train_weights = (~held_out).to(torch.float32)
+    notes = []
+    if holdout == "users" and cfg.cv_exclude_pairs:
+        shared = exclude_held_out_pairs(data, held_out, train_weights)
+        if shared:
+            notes.append(
+                f"{shared:.0%} of the training rows share their pair of texts with a held-out "
+                "user's comparison; each fold left them out, so held-out users are scored on "
+                "pairs its basis never saw"
+            )
     ranks = sorted(set(int(k) for k in ranks))
     decays = sorted(set(float(w) for w in weight_decays))  # weak -> strong
     rows: list[dict] = []
     best_loss, ranks_without_gain, n_fits = math.inf, 0, 0
     not_converged = 0
-    bar = progress_bar(len(ranks) * len(decays), "selecting rank and ridge", progress)
-    for rank in ranks:
+    spaces = ("simplex", "signed") if cfg.weights == AUTO else (cfg.space,)
+    jobs = [(w, k) for w in spaces for k in ranks if k > 1 or w == spaces[0]]
+    bar = progress_bar(len(jobs) * len(decays), "selecting rank and ridge", progress)
+    for space, rank in jobs:
+        if rows and rows[-1]["weights"] != space:  # a new weight space: its own rank stop
+            pooled_loss = [r["cv_loss"] for r in rows if r["rank"] == 1]
+            best_loss, ranks_without_gain = min(pooled_loss, default=math.inf), 0
+        elif ranks_without_gain >= 2:
+            continue
+        cell_cfg = replace(cfg, weights="signed" if space == "signed" and rank > 1 else "simplex")
         starts = [
-            initial_point(data, sigma, rank, cfg.init, gen, rows=(~held_out[f]).nonzero()[:, 0])
+            initial_point(
+                data,
+                sigma,
+                rank,
+                cfg.init,
+                gen,
+                rows=(~held_out[f]).nonzero()[:, 0],
+                space=cell_cfg.space,
+            )
             for f in range(n_folds)
         ]
         basis0 = torch.stack([b for b, _ in starts])
         logits0 = torch.stack([lg for _, lg in starts])
-        search_cfg = replace(cfg, tol=max(cfg.tol, SEARCH_TOL))
+        search_cfg = replace(cell_cfg, tol=max(cfg.tol, SEARCH_TOL))
         rank_best, rising = math.inf, 0
         path = list(decays)
         for decay in path:  # a list iterator also yields the values appended below
@@ -271,16 +390,20 @@ def select_settings(
             n_fits += n_folds
             basis0, logits0 = res.basis, res.logits  # warm start for the next, stronger ridge
             not_converged += not res.converged
-            scale_fit: dict = {}
             if holdout == "users":
-                loss, acc, margins, std = _new_user_scores(
-                    data, sigma, res.basis, res.logits, held_out, inner, cfg
+                scores = _new_user_scores(
+                    data, sigma, res.basis, res.logits, held_out, inner, cell_cfg, decay
                 )
-                if cfg.calibrate:
-                    scale_fit["margin_scale"] = fit_margin_scale(margins, std)
             else:
-                loss, acc = _held_out_scores(
-                    data, sigma, res.basis, res.logits, held_out, cfg.scale
+                scores = _held_out_scores(
+                    data, sigma, res.basis, res.logits, held_out, fold, cfg.scale, cell_cfg.space
+                )
+            strength, by_strength = choose_strength(data, scores, held_out, strengths(cfg, rank))
+            loss, acc = _fold_scores(data, scores.at(strength)[None].expand(n_folds, -1), held_out)
+            scale_fit: dict = {}
+            if holdout == "users" and cfg.calibrate:
+                scale_fit["margin_scale"] = fit_margin_scale(
+                    scores.at(strength), strength * scores.std
                 )
             mean, se = _mean_se(loss)
             acc_mean, acc_se = _mean_se(acc)
@@ -288,10 +411,13 @@ def select_settings(
                 {
                     "rank": rank,
                     "weight_decay": decay,
+                    "weights": cell_cfg.space,
+                    "personalization": strength,
                     "cv_loss": mean,
                     "cv_loss_se": se,
                     "cv_accuracy": acc_mean,
                     "cv_accuracy_se": acc_se,
+                    "strengths": by_strength,
                     "iterations": res.iterations,
                     "converged": res.converged,
                     **scale_fit,
@@ -311,15 +437,13 @@ def select_settings(
             best_loss, ranks_without_gain = rank_best, 0
         else:
             ranks_without_gain += 1
-            if ranks_without_gain >= 2:
-                break
     bar.close()
     best = min(rows, key=lambda r: r["cv_loss"])
     if cfg.one_se:
         limit = best["cv_loss"] + best["cv_loss_se"]
         chosen = min(
             (r for r in rows if r["cv_loss"] <= limit),
-            key=lambda r: (r["rank"], -r["weight_decay"]),
+            key=lambda r: (r["rank"], r["weights"] != "simplex", -r["weight_decay"]),
         )
         rule = "one standard error"
     else:
@@ -328,7 +452,6 @@ def select_settings(
         r["chosen"] = r is chosen
     pooled_rows = [r for r in rows if r["rank"] == 1]
     pooled = min(pooled_rows, key=lambda r: r["cv_loss"]) if pooled_rows else None
-    notes = []
     if holdout != cfg.cv_holdout:
         notes.append(
             f"{data.n_users} users are fewer than the {n_folds} folds: each fold held out a share "
@@ -347,6 +470,7 @@ def select_settings(
     return Selection(
         rank=chosen["rank"],
         weight_decay=chosen["weight_decay"],
+        weights=chosen["weights"],
         rows=rows,
         rule=rule,
         folds=n_folds,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import ConvergenceWarning, DivergenceError, LoreError
 from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig
+from lore_rm.fit.link import joint_weights, weights_of
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
 from lore_rm.fit.start import initial_point
 from lore_rm.progress import progress_bar
@@ -24,6 +25,10 @@ from lore_rm.progress import progress_bar
 Tensor = torch.Tensor
 CHECK_EVERY = 25  # L-BFGS iterations between convergence / guard checks
 PATH_TOL = 1e-4  # the ridge path's intermediate fits (as the search's cells)
+#: precision of the prior on a user's signed offset (per summed loss over their comparisons).
+#: Fixed, not learned: with the ridge on the basis a learned prior trades the scale of the
+#: basis columns against the offsets' without end; measured in docs/recipes.md
+SIGNED_PRIOR = 3.0
 
 
 @dataclass
@@ -156,6 +161,7 @@ def solve_lbfgs(
     row_weights: Tensor | None = None,
     *,
     stop_rows: Tensor | None = None,
+    logit_prior: LogitPrior | None = None,
     progress: bool = False,
     desc: str = "joint fit",
 ) -> LbfgsResult:
@@ -166,6 +172,9 @@ def solve_lbfgs(
     row). The objective is the sum of the problems' objectives, so they are independent;
     one ``X @ V`` with G*K columns serves them all (cross-validation folds fit as one).
     ``stop_rows`` (G == 1 only) are held out for the optional early-stopping guard.
+    ``logit_prior`` adds every user's negative log prior ``0.5 (theta_u - mu)^T P (theta_u -
+    mu)`` to the summed row losses (both divided by the rows' total weight): the joint MAP of
+    a hierarchical model whose users are drawn from that prior.
     """
     n_problems, d, rank = basis0.shape
     device = data.device
@@ -180,18 +189,34 @@ def solve_lbfgs(
     decay = torch.as_tensor(list(weight_decay), dtype=torch.float32, device=device)
     basis = basis0.clone().to(device).requires_grad_(True)
     logits = logits0.clone().to(device).requires_grad_(True)
+    space = cfg.space
+    present = torch.zeros(n_problems, data.n_users, device=device)
+    present.index_add_(1, u, (row_weights > 0).to(present.dtype))
+    present = present > 0
+    prior_mean = prior_precision = None
+    if logit_prior is not None:
+        prior_mean = logit_prior.mean.to(device, logits.dtype)
+        prior_precision = logit_prior.precision.to(device, logits.dtype)
 
     def margins() -> Tensor:  # (G, N)
         raw = (basis / sigma[None, :, None]).permute(1, 0, 2).reshape(d, n_problems * rank)
         z = data.project(raw).reshape(-1, n_problems, rank)
-        w = logits.softmax(dim=-1)[:, u, :].permute(1, 0, 2)
+        w = joint_weights(logits, space, present)[:, u, :].permute(1, 0, 2)
         return cfg.scale * (z * w).sum(-1).T
 
     def objective() -> Tensor:
         per_row = F.softplus(-margins())
         loss = ((per_row * row_weights).sum(1, dtype=torch.float64) / row_total).sum()
         loss = loss + 0.5 * (decay * (basis**2).sum((1, 2))).sum()
-        loss = loss + 0.5 * cfg.user_l2 * (logits**2).sum() / n_users
+        if space == "simplex":
+            loss = loss + 0.5 * cfg.user_l2 * (logits**2).sum() / n_users
+        else:  # every user's offset from the population: N(0, I / SIGNED_PRIOR)
+            quad = (logits**2).sum((1, 2), dtype=torch.float64)
+            loss = loss + (0.5 * SIGNED_PRIOR * quad / row_total).sum()
+        if prior_mean is not None:
+            diff = logits - prior_mean
+            quad = ((diff @ prior_precision) * diff).sum((1, 2), dtype=torch.float64)
+            loss = loss + (0.5 * quad / row_total).sum()
         if cfg.alpha > 0 and reference_head is not None:
             for g in range(n_problems):  # G is the number of folds: a handful
                 raw = basis[g] / sigma[:, None]
@@ -284,7 +309,7 @@ def ridge_path(target: float, cfg: FitConfig) -> list[float]:
 def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
     """Joint L-BFGS on (V, W) over standardised features from an informed start."""
     sigma = feature_scale(data, cfg.standardize)
-    basis, logits = initial_point(data, sigma, rank, cfg.init, gen)
+    basis, logits = initial_point(data, sigma, rank, cfg.init, gen, space=cfg.space)
     basis, logits = basis[None], logits[None]
     stop_rows = None
     if cfg.validation_fraction:
@@ -329,7 +354,14 @@ def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
         "converged": res.converged,
         "init": cfg.init,
     }
-    return JointFit(res.basis[0] / sigma[:, None], res.logits[0].softmax(dim=1), history)
+    weights = joint_weights(res.logits[0], cfg.space)
+    return JointFit(res.basis[0] / sigma[:, None], weights, history)
+
+
+def signed_prior(population_weights: Tensor) -> LogitPrior:
+    """Every user's prior for signed weights, in the joint fit as in the few-shot fit:
+    ``N(population weights, I / SIGNED_PRIOR)``."""
+    return isotropic_prior(population_weights, SIGNED_PRIOR, "signed")
 
 
 def fit_user_weights(
@@ -361,8 +393,9 @@ def fit_user_weights(
     counts = torch.bincount(u, minlength=n_users).to(z.dtype)
     if prior is None:
         strength = FALLBACK_PRIOR if cfg.fewshot_prior == LEARNED else cfg.fewshot_prior
-        prior = isotropic_prior(population_weights, float(strength))
+        prior = isotropic_prior(population_weights, float(strength), cfg.space)
     prior = prior.to(device)
+    space = prior.space
     start = prior.mean.to(device, z.dtype)
 
     if cfg.fewshot_solver == "adam":
@@ -396,7 +429,7 @@ def fit_user_weights(
 
         def closure():
             opt.zero_grad(set_to_none=True)
-            per_row = F.softplus(-bt_margins(z, logits.softmax(dim=1), u, scale))
+            per_row = F.softplus(-bt_margins(z, weights_of(logits, space), u, scale))
             loss = per_row.sum() + prior.penalty(logits)
             loss = loss / max(n_users, 1)
             loss.backward()
@@ -404,7 +437,7 @@ def fit_user_weights(
 
         if cfg.fewshot_n_iter > 0:
             opt.step(closure)
-        weights = logits.detach().softmax(dim=1)
+        weights = weights_of(logits.detach(), space).clone()
     empty = counts == 0
     if empty.any():
         weights[empty] = population_weights.to(device, weights.dtype)

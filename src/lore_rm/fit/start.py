@@ -75,6 +75,7 @@ def initial_point(
     kind: str = "spectral",
     generator: torch.Generator | None = None,
     rows: Tensor | None = None,
+    space: str = "simplex",
 ) -> tuple[Tensor, Tensor]:
     """Basis (d, K) in standardised units and user logits (U, K) to start the joint fit from.
 
@@ -86,7 +87,17 @@ def initial_point(
     * ``"random"``: ``V ~ N(0, 1/d)``, logits ``N(0, 0.01^2)`` from ``generator``.
 
     ``rows`` restricts the data the start looks at (a cross-validation fold's training rows).
+    ``space="signed"`` returns the users' offsets from the first unit vector, all 0, and
+    (spectral) the pooled direction as the first column with the users' spread
+    directions after it, so every user starts on the pooled reward.
     """
+    basis, logits = _initial_point(data, sigma, rank, kind, generator, rows, space)
+    if space == "signed":  # offsets from the first unit vector (lore_rm.fit.link)
+        logits = torch.zeros_like(logits)
+    return basis, logits
+
+
+def _initial_point(data, sigma, rank, kind, generator, rows, space) -> tuple[Tensor, Tensor]:
     d, n_users = data.d, data.n_users
     device = data.device
     if kind not in INITS:
@@ -124,6 +135,8 @@ def initial_point(
     centred = torch.eye(rank, dtype=torch.float64) - 1.0 / rank  # K simplex vertices
     q, _ = torch.linalg.qr(centred.T)
     vertices = centred @ q[:, : rank - 1]
+    if space == "signed":
+        return torch.cat([unit[:, None], radius * directions], dim=1), logits
     vertices = (vertices / vertices.norm(dim=1, keepdim=True)).to(sums.dtype).to(device)
     basis = unit[:, None] + radius * directions @ vertices.T
     return basis, logits
