@@ -30,9 +30,7 @@ from lore_rm.data.assign import (
     ROLE_CODES,
     cap_per_group,
     factorize,
-    pick_fraction,
-    rank_in_groups,
-    roles_from,
+    split_users_and_groups,
 )
 from lore_rm.data.hub import load_split, looks_like_hub_name
 from lore_rm.data.layout import DATASET_FILE
@@ -460,16 +458,9 @@ def assign_roles(
     user_codes: np.ndarray, prompt_codes: np.ndarray, cfg: GenericConfig, rng: np.random.Generator
 ) -> np.ndarray:
     """Role code per row: users split seen/unseen, then each user's prompts train/test."""
-    n_users = int(user_codes.max()) + 1 if user_codes.size else 0
-    unseen_user = pick_fraction(n_users, cfg.unseen_fraction, rng)
-    groups, _ = factorize(user_codes * (int(prompt_codes.max()) + 1) + prompt_codes)
-    n_groups = int(groups.max()) + 1
-    group_user = np.zeros(n_groups, dtype=np.int64)
-    group_user[groups] = user_codes
-    per_user = np.bincount(group_user, minlength=n_users)
-    n_test = np.minimum(np.floor(per_user * cfg.test_fraction + 1e-9), per_user - 1)
-    test_group = rank_in_groups(group_user, rng) < n_test[group_user]
-    return roles_from(unseen_user[user_codes], test_group[groups])
+    return split_users_and_groups(
+        user_codes, prompt_codes, cfg.unseen_fraction, cfg.test_fraction, rng
+    )
 
 
 def prepare_generic(
