@@ -30,6 +30,13 @@ DISCARD = typer.Option(
     help="With --overwrite: allow deleting an embedding store of texts that changed.",
 )
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+USER_ATTRIBUTES = typer.Option(
+    None,
+    "--user-attributes",
+    help="A file with one row per user (jsonl / json / parquet / csv): its user_id column and "
+    "any other fields (nested objects flattened one level), kept as the users table for "
+    "lore evaluate --group-by.",
+)
 
 
 def _report(path: Path) -> None:
@@ -102,6 +109,7 @@ def prepare_generic_cmd(
         "the first rows are printed, every one is listed in OUT/rejects.jsonl, and the counts "
         "go into dataset.json's 'dropped'.",
     ),
+    user_attributes: Path | None = USER_ATTRIBUTES,
     overwrite: bool = OVERWRITE,
     discard_embeddings: bool = DISCARD,
 ) -> None:
@@ -122,6 +130,7 @@ def prepare_generic_cmd(
             discard_embeddings=discard_embeddings,
             skip_invalid=skip_invalid,
             hf_split=hf_split,
+            user_attributes=user_attributes,
         )
     except InvalidRow as e:
         fail(LoreError(f"{e} (--skip-invalid leaves out every such row and reports them)"))
@@ -337,6 +346,50 @@ def prepare_community_alignment_cmd(
             source,
             out,
             cfg,
+            overwrite=overwrite,
+            discard_embeddings=discard_embeddings,
+            progress=progress,
+        )
+    except LoreError as e:
+        fail(e)
+    _report(path)
+
+
+@prepare_app.command("personalrewardbench")
+def prepare_personalrewardbench_cmd(
+    source: str = typer.Argument(
+        ...,
+        help="MichaelR207/prism_personalized_0125, MichaelR207/chatbot_arena_personalized_0125, "
+        "a folder of their files or one file.",
+    ),
+    out: Path = OUT,
+    unseen_fraction: float = typer.Option(
+        0.0, help="Share of users held out as unseen (their train + val become few-shot)."
+    ),
+    user_attributes: Path | None = USER_ATTRIBUTES,
+    revision: str | None = typer.Option(
+        None, help="Hub revision (branch, tag or commit); the commit read is pinned either way."
+    ),
+    seed: int = typer.Option(0, help="Seed of the draw of unseen users."),
+    overwrite: bool = OVERWRITE,
+    discard_embeddings: bool = DISCARD,
+    progress: bool = PROGRESS,
+) -> None:
+    """Prepare PersonalRewardBench keeping its per-user split: train + val fit the user, test
+    scores (lore personalrewardbench MODEL DATASET scores it as the benchmark does)."""
+    params = dict(locals())
+    from lore_rm.data.personalrewardbench import (
+        PersonalRewardBenchConfig,
+        prepare_personalrewardbench,
+    )
+
+    try:
+        cfg = config_from(PersonalRewardBenchConfig, params)
+        path = prepare_personalrewardbench(
+            source,
+            out,
+            cfg,
+            user_attributes=user_attributes,
             overwrite=overwrite,
             discard_embeddings=discard_embeddings,
             progress=progress,

@@ -7,6 +7,10 @@ from lore_rm.data.community_alignment import (
 from lore_rm.data.dataset import PreferenceDataset
 from lore_rm.data.generic import GenericConfig, prepare_generic
 from lore_rm.data.personalllm import PersonalLLMConfig, prepare_personalllm
+from lore_rm.data.personalrewardbench import (
+    PersonalRewardBenchConfig,
+    prepare_personalrewardbench,
+)
 from lore_rm.data.prism import PRISMConfig, prepare_prism
 from lore_rm.data.tldr import TLDRConfig, prepare_tldr
 from lore_rm.data.writer import TextTable, write_dataset
@@ -16,12 +20,14 @@ __all__ = [
     "GenericConfig",
     "PRISMConfig",
     "PersonalLLMConfig",
+    "PersonalRewardBenchConfig",
     "PreferenceDataset",
     "TLDRConfig",
     "TextTable",
     "prepare_community_alignment",
     "prepare_generic",
     "prepare_personalllm",
+    "prepare_personalrewardbench",
     "prepare_prism",
     "prepare_tldr",
     "write_dataset",

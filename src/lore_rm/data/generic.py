@@ -33,7 +33,7 @@ from lore_rm.data.assign import (
     split_users_and_groups,
 )
 from lore_rm.data.hub import load_split, looks_like_hub_name
-from lore_rm.data.layout import DATASET_FILE
+from lore_rm.data.layout import DATASET_FILE, USERS_FILE
 from lore_rm.data.sources import (
     RecordsSource,
     SourceFile,
@@ -42,7 +42,15 @@ from lore_rm.data.sources import (
     name_list,
     saved_dataset_files,
 )
-from lore_rm.data.writer import Message, TextTable, categorical, message, write_dataset
+from lore_rm.data.users import read_user_attributes, users_table
+from lore_rm.data.writer import (
+    Message,
+    TextTable,
+    categorical,
+    file_digest,
+    message,
+    write_dataset,
+)
 from lore_rm.errors import DataError
 from lore_rm.protocol import PROTOCOL_ROLES
 
@@ -472,6 +480,7 @@ def prepare_generic(
     discard_embeddings: bool = False,
     skip_invalid: bool = False,
     hf_split: str = "train",
+    user_attributes: str | Path | None = None,
 ) -> Path:
     """Read, validate, split and write a dataset folder; returns its path.
 
@@ -485,9 +494,13 @@ def prepare_generic(
     invalid rows are left out instead: ``dataset.json`` counts them by reason in ``dropped``
     (``invalid_<reason>``) and ``rejects.jsonl`` in the folder holds one record per row
     (:func:`skipped_rows` reads both back).
+
+    ``user_attributes``: a file with one row per user (its ``user_id`` column and their
+    attributes), kept as the users table (``users.parquet``) for the group reports.
     """
     cfg = config or GenericConfig()
     cfg.check()
+    attrs = read_user_attributes(user_attributes) if user_attributes is not None else None
     texts, col, sources, rejects = read_generic(files, cfg, skip_invalid, hf_split)
     user_codes, user_names = factorize(col["user_id"])
     prompt_codes, _ = factorize(col["prompt_id"])
@@ -511,17 +524,28 @@ def prepare_generic(
     }
     if rejects is not None:
         dropped.update({f"{INVALID}{k}": n for k, n in rejects.counts.items()})
+    extra = {} if rejects is None else {REJECTS_FILE: rejects.jsonl()}
+    params = {**asdict(cfg), "skip_invalid": skip_invalid, "hf_split": hf_split}
+    inputs = [s.digest() for s in sources]
+    if attrs is not None:
+        assert user_attributes is not None
+        kept = np.unique(user_codes[keep])
+        unseen = np.zeros(len(user_names), dtype=bool)
+        unseen[user_codes[keep & (roles >= ROLE_CODES["unseen-fewshot"])]] = True
+        extra[USERS_FILE] = users_table([str(user_names[k]) for k in kept], unseen[kept], attrs)
+        params["user_attributes"] = Path(user_attributes).name
+        inputs.append(file_digest(Path(user_attributes)))
     return write_dataset(
         out,
         table,
         texts,
         source="generic",
         protocol="split-column" if cfg.split_column else "random-users-and-prompts",
-        parameters={**asdict(cfg), "skip_invalid": skip_invalid, "hf_split": hf_split},
+        parameters=params,
         seed=cfg.seed,
-        inputs=[s.digest() for s in sources],
+        inputs=inputs,
         dropped=dropped,
-        extra_files=None if rejects is None else {REJECTS_FILE: rejects.jsonl()},
+        extra_files=extra or None,
         overwrite=overwrite,
         discard_embeddings=discard_embeddings,
     )
