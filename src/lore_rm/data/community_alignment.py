@@ -167,8 +167,9 @@ def parse_turns(rec: dict, src, row: int, dropped: dict[str, int]) -> list[_Turn
             dropped["turns_after_gap"] += 1
             continue
         letter = None
-        if _text(raw_pref) is not None:
-            match = _PREFERRED.match(raw_pref.strip())
+        pref = _text(raw_pref)
+        if pref is not None:
+            match = _PREFERRED.match(pref.strip())
             if match is None:
                 raise src.error(
                     row,

@@ -189,9 +189,9 @@ def prepare_personalrewardbench(
         raise DataError(f"no PersonalRewardBench comparisons in {', '.join(map(str, files))}")
     user_codes, user_names = factorize(np.array(cols["user"], dtype=object))
     unseen = pick_fraction(len(user_names), cfg.unseen_fraction, np.random.default_rng(cfg.seed))
-    split = np.array(cols["split"], dtype=object)
-    roles = roles_from(unseen[user_codes], split == "test")
-    split_codes, split_names = factorize(split)
+    source_split = np.array(cols["split"], dtype=object)
+    roles = roles_from(unseen[user_codes], source_split == "test")
+    split_codes, split_names = factorize(source_split)
     table = {
         "user_id": categorical(user_codes, list(user_names)),
         "prompt_id": cols["prompt"],

@@ -253,6 +253,7 @@ def _model_card(m: LowRankReward) -> str:
         "model = LowRankReward.from_pretrained('THIS_FOLDER')\n```\n"
         + _selection_card(getattr(m, "history_", {}))
         + _prior_card(getattr(m, "history_", {}))
+        + (getattr(m, "history_", {}).get("population") or {}).get("card", "")
     )
 
 
