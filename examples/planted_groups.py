@@ -1,12 +1,12 @@
 """A planted population with groups: one region's preference differs from the majority's.
 
-Every comparison offers two answers that differ in two ways at once: one is detailed, the
-other brief, and one is casual, the other formal (which is which is drawn at random). Users
-of the ``north`` region prefer the detailed answer, users of the ``south`` region (the
-minority) the casual one; each label is flipped with probability ``--noise``. Where the
-detailed answer is also the casual one both regions agree, elsewhere they disagree, so one
-pooled reward follows the majority and serves the south badly, while a rank-2 basis with
-personal weights can serve both. ``age`` is drawn independently of the preference.
+Every answer has a level of detail (0 to 3 explanatory clauses) and a tone (from formal to
+casual, -2 to 2 markers), drawn at random, plus a few neutral filler words. Users of the
+``north`` region (the majority) prefer detail, users of the ``south`` region prefer a casual
+tone; each picks an answer with the Bradley–Terry probability of the difference in what they
+value (``--sharpness`` per unit; equal values are a coin flip). One pooled reward follows the
+majority and serves the south badly; a rank-2 basis with personal weights can serve both.
+``age`` is drawn independently of the preference.
 
 Writes DIR/prefs.jsonl (the generic layout: prompt, chosen, rejected, user_id) and
 DIR/users.csv (user_id, region, age), then prints the commands that run the group report:
@@ -22,24 +22,34 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import random
 from pathlib import Path
 
 TOPICS = ["apples", "trains", "poems", "rivers", "chess", "bread", "clouds", "violins"]
+CLAUSES = [
+    "they have a long history",
+    "people use them in many ways",
+    "each one tells a story worth telling",
+    "experts study them step by step",
+    "their details reward a careful look",
+    "the reasons behind them are well documented",
+]
+CASUAL = ["hey", "mate", "lol", "cheers"]
+FORMAL = ["respectfully", "sincerely", "regards", "accordingly"]
+FILLER = ["indeed", "well", "also", "so", "really", "quite", "often", "here"]
 
 
-def answer(topic: str, detailed: bool, casual: bool) -> str:
-    opening = "hey mate, so" if casual else "Dear reader, please note that"
-    body = (
-        f"{topic} are fascinating because each one has a long history, many uses and a "
-        "detailed story worth telling step by step"
-        if detailed
-        else f"{topic} are nice"
-    )
-    return f"{opening} {body}{' cheers' if casual else '. Kind regards'}."
+def answer(topic: str, detail: int, tone: int, rng: random.Random) -> str:
+    """An answer with ``detail`` clauses and ``tone`` casual (> 0) or formal (< 0) markers."""
+    markers = rng.sample(CASUAL if tone > 0 else FORMAL, abs(tone))
+    clauses = rng.sample(CLAUSES, detail)
+    body = f"{topic} are nice" + (" because " + " and ".join(clauses) if clauses else "")
+    words = [*markers[:1], *rng.sample(FILLER, rng.randint(0, 2)), body, *markers[1:]]
+    return " ".join(words) + "."
 
 
-def population(n_north: int, n_south: int, per_user: int, noise: float, seed: int):
+def population(n_north: int, n_south: int, per_user: int, sharpness: float, seed: int):
     """(comparison rows, user rows)."""
     rng = random.Random(seed)
     rows, users = [], []
@@ -49,12 +59,13 @@ def population(n_north: int, n_south: int, per_user: int, noise: float, seed: in
         users.append({"user_id": uid, "region": region, "age": rng.choice(["18-34", "35+"])})
         for j in range(per_user):
             topic = rng.choice(TOPICS)
-            detailed_is_casual = rng.random() < 0.5
-            a = answer(topic, detailed=True, casual=detailed_is_casual)
-            b = answer(topic, detailed=False, casual=not detailed_is_casual)
-            likes_a = detailed_is_casual if region == "south" else True
-            if rng.random() < noise:
-                likes_a = not likes_a
+            while True:
+                (da, ta), (db, tb) = [(rng.randint(0, 3), rng.randint(-2, 2)) for _ in "ab"]
+                if (da, ta) != (db, tb):
+                    break
+            a, b = answer(topic, da, ta, rng), answer(topic, db, tb, rng)
+            gap = (ta - tb) if region == "south" else (da - db)
+            likes_a = rng.random() < 1.0 / (1.0 + math.exp(-sharpness * gap))
             chosen, rejected = (a, b) if likes_a else (b, a)
             prompt = f"Tell me about {topic} (question {j})"
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "user_id": uid})
@@ -67,10 +78,12 @@ def main() -> None:
     ap.add_argument("--north", type=int, default=36, help="Users of the majority region.")
     ap.add_argument("--south", type=int, default=12, help="Users of the minority region.")
     ap.add_argument("--per-user", type=int, default=40, help="Comparisons per user.")
-    ap.add_argument("--noise", type=float, default=0.1, help="Share of labels flipped.")
+    ap.add_argument(
+        "--sharpness", type=float, default=2.0, help="Bradley–Terry logit per unit of difference."
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    rows, users = population(args.north, args.south, args.per_user, args.noise, args.seed)
+    rows, users = population(args.north, args.south, args.per_user, args.sharpness, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "prefs.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -22,7 +22,7 @@ def _planted(folder: Path) -> tuple[Path, Path]:
     spec = importlib.util.spec_from_file_location("planted_groups", EXAMPLE)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rows, users = mod.population(n_north=18, n_south=8, per_user=30, noise=0.05, seed=1)
+    rows, users = mod.population(n_north=18, n_south=8, per_user=30, sharpness=3.0, seed=1)
     folder.mkdir()
     prefs, table = folder / "prefs.jsonl", folder / "users.csv"
     prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
