@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from lore_rm.cli import app
 from lore_rm.data import GenericConfig, PreferenceDataset, prepare_generic
+from lore_rm.errors import DataError
 
 
 def _rows(n_users=6, n_prompts=4):
@@ -527,3 +528,50 @@ def test_skip_invalid_python(tmp_path):
         tmp_path / "ds4",
         "none.jsonl: no valid rows (2 invalid rows skipped)",
     )
+
+
+def test_user_attributes_make_the_users_table(tmp_path):
+    """--user-attributes FILE: one row per user, kept as users.parquet (users of the data
+    only; a user the file does not list gets nulls)."""
+    rows = [
+        {"prompt": f"p{i}", "chosen": "yes", "rejected": "no", "user_id": f"u{i % 4}"}
+        for i in range(16)
+    ]
+    src = tmp_path / "prefs.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    attrs = tmp_path / "users.csv"
+    attrs.write_text("user_id,age,country\nu0,18-24,UK\nu1,65+,US\nu2,,US\nghost,1,X\n")
+    cfg = GenericConfig(unseen_fraction=0.5)
+    out = prepare_generic([src], tmp_path / "ds", cfg, user_attributes=attrs)
+    users = pq.read_table(out / "users.parquet").to_pylist()
+    roles = {r["user_id"]: r["split"] for r in PreferenceDataset(out).comparisons.to_pylist()}
+    assert [u["user_id"] for u in users] == ["u0", "u1", "u2", "u3"]
+    for u in users:
+        assert u["population"] == roles[u["user_id"]].split("-")[0]
+    assert [(u["age"], u["country"]) for u in users] == [
+        ("18-24", "UK"),
+        ("65+", "US"),
+        (None, "US"),
+        (None, None),
+    ]
+    res = CliRunner().invoke(
+        app,
+        [
+            "prepare",
+            "generic",
+            str(src),
+            "--out",
+            str(tmp_path / "cli"),
+            "--unseen-fraction",
+            "0.5",
+            "--user-attributes",
+            str(attrs),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "users table (users.parquet): population, age, country" in res.output
+    assert folder_bytes(tmp_path / "cli") == folder_bytes(out)
+    dup = tmp_path / "dup.csv"
+    dup.write_text("user_id,age\nu0,1\nu0,2\n")
+    with pytest.raises(DataError, match=r"dup.csv: row 2: user 'u0' is listed twice"):
+        prepare_generic([src], tmp_path / "x", cfg, user_attributes=dup)

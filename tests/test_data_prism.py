@@ -194,6 +194,32 @@ def test_comparisons_roles_and_filtering(tmp_path):
     assert PreferenceDataset(out).n_texts == 9 + 6  # 9 rejected + 6 distinct chosen
 
 
+def test_survey_fields_make_the_users_table(tmp_path):
+    import pyarrow.parquet as pq
+
+    out = prepare_prism(write_prism(tmp_path / "prism"), tmp_path / "ds", CFG)
+    users = pq.read_table(out / "users.parquet").to_pylist()
+    roles = published_roles()
+    assert users == [
+        {
+            "user_id": uid,
+            "population": roles[cid].split("-")[0],
+            "num_completed_conversations": n,
+            "self_description": "me",
+            "location_birth_country": "X",
+            "age": None,  # NaN in the survey
+        }
+        for uid, cid, n in (("user0", "c0", "3"), ("user1", "c3", "2"))
+    ]
+    assert PreferenceDataset(out).summary()["user_attributes"] == [
+        "population",
+        "num_completed_conversations",
+        "self_description",
+        "location_birth_country",
+        "age",
+    ]
+
+
 def test_explicit_files_and_byte_identical(tmp_path):
     root = write_prism(tmp_path / "prism")
     a = prepare_prism(root, tmp_path / "a", CFG)

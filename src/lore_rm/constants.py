@@ -24,6 +24,7 @@ DATASET_FORMAT_VERSION = 1
 DATASET_FILE = "dataset.json"
 COMPARISONS_FILE = "comparisons.parquet"
 TEXTS_FILE = "texts.parquet"
+USERS_FILE = "users.parquet"  # optional: one row per user, their attributes
 EMBEDDINGS_DIR = "embeddings"
 
 # The embedding store inside a dataset folder (lore embed).

@@ -30,6 +30,13 @@ DISCARD = typer.Option(
     help="With --overwrite: allow deleting an embedding store of texts that changed.",
 )
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+USER_ATTRIBUTES = typer.Option(
+    None,
+    "--user-attributes",
+    help="A file with one row per user (jsonl / json / parquet / csv): its user_id column and "
+    "any other fields (nested objects flattened one level), kept as the users table for "
+    "lore evaluate --group-by.",
+)
 
 
 def _report(path: Path) -> None:
@@ -63,6 +70,9 @@ def print_summary(s: dict) -> None:
             str(r["per_user_max"]),
         )
     console.print(t)
+    if s.get("user_attributes") is not None:
+        cols = ", ".join(s["user_attributes"]) or "none"
+        console.print(f"users table (users.parquet): {cols}", highlight=False)
 
 
 @prepare_app.command("generic")
@@ -99,6 +109,7 @@ def prepare_generic_cmd(
         "the first rows are printed, every one is listed in OUT/rejects.jsonl, and the counts "
         "go into dataset.json's 'dropped'.",
     ),
+    user_attributes: Path | None = USER_ATTRIBUTES,
     overwrite: bool = OVERWRITE,
     discard_embeddings: bool = DISCARD,
 ) -> None:
@@ -119,6 +130,7 @@ def prepare_generic_cmd(
             discard_embeddings=discard_embeddings,
             skip_invalid=skip_invalid,
             hf_split=hf_split,
+            user_attributes=user_attributes,
         )
     except InvalidRow as e:
         fail(LoreError(f"{e} (--skip-invalid leaves out every such row and reports them)"))
@@ -273,12 +285,127 @@ def prepare_personalllm_cmd(
     _report(path)
 
 
+@prepare_app.command("community-alignment")
+def prepare_community_alignment_cmd(
+    source: str = typer.Argument(
+        ...,
+        help="The Hub name facebook/community-alignment-dataset, a release folder (the parquet "
+        "train split, or v1.0's CSV files: the full one is read) or one .csv / .parquet file.",
+    ),
+    out: Path = OUT,
+    lang: str = typer.Option(
+        "en", help="assigned_lang codes to keep, comma-separated (e.g. 'en,fr'), or 'all'."
+    ),
+    min_pairs: int = typer.Option(
+        0,
+        help="Leave out users with fewer comparisons (after the filters); 100 keeps ~940 "
+        "English annotators.",
+    ),
+    balanced_subset: bool = typer.Option(
+        False, "--balanced-subset", help="Keep only rows in the balanced subset."
+    ),
+    balanced_subset_10: bool = typer.Option(
+        False, "--balanced-subset-10", help="Keep only rows in the balanced subset of 10."
+    ),
+    split_unit: str = typer.Option(
+        "turn",
+        help="What never straddles train and test: 'turn' (a conversation turn: its three "
+        "comparisons) or 'conversation'.",
+    ),
+    unseen_fraction: float = typer.Option(0.2, help="Share of users held out as unseen."),
+    test_fraction: float = typer.Option(0.5, help="Per user, share of units held out as test."),
+    revision: str | None = typer.Option(
+        None, help="Hub revision (branch, tag or commit); the commit read is pinned either way."
+    ),
+    seed: int = typer.Option(0, help="Seed of the user and unit draws."),
+    overwrite: bool = OVERWRITE,
+    discard_embeddings: bool = DISCARD,
+    progress: bool = PROGRESS,
+) -> None:
+    """Prepare Community Alignment: 3 comparisons per annotated turn (the preferred response
+    against each other one), the conversation so far continued with the preferred responses,
+    split by (conversation, turn); annotator demographics go to the users table."""
+    params = {k: v for k, v in locals().items() if not k.startswith("balanced")}
+    from lore_rm.data.community_alignment import (
+        CommunityAlignmentConfig,
+        prepare_community_alignment,
+    )
+
+    try:
+        if balanced_subset and balanced_subset_10:
+            raise LoreError("give --balanced-subset or --balanced-subset-10, not both")
+        subset = (
+            "in_balanced_subset"
+            if balanced_subset
+            else "in_balanced_subset_10"
+            if balanced_subset_10
+            else None
+        )
+        cfg = config_from(CommunityAlignmentConfig, params, balanced_subset=subset)
+        path = prepare_community_alignment(
+            source,
+            out,
+            cfg,
+            overwrite=overwrite,
+            discard_embeddings=discard_embeddings,
+            progress=progress,
+        )
+    except LoreError as e:
+        fail(e)
+    _report(path)
+
+
+@prepare_app.command("personalrewardbench")
+def prepare_personalrewardbench_cmd(
+    source: str = typer.Argument(
+        ...,
+        help="MichaelR207/prism_personalized_0125, MichaelR207/chatbot_arena_personalized_0125, "
+        "a folder of their files or one file.",
+    ),
+    out: Path = OUT,
+    unseen_fraction: float = typer.Option(
+        0.0, help="Share of users held out as unseen (their train + val become few-shot)."
+    ),
+    user_attributes: Path | None = USER_ATTRIBUTES,
+    revision: str | None = typer.Option(
+        None, help="Hub revision (branch, tag or commit); the commit read is pinned either way."
+    ),
+    seed: int = typer.Option(0, help="Seed of the draw of unseen users."),
+    overwrite: bool = OVERWRITE,
+    discard_embeddings: bool = DISCARD,
+    progress: bool = PROGRESS,
+) -> None:
+    """Prepare PersonalRewardBench keeping its per-user split: train + val fit the user, test
+    scores (lore personalrewardbench MODEL DATASET scores it as the benchmark does)."""
+    params = dict(locals())
+    from lore_rm.data.personalrewardbench import (
+        PersonalRewardBenchConfig,
+        prepare_personalrewardbench,
+    )
+
+    try:
+        cfg = config_from(PersonalRewardBenchConfig, params)
+        path = prepare_personalrewardbench(
+            source,
+            out,
+            cfg,
+            user_attributes=user_attributes,
+            overwrite=overwrite,
+            discard_embeddings=discard_embeddings,
+            progress=progress,
+        )
+    except LoreError as e:
+        fail(e)
+    _report(path)
+
+
 @data_app.command("info")
 def info_cmd(
     path: Path = typer.Argument(..., help="A dataset folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Users, comparisons per role, comparisons per user (min / median / max), unique texts."""
+    """Users, comparisons per role, comparisons per user (min / median / max), unique texts,
+    and the users table's attribute columns."""
     from lore_rm.data.dataset import PreferenceDataset
 
     try:

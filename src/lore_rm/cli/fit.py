@@ -21,6 +21,7 @@ from lore_rm.cli.common import (
     use_threads,
 )
 from lore_rm.cli.fit_options import fit_options
+from lore_rm.cli.groups import FIT_GROUP_BY, GROUP_BY
 from lore_rm.constants import DB_FILE, TRAINING_FILE
 from lore_rm.errors import LoreError
 from lore_rm.io import atomic_folder
@@ -53,6 +54,7 @@ def fit_cmd(
     personalize_unseen: bool = typer.Option(
         True, help="Also fit the unseen users from their few-shot comparisons."
     ),
+    group_by: str | None = FIT_GROUP_BY,
     seed: int = SEED,
     device: str = DEVICE,
     threads: str = THREADS,
@@ -73,6 +75,8 @@ def fit_cmd(
     and the selection curve are printed, drawn (selection.png) and saved. --json prints the
     summary (settings, selection, accuracy, diagnostics) as JSON on stdout.
     """
+    from lore_rm.cli.groups import training_population
+    from lore_rm.data.dataset import PreferenceDataset
     from lore_rm.embed.split import load_split
     from lore_rm.evaluate.personalization import personalization_report, pooled_model
     from lore_rm.evaluate.protocols import four_numbers
@@ -98,6 +102,11 @@ def fit_cmd(
             numbers = four_numbers(model, split)
             report = personalization_report(model, split, pooled=pooled_model(model, split))
             model.history_["personalization"] = report.to_dict()
+            population = training_population(
+                model, split, PreferenceDataset(dataset).users, group_by
+            )
+            if population is not None:  # the model card's training population by group
+                model.history_["population"] = population
             if personalize_unseen and split.unseen_fewshot.n:
                 model.personalize(split.unseen_fewshot, progress=progress)
             sel = model.history_.get("selection")
@@ -216,6 +225,7 @@ def evaluate_cmd(
     trials: int = typer.Option(20, help="Random draws of the shots per value."),
     active: int = active_option(0),
     active_batch: int = ACTIVE_BATCH,
+    group_by: str | None = GROUP_BY,
     seed: int = SEED,
     device: str = DEVICE,
     threads: str = THREADS,
@@ -231,13 +241,19 @@ def evaluate_cmd(
 ) -> None:
     """The published protocol: four numbers for every (rank, alpha), then the shots sweep.
 
+    --group-by COLS adds the group and tail reports at the selected rank (or --shots-rank):
+    every test user's accuracy under the pooled rank-1 reward, the shared model (the basis at
+    the population's mean weights) and their own weights, by group of the users table.
+
     --active N adds the active-learning sweep at the same rank: unseen-user accuracy after
     1..N questions chosen from each user's few-shot pool by expected information gain,
     against random questions (active.csv, active.png). --json prints the rank rows, the
     selected rank, the shots and active rows and the notes as JSON on stdout (the tables go
     to stderr).
     """
+    from lore_rm.cli.groups import parse_columns, users_for, write_group_files
     from lore_rm.embed.split import load_split
+    from lore_rm.evaluate.groups import group_tables
     from lore_rm.evaluate.protocols import run_protocol
     from lore_rm.evaluate.report import (
         active_calibration_table,
@@ -254,6 +270,7 @@ def evaluate_cmd(
     rank_list = parse_int_list(ranks, "--ranks")
     alpha_list = parse_float_list(alphas, "--alphas")
     shot_list = parse_int_list(shots, "--shots") if shots.strip() else []
+    columns = parse_columns(group_by)
     settings = dict(fit_settings or {})
     config = {
         "command": "evaluate",
@@ -266,12 +283,15 @@ def evaluate_cmd(
         "trials": trials,
         "active": active,
         "active_batch": active_batch,
+        "group_by": columns,
         "seed": seed,
         "threads": config_threads,
     }
+    groups = None
     with collected_warnings() as warned:
         try:
             check_report_out(out)
+            users = users_for(dataset, columns) if columns else None
             split, backbone = load_split(dataset)
             config["backbone"] = backbone
             if split.reference_head is None and 0 in rank_list:
@@ -302,6 +322,8 @@ def evaluate_cmd(
                 **settings,
             )
             rows, shot_rows = result.rows, result.shot_rows
+            if columns:
+                groups = _groups(result, shots_rank, split, users, config, device)
         except LoreError as exc:
             fail(exc)
     print_tables(rank_table(rows, title=f"{dataset} — recipe '{recipe}'"), console=console)
@@ -319,6 +341,8 @@ def evaluate_cmd(
             active_calibration_table(result.active_rows),
             console=console,
         )
+    if groups is not None:
+        print_tables(*group_tables(groups[0]), console=console)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     config["notes"] = result.notes
@@ -331,7 +355,10 @@ def evaluate_cmd(
         active_rows=result.active_rows,
         personalization=report,
         selected_rank=selected_rank,
+        extra=None if groups is None else {"groups": groups[0].to_dict()},
     )
+    if groups is not None:
+        names += write_group_files(out, groups[0], groups[1], users)
     console.print(f"Wrote {out}/: {' '.join(names)}")
     if as_json:
         selected = result.selected
@@ -354,6 +381,7 @@ def evaluate_cmd(
                 "personalization": None if report is None else report.to_dict(),
                 "active": result.active_rows,
                 "notes": result.notes,
+                "groups": None if groups is None else groups[0].to_dict(),
                 "warnings": warned,
             }
         )
@@ -394,6 +422,30 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     else:
         text = "".join(json.dumps(r) + "\n" for r in rows)
     atomic_write_text(path, text)
+
+
+def _groups(result, shots_rank, split, users, config: dict, device: str):
+    """--group-by: the group report at the selected rank and alpha (or --shots-rank and the
+    first alpha), as the shots sweep chooses them."""
+    from lore_rm.cli.groups import evaluate_groups
+
+    if shots_rank is not None:
+        rank, alpha = shots_rank, config["alphas"][0]
+    elif result.selected is not None:
+        rank, alpha = result.selected["rank"], result.selected["alpha"]
+    else:
+        raise LoreError("--group-by needs a learned rank: add ranks >= 1 to --ranks")
+    config["group_rank"] = rank
+    return evaluate_groups(
+        split,
+        rank,
+        users,
+        config["group_by"],
+        seed=config["seed"],
+        recipe=config["recipe"],
+        device=device,
+        **{**config["settings"], "alpha": alpha},
+    )
 
 
 def check_model_out(out: Path, overwrite: bool) -> None:

@@ -53,6 +53,9 @@ def _register() -> None:
     from lore_rm.cli.rewardbench import rewardbench
 
     app.command("rewardbench")(rewardbench)
+    from lore_rm.cli.benchmark import personalrewardbench
+
+    app.command("personalrewardbench")(personalrewardbench)
 
     from lore_rm.cli.model import model_app
     from lore_rm.cli.score import score

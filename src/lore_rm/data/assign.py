@@ -53,6 +53,32 @@ def roles_from(unseen_row: np.ndarray, test_row: np.ndarray) -> np.ndarray:
     ).astype(np.int64)
 
 
+def split_users_and_groups(
+    user_codes: np.ndarray,
+    group_codes: np.ndarray,
+    unseen_fraction: float,
+    test_fraction: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Role code per row: users split seen / unseen at random, then each user's groups (the
+    unit that never straddles train and test: a prompt, a conversation turn) train / test.
+
+    ``floor(test_fraction * groups)`` of a user's groups go to test, at most all but one:
+    one group always stays on the train / few-shot side.
+    """
+    n_users = int(user_codes.max()) + 1 if user_codes.size else 0
+    unseen_user = pick_fraction(n_users, unseen_fraction, rng)
+    width = int(group_codes.max()) + 1 if group_codes.size else 1
+    groups, _ = factorize(user_codes * width + group_codes)
+    n_groups = int(groups.max()) + 1 if groups.size else 0
+    group_user = np.zeros(n_groups, dtype=np.int64)
+    group_user[groups] = user_codes
+    per_user = np.bincount(group_user, minlength=n_users)
+    n_test = np.minimum(np.floor(per_user * test_fraction + 1e-9), per_user - 1)
+    test_group = rank_in_groups(group_user, rng) < n_test[group_user]
+    return roles_from(unseen_user[user_codes], test_group[groups])
+
+
 def factorize(values) -> tuple[np.ndarray, np.ndarray]:
     """(codes, sorted unique values) of a 1-D array."""
     uniq, codes = np.unique(np.asarray(values), return_inverse=True)

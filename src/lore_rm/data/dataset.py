@@ -64,6 +64,14 @@ class PreferenceDataset:
     def texts(self) -> pa.Table:
         return read_parquet(self.path / TEXTS_FILE)
 
+    @cached_property
+    def users(self) -> pa.Table | None:
+        """The users table (``users.parquet``: one row per user, their attributes), or None
+        when the folder has none."""
+        from lore_rm.data.users import read_users
+
+        return read_users(self.path)
+
     @property
     def n_texts(self) -> int:
         return pq.ParquetFile(self.path / TEXTS_FILE).metadata.num_rows
@@ -82,7 +90,8 @@ class PreferenceDataset:
         return {r: self.role(r).num_rows for r in PROTOCOL_ROLES}
 
     def summary(self) -> dict:
-        """Users, comparisons per role and per user (min / median / max), unique texts."""
+        """Users, comparisons per role and per user (min / median / max), unique texts, and
+        the users table's attribute columns (None without a users table)."""
         table = self.comparisons
         out = {
             "path": str(self.path),
@@ -93,7 +102,12 @@ class PreferenceDataset:
             "texts": self.n_texts,
             "comparisons": table.num_rows,
             "roles": {},
+            "user_attributes": None,
         }
+        if self.users is not None:
+            from lore_rm.data.users import attribute_columns
+
+            out["user_attributes"] = attribute_columns(self.users)
         for role in (*PROTOCOL_ROLES, None):
             sub = table if role is None else self.role(role)
             per_user = _per_user(sub)

@@ -30,12 +30,10 @@ from lore_rm.data.assign import (
     ROLE_CODES,
     cap_per_group,
     factorize,
-    pick_fraction,
-    rank_in_groups,
-    roles_from,
+    split_users_and_groups,
 )
 from lore_rm.data.hub import load_split, looks_like_hub_name
-from lore_rm.data.layout import DATASET_FILE
+from lore_rm.data.layout import DATASET_FILE, USERS_FILE
 from lore_rm.data.sources import (
     RecordsSource,
     SourceFile,
@@ -44,7 +42,15 @@ from lore_rm.data.sources import (
     name_list,
     saved_dataset_files,
 )
-from lore_rm.data.writer import Message, TextTable, categorical, message, write_dataset
+from lore_rm.data.users import read_user_attributes, users_table
+from lore_rm.data.writer import (
+    Message,
+    TextTable,
+    categorical,
+    file_digest,
+    message,
+    write_dataset,
+)
 from lore_rm.errors import DataError
 from lore_rm.protocol import PROTOCOL_ROLES
 
@@ -460,16 +466,9 @@ def assign_roles(
     user_codes: np.ndarray, prompt_codes: np.ndarray, cfg: GenericConfig, rng: np.random.Generator
 ) -> np.ndarray:
     """Role code per row: users split seen/unseen, then each user's prompts train/test."""
-    n_users = int(user_codes.max()) + 1 if user_codes.size else 0
-    unseen_user = pick_fraction(n_users, cfg.unseen_fraction, rng)
-    groups, _ = factorize(user_codes * (int(prompt_codes.max()) + 1) + prompt_codes)
-    n_groups = int(groups.max()) + 1
-    group_user = np.zeros(n_groups, dtype=np.int64)
-    group_user[groups] = user_codes
-    per_user = np.bincount(group_user, minlength=n_users)
-    n_test = np.minimum(np.floor(per_user * cfg.test_fraction + 1e-9), per_user - 1)
-    test_group = rank_in_groups(group_user, rng) < n_test[group_user]
-    return roles_from(unseen_user[user_codes], test_group[groups])
+    return split_users_and_groups(
+        user_codes, prompt_codes, cfg.unseen_fraction, cfg.test_fraction, rng
+    )
 
 
 def prepare_generic(
@@ -481,6 +480,7 @@ def prepare_generic(
     discard_embeddings: bool = False,
     skip_invalid: bool = False,
     hf_split: str = "train",
+    user_attributes: str | Path | None = None,
 ) -> Path:
     """Read, validate, split and write a dataset folder; returns its path.
 
@@ -494,9 +494,13 @@ def prepare_generic(
     invalid rows are left out instead: ``dataset.json`` counts them by reason in ``dropped``
     (``invalid_<reason>``) and ``rejects.jsonl`` in the folder holds one record per row
     (:func:`skipped_rows` reads both back).
+
+    ``user_attributes``: a file with one row per user (its ``user_id`` column and their
+    attributes), kept as the users table (``users.parquet``) for the group reports.
     """
     cfg = config or GenericConfig()
     cfg.check()
+    attrs = read_user_attributes(user_attributes) if user_attributes is not None else None
     texts, col, sources, rejects = read_generic(files, cfg, skip_invalid, hf_split)
     user_codes, user_names = factorize(col["user_id"])
     prompt_codes, _ = factorize(col["prompt_id"])
@@ -520,17 +524,28 @@ def prepare_generic(
     }
     if rejects is not None:
         dropped.update({f"{INVALID}{k}": n for k, n in rejects.counts.items()})
+    extra = {} if rejects is None else {REJECTS_FILE: rejects.jsonl()}
+    params = {**asdict(cfg), "skip_invalid": skip_invalid, "hf_split": hf_split}
+    inputs = [s.digest() for s in sources]
+    if attrs is not None:
+        assert user_attributes is not None
+        kept = np.unique(user_codes[keep])
+        unseen = np.zeros(len(user_names), dtype=bool)
+        unseen[user_codes[keep & (roles >= ROLE_CODES["unseen-fewshot"])]] = True
+        extra[USERS_FILE] = users_table([str(user_names[k]) for k in kept], unseen[kept], attrs)
+        params["user_attributes"] = Path(user_attributes).name
+        inputs.append(file_digest(Path(user_attributes)))
     return write_dataset(
         out,
         table,
         texts,
         source="generic",
         protocol="split-column" if cfg.split_column else "random-users-and-prompts",
-        parameters={**asdict(cfg), "skip_invalid": skip_invalid, "hf_split": hf_split},
+        parameters=params,
         seed=cfg.seed,
-        inputs=[s.digest() for s in sources],
+        inputs=inputs,
         dropped=dropped,
-        extra_files=None if rejects is None else {REJECTS_FILE: rejects.jsonl()},
+        extra_files=extra or None,
         overwrite=overwrite,
         discard_embeddings=discard_embeddings,
     )

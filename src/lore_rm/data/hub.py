@@ -14,6 +14,7 @@ from pathlib import Path
 from lore_rm.errors import DataError
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def looks_like_hub_name(source: str | Path) -> bool:
@@ -22,12 +23,19 @@ def looks_like_hub_name(source: str | Path) -> bool:
     return not Path(s).exists() and bool(_HUB_NAME.match(s))
 
 
-def resolve(source: str | Path | None, what: str, *, allow_patterns: Sequence[str]) -> Path:
-    """A local folder for ``source``: itself, or the Hub dataset of that name, downloaded."""
+def resolve(
+    source: str | Path | None,
+    what: str,
+    *,
+    allow_patterns: Sequence[str],
+    revision: str | None = None,
+) -> Path:
+    """A local folder for ``source``: itself, or the Hub dataset of that name (at
+    ``revision``: a branch, tag or commit; default the main branch), downloaded."""
     if source is None:
         raise DataError(f"give the {what} folder (or the files it holds, by option)")
     if looks_like_hub_name(source):
-        return fetch(str(source), allow_patterns=allow_patterns)
+        return fetch(str(source), allow_patterns=allow_patterns, revision=revision)
     root = Path(source)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
@@ -61,6 +69,21 @@ def fetch(
             "download the files and pass the local folder instead"
         ) from None
     return Path(path)
+
+
+def snapshot_revision(path: Path) -> str | None:
+    """The commit a ``snapshot_download`` folder holds (the Hub cache names it
+    ``snapshots/<commit>``), or None for any other folder."""
+    path = Path(path)
+    return path.name if path.parent.name == "snapshots" and _COMMIT.match(path.name) else None
+
+
+def hub_record(source: str | Path | None, root: Path, revision: str | None) -> dict | None:
+    """What ``dataset.json`` pins of a Hub download: the repository, the revision asked for
+    and the commit the files came from; None when ``source`` was a local path."""
+    if source is None or not looks_like_hub_name(source):
+        return None
+    return {"repo": str(source), "requested": revision, "commit": snapshot_revision(root)}
 
 
 def _via_datasets(repo_id: str, config: str | None, cache_dir) -> Path:

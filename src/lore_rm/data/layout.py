@@ -11,7 +11,9 @@
                              row index), prompt_id (string), messages (JSON string: a list of
                              {"role", "content"} objects, the prompt messages then the
                              assistant response being scored)
-    DIR/users.parquet        (optional; simulated sources) user_id, population, true weights
+    DIR/users.parquet        (optional) one row per user: user_id, population (seen /
+                             unseen), attribute columns (strings; lore_rm.data.users), and
+                             for simulated sources their true weights
     DIR/rejects.jsonl        (optional; prepare generic --skip-invalid) the rows left out
     DIR/embeddings/          the embedding store (manifest + safetensors shards), row i
                              embedding texts.parquet row i
@@ -36,6 +38,7 @@ from lore_rm.constants import (  # noqa: F401  (re-exported: the dataset layout'
     DATASET_FORMAT_VERSION,
     EMBEDDINGS_DIR,
     TEXTS_FILE,
+    USERS_FILE,
 )
 from lore_rm.conversation import Conversation
 from lore_rm.errors import DataError

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from lore_rm.data.hub import resolve
+from lore_rm.data.layout import USERS_FILE
 from lore_rm.data.sources import SourceFile, find_data_files, name_list
 from lore_rm.data.writer import TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
@@ -30,7 +31,6 @@ from lore_rm.progress import progress_bar
 from lore_rm.protocol import PROTOCOL_ROLES
 
 HUB_NAME = "namkoong-lab/PersonalLLM"
-USERS_FILE = "users.parquet"
 REWARD_MODELS = (
     "gemma_2b",
     "gemma_7b",

@@ -8,6 +8,9 @@ turns continued with their chosen response; with several marked chosen the first
 the highest-scored). This fixes the published preparation, which put every rejected
 response of a turn into one message holding a list.
 
+The survey's fields of every kept user go to the users table (``users.parquet``), nested
+objects flattened one level (``location`` -> ``location_birth_country``, ...).
+
 Protocol (published defaults, same random stream as the published preparation): survey
 users with no completed conversation are skipped; dialogs with no complete turn are removed,
 and a user whose last dialog is removed goes too; users are shuffled (numpy seed 123),
@@ -25,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from lore_rm.data.hub import resolve
+from lore_rm.data.layout import USERS_FILE
 from lore_rm.data.sources import SourceFile, find_data_files
+from lore_rm.data.users import flatten_attributes, users_table
 from lore_rm.data.writer import Message, TextTable, categorical, file_digest, message, write_dataset
 from lore_rm.errors import DataError
 from lore_rm.progress import progress_bar
@@ -144,6 +149,7 @@ def prepare_prism(
 
     # users, in survey order, with their dialogs in conversation-file order
     user_dialogs: dict[str, list[str]] = {}
+    attributes = {}  # the survey's fields, for the users table
     for row, rec in survey_src.records():
         uid = rec.get("user_id")
         if not isinstance(uid, str):
@@ -151,6 +157,8 @@ def prepare_prism(
         if rec.get("num_completed_conversations") == 0:
             continue
         user_dialogs[uid] = []
+        # order_stated_prefs: where the survey displayed each question, not about the user
+        attributes[uid] = flatten_attributes(rec, exclude=("user_id", "order_stated_prefs"))
     dialogs: dict[str, tuple[str, list]] = {}
     dropped = {
         "dialogs_without_survey_user": 0,
@@ -233,10 +241,13 @@ def prepare_prism(
         "conversation_id": cols["conv"],
         "turn": np.array(cols["turn"], dtype=np.int64),
     }
+    kept = sorted(set(cols["user"]))
+    unseen = [role_of_dialog[user_dialogs[u][0]] >= 2 for u in kept]
     return write_dataset(
         out,
         table,
         texts,
+        extra_files={USERS_FILE: users_table(kept, unseen, attributes)},
         source=HUB_NAME,
         protocol="lore-prism",
         parameters=asdict(cfg),

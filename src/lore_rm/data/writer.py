@@ -143,6 +143,7 @@ def write_dataset(
     inputs: Sequence[Mapping] = (),
     dropped: Mapping[str, int] | None = None,
     extra_files: Mapping[str, pa.Table | bytes] | None = None,
+    hub: Mapping | None = None,
     overwrite: bool = False,
     discard_embeddings: bool = False,
 ) -> Path:
@@ -153,6 +154,8 @@ def write_dataset(
     indices renumbered. ``dropped`` counts what the preparation left out, by reason.
     ``extra_files`` are further files: parquet tables (e.g. simulated users' true weights) or
     bytes written as they are (e.g. the rows a preparation skipped, as JSON lines).
+    ``hub`` pins a Hugging Face Hub source in ``dataset.json`` (repository, revision asked
+    for, commit the files came from: :func:`lore_rm.data.hub.hub_record`).
 
     With ``overwrite``, an existing folder's embedding store is kept when it was made from
     exactly the texts written now (a re-split, a new seed): embedding is the costly step. A
@@ -194,6 +197,8 @@ def write_dataset(
         "dropped": dict(dropped or {}),
         "counts": _counts(table, text_table),
     }
+    if hub is not None:
+        info["hub"] = dict(hub)
     with atomic_folder(out, overwrite=overwrite) as tmp:
         pq.write_table(table, tmp / COMPARISONS_FILE, **_PARQUET)
         pq.write_table(text_table, tmp / TEXTS_FILE, **_PARQUET)

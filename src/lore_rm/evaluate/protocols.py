@@ -230,7 +230,7 @@ def run_protocol(
         model,
         split,
         pooled=models.get((1, alpha)),
-        shots=[*values, None] if values else (None,),
+        shots=[*values, None] if not values or values[-1] < _largest_pool(split) else values,
         trials=min(trials, REPORT_TRIALS),
         seed=seed,
     )
@@ -260,3 +260,8 @@ def run_protocol(
             model, split, active, trials=trials, batch=active_batch, seed=seed, progress=progress
         )
     return result
+
+
+def _largest_pool(split: ProtocolSplit) -> int:
+    counts = split.unseen_fewshot.counts_per_user()
+    return int(counts.max()) if counts.numel() else 0

@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -358,24 +359,37 @@ def shot_baselines(report) -> dict[str, float]:
 
 def personalization_table(report) -> Table:
     """The personalisation report as a table: per group, pooled / shared / personal accuracy
-    (and the reference head's), the gain personal - shared with its 95% interval over users,
-    the personal accuracy's 10th percentile, the bottom decile's gain and how many users
-    their own weights serve worse than the shared reward."""
+    (and the reference head's), the gain personal - shared with its 95% interval over users
+    and how many users their own weights serve worse than the shared reward (report.json
+    has the rest: the distributions, the bottom decile, every user's row)."""
     has_ref = any("reference" in g.accuracy for g in report.groups)
-    table = Table(title=f"Does personalisation pay? (strength {report.strength:g})")
-    cols = ["users", *(["reference"] if has_ref else []), "pooled", "shared", "personal"]
-    table.add_column("group")
-    for col in [*cols, "gain [95% CI]", "p10", "bottom-10% gain", "worse"]:
-        table.add_column(col, justify="right")
+    table = Table(
+        title=f"Does personalisation pay? (strength {report.strength:g})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    variants = [*(["reference"] if has_ref else []), "pooled", "shared", "personal"]
+    table.add_column("users", no_wrap=True)
+    for v in variants:
+        table.add_column("ref" if v == "reference" else v, justify="right", no_wrap=True)
+    for col in ("gain", "95% CI", "worse"):
+        table.add_column(col, justify="right", no_wrap=True)
     for g in report.groups:
         gain = g.gain
+        label = "seen" if g.group == "seen" else f"new, {g.shots or 'all'}"
         table.add_row(
-            g.label,
-            str(g.users),
-            *[_fmt(g.accuracy.get(c)) for c in cols[1:]],
-            f"{gain['mean']:+.3f} [{gain['lower']:+.3f}, {gain['upper']:+.3f}]",
-            _fmt(g.distribution["p10"]),
-            f"{g.bottom_decile_gain:+.3f}",
+            label,
+            *[_fmt(g.accuracy.get(v)) for v in variants],
+            f"{gain['mean']:+.3f}",
+            f"{gain['lower']:+.3f},{gain['upper']:+.3f}",
             str(len(g.worse_than_shared)),
         )
+    counts = {g.group: g.users for g in report.groups}
+    table.caption = (
+        f"{counts.get('seen', 0)} seen users on held-out prompts; {counts.get('new', 0)} new "
+        "users after N comparisons each. gain: personal - shared, per user (95% bootstrap "
+        "interval over users); worse: users their own weights serve worse than the shared "
+        "reward"
+    )
     return table

@@ -273,6 +273,7 @@ def _model_card(m: LowRankReward) -> str:
         + _personalization_card(m)
         + _selection_card(getattr(m, "history_", {}))
         + _prior_card(getattr(m, "history_", {}))
+        + (getattr(m, "history_", {}).get("population") or {}).get("card", "")
     )
 
 
