@@ -92,10 +92,17 @@ def test_the_search_turns_personalisation_off_where_users_agree_and_on_where_the
     grid = {"rank_grid": (1, 2), "weight_decay_grid": (0.01, 0.1, 1.0), "cv_folds": 3}
     on = LowRankReward(rank=2, **grid).fit(differ.split.seen_train)
     off = LowRankReward(rank=2, **grid).fit(agree.split.seen_train)
-    assert on.personalization_ == 1.0 and on.personalizes
-    assert off.personalization_ < 0.5
-    chosen = off.history_["selection"]["rows"]
-    assert all(set(r["strengths"]) == {"0", "0.25", "0.5", "0.75", "1"} for r in chosen)
+    assert on.personalization_ == 1.0 and on.personalizes and on.rank_ == 2
+    # strength 0 at rank 2: the model is the pooled reward, and says why
+    assert off.rank_ == 1 and not off.personalizes
+    sel = off.history_["selection"]
+    assert sel["zero_personalization"]["rank"] == 2
+    cell = next(r for r in sel["rows"] if r["rank"] == 2 and r["weight_decay"] == 
+                sel["zero_personalization"]["weight_decay"])  # fmt: skip
+    assert cell["personalization"] == 0.0
+    assert set(cell["strengths"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    report = personalization_report(off, agree.split, shots=(5,), trials=1)
+    assert "no gain from users' own weights at rank 2" in report.summary
 
 
 def test_choose_strength_takes_the_weakest_within_noise_of_the_best():

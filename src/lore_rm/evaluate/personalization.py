@@ -77,6 +77,12 @@ def does_not_personalize(model: LowRankReward) -> str | None:
     """Why the model serves every user the same reward, or None when it personalises."""
     if model.rank_ == 0:
         return "rank 0 is the reference head: every user gets the backbone's own reward"
+    zero = (model.history_.get("selection") or {}).get("zero_personalization")
+    if model.n_components_ <= 1 and zero:
+        return (
+            f"the cross-validation found no gain from users' own weights at rank {zero['rank']}"
+            ": every user gets the pooled reward (rank 1)"
+        )
     if model.n_components_ <= 1:
         return "rank 1 is one pooled reward: every user gets the same reward"
     if model.personalization_ == 0:

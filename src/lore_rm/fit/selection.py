@@ -80,6 +80,8 @@ class Selection:
     pooled: dict | None = None  # the best rank-1 cell (the pooled Bradley–Terry reward)
     holdout: str = "comparisons"  # what a fold held out: "users" or "comparisons"
     notes: list[str] = field(default_factory=list)
+    #: the cell that found no personalisation paying, when the pooled reward replaced it
+    zero_personalization: dict | None = None
 
     @property
     def chosen(self) -> dict:
@@ -349,12 +351,10 @@ def select_settings(
     spaces = ("simplex", "signed") if cfg.weights == AUTO else (cfg.space,)
     jobs = [(w, k) for w in spaces for k in ranks if k > 1 or w == spaces[0]]
     bar = progress_bar(len(jobs) * len(decays), "selecting rank and ridge", progress)
-    for space, rank in jobs:
-        if rows and rows[-1]["weights"] != space:  # a new weight space: its own rank stop
-            pooled_loss = [r["cv_loss"] for r in rows if r["rank"] == 1]
-            best_loss, ranks_without_gain = min(pooled_loss, default=math.inf), 0
-        elif ranks_without_gain >= 2:
-            continue
+
+    def score_rank(space: str, rank: int) -> float:
+        """Score every ridge of one rank in one weight space (appending rows); its best loss."""
+        nonlocal n_fits, not_converged
         cell_cfg = replace(cfg, weights="signed" if space == "signed" and rank > 1 else "simplex")
         starts = [
             initial_point(
@@ -433,21 +433,36 @@ def select_settings(
                 rising += 1
                 if rising >= 2:  # stronger ridges only shrink more
                     break
+        return rank_best
+
+    for space, rank in jobs:
+        if rows and rows[-1]["weights"] != space:  # a new weight space: its own rank stop
+            pooled_loss = [r["cv_loss"] for r in rows if r["rank"] == 1]
+            best_loss, ranks_without_gain = min(pooled_loss, default=math.inf), 0
+        elif ranks_without_gain >= 2:
+            continue
+        rank_best = score_rank(space, rank)
         if rank_best < best_loss - 1e-12:
             best_loss, ranks_without_gain = rank_best, 0
         else:
             ranks_without_gain += 1
-    bar.close()
-    best = min(rows, key=lambda r: r["cv_loss"])
-    if cfg.one_se:
-        limit = best["cv_loss"] + best["cv_loss_se"]
-        chosen = min(
-            (r for r in rows if r["cv_loss"] <= limit),
-            key=lambda r: (r["rank"], r["weights"] != "simplex", -r["weight_decay"]),
+    chosen, rule = _choose(rows, cfg.one_se)
+    if chosen["rank"] > 1 and chosen["personalization"] == 0:
+        # zero personalisation is the pooled reward: the best rank-1 cell (scored now if the
+        # grid had no rank 1)
+        if not any(r["rank"] == 1 for r in rows):
+            score_rank("simplex", 1)
+        pooled_row, _ = _choose([r for r in rows if r["rank"] == 1], cfg.one_se)
+        notes.append(
+            f"at rank {chosen['rank']} (ridge {chosen['weight_decay']:g}) the cross-validation "
+            "found no personalisation strength above 0 that beats the shared weights: the "
+            f"model is the pooled reward (rank 1, ridge {pooled_row['weight_decay']:g})"
         )
-        rule = "one standard error"
+        zero = {"rank": chosen["rank"], "weight_decay": chosen["weight_decay"]}
+        chosen = pooled_row
     else:
-        chosen, rule = best, "minimum"
+        zero = None
+    bar.close()
     for r in rows:
         r["chosen"] = r is chosen
     pooled_rows = [r for r in rows if r["rank"] == 1]
@@ -479,7 +494,22 @@ def select_settings(
         pooled=pooled,
         notes=notes,
         holdout=holdout,
+        zero_personalization=zero,
     )
+
+
+def _choose(rows: list[dict], one_se: bool) -> tuple[dict, str]:
+    """The chosen cell and the rule's name: the simplest (lowest rank, simplex before signed,
+    strongest ridge) within one standard error of the best, or the best."""
+    best = min(rows, key=lambda r: r["cv_loss"])
+    if not one_se:
+        return best, "minimum"
+    limit = best["cv_loss"] + best["cv_loss_se"]
+    chosen = min(
+        (r for r in rows if r["cv_loss"] <= limit),
+        key=lambda r: (r["rank"], r["weights"] != "simplex", -r["weight_decay"]),
+    )
+    return chosen, "one standard error"
 
 
 def signal_problems(selection: Selection) -> list[str]:
