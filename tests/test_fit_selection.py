@@ -62,9 +62,9 @@ def test_the_ridge_path_goes_past_the_grid_when_its_strongest_value_wins():
         d=64, true_rank=2, n_seen=40, n_unseen=10, train_per_user=10, n_prompts=200, seed=5
     )
     grid = (1e-4, 1e-3)  # far too weak for 10 comparisons per user in 64 dimensions
-    model = LowRankReward(
-        rank=2, weight_decay_grid=grid, cv_folds=3, personalization=1.0
-    ).fit(pop.split.seen_train)
+    model = LowRankReward(rank=2, weight_decay_grid=grid, cv_folds=3, personalization=1.0).fit(
+        pop.split.seen_train
+    )
     tried = [r["weight_decay"] for r in model.history_["selection"]["rows"]]
     assert tried[:2] == list(grid)
     assert 2 < len(tried) <= 2 + EDGE_STEPS

@@ -97,7 +97,7 @@ def test_the_search_turns_personalisation_off_where_users_agree_and_on_where_the
     assert off.rank_ == 1 and not off.personalizes
     sel = off.history_["selection"]
     assert sel["zero_personalization"]["rank"] == 2
-    cell = next(r for r in sel["rows"] if r["rank"] == 2 and r["weight_decay"] == 
+    cell = next(r for r in sel["rows"] if r["rank"] == 2 and r["weight_decay"] ==
                 sel["zero_personalization"]["weight_decay"])  # fmt: skip
     assert cell["personalization"] == 0.0
     assert set(cell["strengths"]) == {"0", "0.25", "0.5", "0.75", "1"}
