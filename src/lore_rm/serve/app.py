@@ -66,9 +66,10 @@ from lore_rm.serve.batching import Batching, MicroBatcher
 from lore_rm.serve.lifeline import die_with_master
 from lore_rm.serve.memory import bound_heap
 from lore_rm.serve.redact import install_log_redaction
-from lore_rm.serve.routes import api_router
+from lore_rm.serve.routes import api_router, scorer
 from lore_rm.serve.schemas import N_SHOWN, Health, Limits, QueryFormat
 from lore_rm.serve.service import RewardService
+from lore_rm.serve.usage_routes import usage_router
 from lore_rm.serve.user_store import describe
 
 _log = logging.getLogger("lore_rm.serve")
@@ -172,6 +173,7 @@ def create_app(
         return Health(status="ok")
 
     app.include_router(api_router(svc, limits, qf, check_token, token, batcher, batching))
+    app.include_router(usage_router(svc, limits, check_token, scorer(svc, batcher)))
     return app
 
 

@@ -90,10 +90,13 @@ def check_users(model: LowRankReward, users: Sequence[str], db: Path | None) -> 
 
 
 def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankReward, list[str]]:
-    """The model with the database's weights installed over its own; the onboarded ids."""
+    """The model with the database's weights installed over its own (less the users
+    deleted through the service); the onboarded ids."""
     if db is None or not Path(db).is_file():
         return model, []
     from lore_rm.serve.service import model_fingerprint
+    from lore_rm.serve.user_control import deleted_model_users, drop_model_users
+    from lore_rm.serve.user_records import deleted_hashes
     from lore_rm.serve.user_store import Store
 
     store = Store(db)
@@ -106,12 +109,16 @@ def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankRewa
                 f"has {want})"
             )
         users, w, _, _ = store.weights_since(0)
+        deleted = deleted_hashes(store)
     finally:
         store.close()
-    if not users:
+    gone = deleted_model_users(model, deleted)
+    if not users and not gone:
         return model, []
     out = model.copy()
-    out.set_user_weights(users, torch.from_numpy(np.asarray(w, dtype=np.float32)))
+    drop_model_users(out, gone)
+    if users:
+        out.set_user_weights(users, torch.from_numpy(np.asarray(w, dtype=np.float32)))
     return out, users
 
 

@@ -113,6 +113,25 @@ def _conversations(
     return pairs, raw
 
 
+Score = Callable[[list[Conversation], list[str | None]], Awaitable[Scored]]
+
+
+def scorer(svc: RewardService, batcher: MicroBatcher | None) -> Score:
+    """How the reward routes score: off the event loop, on the batcher's thread (shared
+    with other requests' conversations), or on a threadpool thread."""
+
+    async def score(conversations: list[Conversation], users: list[str | None]) -> Scored:
+        if batcher is None:
+            return await run_in_threadpool(svc.reward, conversations, users)
+        try:
+            future = batcher.submit(conversations, users)
+        except ShuttingDown as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+        return await asyncio.wrap_future(future)
+
+    return score
+
+
 def api_router(
     svc: RewardService,
     limits: Limits,
@@ -125,16 +144,7 @@ def api_router(
     """Every endpoint but ``/health``, each behind ``check_token``. With a ``batcher`` the
     reward endpoints are scored through it (micro-batched across requests)."""
     api = APIRouter(dependencies=[Depends(check_token)])
-
-    async def score(conversations: list[Conversation], users: list[str | None]) -> Scored:
-        """Off the event loop: on the batcher's thread, or on a threadpool thread."""
-        if batcher is None:
-            return await run_in_threadpool(svc.reward, conversations, users)
-        try:
-            future = batcher.submit(conversations, users)
-        except ShuttingDown as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from exc
-        return await asyncio.wrap_future(future)
+    score = scorer(svc, batcher)
 
     def user_of_label(i: int, label: Any) -> str | None:
         if label is None or label == "":  # OpenRLHF sends "" when no label key is set
