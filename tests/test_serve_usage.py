@@ -222,7 +222,7 @@ def test_user_data_and_listing(served, small_model):
     assert rest["users"][-1] == {"user": "fay", "source": "onboarded", "n_comparisons": 3}
 
 
-# ---- deletion --------------------------------------------------------------------------------------
+# ---- deletion ----------------------------------------------------------------------------
 def _db_bytes(db) -> bytes:
     return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*") if p.is_file())
 
@@ -310,7 +310,7 @@ def test_a_deletion_reaches_another_server_on_the_same_database(small_model, tmp
     assert users_max > deleted_max
 
 
-# ---- bad input: 4xx, quickly ----------------------------------------------------------------------
+# ---- bad input: 4xx, quickly ---------------------------------------------------------------
 BAD = [
     ("post", "/rank", {}, 422),
     ("post", "/rank", {"prompt": "q"}, 422),
