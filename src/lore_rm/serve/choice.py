@@ -32,46 +32,65 @@ from lore_rm.serve.user_records import features_of_users
 from lore_rm.social_choice import aggregate, user_tiers
 
 if TYPE_CHECKING:
+    from lore_rm.fit.model import LowRankReward
     from lore_rm.serve.service import RewardService, Scored
+    from lore_rm.serve.user_store import Store
 
 
 def user_posteriors(svc: RewardService, users: Sequence[str | None]) -> Tensor | None:
     """Logit covariance (len(users), K, K) of each user's posterior, from the stored
     comparisons their served weights were fitted on (the prior for an unknown user or
-    ``None``); NaN rows for users without a posterior. None for a model without a few-shot
-    prior."""
+    ``None``); NaN rows for users without a posterior (a seen user of the model folder
+    without stored comparisons). None for a model without a few-shot prior."""
     ids = list(dict.fromkeys(u for u in users if u is not None))
     with svc._lock:
         w, known = svc.model.weights_for(ids, unknown="mean")
-        n_fit = [svc._n_fit.get(u, 0) for u in ids]
-        none = {u for u in ids if u in svc._model_users and u not in svc._n_fit}
-    with_rows = [u for u, n in zip(ids, n_fit, strict=True) if n]
-    stored = features_of_users(svc.store, with_rows, svc.model.d_)
+        n_fit = {u: svc._n_fit[u] for u in ids if u in svc._n_fit}
+        without = {u for u in ids if u in svc._model_users and u not in svc._n_fit}
+    view = copy.copy(svc.model)  # the served weights of these users; basis and prior shared
+    view.users_ = [u for u, k in zip(ids, known.tolist(), strict=True) if k]
+    view.user_weights_ = w[known]
+    return posterior_covariances(view, svc.store, users, n_fit, without)
+
+
+def posterior_covariances(
+    model: LowRankReward,
+    store: Store | None,
+    users: Sequence[str | None],
+    n_fit: dict[str, int],
+    without: set[str],
+) -> Tensor | None:
+    """Logit covariance (len(users), K, K) of each user's Laplace posterior at ``model``'s
+    weights, conditioned on their first ``n_fit[u]`` comparisons stored in ``store`` (the
+    prior's covariance for users with none, unknown users and ``None``); NaN rows for the
+    users in ``without`` and for users whose rows are gone. None for a model without a
+    few-shot prior."""
+    ids = list(dict.fromkeys(u for u in users if u is not None))
+    without = set(without)
+    with_rows = [u for u in ids if n_fit.get(u)]
+    stored = features_of_users(store, with_rows, model.d_) if store is not None else {}
     xs, owners = [], []
-    for user, n in zip(ids, n_fit, strict=True):
-        x = stored.get(user)
+    for user in ids:
+        n = n_fit.get(user, 0)
         if not n:
             continue
+        x = stored.get(user)
         if x is None or x.shape[0] < n:  # deleted meanwhile: no interval rather than a guess
-            none.add(user)
+            without.add(user)
             continue
         xs.append(x[:n])
         owners += [user] * n
-    view = copy.copy(svc.model)  # the basis and prior shared, read-only
-    view.users_ = [u for u, k in zip(ids, known.tolist(), strict=True) if k]
-    view.user_weights_ = w[known]
     answers = Comparisons.from_features(np.concatenate(xs), owners) if xs else None
     try:
-        post = view.weights_posterior(answers, users=ids, unknown="mean")
+        post = model.weights_posterior(answers, users=ids, unknown="mean")
     except LoreError:
         return None
-    k = svc.model.n_components_
+    k = model.n_components_
     cov = post.prior_covariance().expand(len(users), k, k).clone()
     rows = post.rows(list(users))
     found = rows >= 0
     cov[found] = post.covariance[rows[found]].to(cov.dtype)
-    missing = torch.tensor([u in none for u in users], dtype=torch.bool)
-    cov[missing] = float("nan")
+    cov[torch.tensor([u in without for u in users], dtype=torch.bool)] = float("nan")
     return cov
 
 
