@@ -354,3 +354,31 @@ def test_bad_input_is_4xx_in_bounded_time(small_model, tmp_path):
             assert time.monotonic() - start < 5, (path, body)
         loc = client.post("/rank", json={"prompt": "q", "responses": ["a", 7]}).json()
         assert loc["detail"][0]["loc"][:3] == ["body", "responses", 1]
+
+
+@pytest.mark.slow
+def test_no_user_id_is_logged_next_to_prompt_text(tmp_path):
+    """lore serve at its default log level (info, access log on): the access log names a
+    user only in /users/{id} paths, and no line holds a user id and a prompt text."""
+    secret = "quiet harbor confession"
+    user = "user-4711"
+    proc, url = start_lore_serve(shared_model_dir(), tmp_path / "db.sqlite", "--log-level", "info")
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            onboard(client, user, n=2, tag=secret + " ")
+            convs = [conversation(secret, "winter river")]
+            client.post("/reward", json={"user": user, "conversations": convs})
+            client.post("/get_reward", json={"query": [secret + " x"], "labels": [user]})
+            client.post("/rank", json={"user": user, "prompt": secret, "responses": ["a", "b"]})
+            client.post("/group-rank", json={"users": [user], "prompt": secret, "responses": ["a"]})
+            client.get(f"/users/{user}/data")
+            bad = {"comparisons": [{"prompt": secret, "chosen": "same", "rejected": "same"}]}
+            assert client.post(f"/users/{user}/comparisons", json=bad).status_code == 422
+            client.delete(f"/users/{user}")
+    finally:
+        stop_lore_serve(proc)
+    log = proc.stdout.read().decode()
+    assert f"/users/{user}" in log  # the access log is on
+    for line in log.splitlines():
+        assert not (user in line and "harbor" in line), line
+    assert "harbor" not in log
