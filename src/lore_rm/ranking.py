@@ -132,10 +132,10 @@ def rank_embeddings(
     weights). With ``posterior`` (:meth:`LowRankReward.weights_posterior`) each reward gets
     its interval at ``level``."""
     single = isinstance(candidates, Tensor)
-    groups = [candidates] if single else list(candidates)  # type: ignore[list-item]
-    if not groups:
+    given: list[Any] = [candidates] if single else list(candidates)
+    if not given:
         raise DataError("no candidates to rank")
-    groups = [torch.as_tensor(g) for g in groups]
+    groups = [torch.as_tensor(g) for g in given]
     for i, g in enumerate(groups):
         if g.ndim != 2 or g.shape[0] < 1:
             raise DataError(f"candidates[{i}] must have shape (N >= 1, d), got {tuple(g.shape)}")

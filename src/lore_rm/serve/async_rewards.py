@@ -55,7 +55,8 @@ class AsyncBatcher:
         pending.append((list(items), future))
         async with lock:
             if not future.done():
-                batch, n = [], 0
+                batch: list[tuple[list[Any], asyncio.Future]] = []
+                n = 0
                 while pending and (not batch or n + len(pending[0][0]) <= self.max_items):
                     batch.append(pending.pop(0))
                     n += len(batch[-1][0])

@@ -63,7 +63,8 @@ def usage_router(
         if single:
             if body.prompt is None or body.responses is None:
                 raise _unprocessable([], "give 'prompt' and 'responses', or 'items'")
-            groups = [(body.user, body.prompt, body.responses, ["responses"])]
+            loc: list[Any] = ["responses"]
+            groups = [(body.user, body.prompt, body.responses, loc)]
         else:
             if body.prompt is not None or body.responses is not None:
                 raise _unprocessable([], "give either 'prompt' + 'responses' or 'items'")
