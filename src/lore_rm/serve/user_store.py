@@ -108,6 +108,7 @@ CREATE TABLE IF NOT EXISTS deletions (
     seq INTEGER NOT NULL,
     deleted_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS deletions_seq ON deletions (seq);
 """
 
 _INSERT_COMPARISONS = (
