@@ -30,6 +30,13 @@ Endpoints (every one but ``/health`` needs the bearer token when one is configur
     the served weights, their source and ``posterior``: the weights' delta-method std, the
     number of answers it conditions on and the prior's kind (null for a seen user of the
     model folder with no stored comparisons).
+``POST /rank``, ``POST /group-rank``
+    best of N for a user (rewards equal ``/reward``'s, best first, intervals from the user's
+    posterior; a batch form) and one choice for a group (borda, plurality, copeland; ties
+    explicit): :mod:`~lore_rm.serve.usage_routes`.
+``GET /users``, ``GET /users/{user_id}/data``, ``DELETE /users/{user_id}``
+    the users served (paged), everything stored about one, and deletion (the database keeps
+    no trace of their texts; a seen user of the model folder falls back to the population).
 ``GET /model-info``, ``GET /health``; ``/openapi.json`` and ``/docs`` come from FastAPI.
 """
 
