@@ -382,3 +382,20 @@ def test_no_user_id_is_logged_next_to_prompt_text(tmp_path):
     for line in log.splitlines():
         assert not (user in line and "harbor" in line), line
     assert "harbor" not in log
+
+
+def test_rank_intervals_are_the_models_reward_std(small_model, tmp_path):
+    """The service's intervals are LowRankReward.reward's std under the user's posterior
+    (personalisation strength included), z-scaled."""
+    app = create_app(small_model, HashingEmbedder(D), tmp_path / "db.sqlite")
+    with LiveServer(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        onboard(client, "olga", n=5)
+        got = client.post(
+            "/rank", json={"user": "olga", "prompt": "what now", "responses": RESPONSES}
+        ).json()
+        view, post, _ = app.state.service._user_posterior("olga")
+    e = HashingEmbedder(D).embed([conversation("what now", r) for r in RESPONSES])
+    r, std = view.reward(e, "olga", return_std=True, posterior=post)
+    np.testing.assert_allclose(got["rewards"], r.double().numpy(), rtol=1e-6)
+    half = np.subtract(got["upper"], got["rewards"])
+    np.testing.assert_allclose(half, 1.6448536 * std.double().numpy(), rtol=1e-4)

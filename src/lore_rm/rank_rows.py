@@ -25,8 +25,7 @@ from lore_rm.data.sources import SourceFile
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError
 from lore_rm.fit.model import LowRankReward
-from lore_rm.fit.posterior import linear_std
-from lore_rm.ranking import LEVEL, Ranking, rank_groups
+from lore_rm.ranking import LEVEL, Ranking, rank_groups, reward_std
 from lore_rm.scoring import USER_FIELDS, embed_unique
 
 
@@ -105,13 +104,12 @@ def rank_rows(
     per_row = [u for u, n in zip(rows.users, sizes, strict=True) for _ in range(n)]
     e = embed_unique(embedder, flat, progress=progress)
     rewards = model.reward(e, per_row, unknown="mean")
-    w, _ = model.weights_for(per_row, unknown="mean")
     _, known = model.weights_for(rows.users, unknown="mean")
     cov = _covariances(model, rows.users, db)
     std = None
     if cov is not None:
         group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-        std = linear_std(e @ model.basis_, w, cov[group], model.reward_scale)
+        std = reward_std(model, e @ model.basis_, per_row, cov[group])
     return rank_groups(rewards, sizes, known=known, std=std, level=level)
 
 

@@ -26,8 +26,7 @@ from torch import Tensor
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import LoreError
-from lore_rm.fit.posterior import linear_std
-from lore_rm.ranking import Ranking, rank_groups
+from lore_rm.ranking import Ranking, rank_groups, reward_std
 from lore_rm.serve.user_records import features_of_users
 from lore_rm.social_choice import aggregate, user_tiers
 
@@ -107,13 +106,10 @@ def rank_scored(
     std = None
     cov = user_posteriors(svc, users)
     if cov is not None and scored.projections is not None:
-        m = svc.model
-        with svc._lock:  # the Jacobian at the users' own weights, as LowRankReward.reward's std
-            own, known_users = m.weights_for(list(users), unknown="mean", personalization=1.0)
         y = torch.from_numpy(np.asarray(scored.projections))
-        std = linear_std(y, own[group], cov[group], m.reward_scale, m.weight_space_)
-        lam = float(m.personalization_)  # known users move by lam times their own spread
-        std = torch.where(known_users[group], lam * std, std)
+        rows = [users[g] for g in group.tolist()]
+        with svc._lock:
+            std = reward_std(svc.model, y, rows, cov[group])
     starts = np.cumsum(sizes) - np.asarray(sizes)
     known = np.asarray(scored.known)[starts]
     return rank_groups(torch.from_numpy(scored.rewards), sizes, known=known, std=std, level=level)
