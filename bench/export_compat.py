@@ -94,11 +94,16 @@ print(json.dumps(out))
 """
 
 
-def tiny_setup(folder: Path, rope: str = "llama3") -> tuple[Path, object, LowRankReward]:
-    """A tiny backbone with ``rope`` settings, lore-rm's fp32 embedder over it, and a rank-3
-    model over its embeddings with users ``a`` and ``b``."""
+def tiny_setup(
+    folder: Path, rope: str = "llama3", tokenizer: str = "word"
+) -> tuple[Path, object, LowRankReward]:
+    """A tiny backbone with ``rope`` settings and a ``tokenizer`` ("word" or byte-level
+    "bpe"), lore-rm's fp32 embedder over it, and a rank-3 model over its embeddings with users
+    ``a`` and ``b``."""
     theta, scaling = ROPES[rope]
-    backbone = build_tiny_reward_model(folder, rope_theta=theta, rope_scaling=scaling)
+    backbone = build_tiny_reward_model(
+        folder, rope_theta=theta, rope_scaling=scaling, tokenizer=tokenizer
+    )
     emb = load_backbone(str(backbone), dtype="fp32")
     gen = torch.Generator().manual_seed(0)
     w = torch.rand(2, 3, generator=gen)
@@ -149,6 +154,9 @@ def main() -> None:
     ap.add_argument("--venv-root", default="/tmp", help="venvs are ROOT/lore-tf-VERSION")
     ap.add_argument("--setup", action="store_true", help="create the missing venvs with pip")
     ap.add_argument("--conversations", type=int, default=12)
+    ap.add_argument(
+        "--tokenizers", default="word,bpe", help="word-level and/or byte-level BPE tokenizers"
+    )
     args = ap.parse_args()
 
     pythons = {"running": Path(sys.executable)}
@@ -165,21 +173,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "convs.json").write_text(json.dumps(convs))
-        for rope in ROPES:
-            backbone, emb, model = tiny_setup(tmp / f"backbone-{rope}", rope)
-            want = model.reward(emb.embed(convs), "b").double()
-            inv_freq = emb.model.model.rotary_emb.inv_freq.double()
-            exports = {
-                "lore export": export_reward_model(model, tmp / f"lore-{rope}", backbone, user="b"),
-                "re-saved by 5.x (former)": tmp / f"former-{rope}",
-            }
-            head = (model.scale_ * model.basis_ @ model.user_weights_[1])[None, :]
-            former_export(backbone, exports["re-saved by 5.x (former)"], head)
-            for python in pythons.values():
-                for name, folder in exports.items():
-                    got = read(python, folder, tmp / "convs.json", exports["lore export"])
-                    rows.append(row(rope, name, got, want, inv_freq))
-    header = ["rope", "transformers", "export", "tokenizer", "model", "Δ inv_freq"]
+        for kind in args.tokenizers.split(","):
+            for rope in ROPES:
+                tag = f"{kind}-{rope}"
+                backbone, emb, model = tiny_setup(tmp / f"backbone-{tag}", rope, kind)
+                want = model.reward(emb.embed(convs), "b").double()
+                inv_freq = emb.model.model.rotary_emb.inv_freq.double()
+                lore = export_reward_model(model, tmp / f"lore-{tag}", backbone, user="b")
+                exports = {"lore export": lore, "re-saved by 5.x (former)": tmp / f"former-{tag}"}
+                head = (model.scale_ * model.basis_ @ model.user_weights_[1])[None, :]
+                former_export(backbone, exports["re-saved by 5.x (former)"], head)
+                for python in pythons.values():
+                    for name, folder in exports.items():
+                        got = read(python, folder, tmp / "convs.json", exports["lore export"])
+                        rows.append([kind, *row(rope, name, got, want, inv_freq)])
+    header = ["tokenizer file", "rope", "transformers", "export", "tokenizer", "model"]
+    header += ["Δ inv_freq"]
     header += ["missing / unexpected keys", "max |Δ reward|"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -9,8 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from test_cli_fit import _cli, _two_kinds_of_users
+from typer.testing import CliRunner
 
 from lore_rm import LowRankReward
+from lore_rm.cli import app as cli_app
 from lore_rm.embed.hashing import HashingEmbedder
 from lore_rm.serve.export import load_with_served_users
 
@@ -214,3 +216,78 @@ def test_score_bad_rows_are_one_line_errors(fitted, tmp_path, line, fragment):
     res = _cli("score", fitted[1], src, "--no-progress")
     assert res.exit_code == 2, res.output
     assert f"{src}: {fragment}" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_model_info_says_what_the_folds_held_out(fitted):
+    """lore fit's default search holds out whole users; model info used to say comparisons."""
+    model_dir = fitted[1]
+    training = json.loads((model_dir / "training.json").read_text())
+    assert training["history"]["selection"]["holdout"] == "users"
+    res = CliRunner().invoke(cli_app, ["model", "info", str(model_dir)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "holding out users" in res.stdout and "holding out comparisons" not in res.stdout
+    assert (
+        json.loads(_ok("model", "info", model_dir, "--json").stdout)["training"]["selection"][
+            "holdout"
+        ]
+        == "users"
+    )
+
+
+def test_rank_matches_the_model_and_ranks_best_first(fitted, tmp_path):
+    model_dir = fitted[1]
+    responses = ["apples are nice", "apples are nice because of a long story", "no", "no"]
+    rows = [
+        {"user": "user00", "prompt": "tell me about apples", "responses": responses, "id": 7},
+        {"user_id": "newbie", "prompt": _conv("tell me about bread", "x")[:1],
+         "responses": [[{"role": "assistant", "content": "bread"}], "bread is nice indeed"]},
+    ]  # fmt: skip
+    src = tmp_path / "cands.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = _ok("rank", model_dir, src, "--no-progress")
+    got = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [g["index"] for g in got] == [0, 1] and got[0]["id"] == 7
+    model, _, _ = load_with_served_users(model_dir)
+    emb = HashingEmbedder(64)
+    want = model.reward(emb.embed([_conv("tell me about apples", r) for r in responses]), "user00")
+    assert got[0]["rewards"] == pytest.approx(want.tolist(), rel=1e-5)
+    r = got[0]["rewards"]
+    assert [r[i] for i in got[0]["ranking"]] == sorted(r, reverse=True)
+    assert got[0]["ranking"].index(2) < got[0]["ranking"].index(3)  # the tie keeps its order
+    assert got[0]["lower"] is None and got[0]["known"] is True  # a seen user: no posterior
+    assert got[1]["lower"] is not None and got[1]["uncertain"] in (True, False)  # onboarded
+    assert all(lo <= x <= hi for lo, x, hi in zip(got[1]["lower"], got[1]["rewards"],
+                                                   got[1]["upper"], strict=True))  # fmt: skip
+
+    ghost = tmp_path / "ghost.jsonl"
+    ghost.write_text(json.dumps({"user": "ghost", "prompt": "p", "responses": ["a"]}) + "\n")
+    res = _cli("rank", model_dir, ghost, "--no-progress")
+    assert res.exit_code == 2 and "ghost" in res.output and "Traceback" not in res.output
+    res = _ok("rank", model_dir, ghost, "--no-progress", "--unknown", "mean")
+    assert json.loads(res.stdout)["known"] is False
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"user": "user00", "prompt": "p", "responses": []}) + "\n")
+    res = _cli("rank", model_dir, bad, "--no-progress")
+    assert res.exit_code == 2 and "bad.jsonl: line 1" in res.output and "responses" in res.output
+
+
+def test_model_explain(fitted, tmp_path):
+    ds, model_dir, _ = fitted
+    out = tmp_path / "explain.json"
+    res = _ok("model", "explain", model_dir, ds, "--top", "3", "--out", out)
+    assert "column 0" in res.stdout and "users leaning on it most" in res.stdout
+    report = json.loads(out.read_text())
+    assert report["n_columns"] == 2 and len(report["columns"]) == 2
+    assert sum(c["share"] for c in report["columns"]) == pytest.approx(1.0)
+    for c in report["columns"]:
+        assert len(c["highest"]) == 3 and len(c["lowest"]) == 3
+        assert c["highest"][0]["score"] >= c["highest"][-1]["score"]
+        assert c["highest"][-1]["score"] >= c["lowest"][-1]["score"]
+        assert len(c["top_users"]) == 5
+        assert c["top_users"][0]["weight"] >= c["top_users"][-1]["weight"]
+    # the two kinds of users load on different columns
+    assert {c["top_users"][0]["user"] for c in report["columns"]} != {None}
+    raw = json.loads(_ok("model", "explain", model_dir, ds, "--center", "none", "--json").stdout)
+    assert raw["center"] == "none" and raw["n_texts_listed"] == raw["n_texts"]
+    res = _cli("model", "explain", model_dir, tmp_path / "missing")
+    assert res.exit_code == 2 and "Traceback" not in res.output

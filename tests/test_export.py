@@ -444,3 +444,32 @@ def test_config_and_tokenizer_edits():
         model_input_names=["input_ids"],
     )
     assert out["extra_special_tokens"] == {"image": "<img>"} and out["pad_token"] == "</s>"
+
+
+def test_bpe_merges_are_written_in_the_form_every_tokenizers_reads(tmp_path):
+    """tokenizers >= 0.20 saves BPE merges as pairs, which the tokenizers 0.19 of
+    transformers 4.44 cannot parse ("data did not match any variant of untagged enum
+    ModelWrapper"): the export writes them as "a b" strings; the tokens are unchanged."""
+    from tiny_models import build_tiny_reward_model, random_conversations
+
+    from lore_rm.embed import load_backbone
+
+    backbone = build_tiny_reward_model(tmp_path / "bpe", tokenizer="bpe")
+    saved = json.loads((backbone / "tokenizer.json").read_text())["model"]["merges"]
+    assert isinstance(saved[0], list)  # what this tokenizers writes
+    emb = load_backbone(str(backbone), dtype="fp32")
+    gen = torch.Generator().manual_seed(0)
+    model = LowRankReward.from_arrays(
+        torch.randn(emb.dim, 2, generator=gen), torch.tensor([[0.3, 0.7]]), ["b"],
+        backbone=str(backbone),
+    )  # fmt: skip
+    out = export_reward_model(model, tmp_path / "rm", backbone, user="b")
+    merges = json.loads((out / "tokenizer.json").read_text())["model"]["merges"]
+    assert merges == [f"{a} {b}" for a, b in saved]
+    convs = random_conversations(6, seed=2)
+    old = transformers.AutoTokenizer.from_pretrained(backbone)
+    new = transformers.AutoTokenizer.from_pretrained(out)
+    texts = [old.apply_chat_template(c, tokenize=False) for c in convs]
+    assert new(texts)["input_ids"] == old(texts)["input_ids"]
+    want = model.reward(emb.embed(convs), "b").double().numpy()
+    np.testing.assert_allclose(hf_scores(out, convs)[:, 0], want, rtol=1e-4, atol=1e-5)

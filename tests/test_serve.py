@@ -23,7 +23,7 @@ from serve_utils import (
 from lore_rm import Comparisons, LowRankReward
 from lore_rm.embed.hashing import HashingEmbedder
 from lore_rm.errors import ModelFormatError
-from lore_rm.serve import Limits, create_app
+from lore_rm.serve import Limits, QueryFormat, create_app
 from lore_rm.serve.service import RewardService
 from lore_rm.serve.user_store import Store, StoredComparison
 
@@ -784,3 +784,26 @@ def test_lore_serve_rejects_bad_backbone(small_model_dir, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "d = 32" in result.output
+
+
+def test_label_key_labels_without_the_key_are_unknown_users_flagged(
+    small_model, embedder, tmp_path
+):
+    """With --label-key, a label object without the key or a plain-string label was a 422,
+    and OpenRLHF dropped the sample (up to 0.9.0: the whole batch)."""
+    app = create_app(
+        small_model, embedder, tmp_path / "db.sqlite", query_format=QueryFormat(label_key="uid")
+    )
+    labels = [{"uid": "seen1"}, json.dumps({"uid": "seen2"}), {"other": 1}, "seen3", "not json",
+              {"uid": None}]  # fmt: skip
+    body = {"query": ["q a"] * len(labels), "prompts": ["q "] * len(labels), "labels": labels}
+    with LiveServer(app) as url, httpx.Client(base_url=url) as client:
+        out = client.post("/get_reward", json=body)
+        assert out.status_code == 200, out.text
+        logs = out.json()["extra_logs"]
+        bad = client.post("/get_reward", json={"query": ["x"], "labels": [{"uid": [1, 2]}]})
+    assert logs["lore_unknown_user"] == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert logs["lore_bad_label"] == [0.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    rewards = out.json()["rewards"]
+    assert rewards[2] == rewards[3] == rewards[4] == rewards[5]  # the population's weights
+    assert bad.status_code == 422  # a key holding no user id is still a client error

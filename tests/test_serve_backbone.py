@@ -232,3 +232,58 @@ def test_the_database_binds_the_backbone_by_content(fitted, tmp_path):
     build_app(str(model_dir), str(copy), db=db).state.service.close()
     with pytest.raises(ModelFormatError, match="embedder = 'sha256:"):
         build_app(str(model_dir), str(b), db=db, force_backbone=True)
+
+
+def test_export_refuses_another_backbone_unless_forced(fitted, tmp_path):
+    """`lore export` runs the check `lore serve` runs: an export over other weights of the
+    same width gave rewards off by up to 12 with no warning."""
+    from lore_rm.serve.export import export_reward_model
+
+    root, a, b, _, model_dir = fitted
+    user = LowRankReward.from_pretrained(model_dir).users_[0]
+    with pytest.raises(BackboneMismatchError, match="fingerprint .*--force-backbone"):
+        export_reward_model(model_dir, tmp_path / "x", str(b), user=user)
+    assert not (tmp_path / "x").exists()
+    runner = CliRunner()
+    base = ["export", str(model_dir), "--user", user, "--backbone", str(b)]
+    res = runner.invoke(cli_app, [*base, "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "fingerprint" in res.output and "Traceback" not in res.output
+    forced = runner.invoke(cli_app, [*base, "--out", str(tmp_path / "z"), "--force-backbone"])
+    assert forced.exit_code == 0, forced.output
+    assert "other than the one the model was fitted on" in forced.output
+    # the backbone it was fitted on, from another folder, is the same backbone
+    copy = root / "a-export-copy"
+    if not copy.exists():
+        shutil.copytree(a, copy)
+    assert export_reward_model(model_dir, tmp_path / "ok", str(copy), user=user).is_dir()
+    # another chat template is another backbone too
+    other = shutil.copytree(a, tmp_path / "a-template")
+    cfg = json.loads((other / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    (other / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (other / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(BackboneMismatchError, match="chat_template_sha256"):
+        export_reward_model(model_dir, tmp_path / "t", str(other), user=user)
+
+
+def test_rewardbench_refuses_another_backbone_unless_forced(fitted, tmp_path):
+    root, a, b, _, model_dir = fitted
+    data = tmp_path / "rb2.jsonl"
+    data.write_text(
+        json.dumps(
+            {"id": "1", "prompt": "tell me", "chosen": ["good answer"],
+             "rejected": ["bad", "worse"], "subset": "Focus", "num_correct": 1,
+             "num_incorrect": 2, "total_completions": 3, "models": []}
+        ) + "\n"
+    )  # fmt: skip
+    base = ["rewardbench", str(model_dir), "--data", str(data), "--dtype", "fp32",
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+    runner = CliRunner()
+    res = runner.invoke(cli_app, [*base, "--backbone", str(b)])
+    assert res.exit_code == 2, res.output
+    assert "fingerprint" in res.output and "--force-backbone" in res.output
+    forced = runner.invoke(cli_app, [*base, "--backbone", str(b), "--force-backbone"])
+    assert forced.exit_code == 0, forced.output
+    assert "other than the one the model was fitted on" in forced.output
+    same = runner.invoke(cli_app, [*base, "--backbone", str(a)])
+    assert same.exit_code == 0, same.output and "other than" not in same.output

@@ -24,10 +24,15 @@ text = st.text(st.characters(blacklist_characters="<>|", blacklist_categories=("
 
 @given(prompt=text, response=text)
 def test_read_query_recovers_the_response(prompt, response):
+    """The response exactly as generated, its surrounding whitespace included (the one
+    whitespace rule: as at fit time, texts are scored as given)."""
     conv, matched = read_query(prompt + response, prompt, parse_templates=False)
     assert matched
-    assert conv[-1] == {"role": "assistant", "content": response.strip()}
+    assert conv[-1] == {"role": "assistant", "content": response}
     assert conv[:-1] == [{"role": "user", "content": prompt}]
+    # end-of-turn tokens the template added go, with the whitespace after them
+    conv, _ = read_query(prompt + response + "<|im_end|>\n<|endoftext|>", prompt)
+    assert conv[-1]["content"] == response
 
 
 def test_read_query_strips_end_tokens_and_parses_templates():
@@ -159,3 +164,59 @@ def test_fifo_lock_hands_over_in_arrival_order():
     assert order == [0, 1, 2, 3, 4]
     lock.acquire()  # free again
     lock.release()
+
+
+class ExactTextEmbedder:
+    """d = 8, an embedding per exact conversation (any whitespace changes it): a stand-in
+    for a backbone whose chat template keeps whitespace (ChatML does)."""
+
+    name = "exact-text-8"
+    dim = 8
+
+    def embed(self, conversations, **_):
+        import hashlib
+        import json
+
+        import torch
+
+        rows = []
+        for c in conversations:
+            seed = hashlib.sha256(json.dumps(c).encode()).digest()[:4]
+            gen = torch.Generator().manual_seed(int.from_bytes(seed, "little"))
+            rows.append(torch.randn(8, generator=gen))
+        return torch.stack(rows)
+
+    def reference_head(self):
+        return None
+
+
+def test_one_whitespace_rule_for_every_entry_point(tmp_path):
+    """The same generated text scores the same through /get_reward, /reward, TRL's and
+    verl's functions: its surrounding whitespace is kept everywhere
+    (/get_reward used to strip it, the others kept it: up to 0.15 apart)."""
+    import httpx
+    import torch
+
+    from lore_rm.serve.verl import make_verl_reward
+
+    emb = ExactTextEmbedder()
+    model = LowRankReward.from_arrays(torch.randn(8, 2), torch.tensor([[0.7, 0.3]]), ["ann"])
+    prompt, generated = "Name a fruit", "  A ripe mango.\n"
+    chatml = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    convs = [conversation(prompt, generated)]
+    want = model.reward(emb.embed(convs), "ann").tolist()
+    assert (
+        want != model.reward(emb.embed([conversation(prompt, generated.strip())]), "ann").tolist()
+    )
+    with LiveServer(create_app(model, emb, tmp_path / "db.sqlite")) as url:
+        with httpx.Client(base_url=url) as client:
+            body = {"query": [chatml + generated + "<|im_end|>\n"], "prompts": [chatml],
+                    "labels": ["ann"]}  # fmt: skip
+            openrlhf = client.post("/get_reward", json=body).json()["rewards"]
+            native = client.post("/reward", json={"user": "ann", "conversations": convs})
+    trl = make_reward_func(model, emb)(completions=[generated], prompts=[prompt], user_id=["ann"])
+    verl = make_verl_reward(model, emb, details=False).compute_score(
+        "src", generated, None, {"prompt": prompt, "user_id": "ann"}
+    )
+    for got in (openrlhf, native.json()["rewards"], trl, [verl]):
+        np.testing.assert_allclose(got, want, rtol=1e-6)

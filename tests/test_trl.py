@@ -13,6 +13,7 @@ from tiny_models import build_tokenizer, tiny_llama_config
 from lore_rm import LowRankReward
 from lore_rm.embed.hashing import HashingEmbedder
 from lore_rm.serve import create_app
+from lore_rm.serve.async_rewards import make_async_remote_reward_func, make_async_reward_func
 from lore_rm.serve.integrations import make_remote_reward_func, make_reward_func
 
 trl = pytest.importorskip("trl")
@@ -36,6 +37,7 @@ def _tiny_policy():
 def test_grpo_step_logs_lore_rewards(tmp_path):
     model, embedder = LowRankReward.from_pretrained(shared_model_dir()), HashingEmbedder(D)
     local = make_reward_func(model, embedder, name="lore_local")
+    local_async = make_async_reward_func(model, embedder, name="lore_local_async")
     remote_name = "lore_remote"
     policy, tok = _tiny_policy()
     dataset = datasets.Dataset.from_dict({"prompt": PROMPTS, "user_id": USERS})
@@ -56,9 +58,10 @@ def test_grpo_step_logs_lore_rewards(tmp_path):
     app = create_app(model, embedder, tmp_path / "db.sqlite")
     with LiveServer(app) as url:
         remote = make_remote_reward_func(url, name=remote_name)
+        remote_async = make_async_remote_reward_func(url, name="lore_remote_async")
         trainer = trl.GRPOTrainer(
             model=policy,
-            reward_funcs=[local, remote],
+            reward_funcs=[local, remote, local_async, remote_async],
             args=args,
             train_dataset=dataset,
             processing_class=tok,
@@ -75,12 +78,13 @@ def test_grpo_step_logs_lore_rewards(tmp_path):
     ]
     ours = model.reward(embedder.embed(conversations), users, unknown="mean").double().numpy()
     assert np.ptp(ours) > 0  # the completions differ, and so do their rewards
-    for name in ("lore_local", remote_name):
+    names = ("lore_local", remote_name, "lore_local_async", "lore_remote_async")
+    for name in names:  # TRL awaited the async ones
         logged = np.asarray(trainer._logs["rewards"][name])
         np.testing.assert_allclose(logged, ours, rtol=1e-6, atol=1e-6)
 
     # the step's logged metrics are the means of those rewards
     (metrics,) = [m for m in trainer.state.log_history if "reward" in m]
-    for name in ("lore_local", remote_name):
+    for name in names:
         assert metrics[f"rewards/{name}/mean"] == pytest.approx(ours.mean(), rel=1e-5, abs=1e-6)
-    assert metrics["reward"] == pytest.approx(2 * ours.mean(), rel=1e-5, abs=1e-6)
+    assert metrics["reward"] == pytest.approx(4 * ours.mean(), rel=1e-5, abs=1e-6)

@@ -125,3 +125,62 @@ def test_needs_exactly_one_backend(model_and_embedder):
         make_verl_reward(model, emb, url="http://x")
     with pytest.raises(DataError, match="embedder"):
         make_verl_reward(model)
+
+
+def test_async_compute_score_batches_concurrent_calls(model_and_embedder):
+    """verl >= 0.7 awaits an async compute_score per sample, many at once: the calls are
+    scored together, with the results of the sync function."""
+    import asyncio
+
+    model, emb = model_and_embedder
+    calls = []
+
+    class Counting:
+        name, dim = emb.name, emb.dim
+
+        def embed(self, conversations, **kw):
+            calls.append(len(conversations))
+            return emb.embed(conversations)
+
+    reward = make_verl_reward(model, Counting())
+    assert inspect.iscoroutinefunction(reward.compute_score_async)
+    infos = extra_infos() * 20
+
+    async def run():
+        return await asyncio.gather(
+            *(
+                reward.compute_score_async(
+                    data_source="src", solution_str=r, ground_truth=None, extra_info=info
+                )
+                for r, info in zip(RESPONSES * 20, infos, strict=True)
+            )
+        )
+
+    got = asyncio.run(run())
+    calls_async = list(calls)
+    calls.clear()
+    pairs = zip(RESPONSES * 20, infos, strict=True)
+    sync = [reward.compute_score("src", r, None, i) for r, i in pairs]
+    assert_same(got, sync)
+    assert len(calls_async) <= 3 < len(calls)  # 60 samples in a few batches, not 60 calls
+    np.testing.assert_allclose([g["score"] for g in got[:3]], want(model, emb), rtol=1e-6)
+
+
+def test_async_compute_score_through_the_service(model_and_embedder, tmp_path):
+    import asyncio
+
+    model, emb = model_and_embedder
+    with LiveServer(create_app(model, emb, tmp_path / "db.sqlite")) as url:
+        reward = make_verl_reward(url=url)
+
+        async def run():
+            return await asyncio.gather(
+                *(
+                    reward.compute_score_async("src", r, None, i)
+                    for r, i in zip(RESPONSES, extra_infos(), strict=True)
+                )
+            )
+
+        got = asyncio.run(run())
+    np.testing.assert_allclose([g["score"] for g in got], want(model, emb), rtol=1e-6)
+    assert [g["lore_unknown_user"] for g in got] == [0.0, 1.0, 0.0]

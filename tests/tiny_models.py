@@ -51,6 +51,37 @@ def build_tokenizer(padding_side: str = "right"):
     return tok
 
 
+def build_bpe_tokenizer(padding_side: str = "right"):
+    """A byte-level BPE tokenizer (Llama 3 / GPT-2 style) trained on ``WORDS``, with the same
+    special tokens and chat template as :func:`build_tokenizer`. The running ``tokenizers``
+    saves its merges in the format it writes (pairs since 0.20), which is what an export
+    copies."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator([" ".join(WORDS)] * 4, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+        padding_side=padding_side,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
 def tiny_llama_config(tok, hidden_size: int = 32, num_hidden_layers: int = 2, **kw):
     """A small ``LlamaConfig`` over tokenizer ``tok`` (2 heads of keys and values)."""
     from transformers import LlamaConfig
@@ -75,17 +106,19 @@ def build_tiny_reward_model(
     *,
     rope_theta: float = 10000.0,
     rope_scaling: dict | None = None,
+    tokenizer: str = "word",
     **save_kwargs,
 ) -> Path:
     """Save a random tiny Llama reward model + tokenizer into ``folder``; return it.
 
-    ``rope_scaling``: e.g. ``{"rope_type": "llama3", ...}``; ``save_kwargs`` go to the
-    model's ``save_pretrained`` (``max_shard_size``, ``safe_serialization``)."""
+    ``rope_scaling``: e.g. ``{"rope_type": "llama3", ...}``; ``tokenizer``: ``"word"``
+    (word-level) or ``"bpe"`` (byte-level BPE); ``save_kwargs`` go to the model's
+    ``save_pretrained`` (``max_shard_size``, ``safe_serialization``)."""
     import torch
     from transformers import LlamaForSequenceClassification
 
     folder = Path(folder)
-    tok = build_tokenizer()
+    tok = build_bpe_tokenizer() if tokenizer == "bpe" else build_tokenizer()
     config = tiny_llama_config(
         tok,
         max_position_embeddings=512,

@@ -191,7 +191,8 @@ def selection_summary(history: dict) -> dict | None:
     if not sel:
         return None
     keys = ("folds", "n_fits", "seconds", "rule", "rank", "weight_decay")
-    return {k: sel.get(k) for k in keys}
+    # what a fold held out; selections saved before the field existed held out comparisons
+    return {**{k: sel.get(k) for k in keys}, "holdout": sel.get("holdout", "comparisons")}
 
 
 def diagnostics(history: dict, warned: list[str] | None = None) -> dict:

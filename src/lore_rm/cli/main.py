@@ -62,6 +62,12 @@ def _register() -> None:
 
     app.add_typer(model_app, name="model")
     app.command("score")(score)
+    from lore_rm.cli.rank import rank
+
+    app.command("rank")(rank)
+    from lore_rm.cli.explain import explain_cmd
+
+    model_app.command("explain")(explain_cmd)
 
 
 _register()

@@ -30,11 +30,18 @@ def rewardbench(
     ),
     out: Path = typer.Option(None, help="Write the scores as JSON here."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    force_backbone: bool = typer.Option(
+        False,
+        "--force-backbone",
+        help="Score with a --backbone other than the one the model was fitted on (same "
+        "width): refused by default, as lore serve does.",
+    ),
 ) -> None:
     """Score each basis column, the population head, users' V·w and the reference head."""
     from rich.console import Console
     from rich.table import Table
 
+    from lore_rm.embed.match import check_backbone
     from lore_rm.errors import LoreError
     from lore_rm.evaluate.rewardbench import SUBSETS, evaluate_rewardbench
     from lore_rm.scoring import embedder_for
@@ -52,6 +59,15 @@ def rewardbench(
             batch_size=batch_size,
             max_length=max_length,
         )
+        forced = check_backbone(
+            model_dir, model.backbone, model.d_, embedder, force=force_backbone, verb="score"
+        )
+        if forced:
+            typer.echo(
+                "warning: scoring with a backbone other than the one the model was fitted on "
+                "(--force-backbone): " + "; ".join(forced),
+                err=True,
+            )
         name = embedder.name
         result = evaluate_rewardbench(
             model, data, embedder, users=user, cache=cache, progress=progress

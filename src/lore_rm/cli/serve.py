@@ -129,23 +129,38 @@ def export(
     ),
     dtype: str | None = typer.Option(None, help="Save in this dtype (e.g. bfloat16)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty OUT folder."),
+    force_backbone: bool = typer.Option(
+        False,
+        "--force-backbone",
+        help="Export over a --backbone other than the one the model was fitted on (other "
+        "weights or chat template; the width must still be d): refused by default, as "
+        "lore serve does.",
+    ),
 ) -> None:
     """Write a standard Hugging Face reward model (score head = scale * V w_user, or --basis)."""
+    import warnings
+
     from lore_rm.serve.export import export_reward_model
 
     if (user is None) == (not basis):
         raise typer.BadParameter("give exactly one of --user ID and --basis", param_hint="--user")
     try:
-        path = export_reward_model(
-            model_dir,
-            out,
-            backbone,
-            user=user,
-            basis=basis,
-            db=db,
-            dtype=dtype,
-            overwrite=overwrite,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            path = export_reward_model(
+                model_dir,
+                out,
+                backbone,
+                user=user,
+                basis=basis,
+                db=db,
+                dtype=dtype,
+                overwrite=overwrite,
+                force_backbone=force_backbone,
+            )
     except LoreError as exc:
         fail(exc)
+    for w in caught:
+        if "--force-backbone" in str(w.message):
+            typer.echo(f"warning: {w.message}", err=True)
     typer.echo(f"wrote {path}")

@@ -70,23 +70,45 @@ def check_backbone(
     *,
     force: bool = False,
     force_option: str = "--force-backbone",
+    verb: str = "serve",
 ) -> list[str]:
     """Refuse ``embedder`` unless it is the backbone the model in ``model_dir`` was fitted on
     (:func:`backbone_differences` against training.json, else the name ``model_backbone``
     from config.json). A width other than ``d`` is always refused; other differences are
     returned instead when ``force``."""
-    actual = backbone_identity(embedder)
+    return check_identity(
+        model_dir, model_backbone, d, backbone_identity(embedder), force=force,
+        force_option=force_option, verb=verb,
+    )  # fmt: skip
+
+
+def check_identity(
+    model_dir: str | os.PathLike | None,
+    model_backbone: str | None,
+    d: int,
+    actual: dict[str, Any],
+    *,
+    force: bool = False,
+    force_option: str = "--force-backbone",
+    verb: str = "serve",
+) -> list[str]:
+    """:func:`check_backbone` for a backbone identity (a dict of the fields
+    :func:`~lore_rm.embed.backbones.backbone_identity` gives). ``model_dir`` None: only the
+    name ``model_backbone`` is known; ``verb`` names what the backbone is for in the error."""
     if int(actual["d"]) != int(d):
         raise BackboneMismatchError(
             f"the backbone {actual['name']!r} gives d = {actual['d']} but the model was "
             f"fitted on d = {d}"
         )
-    recorded = recorded_backbone(model_dir) or {"name": model_backbone}
+    recorded = (recorded_backbone(model_dir) if model_dir is not None else {}) or {
+        "name": model_backbone
+    }
     diffs = backbone_differences(recorded, actual)
     if diffs and not force:
+        what = model_dir if model_dir is not None else "the model"
         raise BackboneMismatchError(
-            f"{model_dir} was fitted on the backbone {recorded.get('name')!r}, not on "
-            f"{actual['name']!r}: {'; '.join(diffs)}; serve it with the backbone it was fitted "
-            f"on, or pass {force_option} to use this one anyway"
+            f"{what} was fitted on the backbone {recorded.get('name')!r}, not on "
+            f"{actual['name']!r}: {'; '.join(diffs)}; {verb} it with the backbone it was "
+            f"fitted on, or pass {force_option} to use this one anyway"
         )
     return diffs

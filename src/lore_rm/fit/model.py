@@ -34,6 +34,7 @@ from lore_rm.fit.posterior import (
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
 from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights, signed_prior
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
+from lore_rm.ranking import LEVEL, Ranking, rank_embeddings
 
 Tensor = torch.Tensor
 
@@ -568,6 +569,23 @@ class LowRankReward:
             cov, own, known = cov[rows], own[rows], known[rows]
         std = linear_std(y, own, cov, self.reward_scale, self.weight_space_)
         return torch.where(known, lam * std, std)
+
+    def rank_candidates(
+        self,
+        candidates: Tensor | Sequence[Tensor],
+        users: str | None | Sequence[str | None],
+        *,
+        posterior: WeightsPosterior | None = None,
+        level: float = LEVEL,
+        unknown: str = "error",
+    ) -> Ranking | list[Ranking]:
+        """Best-of-N: candidate embeddings (N, d) ranked by a user's reward, best first; a
+        list of such tensors (one per prompt, ``users`` one id each) gives a list. With a
+        ``posterior``, intervals at ``level``; see :mod:`lore_rm.ranking`. (``rank`` is
+        the rank hyperparameter.)"""
+        return rank_embeddings(
+            self, candidates, users, posterior=posterior, level=level, unknown=unknown
+        )
 
     def margins(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lore_rm.serve.async_rewards import make_async_remote_reward_func, make_async_reward_func
 from lore_rm.serve.batching import Batching
 from lore_rm.serve.integrations import make_remote_reward_func, make_reward_func
 from lore_rm.serve.service import RewardService, default_db_path
@@ -20,6 +21,8 @@ __all__ = [
     "RewardService",
     "create_app",
     "default_db_path",
+    "make_async_remote_reward_func",
+    "make_async_reward_func",
     "make_remote_reward_func",
     "make_reward_func",
     "make_verl_reward",

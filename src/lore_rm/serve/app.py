@@ -30,6 +30,13 @@ Endpoints (every one but ``/health`` needs the bearer token when one is configur
     the served weights, their source and ``posterior``: the weights' delta-method std, the
     number of answers it conditions on and the prior's kind (null for a seen user of the
     model folder with no stored comparisons).
+``POST /rank``, ``POST /group-rank``
+    best of N for a user (rewards equal ``/reward``'s, best first, intervals from the user's
+    posterior; a batch form) and one choice for a group (borda, plurality, copeland; ties
+    explicit): :mod:`~lore_rm.serve.usage_routes`.
+``GET /users``, ``GET /users/{user_id}/data``, ``DELETE /users/{user_id}``
+    the users served (paged), everything stored about one, and deletion (the database keeps
+    no trace of their texts; a seen user of the model folder falls back to the population).
 ``GET /model-info``, ``GET /health``; ``/openapi.json`` and ``/docs`` come from FastAPI.
 """
 
@@ -66,9 +73,10 @@ from lore_rm.serve.batching import Batching, MicroBatcher
 from lore_rm.serve.lifeline import die_with_master
 from lore_rm.serve.memory import bound_heap
 from lore_rm.serve.redact import install_log_redaction
-from lore_rm.serve.routes import api_router
+from lore_rm.serve.routes import api_router, scorer
 from lore_rm.serve.schemas import N_SHOWN, Health, Limits, QueryFormat
 from lore_rm.serve.service import RewardService
+from lore_rm.serve.usage_routes import usage_router
 from lore_rm.serve.user_store import describe
 
 _log = logging.getLogger("lore_rm.serve")
@@ -172,6 +180,7 @@ def create_app(
         return Health(status="ok")
 
     app.include_router(api_router(svc, limits, qf, check_token, token, batcher, batching))
+    app.include_router(usage_router(svc, limits, check_token, scorer(svc, batcher)))
     return app
 
 

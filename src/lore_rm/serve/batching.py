@@ -141,7 +141,7 @@ class MicroBatcher:
         ends = np.cumsum([len(j.conversations) for j in jobs])
         for job, end in zip(jobs, ends, strict=True):
             start = end - len(job.conversations)
-            job.future.set_result(Scored(scored.rewards[start:end], scored.known[start:end]))
+            job.future.set_result(scored.rows(int(start), int(end)))
 
     def _alone(self, job: _Job) -> None:
         try:

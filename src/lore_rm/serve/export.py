@@ -21,12 +21,14 @@ replaced, so transformers 4.44+ and 5.x both read it (see :mod:`lore_rm.serve.ex
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +40,9 @@ from lore_rm.constants import (
     EXPORT_FORMAT_VERSION,
     USER_WEIGHTS_FILE,
 )
+from lore_rm.embed.fingerprint import folder_fingerprint
+from lore_rm.embed.hf import FALLBACK_TEMPLATE
+from lore_rm.embed.match import check_identity
 from lore_rm.errors import LoreError, ModelFormatError, UnknownUserError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.io import atomic_folder
@@ -90,10 +95,13 @@ def check_users(model: LowRankReward, users: Sequence[str], db: Path | None) -> 
 
 
 def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankReward, list[str]]:
-    """The model with the database's weights installed over its own; the onboarded ids."""
+    """The model with the database's weights installed over its own (less the users
+    deleted through the service); the onboarded ids."""
     if db is None or not Path(db).is_file():
         return model, []
     from lore_rm.serve.service import model_fingerprint
+    from lore_rm.serve.user_control import deleted_model_users, drop_model_users
+    from lore_rm.serve.user_records import deleted_hashes
     from lore_rm.serve.user_store import Store
 
     store = Store(db)
@@ -106,12 +114,16 @@ def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankRewa
                 f"has {want})"
             )
         users, w, _, _ = store.weights_since(0)
+        deleted = deleted_hashes(store)
     finally:
         store.close()
-    if not users:
+    gone = deleted_model_users(model, deleted)
+    if not users and not gone:
         return model, []
     out = model.copy()
-    out.set_user_weights(users, torch.from_numpy(np.asarray(w, dtype=np.float32)))
+    drop_model_users(out, gone)
+    if users:
+        out.set_user_weights(users, torch.from_numpy(np.asarray(w, dtype=np.float32)))
     return out, users
 
 
@@ -170,6 +182,25 @@ def backbone_source(backbone: str | os.PathLike) -> BackboneInfo:
     return BackboneInfo(where, type(skeleton).__name__, score.in_features, score.bias is not None)
 
 
+def export_identity(
+    backbone: str | os.PathLike, files: Path, tokenizer: Any, hidden_size: int
+) -> dict[str, Any]:
+    """The identity ``lore embed`` records for ``backbone`` (its content fingerprint, chat
+    template, pooling), read from its files without loading its weights."""
+    name = str(Path(backbone).resolve()) if Path(backbone).is_dir() else str(backbone)
+    template = getattr(tokenizer, "chat_template", None)
+    template = template if isinstance(template, str) else FALLBACK_TEMPLATE
+    return {
+        "name": name,
+        "revision": None,
+        "fingerprint": folder_fingerprint(files),
+        "kind": "RewardModelEmbedder",
+        "pooling": "last-token",
+        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+        "d": int(hidden_size),
+    }
+
+
 def reward_head(model: LowRankReward, user: str | None, *, basis: bool) -> torch.Tensor:
     """The score-head matrix (num_labels, d): ``h_u`` (1, d) or ``(reward_scale * V).T``
     (K, d); ``reward_scale`` is ``margin_scale * scale``."""
@@ -194,10 +225,14 @@ def export_reward_model(
     db: str | os.PathLike | None = None,
     dtype: str | None = None,
     overwrite: bool = False,
+    force_backbone: bool = False,
 ) -> Path:
     """Write a standard HF sequence-classification reward model to ``out``.
 
-    ``backbone``: the transformers model the embeddings came from (a Hub id or folder).
+    ``backbone``: the transformers model the embeddings came from (a Hub id or folder). It
+    is checked as ``lore serve`` checks its backbone: other weights (the content
+    fingerprint), another chat template or, without a recorded fingerprint, another name
+    are refused unless ``force_backbone`` (another width always is).
     ``db``: a ``lore serve`` database whose weights override the model's (default: the one
     next to the model folder, when ``model`` is a folder and it exists). The folder is
     written under a temporary name and renamed, so ``out`` is never left half-written.
@@ -223,6 +258,20 @@ def export_reward_model(
         )
     files = backbone_folder(str(backbone), local_files_only=bool(info.where))
     tokenizer = AutoTokenizer.from_pretrained(str(files), local_files_only=True)
+    forced = check_identity(
+        source,
+        model.backbone,
+        d,
+        export_identity(backbone, files, tokenizer, info.hidden_size),
+        force=force_backbone,
+        verb="export",
+    )
+    if forced:
+        warnings.warn(
+            "exporting with a backbone other than the one the model was fitted on "
+            f"(--force-backbone): {'; '.join(forced)}",
+            stacklevel=2,
+        )
     pad_token = None
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:

@@ -14,6 +14,8 @@ these edits are made:
 * ``tokenizer_config.json``: a pad token when it has none; for a transformers 5 tokenizer, the
   class ``PreTrainedTokenizerFast``, its extra special tokens as ``additional_special_tokens``
   and the chat template inline (4.44 does not read ``chat_template.jinja``);
+* ``tokenizer.json``: BPE merges as ``"a b"`` strings (``tokenizers`` 0.20+ writes pairs,
+  which the ``tokenizers`` 0.19 of transformers 4.44 cannot parse);
 * weights: safetensors shards without a ``score.*`` / ``lm_head.*`` tensor are copied as they
   are; the others are rewritten without them, and ``score.weight`` (+ a zero ``score.bias``
   when the head has one) is added, so every other key keeps the name the backbone's files gave
@@ -33,6 +35,7 @@ from lore_rm.errors import LoreError
 
 CONFIG_FILE = "config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_JSON = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -156,13 +159,39 @@ def export_tokenizer_config(
     return cfg
 
 
+def legacy_merges(tokenizer: dict) -> dict | None:
+    """``tokenizer.json`` with its BPE merges written as ``"a b"`` strings, the form every
+    ``tokenizers`` reads; ``tokenizers`` 0.20 and later write ``["a", "b"]`` pairs, which
+    0.19 (what transformers 4.44 pins) cannot parse. None when there is nothing to change,
+    or when a merged token holds a space (only the pair form can say that)."""
+    model = tokenizer.get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        return None
+    merges = model.get("merges")
+    if not isinstance(merges, list) or not any(isinstance(m, list) for m in merges):
+        return None
+    if not all(
+        isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) and " " not in p for p in m)
+        for m in merges
+    ):
+        return None
+    return {**tokenizer, "model": {**model, "merges": [f"{a} {b}" for a, b in merges]}}
+
+
 def copy_tokenizer(
     src: Path, dst: Path, *, pad_token: str | None, model_input_names: list[str]
 ) -> None:
-    """The backbone's tokenizer files, ``tokenizer_config.json`` edited for 4.x and 5.x."""
+    """The backbone's tokenizer files, ``tokenizer_config.json`` edited for 4.x and 5.x and
+    ``tokenizer.json``'s BPE merges in the string form (:func:`legacy_merges`)."""
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
+    if (dst / TOKENIZER_JSON).is_file():
+        legacy = legacy_merges(read_json(dst / TOKENIZER_JSON))
+        if legacy is not None:
+            (dst / TOKENIZER_JSON).write_text(
+                json.dumps(legacy, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+            )
     config = src / TOKENIZER_CONFIG_FILE
     if not config.is_file():
         if pad_token is not None:

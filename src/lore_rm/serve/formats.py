@@ -7,7 +7,10 @@ Shared by the HTTP service, the TRL reward function and onboarding; no web depen
   conversational completions: ``[{"role": "assistant", "content": ...}]``).
 * OpenRLHF sends ``query`` (prompt + response, one string, chat template already applied
   by the policy's tokenizer) and ``prompts`` (the prompt string it generated from). The
-  response is ``query[len(prompt):]``; trailing end-of-turn / padding tokens are stripped.
+  response is ``query[len(prompt):]``; trailing end-of-turn / padding tokens are stripped
+  (with the whitespace after them).
+* Whitespace: every entry point scores a text as given, as ``lore embed`` embedded the
+  dataset's texts at fit time; only what a chat template adds is removed.
   The prompt string is parsed back into messages when it is a ChatML
   (``<|im_start|>role ... <|im_end|>``) or Llama-3
   (``<|start_header_id|>role<|end_header_id|> ... <|eot_id|>``) rendering; any other
@@ -43,7 +46,8 @@ DEFAULT_STRIP_SUFFIXES: tuple[str, ...] = (
 
 _CHATML = re.compile(r"<\|im_start\|>(system|user|assistant)\n?(.*?)(?:<\|im_end\|>|\Z)", re.S)
 _LLAMA3 = re.compile(
-    r"<\|start_header_id\|>(system|user|assistant)<\|end_header_id\|>\n*(.*?)(?:<\|eot_id\|>|\Z)",
+    r"<\|start_header_id\|>(system|user|assistant)<\|end_header_id\|>(?:\n\n)?(.*?)"
+    r"(?:<\|eot_id\|>|\Z)",
     re.S,
 )
 
@@ -112,12 +116,14 @@ def parse_prompt_text(prompt: str) -> list[dict[str, str]]:
 
 def _template_messages(text: str) -> list[dict[str, str]]:
     """The turns of a ChatML or Llama-3 rendering (an empty assistant turn at the end
-    dropped); [] when ``text`` is neither. Text before the first turn is left out."""
+    dropped); [] when ``text`` is neither. Text before the first turn is left out. A turn's
+    content is kept verbatim: only the template's own separators (the newline after a
+    ChatML role, the blank line after a Llama-3 header) are not part of it."""
     for pattern in (_CHATML, _LLAMA3):
         found = pattern.findall(text)
         if found:
-            msgs = [{"role": r, "content": c.strip()} for r, c in found]
-            if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"]:
+            msgs = [{"role": r, "content": c} for r, c in found]
+            if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"].strip():
                 msgs.pop()
             if msgs:
                 return msgs
@@ -125,14 +131,17 @@ def _template_messages(text: str) -> list[dict[str, str]]:
 
 
 def strip_suffixes(text: str, suffixes: Sequence[str]) -> str:
-    out = text.rstrip()
-    changed = True
-    while changed and suffixes:
-        changed = False
-        for s in suffixes:
-            if s and out.endswith(s):
-                out = out[: -len(s)].rstrip()
-                changed = True
+    """``text`` less the end-of-turn / padding tokens at its end and the whitespace around
+    and between them (``"mango.\n<|im_end|>\n<pad>"`` -> ``"mango.\n"``): what the
+    template added after the response. The response's own whitespace, before the first such
+    token, is kept (the one whitespace rule: texts are scored as given, as at fit time)."""
+    out = text
+    while suffixes:
+        bare = out.rstrip()
+        token = next((s for s in suffixes if s and bare.endswith(s)), None)
+        if token is None:
+            break
+        out = bare[: -len(token)]
     return out
 
 
@@ -159,7 +168,7 @@ def read_query(
         prompt_msgs = (
             parse_prompt_text(prompt) if parse_templates else [{"role": "user", "content": prompt}]
         )
-    response = strip_suffixes(response, suffixes).strip()
+    response = strip_suffixes(response, suffixes)
     return prompt_msgs + [{"role": "assistant", "content": response}], True
 
 
@@ -174,11 +183,11 @@ def query_conversation(
     A ChatML or Llama-3 rendering gives its turns, the last assistant turn being the
     response (an empty one is added when the query ends on another role); any other string
     is the response to an empty prompt, as when no prompt is given."""
-    text = strip_suffixes(query, suffixes).strip()
+    text = strip_suffixes(query, suffixes)
     msgs = _template_messages(text) if parse_templates else []
     if not msgs:
         return [{"role": "assistant", "content": text}]
     if msgs[-1]["role"] != "assistant":
         msgs.append({"role": "assistant", "content": ""})
-    msgs[-1]["content"] = strip_suffixes(msgs[-1]["content"], suffixes).strip()
+    msgs[-1]["content"] = strip_suffixes(msgs[-1]["content"], suffixes)
     return msgs

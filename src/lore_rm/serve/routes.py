@@ -113,6 +113,25 @@ def _conversations(
     return pairs, raw
 
 
+Score = Callable[[list[Conversation], list[str | None]], Awaitable[Scored]]
+
+
+def scorer(svc: RewardService, batcher: MicroBatcher | None) -> Score:
+    """How the reward routes score: off the event loop, on the batcher's thread (shared
+    with other requests' conversations), or on a threadpool thread."""
+
+    async def score(conversations: list[Conversation], users: list[str | None]) -> Scored:
+        if batcher is None:
+            return await run_in_threadpool(svc.reward, conversations, users)
+        try:
+            future = batcher.submit(conversations, users)
+        except ShuttingDown as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+        return await asyncio.wrap_future(future)
+
+    return score
+
+
 def api_router(
     svc: RewardService,
     limits: Limits,
@@ -125,18 +144,11 @@ def api_router(
     """Every endpoint but ``/health``, each behind ``check_token``. With a ``batcher`` the
     reward endpoints are scored through it (micro-batched across requests)."""
     api = APIRouter(dependencies=[Depends(check_token)])
+    score = scorer(svc, batcher)
 
-    async def score(conversations: list[Conversation], users: list[str | None]) -> Scored:
-        """Off the event loop: on the batcher's thread, or on a threadpool thread."""
-        if batcher is None:
-            return await run_in_threadpool(svc.reward, conversations, users)
-        try:
-            future = batcher.submit(conversations, users)
-        except ShuttingDown as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from exc
-        return await asyncio.wrap_future(future)
-
-    def user_of_label(i: int, label: Any) -> str | None:
+    def user_of_label(i: int, label: Any, bad: set[int]) -> str | None:
+        """Sample ``i``'s user id; ``i`` joins ``bad`` when ``--label-key`` is set and the
+        label carries no such key."""
         if label is None or label == "":  # OpenRLHF sends "" when no label key is set
             return None
         if qf.label_key is not None:
@@ -144,10 +156,13 @@ def api_router(
             if isinstance(label, str):
                 try:
                     obj = json.loads(label)
-                except json.JSONDecodeError as exc:
-                    raise _unprocessable(["labels", i], f"not a JSON object ({exc})") from exc
+                except json.JSONDecodeError:
+                    obj = None
             if not isinstance(obj, dict) or qf.label_key not in obj:
-                raise _unprocessable(["labels", i], f"has no key {qf.label_key!r}")
+                # a plain string, or an object without the key: an unknown user, flagged
+                # (a 422 made OpenRLHF drop the sample, or the whole batch up to 0.9.0)
+                bad.add(i)
+                return None
             label = obj[qf.label_key]
             if label is None:
                 return None
@@ -186,7 +201,8 @@ def api_router(
             conversations.append(conv)
             mismatch.append(0.0 if matched else 1.0)
         labels = body.labels if body.labels is not None else [None] * n
-        users = [user_of_label(i, lab) for i, lab in enumerate(labels)]
+        bad: set[int] = set()
+        users = [user_of_label(i, lab, bad) for i, lab in enumerate(labels)]
         scored = await score(conversations, users)
         rewards = [float(v) for v in scored.rewards]
         return GetRewardResponse(
@@ -195,6 +211,7 @@ def api_router(
             extra_logs={
                 "lore_unknown_user": [0.0 if k else 1.0 for k in scored.known],
                 "lore_prompt_mismatch": mismatch,
+                "lore_bad_label": [1.0 if i in bad else 0.0 for i in range(n)],
             },
         )
 

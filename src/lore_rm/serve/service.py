@@ -42,6 +42,8 @@ from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.fit.posterior import WeightsPosterior
+from lore_rm.serve.user_control import forget_hashes
+from lore_rm.serve.user_records import changes_since
 from lore_rm.serve.user_store import FifoLock, Idempotency, Store, StoredComparison
 
 
@@ -63,6 +65,13 @@ def model_fingerprint(model: LowRankReward) -> str:
 class Scored:
     rewards: np.ndarray  # (M,) float64
     known: np.ndarray  # (M,) bool: the user had weights (model or database)
+    # (M, K) float32: each embedding projected on the basis, e @ V (for intervals, group rewards)
+    projections: np.ndarray | None = None
+
+    def rows(self, start: int, end: int) -> Scored:
+        """The rows ``start:end`` (one request's share of a micro-batch)."""
+        y = None if self.projections is None else self.projections[start:end]
+        return Scored(self.rewards[start:end], self.known[start:end], y)
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,8 @@ class RewardService:
         self._personalize_lock = FifoLock()
         self._seq = 0
         self._n_fit: dict[str, int] = {}  # onboarded users -> comparisons behind their weights
-        self._model_users = frozenset(self.model.users_)
+        self._model_users = set(self.model.users_)  # less the ones deleted since
+        self._model_user_hashes: dict[str, str] | None = None  # id hash -> model user
         self.sync()
         if warm_up:
             self._warm_up()
@@ -190,19 +200,22 @@ class RewardService:
                 self._n_fit[users[i]] = int(n_fit[i])
 
     def sync(self) -> int:
-        """Pick up weights written to the database since the last look (by any process).
+        """Pick up deletions and weights written to the database since the last look (by any
+        process): deleted users are dropped first, then weights installed.
 
         Returns how many users were read."""
-        users, w, n_fit, newest = self.store.weights_since(self._seq)
-        if not users:
+        changes = changes_since(self.store, self._seq)
+        if changes.newest <= self._seq:
             return 0
-        assert w is not None
         with self._lock:
-            if newest <= self._seq:
+            if changes.newest <= self._seq:
                 return 0
-            self._apply(users, w, n_fit)
-            self._seq = newest
-        return len(users)
+            forget_hashes(self, changes.deleted)
+            if changes.users:
+                assert changes.weights is not None
+                self._apply(changes.users, changes.weights, changes.n_fit)
+            self._seq = changes.newest
+        return len(changes.users) + len(changes.deleted)
 
     def _warm_up(self) -> None:
         """Run the backbone and the few-shot fit once: their first calls pay one-off costs
@@ -264,13 +277,15 @@ class RewardService:
             raise DataError(f"{len(users)} users for {len(conversations)} conversations")
         self.sync()
         if not conversations:
-            return Scored(np.zeros(0), np.zeros(0, dtype=bool))
+            k = self.model.n_components_
+            return Scored(np.zeros(0), np.zeros(0, dtype=bool), np.zeros((0, k), np.float32))
         e = self.embed(conversations)
         ids = [None if u is None else str(u) for u in users]
         with self._lock:
             r = self.model.reward(e, ids, unknown="mean")
             _, known = self.model.weights_for(ids, unknown="mean")
-        return Scored(r.double().numpy(), known.numpy())
+        y = (e @ self.model.basis_).numpy()
+        return Scored(r.double().numpy(), known.numpy(), y)
 
     def onboard(
         self,

@@ -20,6 +20,10 @@ One database file (WAL mode, ``synchronous=FULL``) holds three tables:
     optional idempotency keys of onboarding posts, per user: the hash of the body the key
     came with and the response that was sent, stored in the same transaction as the post's
     comparisons (a retry with the key gets that response back and stores nothing).
+``deletions``
+    the sha256 of each deleted user's id, with its ``seq`` (shared with ``users``, so every
+    server process drops the user too); a seen user of the model folder stays deleted
+    across restarts (:mod:`~lore_rm.serve.user_records`).
 
 Concurrency and crashes:
 
@@ -99,6 +103,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at REAL NOT NULL,
     PRIMARY KEY (user_id, key)
 );
+CREATE TABLE IF NOT EXISTS deletions (
+    user_sha256 TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    deleted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deletions_seq ON deletions (seq);
 """
 
 _INSERT_COMPARISONS = (
@@ -107,7 +117,8 @@ _INSERT_COMPARISONS = (
 )
 _UPSERT_WEIGHTS = (
     "INSERT INTO users (user_id, weights, n_fit, seq, updated_at) "
-    "VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM users), ?) "
+    "VALUES (?, ?, ?, (SELECT MAX(COALESCE((SELECT MAX(seq) FROM users), 0), "
+    "COALESCE((SELECT MAX(seq) FROM deletions), 0)) + 1), ?) "
     "ON CONFLICT (user_id) DO UPDATE SET weights = excluded.weights, "
     "n_fit = excluded.n_fit, seq = excluded.seq, updated_at = excluded.updated_at "
     "WHERE excluded.n_fit >= users.n_fit"
@@ -257,6 +268,8 @@ class Store:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
             conn.execute("PRAGMA foreign_keys=ON")
+            # deleted rows are overwritten with zeros, not left in free pages (DELETE /users)
+            conn.execute("PRAGMA secure_delete=ON")
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)

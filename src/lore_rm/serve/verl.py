@@ -1,9 +1,12 @@
 """Reward functions for verl's ``custom_reward_function``.
 
 verl calls a custom reward function once per sample,
-``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs)``, and its
-``batch`` reward manager calls one with lists, ``compute_score(data_sources=..., solution_strs=...,
-ground_truths=..., extra_infos=..., **kwargs)``. verl never passes the prompt, so lore-rm reads
+``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs)`` (awaited
+when it is an ``async def``: verl 0.7 and later run it in their reward loop, many samples at
+once), and its ``batch`` reward manager (before verl 0.7) calls one with lists,
+``compute_score(data_sources=..., solution_strs=..., ground_truths=..., extra_infos=...,
+**kwargs)``. Which configuration keys load the function depends on verl's version: see
+``docs/serving.md``. verl never passes the prompt, so lore-rm reads
 the prompt (a string or a list of ``{"role", "content"}`` messages) and the user id from each
 sample's ``extra_info`` (the dataset's ``extra_info`` column), under ``prompt_key`` and
 ``user_key``:
@@ -24,13 +27,14 @@ sample's ``extra_info`` (the dataset's ``extra_info`` column), under ``prompt_ke
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from lore_rm.conversation import Conversation
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError
 from lore_rm.fit.model import LowRankReward
+from lore_rm.serve.async_rewards import AsyncBatcher
 from lore_rm.serve.formats import to_conversation
 from lore_rm.serve.integrations import Scorer, local_scorer, remote_scorer
 
@@ -38,10 +42,12 @@ Score = float | dict[str, float]
 
 
 class VerlReward(NamedTuple):
-    """verl's two calling conventions over one scorer."""
+    """verl's calling conventions over one scorer."""
 
     compute_score: Callable[..., Score]  # one sample
-    compute_score_batch: Callable[..., list[Score]]  # verl's "batch" reward manager
+    compute_score_batch: Callable[..., list[Score]]  # the "batch" reward manager (verl < 0.7)
+    # one sample, awaited (verl >= 0.7's reward loop): concurrent calls are scored together
+    compute_score_async: Callable[..., Awaitable[Score]]
 
 
 def _plain(value: Any) -> Any:
@@ -136,6 +142,25 @@ def make_verl_reward(
     ) -> Score:
         return batch([data_source], [solution_str], [ground_truth], [extra_info])[0]
 
+    batcher = AsyncBatcher(
+        lambda samples: batch(
+            [s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples],
+            [s[3] for s in samples],
+        ),
+        max(batch_size, 256),
+    )  # fmt: skip
+
+    async def single_async(
+        data_source: Any = None,
+        solution_str: Any = "",
+        ground_truth: Any = None,
+        extra_info: Any = None,
+        **kwargs: Any,
+    ) -> Score:
+        (result,) = await batcher([(data_source, solution_str, ground_truth, extra_info)])
+        return result
+
     single.__name__ = single.__qualname__ = "compute_score"
     batch.__name__ = batch.__qualname__ = "compute_score_batch"
-    return VerlReward(single, batch)
+    single_async.__name__ = single_async.__qualname__ = "compute_score_async"
+    return VerlReward(single, batch, single_async)
