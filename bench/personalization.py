@@ -128,10 +128,25 @@ def main() -> None:
     p.add_argument("--ranks", default="2,3,4,5,6", help="fixed ranks on the agreeing populations")
     p.add_argument("--weights", default="simplex", help="the default's weight space")
     p.add_argument("--out", type=Path, default=Path("runs/personalization.json"))
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a fit setting of every model row (JSON value); e.g. the behaviour before "
+        "personalisation was learned: --set hierarchical=false --set personalization=1 "
+        "--set cv_exclude_pairs=false",
+    )
     args = p.parse_args()
+    settings = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     seeds = [int(s) for s in args.seeds.split(",")]
     ranks = [int(k) for k in args.ranks.split(",") if k]
-    results: dict = {"seeds": seeds, "torch_threads": torch.get_num_threads(), "rows": []}
+    results: dict = {
+        "seeds": seeds,
+        "torch_threads": torch.get_num_threads(),
+        "settings": settings,
+        "rows": [],
+    }
     failures = []
     for name in args.populations.split(","):
         for seed in seeds:
@@ -145,9 +160,10 @@ def main() -> None:
                 pooled = LowRankReward(rank=1, seed=seed).fit(
                     split.seen_train, split.reference_head
                 )
-            models = [("default", {"rank": "auto", "weights": args.weights})]
+            base = {"weights": args.weights, **settings}
+            models = [("default", {"rank": "auto", **base})]
             if name in AGREE:
-                models += [(f"rank {k}", {"rank": k, "weights": args.weights}) for k in ranks]
+                models += [(f"rank {k}", {"rank": k, **base}) for k in ranks]
             for label, kw in models:
                 row = report_row(split, seed, pooled, SHOTS_OF.get(name, SHOTS), **kw)
                 row.update(population=name, seed=seed, model=label, problems=check(row))
