@@ -45,12 +45,17 @@ def parse_float_list(text: str, what: str = "list") -> list[float]:
     return out
 
 
-def fail(exc: Exception) -> NoReturn:
-    """Print an input error in one line, without a traceback, and exit with status 2."""
+def print_error(exc: Exception) -> None:
+    """``error: MESSAGE`` on stderr, one line."""
     from rich.console import Console
     from rich.markup import escape
 
     Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
+
+
+def fail(exc: Exception) -> NoReturn:
+    """Print an input error in one line, without a traceback, and exit with status 2."""
+    print_error(exc)
     raise typer.Exit(2)
 
 

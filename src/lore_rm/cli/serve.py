@@ -73,6 +73,12 @@ def serve(
 ) -> None:
     """Serve personalised rewards over HTTP (OpenRLHF /get_reward, /reward, onboarding,
     next questions for a user)."""
+    from lore_rm.extras import require
+
+    try:
+        require("lore serve", "uvicorn", "fastapi")
+    except LoreError as exc:
+        fail(exc)
     import uvicorn
 
     from lore_rm.serve.app import CONFIG_ENV, build_app

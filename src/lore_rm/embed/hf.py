@@ -405,10 +405,10 @@ def load_transformers_backbone(
             AutoModelForSequenceClassification,
             AutoTokenizer,
         )
-    except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        raise LoreError(
-            "transformers backbones need the 'embed' extra: pip install 'lore-rm[embed]'"
-        ) from exc
+    except ImportError as exc:
+        from lore_rm.extras import missing_extra
+
+        raise missing_extra(f"the backbone {path}", "transformers", "embed", str(exc)) from None
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     common: dict[str, Any] = {"trust_remote_code": trust_remote_code}

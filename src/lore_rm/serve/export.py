@@ -44,6 +44,7 @@ from lore_rm.embed.fingerprint import folder_fingerprint
 from lore_rm.embed.hf import FALLBACK_TEMPLATE
 from lore_rm.embed.match import check_identity
 from lore_rm.errors import LoreError, ModelFormatError, UnknownUserError
+from lore_rm.extras import require
 from lore_rm.fit.model import LowRankReward
 from lore_rm.io import atomic_folder
 from lore_rm.serve.export_files import (
@@ -237,6 +238,7 @@ def export_reward_model(
     next to the model folder, when ``model`` is a folder and it exists). The folder is
     written under a temporary name and renamed, so ``out`` is never left half-written.
     """
+    require("export", "transformers", extra="serve")
     from transformers import AutoTokenizer
 
     source = None if isinstance(model, LowRankReward) else Path(model)
