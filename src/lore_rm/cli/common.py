@@ -50,7 +50,8 @@ def print_error(exc: Exception) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
+    text = getattr(exc, "cli_message", None) or str(exc)
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(text)}")
 
 
 def fail(exc: Exception) -> NoReturn:
@@ -58,6 +59,11 @@ def fail(exc: Exception) -> NoReturn:
     print_error(exc)
     raise typer.Exit(2)
 
+
+MAX_LENGTH_HELP = (
+    "Token cap; longer texts keep their end. The backbone's own cap applies when it is lower "
+    "(minilm: 256; a transformers model: its max_position_embeddings)."
+)
 
 JSON_HELP = "Print a machine-readable summary (JSON) on stdout; the human lines go to stderr."
 

@@ -7,7 +7,8 @@ from typing import NoReturn
 
 import typer
 
-from lore_rm.cli.common import fail
+from lore_rm.cli.common import MAX_LENGTH_HELP, fail
+from lore_rm.wording import counted
 
 
 def embed(
@@ -23,7 +24,7 @@ def embed(
         "auto", help="cpu, cuda, cuda:N, or auto (this rank's GPU when there is one)."
     ),
     batch_size: int = typer.Option(8, help="Texts per forward pass (length-sorted)."),
-    max_length: int = typer.Option(4096, help="Token cap; longer texts keep their end."),
+    max_length: int = typer.Option(4096, help=MAX_LENGTH_HELP),
     shard_size: int = typer.Option(
         None,
         help="Texts per shard, the unit of resuming (default 512, or the existing store's).",
@@ -71,8 +72,8 @@ def embed(
     rank = os.environ.get("RANK", "0")
     prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     typer.echo(
-        f"{prefix}{report.store}: computed {len(report.computed)} shard(s) "
-        f"({report.rows} texts, {report.texts_per_second:.1f} texts/s), "
+        f"{prefix}{report.store}: computed {counted(len(report.computed), 'shard')} "
+        f"({counted(report.rows, 'text')}, {report.texts_per_second:.1f} texts/s), "
         f"{len(report.skipped)} already done; store "
         + ("complete" if report.complete else "incomplete")
     )

@@ -25,6 +25,7 @@ from lore_rm.cli.groups import FIT_GROUP_BY, GROUP_BY
 from lore_rm.constants import DB_FILE, TRAINING_FILE
 from lore_rm.errors import LoreError
 from lore_rm.io import atomic_folder
+from lore_rm.wording import counted
 
 DATASET = typer.Argument(
     ..., help="Dataset folder (lore prepare ...) with embeddings (lore embed)."
@@ -158,7 +159,8 @@ def fit_cmd(
     else:
         console.print(f"[bold]{report.summary}[/bold]")
     console.print(
-        f"Wrote {out}/ (rank {model.rank_}, {len(model.users_)} users, {seconds:.1f} s fit)"
+        f"Wrote {out}/ (rank {model.rank_}, {counted(len(model.users_), 'user')}, "
+        f"{seconds:.1f} s fit)"
     )
     if as_json:
         print_json(

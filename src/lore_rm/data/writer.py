@@ -232,11 +232,13 @@ def carry_embeddings(old: Path, new: Path, discard: bool) -> None:
     if made_from != texts_fingerprint(new):
         if discard:
             return
-        raise DataError(
+        why = (
             f"{store}: these embeddings are of other texts than the new preparation writes, "
-            "and replacing the folder would delete them; pass --discard-embeddings "
-            "(discard_embeddings=True) to do so, or choose another --out"
+            "and replacing the folder would delete them; pass "
         )
+        err = DataError(why + "discard_embeddings=True to do so, or choose another out folder")
+        err.cli_message = why + "--discard-embeddings to do so, or choose another --out"
+        raise err
     target = new / EMBEDDINGS_DIR
     target.mkdir()
     for f in store.iterdir():
