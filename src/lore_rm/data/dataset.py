@@ -118,7 +118,29 @@ class PreferenceDataset:
                 "per_user_median": float(np.median(per_user)) if per_user.size else 0.0,
                 "per_user_max": int(per_user.max()) if per_user.size else 0,
             }
+        out.update(self.thin_users())
         return out
+
+    def thin_users(self, shown: int = 5) -> dict:
+        """Users with fewer comparisons than the preparation's ``min_comparisons`` (default
+        2), and users with nothing on the test side of their role (never scored by the
+        evaluation): counts and the first ``shown`` ids of each."""
+        minimum = int(self.info.get("parameters", {}).get("min_comparisons", 2))
+        users = self.comparisons.column("user_id")
+        counts = pc.value_counts(users)
+        ids = counts.field("values")
+        small = pc.filter(ids, pc.less(counts.field("counts"), minimum)).sort()
+        split = self.comparisons.column("split")
+        is_test = pc.or_(pc.equal(split, "seen-test"), pc.equal(split, "unseen-test"))
+        tested = pc.unique(pc.filter(users, is_test))
+        untested = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=tested))).sort()
+        return {
+            "min_comparisons": minimum,
+            "users_below_min": len(small),
+            "users_below_min_first": small[:shown].to_pylist(),
+            "users_without_test": len(untested),
+            "users_without_test_first": untested[:shown].to_pylist(),
+        }
 
     # ---- what the fit needs -------------------------------------------------------------------
     def to_split(self, embeddings, reference_head=None) -> ProtocolSplit:
