@@ -56,6 +56,12 @@ def fit_cmd(
         True, help="Also fit the unseen users from their few-shot comparisons."
     ),
     group_by: str | None = FIT_GROUP_BY,
+    all_data: bool = typer.Option(
+        False,
+        "--all-data",
+        help="Fit on every comparison of every role, each user a seen user: the model to "
+        "deploy once the default split has measured it (prints no held-out numbers).",
+    ),
     seed: int = SEED,
     device: str = DEVICE,
     threads: str = THREADS,
@@ -89,7 +95,7 @@ def fit_cmd(
     with collected_warnings() as warned:
         try:
             check_model_out(out, overwrite)
-            split, backbone = load_split(dataset)
+            split, backbone = load_split(dataset, all_data=all_data)
             t0 = time.perf_counter()
             model = LowRankReward(
                 rank=_rank(rank),
@@ -117,6 +123,7 @@ def fit_cmd(
                     tmp / TRAINING_FILE,
                     {
                         "dataset": str(dataset),
+                        "all_data": all_data,
                         "backbone": backbone,
                         "fit_seconds": round(seconds, 3),
                         "accuracy": numbers,
@@ -131,8 +138,14 @@ def fit_cmd(
                 moved = set_aside_database(out)  # last: a failed write leaves the old folder whole
         except LoreError as exc:
             fail(exc)
-    for m in METRICS:
+    for m in METRICS[:1] if all_data else METRICS:
         console.print(number_line(numbers, m))
+    if all_data:
+        console.print(
+            f"Fitted on all {counted(split.seen_train.n, 'comparison')} of "
+            f"{counted(split.seen_train.n_users, 'user')} (--all-data): no held-out numbers; "
+            "they come from `lore evaluate` or `lore fit` on the dataset's split."
+        )
     if sel:
         console.print(
             f"Chosen by {sel['folds']}-fold cross-validation, holding out "
@@ -167,6 +180,7 @@ def fit_cmd(
             {
                 "out": str(out),
                 "dataset": str(dataset),
+                "all_data": all_data,
                 "backbone": model.backbone,
                 "recipe": model.recipe,
                 "rank": model.rank_,

@@ -143,11 +143,13 @@ class PreferenceDataset:
         }
 
     # ---- what the fit needs -------------------------------------------------------------------
-    def to_split(self, embeddings, reference_head=None) -> ProtocolSplit:
+    def to_split(self, embeddings, reference_head=None, *, all_data: bool = False) -> ProtocolSplit:
         """The four roles as :class:`Comparisons` over one shared embedding table.
 
         ``embeddings`` is (T x d), row i embedding texts row i (T = number of unique texts).
         User ids of each role are sorted; every role shares the same table tensor.
+        ``all_data``: every comparison, whatever its role, in ``seen_train`` (every user a
+        seen user) and the other roles empty: the model to deploy after evaluating.
         """
         table = torch.as_tensor(embeddings)
         if table.ndim != 2 or table.shape[0] != self.n_texts:
@@ -159,7 +161,11 @@ class PreferenceDataset:
             table = table.to(torch.float32)
         parts = {}
         for role in PROTOCOL_ROLES:
-            sub = self.role(role)
+            if all_data:
+                everything = self.comparisons
+                sub = everything if role == "seen-train" else everything.slice(0, 0)
+            else:
+                sub = self.role(role)
             users = sub.column("user_id")
             ids = pc.unique(users).sort() if sub.num_rows else pa.array([], pa.string())
             index = pc.index_in(users, value_set=ids).to_numpy(zero_copy_only=False)
@@ -176,6 +182,7 @@ class PreferenceDataset:
             "protocol": self.protocol,
             "parameters": self.info.get("parameters", {}),
             "seed": self.info.get("seed"),
+            "all_data": all_data,
         }
         return ProtocolSplit(
             seen_train=parts["seen-train"],
