@@ -502,16 +502,18 @@ def _rank(text: str) -> int | str:
         raise typer.BadParameter(f"--rank must be an integer or 'auto', got {text!r}") from None
 
 
-def plot_selection(selection: dict, path: Path) -> None:
-    """Cross-validated log-loss against the ridge, one line per rank; the choice marked."""
+def plot_selection(selection: dict, path: Path):
+    """Cross-validated log-loss against the ridge, one line per rank; the choice marked. The
+    y axis shows the losses that decide the choice; the figure is returned (closed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from lore_rm.evaluate.axes import focus_losses, legend_beside
     from lore_rm.io import atomic_write
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for k in sorted({r["rank"] for r in selection["rows"]}):
         rows = sorted(
             (r for r in selection["rows"] if r["rank"] == k), key=lambda r: r["weight_decay"]
@@ -531,7 +533,18 @@ def plot_selection(selection: dict, path: Path) -> None:
     ax.set_xlabel("weight_decay (ridge on the standardised basis)")
     ax.set_ylabel("cross-validated log-loss")
     ax.set_title(f"Model selection ({selection['folds']} folds, {selection['rule']} rule)")
-    ax.legend(fontsize=8)
+    rows = selection["rows"]
+    above = focus_losses(
+        ax,
+        [r["cv_loss"] for r in rows],
+        [r["cv_loss_se"] for r in rows],
+        chosen["cv_loss"] + chosen["cv_loss_se"],
+    )
+    if above:
+        worst = max(r["cv_loss"] for r in rows)
+        ax.set_title(f"{ax.get_title()}\n{above} weaker fits above the view (up to {worst:.3g})")
+    legend_beside(ax, fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
+    return fig
