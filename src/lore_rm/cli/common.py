@@ -65,6 +65,11 @@ MAX_LENGTH_HELP = (
     "(minilm: 256; a transformers model: its max_position_embeddings)."
 )
 
+CACHE_HELP = (
+    "Folder of the embedding cache shared by every dataset and command: a text already "
+    "embedded by the same backbone (same weights and settings) is read, not embedded again."
+)
+
 JSON_HELP = "Print a machine-readable summary (JSON) on stdout; the human lines go to stderr."
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli.common import MAX_LENGTH_HELP, THREADS, fail, use_threads
+from lore_rm.cli.common import CACHE_HELP, MAX_LENGTH_HELP, THREADS, fail, use_threads
 from lore_rm.errors import LoreError, UnknownUserError
 from lore_rm.wording import counted
 
@@ -56,6 +56,7 @@ def score(
         help="Score with a backbone other than the one the model was fitted on (same width): "
         "refused by default, as lore serve does.",
     ),
+    cache: Path | None = typer.Option(None, help=CACHE_HELP),
     threads: str = THREADS,
     progress: bool = typer.Option(True, help="Show a progress bar (on stderr)."),
 ) -> None:
@@ -96,6 +97,10 @@ def score(
             batch_size=batch_size,
         )
         forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
+        if cache is not None:
+            from lore_rm.embed.cache import CachedEmbedder
+
+            embedder = CachedEmbedder(embedder, cache)
         rewards, known = score_rows(
             model, embedder, rows, unknown=unknown, db=db_path, progress=progress
         )
