@@ -47,6 +47,7 @@ def test_the_model_card_counts_in_the_singular():
     assert "from the 1 seen user (empirical Bayes, 1 EM iteration)" in text
 
 
+@pytest.mark.filterwarnings("ignore:1 user with fewer than 2 comparisons")
 def test_overwrite_is_named_as_an_option_on_the_command_line_only(tmp_path):
     rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "user_id": "u"}]
     src = tmp_path / "prefs.jsonl"
