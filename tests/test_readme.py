@@ -70,7 +70,7 @@ def test_python_block_runs_on_a_real_dataset_folder(tmp_path, monkeypatch):
 
 
 def test_the_readme_says_how_long_the_test_suite_takes():
-    assert re.search(r"run the test suite \(about \d+ minutes on two CPU cores", README)
+    assert re.search(r"run the test suite \(about [\d–]+ minutes on two CPU cores", README)
 
 
 def workflow_commands() -> list[list[str]]:
