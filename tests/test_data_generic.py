@@ -81,7 +81,7 @@ def test_random_split_invariants(tmp_path):
     for r in got:
         by_user[r["user_id"]].append(r)
     unseen = {u for u, rs in by_user.items() if rs[0]["split"].startswith("unseen")}
-    assert len(unseen) == 3  # round(10 * 0.3)
+    assert 0 < len(unseen) < 10  # each user by a stable draw from its id: about 10 * 0.3
     for user, rs in by_user.items():
         side = {r["prompt_id"]: r["split"] for r in rs}
         assert all(side[r["prompt_id"]] == r["split"] for r in rs)  # a prompt stays on one side
@@ -154,11 +154,12 @@ def test_formats_agree(tmp_path):
     first = results["jsonl"]
     assert first[0][2][0] == {"role": "system", "content": "Be brief."}
     assert all(v == first for v in results.values())
-    # plain strings: same split (same users and prompt grouping), user-only prompt
+    # plain strings (user-only prompts, other texts): the same users seen and unseen
     got = rows_with_texts(
         prepare_generic([write_jsonl(tmp_path / "p.jsonl", plain)], tmp_path / "plain")
     )
-    assert [(r["user_id"], r["split"]) for r in got] == [(u, s) for u, s, _, _ in first]
+    side = [(r["user_id"], r["split"].split("-")[0]) for r in got]
+    assert side == [(u, s.split("-")[0]) for u, s, _, _ in first]
 
 
 def test_byte_identical_reruns(tmp_path):
@@ -470,7 +471,7 @@ def test_cli_skip_invalid(tmp_path):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert (
-        "Skipped 11 invalid row(s): empty_text 7, identical 1, missing_value 1, not_json 1, "
+        "Skipped 11 invalid rows: empty_text 7, identical 1, missing_value 1, not_json 1, "
         f"wrong_type 1; all of them are in {out / 'rejects.jsonl'}" in text
     )
     shown = sorted(bad)[:5]

@@ -97,7 +97,8 @@ def test_unseen_users_keep_their_split(tmp_path):
         if r["split"].startswith("unseen"):
             assert r["split"] == ("unseen-test" if test else "unseen-fewshot")
     assert all(len(p) == 1 for p in population.values())
-    assert sum(p == {"unseen"} for p in population.values()) == 3
+    # each user unseen by a stable draw from its id (about half of the six)
+    assert 0 < sum(p == {"unseen"} for p in population.values()) < len(population)
 
 
 def test_user_attributes_from_prism_survey(tmp_path):

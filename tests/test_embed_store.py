@@ -19,6 +19,7 @@ from tiny_models import random_conversations, write_dataset
 from lore_rm.embed import EmbeddingStore, StoreMismatchError, embed_dataset, load_backbone
 from lore_rm.embed.store import MANIFEST_FILE, shard_file
 from lore_rm.errors import DataError
+from lore_rm.wording import counted
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
@@ -256,7 +257,10 @@ def test_ctrl_c_says_what_is_saved_and_resumes(tiny_reward_model_dir, tmp_path):
     assert f"interrupted: {done} of 300 shards ({4 * done} of 1200 texts) are saved" in err
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"{300 - done} shard(s)" in res.stdout and f"{done} already done" in res.stdout
+    assert (
+        f"computed {counted(300 - done, 'shard')} (" in res.stdout
+        and f"{done} already done" in res.stdout
+    )
 
 
 @pytest.mark.slow
@@ -293,7 +297,7 @@ def test_torchrun_two_processes_match_one(tiny_reward_model_dir, tiny_backbone, 
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[rank 0]" in out.stdout and "[rank 1]" in out.stdout
-    assert "computed 3 shard(s)" in out.stdout and "computed 2 shard(s)" in out.stdout
+    assert "computed 3 shards" in out.stdout and "computed 2 shards" in out.stdout
     a, b = EmbeddingStore(one), EmbeddingStore(two)
     assert a.manifest == b.manifest and b.is_complete
     torch.testing.assert_close(a.load(), b.load(), atol=1e-6, rtol=1e-6)
@@ -324,7 +328,7 @@ def test_cli_embed_and_its_errors(tiny_reward_model_dir, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "computed 2 shard(s)" in res.output and "complete" in res.output
+    assert "computed 2 shards" in res.output and "complete" in res.output
     assert EmbeddingStore(ds).load().shape == (6, 32)
     res = runner.invoke(app, ["embed", str(ds), "--backbone", "hashing-32", "--no-progress"])
     assert res.exit_code == 2 and "made differently" in res.output

@@ -199,7 +199,7 @@ def test_exported_user_head_matches_served_rewards(setup):
         + ["--user", "newbie", "--user", "ghost", "--user", "u1"],
     )
     assert result.exit_code == 2
-    assert "unknown user id(s) 'ghost': neither the model" in result.output
+    assert "unknown user id 'ghost': neither the model" in result.output
     assert "newbie" not in result.output and "absent.parquet" not in result.output
 
 

@@ -193,21 +193,21 @@ def test_rank_one_has_no_reward_uncertainty():
     assert torch.equal(s, torch.zeros(10))
 
 
-def test_demo_population_calibration(capsys):
-    """ECE of new users' probabilities, plain and integrated over the posterior (printed, no
-    threshold: see bench/posterior_calibration.py)."""
+def test_demo_population_calibration():
+    """ECE of new users' probabilities, plain and integrated over the posterior (printed into
+    the captured output, shown with ``pytest -rP``; no threshold: see
+    bench/posterior_calibration.py)."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
     from posterior_calibration import calibration
 
     split = simulate_population(seed=0).split
     model = LowRankReward(rank=4).fit(split.seen_train, split.reference_head)
     rows = [calibration(model, split.unseen_fewshot, split.unseen_test, s) for s in (2, 20)]
-    with capsys.disabled():
-        for r in rows:
-            print(
-                f"\n[demo population, {r['shots']} shots] ECE plain {r['ece_plain']:.4f}, "
-                f"with posterior {r['ece_posterior']:.4f} (accuracy {r['accuracy']:.4f})"
-            )
+    for r in rows:
+        print(
+            f"[demo population, {r['shots']} shots] ECE plain {r['ece_plain']:.4f}, "
+            f"with posterior {r['ece_posterior']:.4f} (accuracy {r['accuracy']:.4f})"
+        )
     for r in rows:
         assert 0 <= r["ece_plain"] <= 0.5 and 0 <= r["ece_posterior"] <= 0.5
         assert math.isfinite(r["mean_trace"])

@@ -18,12 +18,59 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
+SIMULATED = "split = lore_rm.simulate_population(seed=0).split"
+REAL = '# split, backbone = lore_rm.load_split("data/mine")'
+
+
 @pytest.mark.slow
 def test_python_blocks_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (code,) = blocks("python")
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "my-model" / "model.safetensors").is_file()
+
+
+def real_data_variant(code: str) -> str:
+    """The block with its data line swapped for the commented real-data line."""
+    lines = code.splitlines()
+    sim = [i for i, line in enumerate(lines) if line.startswith(SIMULATED)]
+    real = [i for i, line in enumerate(lines) if line.startswith(REAL)]
+    assert len(sim) == 1 and len(real) == 1, "the README block lost its two data lines"
+    lines[real[0]] = lines[real[0]][2:]
+    del lines[sim[0]]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.slow
+def test_python_block_runs_on_a_real_dataset_folder(tmp_path, monkeypatch):
+    """The commented line for real data, on a tiny folder made the README's way (prepare,
+    then embed: here with the hashing backbone, which needs no download)."""
+    from lore_rm.data import prepare_generic
+    from lore_rm.embed import HashingEmbedder, embed_dataset
+
+    rows = [
+        {
+            "prompt": f"question {p}",
+            "chosen": f"a {'long detailed' if u % 2 else 'short'} answer to {p}",
+            "rejected": f"a {'short' if u % 2 else 'long detailed'} answer to {p}",
+            "user_id": f"person-{u}",
+        }
+        for u in range(20)
+        for p in range(12)
+    ]
+    monkeypatch.chdir(tmp_path)
+    prepare_generic(rows, "data/mine")
+    embed_dataset("data/mine", HashingEmbedder(64), progress=False)
+    (code,) = blocks("python")
+    scope: dict = {}
+    exec(compile(real_data_variant(code), "README.md", "exec"), scope)
+    assert scope["user"].startswith("person-")
+    assert set(scope["per_user"]) <= {f"person-{u}" for u in range(20)}
+    assert (tmp_path / "my-model" / "model.safetensors").is_file()
+
+
+def test_the_readme_says_how_long_the_test_suite_takes():
+    assert re.search(r"run the test suite \(about [\d–]+ minutes on two CPU cores", README)
 
 
 def workflow_commands() -> list[list[str]]:

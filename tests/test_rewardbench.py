@@ -135,7 +135,16 @@ def test_parquet_and_cached_store_give_the_same_scores(rb_file, tmp_path):
         _model(), tmp_path / "rb2.parquet", TableEmbedder(), cache=tmp_path / "cache"
     )
     assert a["heads"] == b["heads"]
-    assert (tmp_path / "cache" / "embeddings" / "manifest.json").is_file()
+    # the shared content-addressed cache: one backbone folder, its segments complete stores
+    assert len(list((tmp_path / "cache").glob("*/*/embeddings/manifest.json"))) == 1
+
+    def refuse(conversations):
+        raise AssertionError(f"{len(conversations)} texts embedded again")
+
+    same_backbone = TableEmbedder()
+    same_backbone.embed = refuse
+    c = evaluate_rewardbench(_model(), rb_file, same_backbone, cache=tmp_path / "cache")
+    assert c["heads"] == a["heads"]  # every text came from the cache
 
 
 def test_bad_files_are_clear_errors(tmp_path):

@@ -97,7 +97,7 @@ def factorize_users(users: Sequence | np.ndarray) -> tuple[np.ndarray, list[str]
         arr = pa.array([str(u) for u in users], type=pa.string())
     encoded = arr.dictionary_encode()
     names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
-    order = np.argsort(names.astype(str), kind="stable")
+    order = np.argsort(names, kind="stable")  # str comparison (astype(str) drops trailing NULs)
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
     index = rank[encoded.indices.to_numpy(zero_copy_only=False)].astype(np.int64)

@@ -2,11 +2,25 @@
 
 
 class LoreError(ValueError):
-    """Base class for every error lore-rm raises on bad input or bad state."""
+    """Base class for every error lore-rm raises on bad input or bad state.
+
+    ``cli_message``, when set, is what the ``lore`` command prints instead of ``str()``: the
+    same error with command-line options named where ``str()`` names Python arguments.
+    """
+
+    cli_message: str | None = None
 
 
 class DataError(LoreError):
     """Input data is empty, malformed, non-finite or inconsistent."""
+
+
+class OutputExistsError(DataError):
+    """An output folder already exists and replacing it was not asked for."""
+
+    def __init__(self, path: object, what: str = "already exists") -> None:
+        super().__init__(f"{path}: {what}; pass overwrite=True to replace it")
+        self.cli_message = f"{path}: {what}; pass --overwrite to replace it"
 
 
 class ModelFormatError(LoreError):

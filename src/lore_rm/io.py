@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lore_rm.errors import DataError
+from lore_rm.errors import DataError, OutputExistsError
 
 
 def _umask() -> int:
@@ -63,7 +63,7 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     """
     out = Path(out)
     if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(out)
     created = []
     parent = out.parent
     while not parent.exists():

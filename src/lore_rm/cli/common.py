@@ -45,14 +45,30 @@ def parse_float_list(text: str, what: str = "list") -> list[float]:
     return out
 
 
-def fail(exc: Exception) -> NoReturn:
-    """Print an input error in one line, without a traceback, and exit with status 2."""
+def print_error(exc: Exception) -> None:
+    """``error: MESSAGE`` on stderr, one line."""
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
+    text = getattr(exc, "cli_message", None) or str(exc)
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(text)}")
+
+
+def fail(exc: Exception) -> NoReturn:
+    """Print an input error in one line, without a traceback, and exit with status 2."""
+    print_error(exc)
     raise typer.Exit(2)
 
+
+MAX_LENGTH_HELP = (
+    "Token cap; longer texts keep their end. The backbone's own cap applies when it is lower "
+    "(minilm: 256; a transformers model: its max_position_embeddings)."
+)
+
+CACHE_HELP = (
+    "Folder of the embedding cache shared by every dataset and command: a text already "
+    "embedded by the same backbone (same weights and settings) is read, not embedded again."
+)
 
 JSON_HELP = "Print a machine-readable summary (JSON) on stdout; the human lines go to stderr."
 

@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lore_rm.cli.common import config_from, fail
+from lore_rm.cli.common import collected_warnings, config_from, fail
 from lore_rm.errors import LoreError
+from lore_rm.wording import counted
 
 prepare_app = typer.Typer(
     help="Turn preference data into a dataset folder (comparisons + unique texts + roles).",
@@ -73,6 +74,14 @@ def print_summary(s: dict) -> None:
     if s.get("user_attributes") is not None:
         cols = ", ".join(s["user_attributes"]) or "none"
         console.print(f"users table (users.parquet): {cols}", highlight=False)
+    for key, what in (
+        ("users_below_min", f"with fewer than {counted(s['min_comparisons'], 'comparison')}"),
+        ("users_without_test", "with no test comparison (the evaluation never scores them)"),
+    ):
+        if s.get(key):
+            more = " ..." if s[key] > len(s[f"{key}_first"]) else ""
+            first = ", ".join(s[f"{key}_first"])
+            console.print(f"{counted(s[key], 'user')} {what}: {first}{more}", highlight=False)
 
 
 @prepare_app.command("generic")
@@ -94,11 +103,20 @@ def prepare_generic_cmd(
     split_column: str | None = typer.Option(
         None, help="Column holding each row's role; disables the random split below."
     ),
-    unseen_fraction: float = typer.Option(0.2, help="Share of users held out as unseen."),
-    test_fraction: float = typer.Option(0.5, help="Per user, share of prompts held out as test."),
+    unseen_fraction: float = typer.Option(
+        0.2,
+        help="Share of users held out as unseen (each user by a stable draw from its id and "
+        "the seed: adding users moves no one).",
+    ),
+    test_fraction: float = typer.Option(
+        0.5, help="Per user, share of prompts held out as test (a stable draw per prompt)."
+    ),
     max_train: int | None = typer.Option(None, help="Cap on a seen user's train comparisons."),
     max_fewshot: int | None = typer.Option(None, help="Cap on an unseen user's few-shot ones."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
+    min_comparisons: int = typer.Option(
+        2, min=0, help="Warn about users with fewer comparisons (they are kept)."
+    ),
     hf_split: str = typer.Option(
         "train", help="Split to read of a Hub dataset or of a saved DatasetDict folder."
     ),
@@ -122,16 +140,17 @@ def prepare_generic_cmd(
 
     try:
         cfg = config_from(GenericConfig, params)
-        path = prepare_generic(
-            files,
-            out,
-            cfg,
-            overwrite=overwrite,
-            discard_embeddings=discard_embeddings,
-            skip_invalid=skip_invalid,
-            hf_split=hf_split,
-            user_attributes=user_attributes,
-        )
+        with collected_warnings():
+            path = prepare_generic(
+                files,
+                out,
+                cfg,
+                overwrite=overwrite,
+                discard_embeddings=discard_embeddings,
+                skip_invalid=skip_invalid,
+                hf_split=hf_split,
+                user_attributes=user_attributes,
+            )
     except InvalidRow as e:
         fail(LoreError(f"{e} (--skip-invalid leaves out every such row and reports them)"))
     except LoreError as e:
@@ -152,7 +171,7 @@ def _report_skipped(path: Path, first: int = 5) -> None:
     total = sum(counts.values())
     by_reason = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     console.print(
-        f"Skipped {total} invalid row(s): {', '.join(f'{k} {n}' for k, n in by_reason)}; "
+        f"Skipped {counted(total, 'invalid row')}: {', '.join(f'{k} {n}' for k, n in by_reason)}; "
         f"all of them are in {path / REJECTS_FILE}",
         markup=False,
     )

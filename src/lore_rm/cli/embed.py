@@ -7,7 +7,8 @@ from typing import NoReturn
 
 import typer
 
-from lore_rm.cli.common import fail
+from lore_rm.cli.common import CACHE_HELP, MAX_LENGTH_HELP, collected_warnings, fail
+from lore_rm.wording import counted
 
 
 def embed(
@@ -23,7 +24,7 @@ def embed(
         "auto", help="cpu, cuda, cuda:N, or auto (this rank's GPU when there is one)."
     ),
     batch_size: int = typer.Option(8, help="Texts per forward pass (length-sorted)."),
-    max_length: int = typer.Option(4096, help="Token cap; longer texts keep their end."),
+    max_length: int = typer.Option(4096, help=MAX_LENGTH_HELP),
     shard_size: int = typer.Option(
         None,
         help="Texts per shard, the unit of resuming (default 512, or the existing store's).",
@@ -35,6 +36,7 @@ def embed(
         None, help="Passed to transformers, e.g. sdpa or flash_attention_2."
     ),
     revision: str = typer.Option(None, help="Hub revision (commit, branch or tag)."),
+    cache: Path | None = typer.Option(None, help=CACHE_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar (texts/s)."),
 ) -> None:
     """Embed DATASET's unique texts with a frozen backbone into DATASET/embeddings/.
@@ -48,22 +50,28 @@ def embed(
     from lore_rm.errors import LoreError
 
     try:
-        embedder = load_backbone(
-            backbone,
-            dtype=dtype,
-            device=device,
-            batch_size=batch_size,
-            max_length=max_length,
-            attn_implementation=attn_implementation,
-            revision=revision,
-        )
-        report = embed_dataset(
-            dataset,
-            embedder,
-            shard_size=shard_size,
-            storage_dtype=store_dtype,
-            progress=progress,
-        )
+        with collected_warnings():  # one line each, without Python's file and line
+            cached = None
+            embedder = load_backbone(
+                backbone,
+                dtype=dtype,
+                device=device,
+                batch_size=batch_size,
+                max_length=max_length,
+                attn_implementation=attn_implementation,
+                revision=revision,
+            )
+            if cache is not None:
+                from lore_rm.embed.cache import CachedEmbedder
+
+                embedder = cached = CachedEmbedder(embedder, cache)
+            report = embed_dataset(
+                dataset,
+                embedder,
+                shard_size=shard_size,
+                storage_dtype=store_dtype,
+                progress=progress,
+            )
     except LoreError as exc:
         fail(exc)
     except KeyboardInterrupt:
@@ -71,10 +79,15 @@ def embed(
     rank = os.environ.get("RANK", "0")
     prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     typer.echo(
-        f"{prefix}{report.store}: computed {len(report.computed)} shard(s) "
-        f"({report.rows} texts, {report.texts_per_second:.1f} texts/s), "
+        f"{prefix}{report.store}: computed {counted(len(report.computed), 'shard')} "
+        f"({counted(report.rows, 'text')}, {report.texts_per_second:.1f} texts/s), "
         f"{len(report.skipped)} already done; store "
         + ("complete" if report.complete else "incomplete")
+        + (
+            f"; of these texts {cached.hits} read from the cache, {cached.misses} embedded"
+            if cached is not None
+            else ""
+        )
     )
 
 

@@ -25,6 +25,7 @@ from lore_rm.cli.groups import FIT_GROUP_BY, GROUP_BY
 from lore_rm.constants import DB_FILE, TRAINING_FILE
 from lore_rm.errors import LoreError
 from lore_rm.io import atomic_folder
+from lore_rm.wording import counted
 
 DATASET = typer.Argument(
     ..., help="Dataset folder (lore prepare ...) with embeddings (lore embed)."
@@ -55,6 +56,12 @@ def fit_cmd(
         True, help="Also fit the unseen users from their few-shot comparisons."
     ),
     group_by: str | None = FIT_GROUP_BY,
+    all_data: bool = typer.Option(
+        False,
+        "--all-data",
+        help="Fit on every comparison of every role, each user a seen user: the model to "
+        "deploy once the default split has measured it (prints no held-out numbers).",
+    ),
     seed: int = SEED,
     device: str = DEVICE,
     threads: str = THREADS,
@@ -88,7 +95,7 @@ def fit_cmd(
     with collected_warnings() as warned:
         try:
             check_model_out(out, overwrite)
-            split, backbone = load_split(dataset)
+            split, backbone = load_split(dataset, all_data=all_data)
             t0 = time.perf_counter()
             model = LowRankReward(
                 rank=_rank(rank),
@@ -116,6 +123,7 @@ def fit_cmd(
                     tmp / TRAINING_FILE,
                     {
                         "dataset": str(dataset),
+                        "all_data": all_data,
                         "backbone": backbone,
                         "fit_seconds": round(seconds, 3),
                         "accuracy": numbers,
@@ -130,8 +138,14 @@ def fit_cmd(
                 moved = set_aside_database(out)  # last: a failed write leaves the old folder whole
         except LoreError as exc:
             fail(exc)
-    for m in METRICS:
+    for m in METRICS[:1] if all_data else METRICS:
         console.print(number_line(numbers, m))
+    if all_data:
+        console.print(
+            f"Fitted on all {counted(split.seen_train.n, 'comparison')} of "
+            f"{counted(split.seen_train.n_users, 'user')} (--all-data): no held-out numbers; "
+            "they come from `lore evaluate` or `lore fit` on the dataset's split."
+        )
     if sel:
         console.print(
             f"Chosen by {sel['folds']}-fold cross-validation, holding out "
@@ -158,13 +172,15 @@ def fit_cmd(
     else:
         console.print(f"[bold]{report.summary}[/bold]")
     console.print(
-        f"Wrote {out}/ (rank {model.rank_}, {len(model.users_)} users, {seconds:.1f} s fit)"
+        f"Wrote {out}/ (rank {model.rank_}, {counted(len(model.users_), 'user')}, "
+        f"{seconds:.1f} s fit)"
     )
     if as_json:
         print_json(
             {
                 "out": str(out),
                 "dataset": str(dataset),
+                "all_data": all_data,
                 "backbone": model.backbone,
                 "recipe": model.recipe,
                 "rank": model.rank_,
@@ -486,16 +502,18 @@ def _rank(text: str) -> int | str:
         raise typer.BadParameter(f"--rank must be an integer or 'auto', got {text!r}") from None
 
 
-def plot_selection(selection: dict, path: Path) -> None:
-    """Cross-validated log-loss against the ridge, one line per rank; the choice marked."""
+def plot_selection(selection: dict, path: Path):
+    """Cross-validated log-loss against the ridge, one line per rank; the choice marked. The
+    y axis shows the losses that decide the choice; the figure is returned (closed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from lore_rm.evaluate.axes import focus_losses, legend_beside
     from lore_rm.io import atomic_write
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for k in sorted({r["rank"] for r in selection["rows"]}):
         rows = sorted(
             (r for r in selection["rows"] if r["rank"] == k), key=lambda r: r["weight_decay"]
@@ -515,7 +533,18 @@ def plot_selection(selection: dict, path: Path) -> None:
     ax.set_xlabel("weight_decay (ridge on the standardised basis)")
     ax.set_ylabel("cross-validated log-loss")
     ax.set_title(f"Model selection ({selection['folds']} folds, {selection['rule']} rule)")
-    ax.legend(fontsize=8)
+    rows = selection["rows"]
+    above = focus_losses(
+        ax,
+        [r["cv_loss"] for r in rows],
+        [r["cv_loss_se"] for r in rows],
+        chosen["cv_loss"] + chosen["cv_loss_se"],
+    )
+    if above:
+        worst = max(r["cv_loss"] for r in rows)
+        ax.set_title(f"{ax.get_title()}\n{above} weaker fits above the view (up to {worst:.3g})")
+    legend_beside(ax, fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
+    return fig

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 app = typer.Typer(
@@ -74,4 +76,16 @@ _register()
 
 
 def main() -> None:
-    app()
+    """The ``lore`` entry point. A command that reaches an optional module which is not
+    installed ends in one line naming the extra to install (exit 2), not a traceback."""
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        from lore_rm.cli.common import print_error
+        from lore_rm.extras import extra_for, missing_extra
+
+        if extra_for(exc.name) is None:
+            raise
+        command = " ".join(["lore", *sys.argv[1:2]])
+        print_error(missing_extra(command, str(exc.name), reason=str(exc)))
+        raise SystemExit(2) from None

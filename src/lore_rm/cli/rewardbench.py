@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli.common import fail
+from lore_rm.cli.common import CACHE_HELP, MAX_LENGTH_HELP, fail
 
 
 def rewardbench(
@@ -24,10 +24,8 @@ def rewardbench(
     dtype: str = typer.Option("bf16", help="Compute dtype: bf16, fp16, fp32 or auto."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     batch_size: int = typer.Option(8, help="Texts per forward pass."),
-    max_length: int = typer.Option(4096, help="Token cap; longer texts keep their end."),
-    cache: Path = typer.Option(
-        None, help="Folder for a resumable embedding store of the benchmark's texts."
-    ),
+    max_length: int = typer.Option(4096, help=MAX_LENGTH_HELP),
+    cache: Path = typer.Option(None, help=CACHE_HELP),
     out: Path = typer.Option(None, help="Write the scores as JSON here."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     force_backbone: bool = typer.Option(

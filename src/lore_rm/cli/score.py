@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli.common import THREADS, fail, use_threads
-from lore_rm.errors import LoreError
+from lore_rm.cli.common import CACHE_HELP, MAX_LENGTH_HELP, THREADS, fail, use_threads
+from lore_rm.errors import LoreError, UnknownUserError
+from lore_rm.wording import counted
 
 OUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
 
@@ -47,7 +48,7 @@ def score(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     batch_size: int = typer.Option(8, min=1, help="Texts per forward pass."),
     max_length: int | None = typer.Option(
-        None, help="Token cap (default: the recorded one, else 4096); longer texts keep their end."
+        None, help=MAX_LENGTH_HELP + " Default: what the model's embeddings used, else 4096."
     ),
     force_backbone: bool = typer.Option(
         False,
@@ -55,6 +56,7 @@ def score(
         help="Score with a backbone other than the one the model was fitted on (same width): "
         "refused by default, as lore serve does.",
     ),
+    cache: Path | None = typer.Option(None, help=CACHE_HELP),
     threads: str = THREADS,
     progress: bool = typer.Option(True, help="Show a progress bar (on stderr)."),
 ) -> None:
@@ -78,7 +80,13 @@ def score(
         model, db_path, _ = load_with_served_users(model_dir, db)
         rows = read_score_rows(file)
         if unknown == "error":  # before the backbone is loaded
-            check_users(model, list(dict.fromkeys(rows.users)), db_path)
+            try:
+                check_users(model, list(dict.fromkeys(rows.users)), db_path)
+            except UnknownUserError as exc:
+                raise UnknownUserError(
+                    f"{exc}; pass --unknown mean to score their rows with the population's "
+                    "mean weights"
+                ) from None
         embedder = embedder_for(
             model,
             model_dir,
@@ -89,6 +97,10 @@ def score(
             batch_size=batch_size,
         )
         forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
+        if cache is not None:
+            from lore_rm.embed.cache import CachedEmbedder
+
+            embedder = CachedEmbedder(embedder, cache)
         rewards, known = score_rows(
             model, embedder, rows, unknown=unknown, db=db_path, progress=progress
         )
@@ -109,11 +121,12 @@ def score(
             highlight=False,
         )
     n_unknown = sum(not r["known"] for r in records)
-    note = f"Scored {len(records)} rows for {len(set(rows.users))} users with {embedder.name}" + (
-        f"; {n_unknown} row(s) of unknown users got the population's mean weights"
-        if n_unknown
-        else ""
+    note = (
+        f"Scored {counted(len(records), 'row')} for {counted(len(set(rows.users)), 'user')} "
+        f"with {embedder.name}"
     )
+    if n_unknown:
+        note += f"; {counted(n_unknown, 'row')} of unknown users got the population's mean weights"
     if out is None:
         typer.echo(text, nl=False)
     else:

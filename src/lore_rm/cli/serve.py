@@ -60,6 +60,12 @@ def serve(
     keep_template: bool = typer.Option(
         False, help="/get_reward: keep prompt strings verbatim (do not parse ChatML/Llama-3)."
     ),
+    embed_cache_mb: float = typer.Option(
+        256.0,
+        min=0.0,
+        help="Memory for the embeddings of recently seen texts (repeated candidates and "
+        "responses are not embedded again; the hit rate goes to the log), MiB; 0: off.",
+    ),
     device: str = typer.Option("cpu", help="Device of the backbone."),
     dtype: str | None = typer.Option(
         None,
@@ -73,6 +79,12 @@ def serve(
 ) -> None:
     """Serve personalised rewards over HTTP (OpenRLHF /get_reward, /reward, onboarding,
     next questions for a user)."""
+    from lore_rm.extras import require
+
+    try:
+        require("lore serve", "uvicorn", "fastapi")
+    except LoreError as exc:
+        fail(exc)
     import uvicorn
 
     from lore_rm.serve.app import CONFIG_ENV, build_app
@@ -97,6 +109,7 @@ def serve(
         "dtype": dtype,
         "torch_threads": torch_threads,
         "force_backbone": force_backbone,
+        "embed_cache_mb": embed_cache_mb,
     }
     try:
         if workers == 1:

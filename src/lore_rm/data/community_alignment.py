@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lore_rm.data.assign import factorize, split_users_and_groups
+from lore_rm.data.assign import factorize, split_users_and_groups, stable_hashes
 from lore_rm.data.hub import hub_record, looks_like_hub_name, resolve
 from lore_rm.data.layout import USERS_FILE
 from lore_rm.data.sources import SourceFile, find_data_files
@@ -330,10 +330,14 @@ def prepare_community_alignment(
     turn = np.array(cols["turn"], dtype=np.int64)[keep]
     user_codes, user_names = factorize(np.array(cols["user"], dtype=object)[keep])
     unit = conv if cfg.split_unit == "conversation" else conv + ":" + turn.astype(str)
-    unit_codes, _ = factorize(unit)
-    rng = np.random.default_rng(cfg.seed)
+    unit_codes, units = factorize(unit)
     roles = split_users_and_groups(
-        user_codes, unit_codes, cfg.unseen_fraction, cfg.test_fraction, rng
+        stable_hashes(user_names),
+        user_codes,
+        stable_hashes(units)[unit_codes],
+        cfg.unseen_fraction,
+        cfg.test_fraction,
+        cfg.seed,
     )
     prompt_ids = (conv + ":" + turn.astype(str)).tolist()
     table = {

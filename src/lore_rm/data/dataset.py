@@ -118,14 +118,38 @@ class PreferenceDataset:
                 "per_user_median": float(np.median(per_user)) if per_user.size else 0.0,
                 "per_user_max": int(per_user.max()) if per_user.size else 0,
             }
+        out.update(self.thin_users())
         return out
 
+    def thin_users(self, shown: int = 5) -> dict:
+        """Users with fewer comparisons than the preparation's ``min_comparisons`` (default
+        2), and users with nothing on the test side of their role (never scored by the
+        evaluation): counts and the first ``shown`` ids of each."""
+        minimum = int(self.info.get("parameters", {}).get("min_comparisons", 2))
+        users = self.comparisons.column("user_id")
+        counts = pc.value_counts(users)
+        ids = counts.field("values")
+        small = pc.filter(ids, pc.less(counts.field("counts"), minimum)).sort()
+        split = self.comparisons.column("split")
+        is_test = pc.or_(pc.equal(split, "seen-test"), pc.equal(split, "unseen-test"))
+        tested = pc.unique(pc.filter(users, is_test))
+        untested = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=tested))).sort()
+        return {
+            "min_comparisons": minimum,
+            "users_below_min": len(small),
+            "users_below_min_first": small[:shown].to_pylist(),
+            "users_without_test": len(untested),
+            "users_without_test_first": untested[:shown].to_pylist(),
+        }
+
     # ---- what the fit needs -------------------------------------------------------------------
-    def to_split(self, embeddings, reference_head=None) -> ProtocolSplit:
+    def to_split(self, embeddings, reference_head=None, *, all_data: bool = False) -> ProtocolSplit:
         """The four roles as :class:`Comparisons` over one shared embedding table.
 
         ``embeddings`` is (T x d), row i embedding texts row i (T = number of unique texts).
         User ids of each role are sorted; every role shares the same table tensor.
+        ``all_data``: every comparison, whatever its role, in ``seen_train`` (every user a
+        seen user) and the other roles empty: the model to deploy after evaluating.
         """
         table = torch.as_tensor(embeddings)
         if table.ndim != 2 or table.shape[0] != self.n_texts:
@@ -137,7 +161,11 @@ class PreferenceDataset:
             table = table.to(torch.float32)
         parts = {}
         for role in PROTOCOL_ROLES:
-            sub = self.role(role)
+            if all_data:
+                everything = self.comparisons
+                sub = everything if role == "seen-train" else everything.slice(0, 0)
+            else:
+                sub = self.role(role)
             users = sub.column("user_id")
             ids = pc.unique(users).sort() if sub.num_rows else pa.array([], pa.string())
             index = pc.index_in(users, value_set=ids).to_numpy(zero_copy_only=False)
@@ -154,6 +182,7 @@ class PreferenceDataset:
             "protocol": self.protocol,
             "parameters": self.info.get("parameters", {}),
             "seed": self.info.get("seed"),
+            "all_data": all_data,
         }
         return ProtocolSplit(
             seen_train=parts["seen-train"],

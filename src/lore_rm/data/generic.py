@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -27,10 +28,13 @@ import numpy as np
 
 from lore_rm.conversation import message_problem
 from lore_rm.data.assign import (
+    CAP_SALT,
     ROLE_CODES,
-    cap_per_group,
+    cap_by_key,
+    combine,
     factorize,
     split_users_and_groups,
+    stable_hashes,
 )
 from lore_rm.data.hub import load_split, looks_like_hub_name
 from lore_rm.data.layout import DATASET_FILE, USERS_FILE
@@ -53,6 +57,7 @@ from lore_rm.data.writer import (
 )
 from lore_rm.errors import DataError
 from lore_rm.protocol import PROTOCOL_ROLES
+from lore_rm.wording import counted
 
 REJECTS_FILE = "rejects.jsonl"  # with skip_invalid: the rows left out, one JSON object each
 INVALID = "invalid_"  # prefix of the counts of rows left out by reason in dataset.json
@@ -66,12 +71,16 @@ class GenericConfig:
     prompt_id_column: a column identifying prompts (default: identical prompts share an id).
     split_column: a column already holding each row's role (seen-train, seen-test,
         unseen-fewshot, unseen-test); when given, the options below are not used.
-    unseen_fraction: share of users (picked at random) held out as unseen users.
+    unseen_fraction: chance of each user to be held out as an unseen user (a stable draw
+        from the user id and the seed: about this share of the users).
     test_fraction: per user, share of their prompts whose comparisons are held out as test
-        (at least one prompt always stays on the train / few-shot side).
+        (those with the lowest stable draws from the user id, the prompt and the seed; at
+        least one prompt always stays on the train / few-shot side).
     max_train / max_fewshot: cap on a seen user's train / an unseen user's few-shot
-        comparisons (random ones kept; None = no cap).
-    seed: seeds every random choice.
+        comparisons (the ones with the lowest stable draws are kept; None = no cap).
+    seed: seeds every draw. A user's role depends only on its own id, prompts and
+        comparisons and on the seed: adding users (or rows of other users) moves no one.
+    min_comparisons: users with fewer comparisons are kept but reported (a warning).
     """
 
     prompt_column: str = "prompt"
@@ -85,12 +94,15 @@ class GenericConfig:
     max_train: int | None = None
     max_fewshot: int | None = None
     seed: int = 0
+    min_comparisons: int = 2
 
     def check(self) -> None:
         if not 0.0 <= self.unseen_fraction <= 1.0:
             raise DataError(f"unseen_fraction must be in [0, 1], got {self.unseen_fraction}")
         if not 0.0 <= self.test_fraction < 1.0:
             raise DataError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.min_comparisons < 0:
+            raise DataError(f"min_comparisons must be at least 0, got {self.min_comparisons}")
         for name in ("max_train", "max_fewshot"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -462,13 +474,28 @@ def read_generic(files, cfg: GenericConfig, skip_invalid: bool = False, hf_split
     return texts, columns, sources, rejects
 
 
-def assign_roles(
-    user_codes: np.ndarray, prompt_codes: np.ndarray, cfg: GenericConfig, rng: np.random.Generator
-) -> np.ndarray:
-    """Role code per row: users split seen/unseen, then each user's prompts train/test."""
-    return split_users_and_groups(
-        user_codes, prompt_codes, cfg.unseen_fraction, cfg.test_fraction, rng
+def cap_keys(user_hash: np.ndarray, user_codes: np.ndarray, texts, col, seed: int) -> np.ndarray:
+    """A stable draw per comparison (user id, chosen and rejected texts, seed): the caps keep
+    each user's comparisons with the lowest draws."""
+    text_hash = texts.text_hashes()
+    return combine(
+        seed, CAP_SALT, user_hash[user_codes], text_hash[col["chosen"]], text_hash[col["rejected"]]
     )
+
+
+def warn_small_users(user_codes: np.ndarray, names: np.ndarray, minimum: int) -> None:
+    """A warning naming the users with fewer than ``minimum`` comparisons (first few)."""
+    per_user = np.bincount(user_codes, minlength=len(names))
+    small = np.flatnonzero(per_user < minimum)
+    if small.size:
+        shown = ", ".join(repr(str(names[i])) for i in small[:5])
+        more = f" and {small.size - 5} more" if small.size > 5 else ""
+        warnings.warn(
+            f"{counted(int(small.size), 'user')} with fewer than "
+            f"{counted(minimum, 'comparison')} (kept; such a user has little or nothing to "
+            f"train or test on; --min-comparisons sets the threshold): {shown}{more}",
+            stacklevel=3,
+        )
 
 
 def prepare_generic(
@@ -503,11 +530,19 @@ def prepare_generic(
     attrs = read_user_attributes(user_attributes) if user_attributes is not None else None
     texts, col, sources, rejects = read_generic(files, cfg, skip_invalid, hf_split)
     user_codes, user_names = factorize(col["user_id"])
-    prompt_codes, _ = factorize(col["prompt_id"])
-    rng = np.random.default_rng(cfg.seed)
-    roles = col["role"] if cfg.split_column else assign_roles(user_codes, prompt_codes, cfg, rng)
-    keep = cap_per_group(user_codes, cfg.max_train, rng, roles == ROLE_CODES["seen-train"])
-    keep &= cap_per_group(user_codes, cfg.max_fewshot, rng, roles == ROLE_CODES["unseen-fewshot"])
+    user_hash = stable_hashes(user_names)
+    if cfg.split_column:
+        roles = col["role"]
+    else:
+        prompt_ids, prompt_codes = np.unique(col["prompt_id"], return_inverse=True)
+        prompt_hash = texts.prompt_hashes(prompt_ids.tolist())[prompt_codes.reshape(-1)]
+        roles = split_users_and_groups(
+            user_hash, user_codes, prompt_hash, cfg.unseen_fraction, cfg.test_fraction, cfg.seed
+        )
+    keys = cap_keys(user_hash, user_codes, texts, col, cfg.seed)
+    keep = cap_by_key(user_codes, cfg.max_train, keys, roles == ROLE_CODES["seen-train"])
+    keep &= cap_by_key(user_codes, cfg.max_fewshot, keys, roles == ROLE_CODES["unseen-fewshot"])
+    warn_small_users(user_codes[keep], user_names, cfg.min_comparisons)
     names = [s.name for s in sources]
     table = {
         "user_id": categorical(user_codes[keep], list(user_names)),

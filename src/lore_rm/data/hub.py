@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lore_rm.errors import DataError
+from lore_rm.extras import missing_extra
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -90,9 +91,9 @@ def _via_datasets(repo_id: str, config: str | None, cache_dir) -> Path:
     try:
         import datasets
     except ImportError:
-        raise DataError(
-            f"{repo_id!r} is not a local path, and reading from the Hub needs "
-            "`pip install huggingface_hub` (or `datasets`)"
+        raise missing_extra(
+            f"{repo_id!r} is not a local path; reading it from the Hugging Face Hub",
+            "huggingface_hub",
         ) from None
     try:
         dd = datasets.load_dataset(repo_id, config, cache_dir=cache_dir)
@@ -115,9 +116,9 @@ def load_split(name: str, split: str):
     try:
         import datasets
     except ImportError:
-        raise DataError(
-            f"{name}: not a local file or folder; reading it as a Hugging Face Hub dataset "
-            "needs the datasets extra: pip install 'lore-rm[datasets]'"
+        raise missing_extra(
+            f"{name}: not a local file or folder; reading it as a Hugging Face Hub dataset",
+            "datasets",
         ) from None
     try:
         return datasets.load_dataset(name, split=split)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lore_rm.data.assign import factorize, pick_fraction, roles_from
+from lore_rm.data.assign import factorize, roles_from, stable_hashes, stable_unseen
 from lore_rm.data.hub import hub_record, looks_like_hub_name, resolve
 from lore_rm.data.layout import USERS_FILE
 from lore_rm.data.sources import SourceFile, find_data_files
@@ -51,7 +51,8 @@ class PersonalRewardBenchConfig:
     """unseen_fraction: share of users (at random) held out as unseen users (0: every user is
     a seen user, as the benchmark scores them).
     revision: Hub revision to download; the commit read is pinned in dataset.json.
-    seed: seeds the draw of unseen users."""
+    seed: seeds the draw of unseen users (each user by a stable draw from its id and the
+        seed: adding users moves no one)."""
 
     unseen_fraction: float = 0.0
     revision: str | None = None
@@ -188,7 +189,7 @@ def prepare_personalrewardbench(
     if not cols["user"]:
         raise DataError(f"no PersonalRewardBench comparisons in {', '.join(map(str, files))}")
     user_codes, user_names = factorize(np.array(cols["user"], dtype=object))
-    unseen = pick_fraction(len(user_names), cfg.unseen_fraction, np.random.default_rng(cfg.seed))
+    unseen = stable_unseen(stable_hashes(user_names), cfg.unseen_fraction, cfg.seed)
     source_split = np.array(cols["split"], dtype=object)
     roles = roles_from(unseen[user_codes], source_split == "test")
     split_codes, split_names = factorize(source_split)

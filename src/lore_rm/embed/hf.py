@@ -28,6 +28,7 @@ from lore_rm.conversation import Conversation, check_conversation
 from lore_rm.devices import as_device
 from lore_rm.embed.fingerprint import backbone_fingerprint
 from lore_rm.errors import LoreError
+from lore_rm.wording import counted
 
 DTYPES = {
     "bf16": torch.bfloat16,
@@ -221,7 +222,8 @@ class _TransformersEmbedder:
         token_ids = self._token_ids(conversations)
         if self.truncated > before:
             warnings.warn(
-                f"{self.name}: {self.truncated - before} of {n} text(s) were longer than "
+                f"{self.name}: {self.truncated - before} of {counted(n, 'text')} "
+                f"{'was' if self.truncated - before == 1 else 'were'} longer than "
                 f"max_length = {self.max_length} tokens and kept only their last tokens",
                 stacklevel=3,  # past torch's inference_mode wrapper, to the caller
             )
@@ -405,10 +407,10 @@ def load_transformers_backbone(
             AutoModelForSequenceClassification,
             AutoTokenizer,
         )
-    except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        raise LoreError(
-            "transformers backbones need the 'embed' extra: pip install 'lore-rm[embed]'"
-        ) from exc
+    except ImportError as exc:
+        from lore_rm.extras import missing_extra
+
+        raise missing_extra(f"the backbone {path}", "transformers", "embed", str(exc)) from None
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     common: dict[str, Any] = {"trust_remote_code": trust_remote_code}

@@ -241,7 +241,7 @@ def run_shards(
     truncated_before = getattr(embedder, "truncated", 0)
     try:
         with warnings.catch_warnings():  # per-shard truncation warnings: one summary below
-            warnings.filterwarnings("ignore", message=".*were longer than max_length")
+            warnings.filterwarnings("ignore", message=".* longer than max_length")
             for i in todo:
                 lo, hi = i * size, min((i + 1) * size, count)
                 emb = embed_with_progress(embedder, conversations[lo:hi], bar)

@@ -8,15 +8,20 @@ from lore_rm.errors import DataError
 from lore_rm.protocol import PROTOCOL_ROLES, ProtocolSplit
 
 
-def load_split(dataset_dir: str | Path) -> tuple[ProtocolSplit, dict]:
-    """The dataset's four roles over its embedding store, and the store's backbone record."""
+def load_split(dataset_dir: str | Path, *, all_data: bool = False) -> tuple[ProtocolSplit, dict]:
+    """The dataset's four roles over its embedding store, and the store's backbone record.
+
+    ``all_data``: every comparison as seen users' training data (the other roles empty).
+    """
     from lore_rm.data.dataset import PreferenceDataset
     from lore_rm.embed.store import EmbeddingStore
 
     dataset = PreferenceDataset(dataset_dir)
     store = EmbeddingStore(dataset_dir)
     store.check_texts(dataset_dir)
-    split = dataset.to_split(store.load(dtype=store.dtype), store.reference_head())
+    split = dataset.to_split(
+        store.load(dtype=store.dtype), store.reference_head(), all_data=all_data
+    )
     if split.seen_train.n == 0:
         counts = ", ".join(
             f"{role} {part.n}"

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lore_rm.errors import DataError
+from lore_rm.evaluate.axes import count_axis, legend_beside, spread_or_none
 from lore_rm.io import atomic_folder, atomic_write, atomic_write_text
 from lore_rm.metrics import METRICS
 
@@ -169,15 +170,15 @@ def plot_ranks(
     oracle: dict | None = None,
     title: str = "",
     selected: int | None = None,
-) -> None:
+):
     """Every metric against the rank, with 95% intervals over users; the selected rank
-    marked."""
+    marked. Returns the figure (closed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     alphas = sorted({r.get("alpha", 0.0) for r in rows})
     for alpha in alphas:
         sub = sorted(
@@ -204,9 +205,10 @@ def plot_ranks(
     ax.set_xlabel("rank K (0 = reference head, 1 = pooled Bradley–Terry)")
     ax.set_ylabel("pairwise accuracy (mean over users)")
     ax.set_title(title or "Accuracy vs rank")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xticks(sorted({r["rank"] for r in rows}))
+    legend_beside(ax)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def plot_shots(
@@ -214,25 +216,26 @@ def plot_shots(
     path: Path,
     oracle: dict | None = None,
     baselines: Mapping[str, float] | None = None,
-) -> None:
-    """Unseen-user accuracy against shots; ``baselines`` (label -> accuracy) are drawn as
-    horizontal lines: the shared reward (every new user at the population's mean weights,
-    i.e. 0 shots) and the pooled one."""
+):
+    """Unseen-user accuracy against shots (a log axis ticked at the shots used);
+    ``baselines`` (label -> accuracy) are drawn as horizontal lines: the shared reward (every
+    new user at the population's mean weights, i.e. 0 shots) and the pooled one."""
     curves = {
         f"rank {rank}": [r for r in rows if r["rank"] == rank]
         for rank in sorted({r["rank"] for r in rows})
     }
     xlabel = "comparisons per new user (shots)"
-    _plot_curves(curves, "shots", xlabel, "Few-shot personalisation", path, oracle, baselines or {})
+    title = "Few-shot personalisation"
+    return _plot_curves(curves, "shots", xlabel, title, path, oracle, baselines or {}, log_x=True)
 
 
-def plot_active(rows: Sequence[dict], path: Path, oracle: dict | None = None) -> None:
+def plot_active(rows: Sequence[dict], path: Path, oracle: dict | None = None):
     curves: dict[str, list[dict]] = {}
     for r in rows:
         curves.setdefault(r["criterion"], []).append(r)
     curves = {f"{c} (trials {sub[0]['trials']})": sub for c, sub in curves.items()}
     title = f"Active question selection (rank {rows[0]['rank']})"
-    _plot_curves(curves, "questions", "questions asked per new user", title, path, oracle)
+    return _plot_curves(curves, "questions", "questions asked per new user", title, path, oracle)
 
 
 def _plot_curves(
@@ -243,7 +246,8 @@ def _plot_curves(
     path: Path,
     oracle: dict | None,
     baselines: Mapping[str, float] | None = None,
-) -> None:
+    log_x: bool = False,
+):
     """Unseen-user accuracy (mean ± std over trials) against ``x``, one line per curve."""
     import matplotlib
 
@@ -255,7 +259,7 @@ def _plot_curves(
         ax.errorbar(
             [r[x] for r in sub],
             [r["unseen_test"] for r in sub],
-            yerr=[r["unseen_test_std"] for r in sub],
+            yerr=spread_or_none([r["unseen_test_std"] for r in sub], sub[0].get("trials")),
             fmt="-o",
             capsize=3,
             markersize=4,
@@ -268,17 +272,21 @@ def _plot_curves(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("unseen-user test accuracy")
     ax.set_title(title)
+    if log_x:
+        count_axis(ax, [r[x] for sub in curves.values() for r in sub])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path):
+    """Write ``fig`` to ``path``, close it and return it (its axes can still be read)."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, dpi=120))
     plt.close(fig)
+    return fig
 
 
 def check_report_out(out: Path) -> None:

@@ -22,7 +22,6 @@ Scoring (as in LORE_SPEC):
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -36,7 +35,6 @@ import torch
 from lore_rm.conversation import Conversation
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError
-from lore_rm.io import atomic_write
 
 SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 
@@ -224,8 +222,9 @@ def evaluate_rewardbench(
 ) -> dict[str, Any]:
     """Score ``model``'s heads on a RewardBench 2 file.
 
-    Embeddings come from ``embeddings`` (texts in :func:`conversations` order), or a
-    resumable store in ``cache`` (a folder: texts.parquet + embeddings/), or ``embedder``.
+    Embeddings come from ``embeddings`` (texts in :func:`conversations` order), or
+    ``embedder`` (behind the content-addressed cache in folder ``cache``, when given:
+    :mod:`lore_rm.embed.cache`).
     Returns ``{"heads": {head: {subset: score, "overall": score}}, "counts": {...}}``.
     """
     rows = read_rewardbench(data)
@@ -234,14 +233,15 @@ def evaluate_rewardbench(
         if embedder is None:
             raise LoreError("pass an embedder (the model's backbone) or precomputed embeddings")
         if cache is not None:
-            from lore_rm.embed.runner import embed_dataset
-            from lore_rm.embed.store import EmbeddingStore
+            from lore_rm.embed.cache import CachedEmbedder
 
-            _write_texts(Path(cache), convs)
-            embed_dataset(cache, embedder, progress=progress)
-            embeddings = EmbeddingStore(cache).load()
-        else:
-            embeddings = embedder.embed(convs)
+            embedder = CachedEmbedder(embedder, cache)
+        from tqdm.auto import tqdm
+
+        from lore_rm.embed.runner import embed_with_progress
+
+        with tqdm(total=len(convs), unit="text", desc="embed", disable=not progress) as bar:
+            embeddings = embed_with_progress(embedder, convs, bar)
     e = torch.as_tensor(embeddings, dtype=torch.float32)
     if e.shape[0] != len(convs):
         raise DataError(f"{e.shape[0]} embeddings for {len(convs)} RewardBench texts")
@@ -263,24 +263,3 @@ def evaluate_rewardbench(
         "counts": {s: c for s, c in counts.items() if c},
         "texts": len(convs),
     }
-
-
-def _write_texts(folder: Path, convs: list[Conversation]) -> None:
-    """A texts.parquet (layout contract) for the store; rewritten only if it changed."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "text_id": pa.array(range(len(convs)), pa.int64()),
-            "prompt_id": pa.array(
-                [hashlib.sha1(c[0]["content"].encode()).hexdigest()[:16] for c in convs]
-            ),
-            "messages": pa.array([json.dumps(c) for c in convs]),
-        }
-    )
-    target = folder / "texts.parquet"
-    if target.is_file() and pq.read_table(target).equals(table):
-        return
-    atomic_write(target, lambda p: pq.write_table(table, p))

@@ -447,8 +447,9 @@ class LowRankReward:
     ) -> tuple[Tensor, Tensor]:
         """Weights (M, K) for ``users`` and a bool mask of which were known.
 
-        ``unknown="mean"`` gives unknown users the population's mean weights instead of an
-        error. A ``None`` id always gets the population's mean weights (and is not known).
+        A ``None`` id is an unknown user (as in the service, which flags it). Unknown users
+        are an :class:`UnknownUserError`, or with ``unknown="mean"`` get the population's
+        mean weights (and ``known`` False).
         A known user's weights are ``w_bar + lam * (w_u - w_bar)``: ``lam`` is
         ``personalization`` (0 = the shared weights ``w_bar``, 1 = the user's own), by default
         the model's ``personalization_``, chosen by the cross-validation.
@@ -469,6 +470,11 @@ class LowRankReward:
         known = torch.tensor([r >= 0 for r in rows], dtype=torch.bool)
         if unknown == "error" and not bool(known.all()):
             bad = users[int((~known).nonzero()[0])]
+            if bad is None:
+                raise UnknownUserError(
+                    "user id None: a missing id is an unknown user; pass unknown='mean' to "
+                    "give it the population's mean weights"
+                )
             raise UnknownUserError(
                 f"unknown user id {bad!r}: the model knows {len(self.users_)} users; "
                 "personalize() them first or pass unknown='mean'"
@@ -518,7 +524,8 @@ class LowRankReward:
 
         ``reward = reward_scale * e @ basis @ w_u`` (rank 0: the basis is the reference head
         and every weight is 1).
-        A ``None`` user gets the population's mean weights.
+        A ``None`` user is unknown: an error, or the population's mean weights with
+        ``unknown="mean"`` (see :meth:`weights_for`).
 
         ``return_std=True`` (with a ``posterior`` from :meth:`weights_posterior`) returns
         ``(reward, std)``: the std (M,) of the reward under the Laplace posterior of the

@@ -46,6 +46,7 @@ from lore_rm.io import (
     read_tensors,
 )
 from lore_rm.version import __version__
+from lore_rm.wording import counted
 
 if TYPE_CHECKING:  # pragma: no cover
     from lore_rm.fit.model import LowRankReward
@@ -336,9 +337,9 @@ def _prior_card(history: dict) -> str:
     axes = ", ".join(f"{v:.3g}" for v in prior["axis_std"])
     return (
         "\n## New users\n\nFitted under a prior learned from the "
-        f"{prior['users']} seen users (empirical Bayes, {prior['em_iterations']} EM "
-        f"iterations): a logistic normal whose standard deviations along its principal axes "
-        f"are {axes} (logit units).\n"
+        f"{counted(prior['users'], 'seen user')} (empirical Bayes, "
+        f"{counted(prior['em_iterations'], 'EM iteration')}): a logistic normal whose "
+        f"standard deviations along its principal axes are {axes} (logit units).\n"
     )
 
 

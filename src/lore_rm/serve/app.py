@@ -59,6 +59,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lore_rm.embed.base import Embedder
 from lore_rm.embed.match import check_backbone, recorded_backbone
+from lore_rm.embed.memory_cache import MemoryCachedEmbedder
 from lore_rm.errors import LoreError, ModelFormatError, StorageError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.auth import (
@@ -243,6 +244,7 @@ def build_app(
     torch_threads: int = 0,
     force_backbone: bool = False,
     batching: dict | None = None,
+    embed_cache_mb: float = 256.0,
 ) -> FastAPI:
     """Load the model folder and the backbone, then :func:`create_app`.
 
@@ -258,7 +260,10 @@ def build_app(
     torch's default).
 
     ``batching``: :class:`Batching` fields; when on, the backbone's forward passes take up to
-    ``max_texts`` conversations (off: ``load_backbone``'s default batch size)."""
+    ``max_texts`` conversations (off: ``load_backbone``'s default batch size).
+
+    ``embed_cache_mb``: memory for the embeddings of recently seen texts, which are not
+    embedded again (:mod:`~lore_rm.embed.memory_cache`; 0: off)."""
     import torch
 
     from lore_rm.serve.service import default_db_path
@@ -282,6 +287,8 @@ def build_app(
         settings["max_length"] = max_length
     embedder = (loader or load_embedder)(backbone, **settings)
     forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
+    if embed_cache_mb > 0:
+        embedder = MemoryCachedEmbedder(embedder, int(embed_cache_mb * 2**20))
     if forced:
         _log.warning(
             "serving %s with a backbone other than the one it was fitted on (--force-backbone): %s",

@@ -43,7 +43,8 @@ from lore_rm.constants import (
 from lore_rm.embed.fingerprint import folder_fingerprint
 from lore_rm.embed.hf import FALLBACK_TEMPLATE
 from lore_rm.embed.match import check_identity
-from lore_rm.errors import LoreError, ModelFormatError, UnknownUserError
+from lore_rm.errors import LoreError, ModelFormatError, OutputExistsError, UnknownUserError
+from lore_rm.extras import require
 from lore_rm.fit.model import LowRankReward
 from lore_rm.io import atomic_folder
 from lore_rm.serve.export_files import (
@@ -57,6 +58,7 @@ from lore_rm.serve.export_files import (
     write_weights,
 )
 from lore_rm.version import __version__
+from lore_rm.wording import counted
 
 
 def load_with_served_users(
@@ -88,9 +90,11 @@ def check_users(model: LowRankReward, users: Sequence[str], db: Path | None) -> 
             if db is not None and db.is_file()
             else "a serve database (none found)"
         )
+        ids = "id" if len(missing) == 1 else "ids"
         raise UnknownUserError(
-            f"unknown user id(s) {', '.join(map(repr, missing))}: neither the model "
-            f"({len(model.users_)} users) nor {where} has weights for them"
+            f"unknown user {ids} {', '.join(map(repr, missing))}: neither the model "
+            f"({counted(len(model.users_), 'user')}) nor {where} has weights for "
+            + ("it" if len(missing) == 1 else "them")
         )
 
 
@@ -237,6 +241,7 @@ def export_reward_model(
     next to the model folder, when ``model`` is a folder and it exists). The folder is
     written under a temporary name and renamed, so ``out`` is never left half-written.
     """
+    require("export", "transformers", extra="serve")
     from transformers import AutoTokenizer
 
     source = None if isinstance(model, LowRankReward) else Path(model)
@@ -249,7 +254,7 @@ def export_reward_model(
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise LoreError(f"{out} exists and is not empty; pass overwrite=True (--overwrite)")
+        raise OutputExistsError(out, "exists and is not empty")
     info = backbone_source(backbone)
     if info.hidden_size != d:
         raise LoreError(
