@@ -41,6 +41,11 @@ def serve(
     max_comparisons: int = typer.Option(1024, min=1, help="Comparisons per onboarding post."),
     max_candidates: int = typer.Option(256, min=1, help="Candidate pairs per next-questions post."),
     max_body_mb: float = typer.Option(16.0, min=0.001, help="Largest request body, MiB."),
+    max_text_chars: int = typer.Option(
+        1024 * 1024,
+        min=1,
+        help="Longest text (message, query or prompt), characters; longer: 422.",
+    ),
     micro_batch: int = typer.Option(
         64,
         min=1,
@@ -90,6 +95,7 @@ def serve(
             "max_comparisons": max_comparisons,
             "max_candidates": max_candidates,
             "max_body_bytes": int(max_body_mb * 1024 * 1024),
+            "max_text_chars": max_text_chars,
         },
         "batching": {"max_texts": micro_batch, "max_wait_ms": max_wait_ms},
         "query_format": {"label_key": label_key, "parse_templates": not keep_template},

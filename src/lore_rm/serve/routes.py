@@ -60,6 +60,18 @@ def _check_batch(name: str, n: int, limit: int) -> None:
         )
 
 
+def _check_chars(loc: Sequence[Any], text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise _unprocessable(
+            loc, f"a text of {len(text)} characters; this server accepts at most {limit} per text"
+        )
+
+
+def _check_messages(loc: Sequence[Any], messages: Sequence[dict[str, str]], limit: int) -> None:
+    for j, m in enumerate(messages):
+        _check_chars([*loc, j, "content"], m["content"], limit)
+
+
 def _message_dicts(msgs: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in msgs]
 
@@ -90,10 +102,10 @@ def _read_pair(
 
 
 def _conversations(
-    field: str, items: Sequence[Any], names: tuple[str, str]
+    field: str, items: Sequence[Any], names: tuple[str, str], max_chars: int
 ) -> tuple[list[tuple[Conversation, Conversation]], list[StoredComparison]]:
     """Each item's two conversations (prompt + response), and the item as messages; a bad
-    item is a 422 naming ``field[i]``."""
+    item (or a text over ``max_chars``) is a 422 naming ``field[i]``."""
     pairs, raw = [], []
     for i, item in enumerate(items):
         where = f"{field}[{i}]"
@@ -101,6 +113,8 @@ def _conversations(
             prompt, first, second = _read_pair(
                 item.prompt, getattr(item, names[0]), getattr(item, names[1]), where, names
             )
+            for name, msgs in zip(("prompt", *names), (prompt, first, second), strict=True):
+                _check_messages([field, i, name], msgs, max_chars)
             pairs.append(
                 (
                     to_conversation(prompt, first, f"{where}.{names[0]}"),
@@ -189,6 +203,9 @@ def api_router(
             if values is not None and len(values) != n:
                 raise _unprocessable([name], f"has {len(values)} items but query has {n}")
         conversations, mismatch = [], []
+        for name, values in (("query", body.query), ("prompts", body.prompts or ())):
+            for i, text in enumerate(values):
+                _check_chars([name, i], text, limits.max_text_chars)
         for i, q in enumerate(body.query):
             # a query that does not start with its prompt (OpenRLHF truncated the prompt) is
             # read on its own and flagged: one such sample never fails the batch
@@ -235,6 +252,8 @@ def api_router(
                 )
         conversations = []
         for i, msgs in enumerate(body.conversations):
+            for j, m in enumerate(msgs):
+                _check_chars(["conversations", i, j, "content"], m.content, limits.max_text_chars)
             try:
                 conversations.append(
                     check_conversation(_message_dicts(msgs), f"conversations[{i}]")
@@ -261,7 +280,9 @@ def api_router(
         on all their stored comparisons; the next request is scored with the new weights.
         Stored and refit in one transaction: a failed write (503) stores nothing."""
         _check_batch("comparisons", len(body.comparisons), limits.max_comparisons)
-        pairs, raw = _conversations("comparisons", body.comparisons, ("chosen", "rejected"))
+        pairs, raw = _conversations(
+            "comparisons", body.comparisons, ("chosen", "rejected"), limits.max_text_chars
+        )
         try:
             done = svc.onboard(user_id, pairs, raw, idempotency_key=idempotency_key)
         except IdempotencyKeyReused as exc:
@@ -286,7 +307,9 @@ def api_router(
         _check_batch("candidates", m, limits.max_candidates)
         if body.n > m:
             raise _unprocessable(["n"], f"n = {body.n} is more than the {m} candidates")
-        pairs, _ = _conversations("candidates", body.candidates, ("response_a", "response_b"))
+        pairs, _ = _conversations(
+            "candidates", body.candidates, ("response_a", "response_b"), limits.max_text_chars
+        )
         try:
             chosen = svc.next_questions(user_id, pairs, body.n)
         except NoPosterior as exc:

@@ -21,6 +21,10 @@ class Limits:
     max_comparisons: int = 1024  # comparisons per onboarding request
     max_candidates: int = 256  # candidate pairs per next-questions request
     max_user_id_chars: int = 256
+    # characters per text (a message, a query or a prompt): a longer one is a 422. The
+    # backbone reads at most its max_length tokens of any text, and cuts a long one to its
+    # end before tokenising, so this bounds the request's parsing, not the model's work.
+    max_text_chars: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
