@@ -750,14 +750,14 @@ def test_lore_serve_command(small_model_dir, tmp_path):
     db = tmp_path / "cli.sqlite"
     proc, url = start_lore_serve(
         small_model_dir, db, "--token-file", str(token_file), "--micro-batch", "16",
-        "--max-wait-ms", "1.5",
+        "--max-wait-ms", "1.5", "--chunk-ms", "300",
     )  # fmt: skip
     try:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         assert httpx.get(url + "/model-info").status_code == 401
         info = httpx.get(url + "/model-info", headers=auth).json()
         assert info["embedder"] == "hashing-64"
-        assert info["batching"] == {"max_texts": 16, "max_wait_ms": 1.5}
+        assert info["batching"] == {"max_texts": 16, "max_wait_ms": 1.5, "chunk_ms": 300.0}
         out = httpx.post(
             url + "/users/erin/comparisons", headers=auth, json=onboarding_body(2), timeout=30
         )

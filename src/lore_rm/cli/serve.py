@@ -59,6 +59,13 @@ def serve(
         help="Micro-batching: how long the oldest waiting request waits for others to join "
         "its batch, ms (0: off).",
     ),
+    chunk_ms: float = typer.Option(
+        250.0,
+        min=1.0,
+        max=60_000.0,
+        help="Backbone calls are sized to last about this long, ms: large requests are cut "
+        "into such chunks and a small request waits at most about one chunk.",
+    ),
     label_key: str | None = typer.Option(
         None, help="/get_reward labels are JSON objects: read the user id from this key."
     ),
@@ -97,7 +104,7 @@ def serve(
             "max_body_bytes": int(max_body_mb * 1024 * 1024),
             "max_text_chars": max_text_chars,
         },
-        "batching": {"max_texts": micro_batch, "max_wait_ms": max_wait_ms},
+        "batching": {"max_texts": micro_batch, "max_wait_ms": max_wait_ms, "chunk_ms": chunk_ms},
         "query_format": {"label_key": label_key, "parse_templates": not keep_template},
         "device": device,
         "dtype": dtype,

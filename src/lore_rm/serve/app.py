@@ -116,9 +116,10 @@ def create_app(
     ``Authorization: Bearer TOKEN`` (or ``?access_token=TOKEN`` for clients that cannot set
     headers, such as OpenRLHF). Token values are redacted from the uvicorn and lore-rm logs.
 
-    ``batching`` (default :class:`Batching`'s): concurrent ``/get_reward`` and ``/reward``
-    requests are gathered into shared backbone calls; the embedder's own ``batch_size`` still
-    caps the texts per forward pass.
+    ``batching`` (default :class:`Batching`'s): every backbone call goes through one queue
+    (:class:`~lore_rm.serve.batching.MicroBatcher`): concurrent requests are gathered into
+    shared calls, large ones cut into chunks, small ones first; the embedder's own
+    ``batch_size`` still caps the texts per forward pass.
     """
     install_log_redaction()
     limits = limits or Limits()
@@ -126,7 +127,8 @@ def create_app(
     svc = service or RewardService(model, embedder, db_path)
 
     batching = batching or Batching()
-    batcher = MicroBatcher(svc.reward, batching) if batching.enabled else None
+    batcher = MicroBatcher(svc.embed_now, batching)
+    svc.use_queue(batcher)
 
     check_token = token_dependency(token)
     owned = service is None
@@ -134,8 +136,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        if batcher is not None:  # finish what was queued, off the event loop
-            await run_in_threadpool(batcher.close)
+        await run_in_threadpool(batcher.close)  # finish what was queued, off the event loop
+        svc.use_queue(None)
         if owned:  # close the database connections this app opened
             svc.close()
 

@@ -131,14 +131,15 @@ Score = Callable[[list[Conversation], list[str | None]], Awaitable[Scored]]
 
 
 def scorer(svc: RewardService, batcher: MicroBatcher | None) -> Score:
-    """How the reward routes score: off the event loop, on the batcher's thread (shared
-    with other requests' conversations), or on a threadpool thread."""
+    """How the reward routes score: off the event loop, on the batcher's thread (embedded
+    in its queue with every other backbone call, then scored there), or on a threadpool
+    thread."""
 
     async def score(conversations: list[Conversation], users: list[str | None]) -> Scored:
         if batcher is None:
             return await run_in_threadpool(svc.reward, conversations, users)
         try:
-            future = batcher.submit(conversations, users)
+            future = batcher.submit(conversations, lambda e: svc.score(e, users))
         except ShuttingDown as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from exc
         return await asyncio.wrap_future(future)
@@ -156,7 +157,8 @@ def api_router(
     batching: Batching | None = None,
 ) -> APIRouter:
     """Every endpoint but ``/health``, each behind ``check_token``. With a ``batcher`` the
-    reward endpoints are scored through it (micro-batched across requests)."""
+    reward endpoints are embedded and scored on its thread (in its queue, with every other
+    backbone call)."""
     api = APIRouter(dependencies=[Depends(check_token)])
     score = scorer(svc, batcher)
 

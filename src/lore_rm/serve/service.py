@@ -44,6 +44,7 @@ from lore_rm.fit.model import LowRankReward
 from lore_rm.fit.posterior import WeightsPosterior
 from lore_rm.serve.user_control import forget_hashes
 from lore_rm.serve.user_records import changes_since
+from lore_rm.serve.batching import MicroBatcher, ShuttingDown
 from lore_rm.serve.user_store import FifoLock, Idempotency, Store, StoredComparison
 
 
@@ -155,6 +156,7 @@ class RewardService:
         )
         self._lock = threading.RLock()  # guards self.model's weights and the maps below
         self._embed_lock = threading.Lock() if serialize_embed else None
+        self._queue: MicroBatcher | None = None
         self._personalize_lock = FifoLock()
         self._seq = 0
         self._n_fit: dict[str, int] = {}  # onboarded users -> comparisons behind their weights
@@ -250,7 +252,25 @@ class RewardService:
         return w, n
 
     # ---- embedding ----------------------------------------------------------------------------
+    def use_queue(self, queue: MicroBatcher | None) -> None:
+        """Send every backbone call through ``queue`` (chunked, small requests first: see
+        :mod:`~lore_rm.serve.batching`); None: call the backbone directly."""
+        self._queue = queue
+
     def embed(self, conversations: Sequence[Conversation]) -> torch.Tensor:
+        """(n, d) float32 embeddings: through the queue when one is in use (and running)."""
+        queue = self._queue
+        if queue is not None and queue.thread is not threading.current_thread():
+            try:
+                future = queue.submit(conversations)
+            except ShuttingDown:
+                pass  # the app is stopping: what is still in flight runs directly
+            else:
+                return future.result()
+        return self.embed_now(conversations)
+
+    def embed_now(self, conversations: Sequence[Conversation]) -> torch.Tensor:
+        """The backbone's embeddings of ``conversations``, checked (one call at a time)."""
         if self._embed_lock is None:
             e = self.embedder.embed(conversations)
         else:
@@ -275,11 +295,20 @@ class RewardService:
         ``known``."""
         if len(users) != len(conversations):
             raise DataError(f"{len(users)} users for {len(conversations)} conversations")
-        self.sync()
         if not conversations:
             k = self.model.n_components_
             return Scored(np.zeros(0), np.zeros(0, dtype=bool), np.zeros((0, k), np.float32))
-        e = self.embed(conversations)
+        return self.score(self.embed(conversations), users)
+
+    def score(self, e: torch.Tensor, users: Sequence[str | None]) -> Scored:
+        """The rewards of embeddings ``e`` (n, d) for ``users`` (see :meth:`reward`), and
+        the embeddings' projections on the basis."""
+        if len(users) != e.shape[0]:
+            raise DataError(f"{len(users)} users for {e.shape[0]} embeddings")
+        self.sync()
+        if not len(users):
+            k = self.model.n_components_
+            return Scored(np.zeros(0), np.zeros(0, dtype=bool), np.zeros((0, k), np.float32))
         ids = [None if u is None else str(u) for u in users]
         with self._lock:
             r = self.model.reward(e, ids, unknown="mean")
