@@ -5,6 +5,10 @@ user ids that are not UTF-8 and the locations errors name."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+
 import httpx
 import pytest
 from serve_utils import D, LiveServer, conversation, shared_model_dir
@@ -55,3 +59,92 @@ def test_a_text_over_the_character_limit_is_a_422_naming_it(model, tmp_path):
             assert f"{limit + 1} characters" in err["msg"] and f"at most {limit}" in err["msg"]
         info = httpx.get(url + "/model-info").json()
     assert info["limits"]["max_text_chars"] == limit
+
+
+# ---- defect 3: many unknown keys --------------------------------------------------------------
+def _health_worst(url: str, stop: threading.Event, out: list[float]) -> None:
+    with httpx.Client(base_url=url, timeout=60) as c:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            c.get("/health")
+            out.append(time.monotonic() - t0)
+            time.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    ("path", "where"),
+    [
+        ("/reward", "top"),
+        ("/users/ann/comparisons", "nested"),
+        ("/users/ann/next-questions", "nested"),
+        ("/get_reward", "top"),
+    ],
+)
+def test_many_unknown_keys_are_refused_in_one_pass(model, tmp_path, path, where):
+    """100k unknown keys (1.3 MB): one 422 naming a few and counting them (it was one error per
+    key, and seconds of a frozen event loop for a million); /health keeps answering."""
+    n = 100_000
+    junk = {f"k{i}": i for i in range(n)}
+    base = {
+        "/reward": {"user": "seen1", "conversations": [conversation("hi", "yo")]},
+        "/get_reward": {"query": ["hi yo"]},
+        "/users/ann/comparisons": {
+            "comparisons": [{"prompt": "q", "chosen": "yes", "rejected": "no"}]
+        },
+        "/users/ann/next-questions": {
+            "candidates": [{"prompt": "q", "response_a": "yes", "response_b": "no"}],
+            "n": 1,
+        },
+    }[path]
+    if where == "top":
+        body = {**base, **junk}
+    else:
+        key = next(iter(base))
+        body = {**base, key: [{**base[key][0], **junk}]}
+    raw = json.dumps(body).encode()
+    with serve(model, tmp_path) as url:
+        stop, health = threading.Event(), []
+        poller = threading.Thread(target=_health_worst, args=(url, stop, health))
+        poller.start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        r = httpx.post(url + path, content=raw, headers={"content-type": "application/json"})
+        took = time.monotonic() - t0
+        time.sleep(0.1)
+        stop.set()
+        poller.join(30)
+    if path == "/get_reward":  # OpenRLHF's request: extra keys are ignored
+        assert r.status_code == 200, r.text
+    else:
+        assert r.status_code == 422, r.text
+        assert "n_errors" not in r.json()
+        (err,) = r.json()["detail"]
+        assert f"{n} unknown key(s): 'k0', 'k1'" in err["msg"], err
+        assert f"and {n - 5} more" in err["msg"]
+    assert took < 3.0 and max(health) < 1.5, (took, max(health))
+
+
+def test_a_body_of_a_million_keys_is_refused_before_it_is_parsed(model, tmp_path):
+    """1M keys (12 MB, under the 16 MiB body limit): a 413 from counting ':' and ','
+    (json.loads alone took over a second of the event loop)."""
+    n = 1_000_000
+    raw = b'{"user": "seen1", "conversations": [], ' + b",".join(
+        b'"%x":0' % i for i in range(n)
+    ) + b"}"
+    assert len(raw) < Limits().max_body_bytes
+    prose = [conversation("q", f"{i} a, b: c " * 100_000) for i in range(3)]  # 600k ':' and ','
+    text_with_commas = {"user": "seen1", "conversations": prose}
+    with serve(model, tmp_path) as url:
+        stop, health = threading.Event(), []
+        poller = threading.Thread(target=_health_worst, args=(url, stop, health))
+        poller.start()
+        time.sleep(0.1)
+        r = httpx.post(url + "/reward", content=raw, headers={"content-type": "application/json"})
+        ok = httpx.post(url + "/reward", json=text_with_commas, timeout=30)
+        stop.set()
+        poller.join(30)
+    assert r.status_code == 413, r.text
+    msg = r.json()["detail"][0]["msg"]
+    assert f"holds {2 * n + 3} JSON keys and list items" in msg and "at most 400000" in msg
+    assert ok.status_code == 200, ok.text  # ':' and ',' inside strings are not counted
+    assert max(health) < 1.0, max(health)

@@ -46,6 +46,12 @@ def serve(
         min=1,
         help="Longest text (message, query or prompt), characters; longer: 422.",
     ),
+    max_json_items: int = typer.Option(
+        400_000,
+        min=1,
+        help="Most JSON keys and list items per body (counted as the ':' and ',' outside "
+        "strings); more: 413 before parsing.",
+    ),
     micro_batch: int = typer.Option(
         64,
         min=1,
@@ -103,6 +109,7 @@ def serve(
             "max_candidates": max_candidates,
             "max_body_bytes": int(max_body_mb * 1024 * 1024),
             "max_text_chars": max_text_chars,
+            "max_json_items": max_json_items,
         },
         "batching": {"max_texts": micro_batch, "max_wait_ms": max_wait_ms, "chunk_ms": chunk_ms},
         "query_format": {"label_key": label_key, "parse_templates": not keep_template},

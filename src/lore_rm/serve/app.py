@@ -151,7 +151,9 @@ def create_app(
     app.state.limits = limits
     app.state.batching = batching
     app.state.batcher = batcher
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=limits.max_body_bytes, max_items=limits.max_json_items
+    )
     app.add_middleware(TokenGate, token=token)  # outermost: before any body is read
 
     @app.exception_handler(LoreError)
