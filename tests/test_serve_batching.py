@@ -204,7 +204,7 @@ def test_batching_settings(llama, tmp_path, texts, wait, on):
     assert app.state.service.embedder.batch_size == (texts if on else default)
     with LiveServer(app) as url:
         info = httpx.get(url + "/model-info").json()
-    assert info["batching"] == {"max_texts": texts, "max_wait_ms": wait, "chunk_ms": 250.0}
+    assert info["batching"] == {"max_texts": texts, "max_wait_ms": wait, "chunk_ms": 200.0}
 
 
 def test_batching_settings_are_checked():

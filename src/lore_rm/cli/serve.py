@@ -66,7 +66,7 @@ def serve(
         "its batch, ms (0: off).",
     ),
     chunk_ms: float = typer.Option(
-        250.0,
+        200.0,
         min=1.0,
         max=60_000.0,
         help="Backbone calls are sized to last about this long, ms: large requests are cut "

@@ -127,7 +127,7 @@ def create_app(
     svc = service or RewardService(model, embedder, db_path)
 
     batching = batching or Batching()
-    batcher = MicroBatcher(svc.embed_now, batching)
+    batcher = MicroBatcher(svc.embed_now, batching, cost=svc.text_cost)
     svc.use_queue(batcher)
 
     check_token = token_dependency(token)

@@ -5,19 +5,20 @@ Every backbone call of the service goes through a :class:`MicroBatcher`: reward 
 onboarding posts and next-questions candidates put their (already validated) conversations
 on its queue and get a future. One dedicated thread runs the backbone:
 
-* **chunks**: a request is cut into chunks and each backbone call takes at most ``cap``
-  conversations, where ``cap`` (at most ``max_texts``) is set from the measured time per
-  conversation so that one call lasts about ``chunk_ms``. A request of 2,048 conversations
-  is therefore ~``2048 / cap`` calls, and others run between them.
-* **priority**: each call is filled with the requests that have the fewest conversations
-  left first (shortest remaining first), so a one-text reward request joins the very next
-  call whatever is queued; the oldest request still gets a quarter of every call, so large
-  requests always progress.
+* **chunks**: a request is cut into chunks, and each backbone call holds about ``chunk_ms``
+  of work: every conversation has a cost (by default its characters, capped where the
+  backbone stops reading, plus a fixed overhead: :func:`text_cost`), the thread keeps a
+  running estimate of the seconds per unit of cost, and fills each call up to
+  ``chunk_ms`` worth (at least one conversation, at most ``max_texts``). A request of 2,048
+  long conversations is therefore many calls, and others run between them.
+* **priority**: each call is filled with the requests that have the least work left first
+  (shortest remaining first), so a one-text reward request joins the very next call
+  whatever is queued; every fourth call, the oldest request goes first, so large requests
+  always progress.
 * **gathering**: with batching on, the thread waits up to ``max_wait_ms`` after the oldest
   waiting request arrived for others to join its call (a thread that was busy longer than
   that goes at once with whatever is queued). Off (``max_texts = 1`` or ``max_wait_ms = 0``):
-  each call holds one request's conversations only (still in chunks, smallest request first;
-  every fourth call goes to the oldest).
+  each call holds one request's conversations only (still in chunks, the same priority).
 
 When a call that holds several requests' conversations fails, each of them is run again
 alone, so an error reaches only the request that caused it (and ends it). A request's
@@ -42,11 +43,19 @@ from lore_rm.errors import LoreError
 
 EmbedFn = Callable[[Sequence[Conversation]], torch.Tensor]
 
-#: conversations per call before any call has been timed
-FIRST_CAP = 8
-#: a large request's share of each call (1 / OLDEST_SHARE), and how often it goes first when
-#: requests are not gathered
-OLDEST_SHARE = 4
+#: the cost of a conversation beyond its characters (template, tokenizer and call overheads)
+TEXT_OVERHEAD = 64
+#: seconds per unit of cost assumed before any call has been timed (a slow backbone's)
+FIRST_RATE = 2e-4
+#: every OLDEST_EVERY-th call, the oldest request goes first
+OLDEST_EVERY = 4
+
+
+def text_cost(conversation: Conversation, max_chars: int | None = None) -> int:
+    """What embedding ``conversation`` costs, in characters: its content (at most
+    ``max_chars``, where the backbone stops reading) plus :data:`TEXT_OVERHEAD`."""
+    chars = sum(len(m.get("content", "")) for m in conversation)
+    return TEXT_OVERHEAD + (chars if max_chars is None else min(chars, max_chars))
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ class Batching:
 
     max_texts: int = 64
     max_wait_ms: float = 2.0
-    chunk_ms: float = 250.0
+    chunk_ms: float = 200.0
 
     def __post_init__(self) -> None:
         if self.max_texts < 1:
@@ -73,6 +82,10 @@ class Batching:
         return self.max_texts > 1 and self.max_wait_ms > 0
 
     @property
+    def chunk_s(self) -> float:
+        return self.chunk_ms / 1000
+
+    @property
     def call_limit(self) -> int:
         """Most conversations per backbone call (64 when requests are not gathered)."""
         return self.max_texts if self.enabled else max(self.max_texts, Batching.max_texts)
@@ -83,7 +96,9 @@ class _Job:
     conversations: Sequence[Conversation]
     finish: Callable[[torch.Tensor], Any] | None
     future: Future
-    order: list[int]  # positions, longest conversations first (similar lengths per call)
+    order: list[int]  # positions, costliest first (similar lengths per call)
+    costs: list[int]  # cost of each position of ``order``
+    left_cost: int
     started: bool = False  # its future is running (it can no longer be cancelled)
     handed: int = 0  # positions of ``order`` given to calls so far
     done: int = 0  # positions embedded so far
@@ -95,10 +110,6 @@ class _Job:
         return len(self.order) - self.handed
 
 
-def _chars(conversation: Conversation) -> int:
-    return sum(len(m.get("content", "")) for m in conversation)
-
-
 class ShuttingDown(LoreError):
     """The batcher was closed: no new requests."""
 
@@ -108,14 +119,23 @@ class MicroBatcher:
     thread, in chunks, small requests first (so an event loop awaiting the futures never
     runs the backbone, and no request waits behind a large one)."""
 
-    def __init__(self, embed: EmbedFn, config: Batching, *, name: str = "lore-micro-batcher"):
+    def __init__(
+        self,
+        embed: EmbedFn,
+        config: Batching,
+        *,
+        cost: Callable[[Conversation], int] = text_cost,
+        name: str = "lore-micro-batcher",
+    ):
         self.embed = embed
         self.config = config
+        self.cost = cost
         self._queue: deque[_Job] = deque()  # jobs with conversations not yet handed out
         self._queued_texts = 0
+        self._queued_cost = 0
         self._cond = threading.Condition()
         self._closed = False
-        self._per_text_s: float | None = None  # running estimate of a call's time per text
+        self.rate: float | None = None  # running estimate of seconds per unit of cost
         self._calls_since_oldest = 0
         self.batches = 0  # calls that held more than one request
         self.largest = 0  # most requests in one call so far
@@ -130,8 +150,10 @@ class MicroBatcher:
     ) -> Future:
         """A future of ``finish(embeddings)`` (default: the (n, d) embeddings themselves)."""
         fut: Future = Future()
-        order = sorted(range(len(conversations)), key=lambda i: -_chars(conversations[i]))
-        job = _Job(conversations, finish, fut, order)
+        cost = [int(self.cost(c)) for c in conversations]
+        order = sorted(range(len(conversations)), key=lambda i: -cost[i])
+        costs = [cost[i] for i in order]
+        job = _Job(conversations, finish, fut, order, costs, sum(costs))
         with self._cond:
             if self._closed:
                 raise ShuttingDown("the reward service is shutting down")
@@ -141,6 +163,7 @@ class MicroBatcher:
                 return fut
             self._queue.append(job)
             self._queued_texts += len(order)
+            self._queued_cost += job.left_cost
             self._cond.notify()
         return fut
 
@@ -156,29 +179,29 @@ class MicroBatcher:
     def thread(self) -> threading.Thread:
         return self._thread
 
-    def cap(self) -> int:
-        """Conversations per call now: about ``chunk_ms`` of backbone time, at most
-        ``max_texts``."""
-        limit = self.config.call_limit
-        if self._per_text_s is None:
-            return min(limit, FIRST_CAP)
-        fit = int(self.config.chunk_ms / 1000 / max(self._per_text_s, 1e-9))
-        return max(1, min(limit, fit))
+    def budget(self) -> float:
+        """The cost one call may hold now: about ``chunk_ms`` of backbone time."""
+        return self.config.chunk_s / (self.rate if self.rate is not None else FIRST_RATE)
 
     # ---- the worker ---------------------------------------------------------------------------
     def _take(self) -> list[tuple[_Job, list[int]]] | None:
         """The next call's pieces (a job and positions of its conversations), or None once
         closed and drained."""
         wait = self.config.max_wait_ms / 1000
+        limit = self.config.call_limit
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
             if not self._queue:
                 return None
-            cap = self.cap()
+            budget = self.budget()
             if self.config.enabled:
                 deadline = self._queue[0].arrived + wait
-                while self._queued_texts < cap and not self._closed:
+                while (
+                    self._queued_texts < limit
+                    and self._queued_cost < budget
+                    and not self._closed
+                ):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -191,42 +214,38 @@ class MicroBatcher:
                     jobs.append(j)
                 else:  # its caller went away before it started
                     self._queued_texts -= j.left
+                    self._queued_cost -= j.left_cost
             self._queue = deque(jobs)
             if not jobs:
                 return []
-            take = self._shares(jobs, cap)
             pieces = []
-            for job, k in take:
-                pieces.append((job, job.order[job.handed : job.handed + k]))
-                job.handed += k
-                self._queued_texts -= k
+            n, spent = 0, 0.0
+            for job in self._priority(jobs):
+                rows = []
+                while job.left and n < limit and (n == 0 or spent + job.costs[job.handed] <= budget):
+                    rows.append(job.order[job.handed])
+                    spent += job.costs[job.handed]
+                    job.left_cost -= job.costs[job.handed]
+                    self._queued_cost -= job.costs[job.handed]
+                    job.handed += 1
+                    n += 1
+                if rows:
+                    pieces.append((job, rows))
+                self._queued_texts -= len(rows)
+                if n >= limit or spent >= budget or not self.config.enabled:
+                    break
             self._queue = deque(j for j in self._queue if j.left)
             return pieces
 
-    def _shares(self, jobs: list[_Job], cap: int) -> list[tuple[_Job, int]]:
-        """How many conversations of which jobs go into the next call (see the module doc)."""
-        oldest = jobs[0]
-        by_size = sorted(jobs, key=lambda j: (j.left, j.arrived))
-        if not self.config.enabled:  # one job per call
-            self._calls_since_oldest += 1
-            pick = by_size[0]
-            if self._calls_since_oldest >= OLDEST_SHARE:
-                pick = oldest
-            if pick is oldest:
-                self._calls_since_oldest = 0
-            return [(pick, min(pick.left, cap))]
-        reserve = min(oldest.left, max(1, cap // OLDEST_SHARE))
-        take: dict[_Job, int] = {}
-        n = 0
-        for job in by_size:
-            room = cap - n - (0 if job is oldest or oldest in take else reserve)
-            if room <= 0:
-                break
-            take[job] = min(job.left, room)
-            n += take[job]
-        if oldest not in take:
-            take[oldest] = min(oldest.left, cap - n)
-        return list(take.items())
+    def _priority(self, jobs: list[_Job]) -> list[_Job]:
+        """The order in which jobs fill the next call: least work left first, except that
+        every :data:`OLDEST_EVERY`-th call the oldest goes first."""
+        by_work = sorted(jobs, key=lambda j: (j.left_cost, j.arrived))
+        self._calls_since_oldest += 1
+        if self._calls_since_oldest >= OLDEST_EVERY or by_work[0] is jobs[0]:
+            self._calls_since_oldest = 0
+            return [jobs[0], *(j for j in by_work if j is not jobs[0])]
+        return by_work
 
     def _run(self) -> None:
         while (pieces := self._take()) is not None:
@@ -236,9 +255,8 @@ class MicroBatcher:
     def _call(self, conversations: list[Conversation]) -> torch.Tensor:
         t0 = time.perf_counter()
         e = self.embed(conversations)
-        per_text = (time.perf_counter() - t0) / max(len(conversations), 1)
-        old = self._per_text_s
-        self._per_text_s = per_text if old is None else 0.5 * old + 0.5 * per_text
+        rate = (time.perf_counter() - t0) / max(sum(map(self.cost, conversations)), 1)
+        self.rate = rate if self.rate is None else 0.5 * self.rate + 0.5 * rate
         self.calls = [*self.calls[-999:], len(conversations)]
         return e
 
@@ -282,6 +300,7 @@ class MicroBatcher:
         with self._cond:
             if job in self._queue:
                 self._queued_texts -= job.left
+                self._queued_cost -= job.left_cost
                 self._queue.remove(job)
         if not job.future.done():
             job.future.set_exception(exc)

@@ -42,9 +42,9 @@ from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.fit.posterior import WeightsPosterior
+from lore_rm.serve.batching import MicroBatcher, ShuttingDown, text_cost
 from lore_rm.serve.user_control import forget_hashes
 from lore_rm.serve.user_records import changes_since
-from lore_rm.serve.batching import MicroBatcher, ShuttingDown
 from lore_rm.serve.user_store import FifoLock, Idempotency, Store, StoredComparison
 
 
@@ -256,6 +256,12 @@ class RewardService:
         """Send every backbone call through ``queue`` (chunked, small requests first: see
         :mod:`~lore_rm.serve.batching`); None: call the backbone directly."""
         self._queue = queue
+
+    def text_cost(self, conversation: Conversation) -> int:
+        """What embedding ``conversation`` costs, for the queue's chunks: its characters, up
+        to where the backbone stops reading (~4 per token of its ``max_length``)."""
+        max_length = getattr(self.embedder, "max_length", None)
+        return text_cost(conversation, 4 * max_length if isinstance(max_length, int) else None)
 
     def embed(self, conversations: Sequence[Conversation]) -> torch.Tensor:
         """(n, d) float32 embeddings: through the queue when one is in use (and running)."""
