@@ -33,6 +33,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes (share the database)."),
+    worker_healthcheck_s: int = typer.Option(
+        60,
+        min=1,
+        help="--workers: seconds a worker may take to answer the master's health check before "
+        "it is killed and replaced (loading a backbone holds a worker for seconds; uvicorn's "
+        "default, 5, killed slow-loading workers).",
+    ),
     token_file: Path | None = typer.Option(
         None,
         help="File holding the bearer token (else $LORE_SERVE_TOKEN; neither: no auth).",
@@ -133,6 +140,7 @@ def serve(
                 port=port,
                 workers=workers,
                 log_level=log_level,
+                timeout_worker_healthcheck=worker_healthcheck_s,
             )
     except (LoreError, StorageError) as exc:
         fail(exc)

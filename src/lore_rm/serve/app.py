@@ -225,12 +225,14 @@ def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory lore_rm.serve.app:app_from_env``: reads the JSON
     configuration that ``lore serve`` puts in ``$LORE_SERVE_CONFIG``. A worker of
     ``lore serve --workers N`` stops when its master dies (:mod:`~lore_rm.serve.lifeline`)."""
-    die_with_master()
+    die_with_master(loading=True)
     raw = os.environ.get(CONFIG_ENV)
     if not raw:
         raise LoreError(f"${CONFIG_ENV} is not set: start the service with `lore serve`")
     cfg = json.loads(raw)
-    return build_app(**cfg)
+    app = build_app(**cfg)
+    die_with_master()
+    return app
 
 
 def build_app(
