@@ -164,7 +164,8 @@ def measure(url: str, cases: list[tuple[str, str, dict]]) -> list[dict]:
     time.sleep(2.0)  # an idle baseline
     idle = [w for _, w in prober.waits]
     rows = [{"case": "idle", "status": 200, "seconds": 0.0,
-             "worst_wait_s": max(idle), "median_wait_s": statistics.median(idle),
+             "worst_wait_s": round(max(idle), 3),
+             "median_wait_s": round(statistics.median(idle), 3),
              "n_probes": len(idle)}]  # fmt: skip
     with httpx.Client(base_url=url, timeout=1800) as client:
         for name, path, body in cases:

@@ -6,6 +6,7 @@ user ids that are not UTF-8 and the locations errors name."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 
@@ -16,6 +17,8 @@ from serve_utils import D, LiveServer, conversation, shared_model_dir
 from lore_rm import LowRankReward
 from lore_rm.embed.hashing import HashingEmbedder
 from lore_rm.serve import Limits, create_app
+from lore_rm.serve.service import RewardService
+from lore_rm.serve.user_store import Store
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +151,82 @@ def test_a_body_of_a_million_keys_is_refused_before_it_is_parsed(model, tmp_path
     assert f"holds {2 * n + 3} JSON keys and list items" in msg and "at most 400000" in msg
     assert ok.status_code == 200, ok.text  # ':' and ',' inside strings are not counted
     assert max(health) < 1.0, max(health)
+
+
+# ---- defect 5: a user whose stored rows disappear ---------------------------------------------
+def _onboard(client: httpx.Client, user: str, n: int, tag: str = "") -> dict:
+    items = [
+        {"prompt": f"topic {tag}{i}", "chosen": f"winter river {tag}{i}", "rejected": f"sunny {i}"}
+        for i in range(n)
+    ]
+    r = client.post(f"/users/{user}/comparisons", json={"comparisons": items})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _delete_rows(db, user: str, keep: int = 0) -> None:
+    """What an operator does by hand: drop a user's stored comparisons (all but ``keep``)."""
+    con = sqlite3.connect(db)
+    with con:
+        con.execute(
+            "DELETE FROM comparisons WHERE user_id = ? AND id NOT IN "
+            "(SELECT id FROM comparisons WHERE user_id = ? ORDER BY id LIMIT ?)",
+            (user, user, keep),
+        )
+    con.close()
+
+
+def test_a_user_whose_rows_were_deleted_is_refit_on_read(model, tmp_path):
+    """n_fit above the stored rows used to spin a thread forever on every GET /users/{id} or
+    next-questions (~40 such requests hung the server)."""
+    db = tmp_path / "db.sqlite"
+    pair = {"candidates": [{"prompt": "q", "response_a": "winter", "response_b": "sunny"}], "n": 1}
+    with serve(model, tmp_path) as url, httpx.Client(base_url=url, timeout=5) as client:
+        _onboard(client, "ann", 4)
+        _onboard(client, "bob", 4)
+        seen = _onboard(client, "seen1", 3)  # a user of the model folder, onboarded too
+        folder = model.weights_for(["seen1"])[0][0].tolist()
+        assert seen["weights"] != pytest.approx(folder)
+        _delete_rows(db, "ann")
+        _delete_rows(db, "bob", keep=2)
+        _delete_rows(db, "seen1")
+
+        ann = client.get("/users/ann").json()
+        assert ann["source"] == "population-mean" and not ann["known"]
+        assert ann["n_comparisons"] == 0 and ann["n_fit"] is None
+        assert client.post("/users/ann/next-questions", json=pair).json()["n_answers"] == 0
+        assert client.post("/reward", json={"user": "ann", "conversations": [
+            conversation("q", "a")]}).json()["known"] == [False]  # fmt: skip
+
+        bob = client.post("/users/bob/next-questions", json=pair).json()
+        assert bob["n_answers"] == 2 and bob["known"]
+        bob = client.get("/users/bob").json()
+        assert bob["n_comparisons"] == 2 and bob["n_fit"] == 2
+        assert bob["posterior"]["n_answers"] == 2
+
+        seen = client.get("/users/seen1").json()
+        assert seen["source"] == "model" and seen["weights"] == pytest.approx(folder)
+        assert seen["posterior"] is None
+
+        again = _onboard(client, "ann", 1, tag="again")  # onboarding starts afresh
+        assert again["total"] == 1 and again["n_fit"] == 1 and again["new_user"]
+        assert client.get("/users/ann").json()["n_fit"] == 1
+    assert Store(db).stale_users() == []
+
+
+def test_rows_deleted_while_the_service_was_down_are_repaired_at_start(model, tmp_path):
+    db = tmp_path / "db.sqlite"
+    with serve(model, tmp_path) as url, httpx.Client(base_url=url, timeout=5) as client:
+        _onboard(client, "ann", 4)
+        _onboard(client, "bob", 5)
+    _delete_rows(db, "ann")
+    _delete_rows(db, "bob", keep=3)
+    assert Store(db).stale_users() == ["ann", "bob"]
+    svc = RewardService(model, HashingEmbedder(D), db, warm_up=False)
+    try:
+        assert Store(db).stale_users() == []
+        assert Store(db).user_record("ann") is None
+        assert Store(db).user_record("bob")[1] == 3  # type: ignore[index]
+        assert svc.user_info("bob")["n_fit"] == 3 and not svc.user_info("ann")["known"]
+    finally:
+        svc.close()

@@ -162,12 +162,14 @@ class RewardService:
         self._n_fit: dict[str, int] = {}  # onboarded users -> comparisons behind their weights
         self._model_users = set(self.model.users_)  # less the ones deleted since
         self._model_user_hashes: dict[str, str] | None = None  # id hash -> model user
+        self._folder = model  # the folder's own weights, for users whose rows are all gone
+        self._forgotten: set[str] = set()  # onboarded, not in the folder, no rows left
         self.sync()
         if warm_up:
             self._warm_up()
         if refit_stale:
             for user in self.store.stale_users():
-                self._personalize(user)
+                self._refit(user)
 
     def _embedder_binding(self, embedder: Embedder) -> str:
         """What the database records of the backbone: its content fingerprint when it has
@@ -180,13 +182,21 @@ class RewardService:
         return str(fingerprint) if fingerprint else name
 
     # ---- weights ------------------------------------------------------------------------------
-    def _apply(self, users: Sequence[str], weights: np.ndarray, n_fit: Sequence[int]) -> None:
-        """Install weights in memory, keeping for each user the fit over the most comparisons."""
+    def _apply(
+        self,
+        users: Sequence[str],
+        weights: np.ndarray,
+        n_fit: Sequence[int],
+        *,
+        newest: bool = False,
+    ) -> None:
+        """Install weights in memory, keeping for each user the fit over the most comparisons
+        (``newest``: the database's current rows, whatever they replace)."""
         with self._lock:
             keep = [
                 i
                 for i, (u, n) in enumerate(zip(users, n_fit, strict=True))
-                if n >= self._n_fit.get(u, -1)
+                if newest or n >= self._n_fit.get(u, -1)
             ]
             if not keep:
                 return
@@ -200,10 +210,30 @@ class RewardService:
             self.model.set_user_weights(ids, w)
             for i in keep:
                 self._n_fit[users[i]] = int(n_fit[i])
+                self._forgotten.discard(users[i])
+
+    def _forget(self, user: str) -> None:
+        """``user`` has no stored comparisons left: serve the folder's weights (a seen user)
+        or the population's (anyone else), as before they were onboarded."""
+        with self._lock:
+            self._n_fit.pop(user, None)
+            if user in self._model_users:
+                w, _ = self._folder.weights_for([user])
+                self.model.set_user_weights([user], w)
+            elif user in self.model._user_index():
+                self._forgotten.add(user)
+
+    def _served_ids(self, users: Sequence[str | None]) -> list[str | None]:
+        """``users`` as the model is asked about them (forgotten users as unknown)."""
+        if not self._forgotten:
+            return [None if u is None else str(u) for u in users]
+        return [None if u is None or u in self._forgotten else str(u) for u in users]
 
     def sync(self) -> int:
         """Pick up deletions and weights written to the database since the last look (by any
-        process): deleted users are dropped first, then weights installed.
+        process): deleted users are dropped first, then each user's current row installed,
+        whatever it replaces (a refit after rows were deleted has fewer comparisons than the
+        fit before it).
 
         Returns how many users were read."""
         changes = changes_since(self.store, self._seq)
@@ -215,7 +245,7 @@ class RewardService:
             forget_hashes(self, changes.deleted)
             if changes.users:
                 assert changes.weights is not None
-                self._apply(changes.users, changes.weights, changes.n_fit)
+                self._apply(changes.users, changes.weights, changes.n_fit, newest=True)
             self._seq = changes.newest
         return len(changes.users) + len(changes.deleted)
 
@@ -241,15 +271,15 @@ class RewardService:
             )
         return weights[0].numpy().astype(np.float32)
 
-    def _personalize(self, user: str) -> tuple[np.ndarray, int]:
-        x = self.store.features_of(user, self.model.d_)
-        n = int(x.shape[0])
-        w = self._fit(user, x)
-        if self.store.put_weights(user, w, n):
-            self._apply([user], w[None, :], [n])
-        else:
-            self.sync()  # someone stored a fit over more comparisons: serve that one
-        return w, n
+    def _refit(self, user: str) -> None:
+        """Refit ``user`` on the comparisons stored now and serve that, whatever it replaces
+        (no comparisons left: forget their onboarding)."""
+        with self._personalize_lock:
+            w, n = self.store.refit(user, self.model.d_, lambda x: self._fit(user, x))
+            if w is None:
+                self._forget(user)
+            else:
+                self._apply([user], w[None, :], [n], newest=True)
 
     # ---- embedding ----------------------------------------------------------------------------
     def use_queue(self, queue: MicroBatcher | None) -> None:
@@ -315,8 +345,8 @@ class RewardService:
         if not len(users):
             k = self.model.n_components_
             return Scored(np.zeros(0), np.zeros(0, dtype=bool), np.zeros((0, k), np.float32))
-        ids = [None if u is None else str(u) for u in users]
         with self._lock:
+            ids = self._served_ids(users)
             r = self.model.reward(e, ids, unknown="mean")
             _, known = self.model.weights_for(ids, unknown="mean")
         y = (e @ self.model.basis_).numpy()
@@ -367,8 +397,7 @@ class RewardService:
             )  # fmt: skip
         if done.replayed:  # the same key raced this request and won: its result stands
             return Onboarded(**(done.response | {"replayed": True}))
-        assert done.weights is not None
-        self._apply([user], done.weights[None, :], [done.total])
+        self.sync()  # serve what was committed (or what another process committed since)
         return Onboarded(**done.response)
 
     def is_known(self, user: str) -> bool:
@@ -377,8 +406,9 @@ class RewardService:
 
     def user_info(self, user: str) -> dict:
         self.sync()
+        posterior = self._posterior(user)  # first: it repairs a user whose rows are gone
         with self._lock:
-            w, known = self.model.weights_for([user], unknown="mean")
+            w, known = self.model.weights_for(self._served_ids([user]), unknown="mean")
             onboarded = user in self._n_fit
             in_model = user in self._model_users
             n_fit = self._n_fit.get(user)
@@ -389,7 +419,7 @@ class RewardService:
             "weights": [float(v) for v in w[0].tolist()],
             "n_comparisons": self.store.count_comparisons(user),
             "n_fit": n_fit,
-            "posterior": None if (p := self._posterior(user)) is None else asdict(p),
+            "posterior": None if posterior is None else asdict(posterior),
         }
 
     # ---- uncertainty and questions ------------------------------------------------------------
@@ -398,7 +428,7 @@ class RewardService:
         the prior are shared, read-only), and how many stored comparisons they were fitted
         on: posteriors and selections run on it without holding the weights lock."""
         with self._lock:
-            w, known = self.model.weights_for([user], unknown="mean")
+            w, known = self.model.weights_for(self._served_ids([user]), unknown="mean")
             n_fit = self._n_fit.get(user, 0)
         view = copy.copy(self.model)
         view.users_ = [user] if bool(known[0]) else []
@@ -411,11 +441,17 @@ class RewardService:
         """``user``'s served weights (as a one-user model), their Laplace posterior from the
         stored comparisons those weights were fitted on (the first ``n_fit``: the table is
         append-only) or the prior's covariance when there are none, and those comparisons."""
-        while True:
+        for _ in range(3):
             x = self.store.features_of(user, self.model.d_)
             view, n_fit = self._user_view(user)
             if n_fit <= x.shape[0]:
-                break  # else weights synced in after the read: their rows are committed now
+                break
+            self.sync()  # weights synced in after the read: their rows are committed now
+        else:  # fewer rows than the weights were fitted on: rows were deleted
+            self._refit(user)
+            x = self.store.features_of(user, self.model.d_)
+            view, n_fit = self._user_view(user)
+            n_fit = min(n_fit, int(x.shape[0]))
         answers = Comparisons.from_features(x[:n_fit], [user] * n_fit) if n_fit else None
         try:
             post = view.weights_posterior(answers, users=[user], unknown="mean")
@@ -440,6 +476,9 @@ class RewardService:
             _, post, _ = self._user_posterior(user)
         except NoPosterior:
             return None
+        with self._lock:
+            if user in self._model_users and user not in self._n_fit:
+                return None  # their stored comparisons were all gone: the folder's weights
         return Posterior(
             [float(v) for v in post.weights[0].tolist()],
             [float(v) for v in post.weights_std()[0].tolist()],
