@@ -6,13 +6,21 @@ user ids that are not UTF-8 and the locations errors name."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 import time
 
 import httpx
 import pytest
-from serve_utils import D, LiveServer, conversation, shared_model_dir
+from serve_utils import (
+    D,
+    LiveServer,
+    conversation,
+    shared_model_dir,
+    start_lore_serve,
+    stop_lore_serve,
+)
 
 from lore_rm import LowRankReward
 from lore_rm.embed.hashing import HashingEmbedder
@@ -230,3 +238,73 @@ def test_rows_deleted_while_the_service_was_down_are_repaired_at_start(model, tm
         assert svc.user_info("bob")["n_fit"] == 3 and not svc.user_info("ann")["known"]
     finally:
         svc.close()
+
+
+# ---- defect 7: exposure defaults --------------------------------------------------------------
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` within ``seconds`` (reading what it sends)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.slow
+def test_lore_serve_answers_loopback_names_only_and_closes_slow_connections(tmp_path):
+    """The default loopback bind served any Host (a DNS-rebinding page could read and write
+    it), and connections that never sent a request stayed open."""
+    proc, url = start_lore_serve(shared_model_dir(), tmp_path / "db.sqlite", "--header-timeout",
+                                 "0.5", "--allowed-host", "rm.internal")  # fmt: skip
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        for host, status in [("attacker.example", 400), (f"attacker.example:{port}", 400),
+                             (f"localhost:{port}", 200), (f"[::1]:{port}", 200),
+                             ("127.0.0.1", 200), ("rm.internal", 200)]:  # fmt: skip
+            r = httpx.get(url + "/model-info", headers={"Host": host})
+            assert r.status_code == status, (host, r.text)
+        assert "'a.b' is not a name" in httpx.get(url + "/health", headers={"Host": "a.b"}).text
+
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        trickle = socket.create_connection(("127.0.0.1", port))
+        trickle.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        kept = socket.create_connection(("127.0.0.1", port))
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert b"200 OK" in kept.recv(4096)
+        kept.sendall(b"GET /health HTTP/1.1\r\n")  # a next request, left hanging
+        t0 = time.monotonic()
+        assert all(_closed_within(s, 3.0) for s in [*idle, trickle, kept])
+        assert time.monotonic() - t0 < 2.5
+        assert httpx.get(url + "/health").status_code == 200  # and it still serves
+    finally:
+        stop_lore_serve(proc)
+
+
+def test_binding_beyond_loopback_needs_a_token(tmp_path, monkeypatch):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from lore_rm.cli.main import app as cli
+
+    started: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: started.append(kw))
+    monkeypatch.delenv("LORE_SERVE_TOKEN", raising=False)
+    monkeypatch.delenv("LORE_SERVE_TOKEN_FILE", raising=False)
+    base = ["serve", str(shared_model_dir()), "--backbone", f"hashing-{D}", "--db",
+            str(tmp_path / "db.sqlite")]  # fmt: skip
+    refused = CliRunner().invoke(cli, [*base, "--host", "0.0.0.0"])
+    assert refused.exit_code == 2 and not started, refused.output
+    assert "no token is set" in refused.output and "--allow-unauthenticated" in refused.output
+
+    allowed = CliRunner().invoke(cli, [*base, "--host", "0.0.0.0", "--allow-unauthenticated"])
+    assert allowed.exit_code == 0 and len(started) == 1, allowed.output
+    assert "warning: serving on 0.0.0.0 with no token" in allowed.output
+
+    monkeypatch.setenv("LORE_SERVE_TOKEN", "s3cret")
+    with_token = CliRunner().invoke(cli, [*base, "--host", "0.0.0.0"])
+    assert with_token.exit_code == 0 and len(started) == 2 and "warning" not in with_token.output
+    assert started[-1]["host"] == "0.0.0.0"

@@ -30,7 +30,11 @@ def serve(
     db: Path | None = typer.Option(
         None, help="SQLite file for onboarded users (default: MODEL_DIR/lore-serve.sqlite)."
     ),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Interface to listen on. Beyond loopback (e.g. 0.0.0.0) a token is required "
+        "($LORE_SERVE_TOKEN or --token-file) unless --allow-unauthenticated.",
+    ),
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes (share the database)."),
     worker_healthcheck_s: int = typer.Option(
@@ -43,6 +47,25 @@ def serve(
     token_file: Path | None = typer.Option(
         None,
         help="File holding the bearer token (else $LORE_SERVE_TOKEN; neither: no auth).",
+    ),
+    allow_unauthenticated: bool = typer.Option(
+        False,
+        "--allow-unauthenticated",
+        help="Listen beyond loopback with no token: anyone who can reach the port can read "
+        "and change every user's weights.",
+    ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="A Host name requests may carry (repeatable). A loopback bind answers only "
+        "localhost, 127.0.0.1 and [::1] (what a DNS-rebinding page cannot send) plus these; "
+        "another bind answers any Host unless some are given.",
+    ),
+    header_timeout: float = typer.Option(
+        10.0,
+        min=0.0,
+        help="Seconds a connection may take to send a request's headers (from its opening, "
+        "or the first byte of its next request) before it is closed (0: no limit).",
     ),
     max_batch: int = typer.Option(512, min=1, help="Conversations per reward request."),
     max_comparisons: int = typer.Option(1024, min=1, help="Comparisons per onboarding post."),
@@ -101,10 +124,41 @@ def serve(
     import uvicorn
 
     from lore_rm.serve.app import CONFIG_ENV, build_app
+    from lore_rm.serve.auth import resolve_token
+    from lore_rm.serve.exposure import (
+        HEADER_TIMEOUT_ENV,
+        LOOPBACK_NAMES,
+        HeaderTimeoutProtocol,
+        is_loopback,
+    )
     from lore_rm.serve.lifeline import MASTER_PID_ENV
 
     if token_file is not None and not token_file.is_file():
         raise typer.BadParameter(f"{token_file}: no such file", param_hint="--token-file")
+    try:
+        token = resolve_token(None, token_file)
+    except LoreError as exc:
+        fail(exc)
+    loopback = is_loopback(host)
+    if not loopback and token is None:
+        if not allow_unauthenticated:
+            fail(
+                LoreError(
+                    f"--host {host} listens beyond this machine and no token is set: anyone "
+                    "who can reach the port could read and change users' weights. Set "
+                    "$LORE_SERVE_TOKEN or --token-file, or pass --allow-unauthenticated"
+                )
+            )
+        typer.secho(
+            f"warning: serving on {host} with no token (--allow-unauthenticated): anyone who "
+            "can reach the port can read and change every user's weights",
+            fg="red",
+            err=True,
+        )
+    hosts = list(allowed_host)
+    if loopback:
+        hosts += list(LOOPBACK_NAMES)
+    os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)  # read by every worker's protocol
     cfg = {
         "model_dir": str(model_dir),
         "backbone": backbone,
@@ -124,11 +178,14 @@ def serve(
         "dtype": dtype,
         "torch_threads": torch_threads,
         "force_backbone": force_backbone,
+        "allowed_hosts": hosts or None,
     }
     try:
         if workers == 1:
             app = build_app(**cfg)
-            uvicorn.run(app, host=host, port=port, log_level=log_level)
+            uvicorn.run(
+                app, host=host, port=port, log_level=log_level, http=HeaderTimeoutProtocol
+            )
         else:
             build_app(**cfg)  # fail here, once, on a bad model, backbone or database
             os.environ[CONFIG_ENV] = json.dumps(cfg)  # the token itself never goes here
@@ -141,6 +198,7 @@ def serve(
                 workers=workers,
                 log_level=log_level,
                 timeout_worker_healthcheck=worker_healthcheck_s,
+                http=HeaderTimeoutProtocol,
             )
     except (LoreError, StorageError) as exc:
         fail(exc)

@@ -70,6 +70,7 @@ from lore_rm.serve.auth import (
     token_dependency,
 )
 from lore_rm.serve.batching import Batching, MicroBatcher
+from lore_rm.serve.exposure import HostAllowList
 from lore_rm.serve.lifeline import die_with_master
 from lore_rm.serve.memory import bound_heap
 from lore_rm.serve.redact import install_log_redaction
@@ -108,6 +109,7 @@ def create_app(
     *,
     service: RewardService | None = None,
     batching: Batching | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """Build the service app over a fitted model and an embedder (injected).
 
@@ -154,7 +156,9 @@ def create_app(
     app.add_middleware(
         BodyLimit, max_bytes=limits.max_body_bytes, max_items=limits.max_json_items
     )
-    app.add_middleware(TokenGate, token=token)  # outermost: before any body is read
+    app.add_middleware(TokenGate, token=token)  # before any body is read
+    if allowed_hosts is not None:  # outermost: a rebinding page gets nothing, not even a 401
+        app.add_middleware(HostAllowList, hosts=allowed_hosts)
 
     @app.exception_handler(LoreError)
     async def _lore_error(request: Request, exc: LoreError) -> JSONResponse:
@@ -249,6 +253,7 @@ def build_app(
     torch_threads: int = 0,
     force_backbone: bool = False,
     batching: dict | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """Load the model folder and the backbone, then :func:`create_app`.
 
@@ -264,7 +269,8 @@ def build_app(
     torch's default).
 
     ``batching``: :class:`Batching` fields; when on, the backbone's forward passes take up to
-    ``max_texts`` conversations (off: ``load_backbone``'s default batch size)."""
+    ``max_texts`` conversations (off: ``load_backbone``'s default batch size).
+    ``allowed_hosts``: see :func:`create_app`."""
     import torch
 
     from lore_rm.serve.service import default_db_path
@@ -305,6 +311,7 @@ def build_app(
         limits=Limits(**(limits or {})),
         query_format=QueryFormat(**qf),
         batching=batch,
+        allowed_hosts=allowed_hosts,
     )
     # What is loaded now (the backbone, transformers: ~450k objects for a tiny Llama) lives
     # as long as the process: keep it out of the cyclic collector, whose full passes over
