@@ -308,3 +308,51 @@ def test_binding_beyond_loopback_needs_a_token(tmp_path, monkeypatch):
     with_token = CliRunner().invoke(cli, [*base, "--host", "0.0.0.0"])
     assert with_token.exit_code == 0 and len(started) == 2 and "warning" not in with_token.output
     assert started[-1]["host"] == "0.0.0.0"
+
+
+# ---- defect 8: token redaction ----------------------------------------------------------------
+def test_redaction_takes_the_whole_query_value_and_any_spelling_of_the_key():
+    from lore_rm.serve.redact import redact
+
+    assert redact("GET /a?access_token=ab,c)d]e}f'g\"h&x=1 HTTP/1.1") == (
+        "GET /a?access_token=[redacted]&x=1 HTTP/1.1"
+    )
+    assert redact("/a?access%5Ftoken=se,cr)et#frag") == "/a?access%5Ftoken=[redacted]#frag"
+    assert redact("/a?%61ccess%5ftoken=s3") == "/a?%61ccess%5ftoken=[redacted]"
+    assert redact("/a?x%5Faccess_token=keep&my_access_token=keep") == (
+        "/a?x%5Faccess_token=keep&my_access_token=keep"
+    )
+
+
+def test_a_token_with_punctuation_never_reaches_the_log(model, tmp_path):
+    """OpenRLHF sends ?access_token=TOKEN: redaction stopped at , ) ] } ' inside the token and
+    logged the rest; access%5Ftoken authenticated and was logged verbatim."""
+    import logging
+
+    from uvicorn.logging import AccessFormatter
+
+    secret = "se,cr)et]to}ken'x"
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    app = create_app(model, HashingEmbedder(D), tmp_path / "db.sqlite", token=secret)
+    server = LiveServer(app, log_level="info", access_log=True)  # configures the loggers
+    keep = Keep()
+    keep.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'))
+    access = logging.getLogger("uvicorn.access")
+    access.addHandler(keep)
+    try:
+        with server as url:
+            for key in ("access_token", "access%5Ftoken", "%61ccess_token"):
+                r = httpx.get(url + f"/model-info?{key}={secret}&x=1")
+                assert r.status_code == 200, (key, r.text)
+            time.sleep(0.2)
+    finally:
+        access.removeHandler(keep)
+    assert len(lines) == 3, lines
+    assert all("=[redacted]&x=1" in line for line in lines), lines
+    for piece in ("se,", "cr)", "et]", "to}", "ken'", "'x"):
+        assert not any(piece in line for line in lines), (piece, lines)
