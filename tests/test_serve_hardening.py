@@ -356,3 +356,50 @@ def test_a_token_with_punctuation_never_reaches_the_log(model, tmp_path):
     assert all("=[redacted]&x=1" in line for line in lines), lines
     for piece in ("se,", "cr)", "et]", "to}", "ken'", "'x"):
         assert not any(piece in line for line in lines), (piece, lines)
+
+
+# ---- defect 9: bounded per-user history -------------------------------------------------------
+def test_a_long_history_costs_its_window_only(model, tmp_path):
+    """20k stored comparisons: the refit, the posterior and next-questions use the last
+    ``history`` (64 here) of them, and a repeated GET reads no rows (the posterior is kept
+    until the weights change). They used to rebuild from every row on every call."""
+    import numpy as np
+
+    from lore_rm.serve.user_store import StoredComparison
+
+    db, n, history = tmp_path / "db.sqlite", 20_000, 64
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(n, D)).astype(np.float32)
+    item = StoredComparison([{"role": "user", "content": "q"}], [], [])
+    store = Store(db)
+    store.add_comparisons("old", [item] * n, x)
+    store.close()
+    reads: list[int] = []
+    svc = RewardService(model, HashingEmbedder(D), db, history=history)  # refits "old" (stale)
+    features_of = svc.store.features_of
+
+    def counting(*args, **kw):
+        out = features_of(*args, **kw)
+        reads.append(len(out))
+        return out
+
+    svc.store.features_of = counting  # type: ignore[method-assign]
+    pair = {"candidates": [{"prompt": "q", "response_a": "winter", "response_b": "sunny"}], "n": 1}
+    app = create_app(model, svc.embedder, db, service=svc)
+    try:
+        with LiveServer(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            first = client.get("/users/old").json()
+            assert first["n_fit"] == n and first["n_comparisons"] == n
+            assert first["posterior"]["n_answers"] == history
+            assert client.get("/users/old").json() == first
+            assert reads == [history]  # the second GET read nothing
+            assert client.post("/users/old/next-questions", json=pair).json()["n_answers"] == 64
+            done = _onboard(client, "old", 2)
+            assert done["total"] == done["n_fit"] == n + 2
+            after = client.get("/users/old").json()
+            assert after["posterior"]["n_answers"] == history and after["weights"] != first["weights"]
+    finally:
+        svc.close()
+    assert max(reads) <= history
+    # the served weights are the fit on the last `history` rows
+    np.testing.assert_allclose(first["weights"], svc._fit("old", x[-history:]), atol=1e-5)

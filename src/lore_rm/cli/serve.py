@@ -102,6 +102,13 @@ def serve(
         help="Backbone calls are sized to last about this long, ms: large requests are cut "
         "into such chunks and a small request waits at most about one chunk.",
     ),
+    user_history: int = typer.Option(
+        1024,
+        min=0,
+        help="A user's refit and posterior use their most recent N stored comparisons "
+        "(0: all; every comparison is stored either way): bounds the work of onboarding, "
+        "GET /users/{id} and next-questions whatever a user's history.",
+    ),
     label_key: str | None = typer.Option(
         None, help="/get_reward labels are JSON objects: read the user id from this key."
     ),
@@ -179,6 +186,7 @@ def serve(
         "torch_threads": torch_threads,
         "force_backbone": force_backbone,
         "allowed_hosts": hosts or None,
+        "history": user_history or None,
     }
     try:
         if workers == 1:

@@ -76,7 +76,7 @@ from lore_rm.serve.memory import bound_heap
 from lore_rm.serve.redact import install_log_redaction
 from lore_rm.serve.routes import api_router, scorer
 from lore_rm.serve.schemas import N_SHOWN, Health, Limits, QueryFormat
-from lore_rm.serve.service import RewardService
+from lore_rm.serve.service import DEFAULT_HISTORY, RewardService
 from lore_rm.serve.usage_routes import usage_router
 from lore_rm.serve.user_store import describe
 
@@ -110,6 +110,7 @@ def create_app(
     service: RewardService | None = None,
     batching: Batching | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    history: int | None = DEFAULT_HISTORY,
 ) -> FastAPI:
     """Build the service app over a fitted model and an embedder (injected).
 
@@ -126,7 +127,7 @@ def create_app(
     install_log_redaction()
     limits = limits or Limits()
     qf = query_format or QueryFormat()
-    svc = service or RewardService(model, embedder, db_path)
+    svc = service or RewardService(model, embedder, db_path, history=history)
 
     batching = batching or Batching()
     batcher = MicroBatcher(svc.embed_now, batching, cost=svc.text_cost)
@@ -254,6 +255,7 @@ def build_app(
     force_backbone: bool = False,
     batching: dict | None = None,
     allowed_hosts: list[str] | None = None,
+    history: int | None = DEFAULT_HISTORY,
 ) -> FastAPI:
     """Load the model folder and the backbone, then :func:`create_app`.
 
@@ -270,7 +272,7 @@ def build_app(
 
     ``batching``: :class:`Batching` fields; when on, the backbone's forward passes take up to
     ``max_texts`` conversations (off: ``load_backbone``'s default batch size).
-    ``allowed_hosts``: see :func:`create_app`."""
+    ``allowed_hosts``, ``history``: see :func:`create_app`."""
     import torch
 
     from lore_rm.serve.service import default_db_path
@@ -312,6 +314,7 @@ def build_app(
         query_format=QueryFormat(**qf),
         batching=batch,
         allowed_hosts=allowed_hosts,
+        history=history,
     )
     # What is loaded now (the backbone, transformers: ~450k objects for a tiny Llama) lives
     # as long as the process: keep it out of the cyclic collector, whose full passes over

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections import OrderedDict
 import json
 import threading
 import warnings
@@ -117,6 +118,12 @@ class Questions:
     prior: str
 
 
+#: the most recent comparisons of a user that their fit and posterior use (all are stored)
+DEFAULT_HISTORY = 1024
+#: posteriors kept in memory (one K x K matrix each), least recently used dropped first
+POSTERIORS_KEPT = 4096
+
+
 class NoPosterior(LoreError):
     """The served model has no posterior to offer (it was fitted without a few-shot prior)."""
 
@@ -135,9 +142,13 @@ class RewardService:
         refit_stale: bool = True,
         warm_up: bool = True,
         db_timeout_s: float = 60.0,
+        history: int | None = DEFAULT_HISTORY,
     ) -> None:
         if not model.is_fitted:
             raise ModelFormatError("the service needs a fitted model")
+        if history is not None and history < 1:
+            raise LoreError(f"history must be at least 1 comparison (or None: all), got {history}")
+        self.history = history
         if int(embedder.dim) != int(model.d_):
             raise ModelFormatError(
                 f"the embedder {embedder.name!r} gives d = {embedder.dim} but the model was "
@@ -164,6 +175,8 @@ class RewardService:
         self._model_user_hashes: dict[str, str] | None = None  # id hash -> model user
         self._folder = model  # the folder's own weights, for users whose rows are all gone
         self._forgotten: set[str] = set()  # onboarded, not in the folder, no rows left
+        # (user -> (n_fit, posterior)) of the served weights: a GET reads no rows twice
+        self._posteriors: OrderedDict[str, tuple[int, WeightsPosterior]] = OrderedDict()
         self.sync()
         if warm_up:
             self._warm_up()
@@ -211,12 +224,14 @@ class RewardService:
             for i in keep:
                 self._n_fit[users[i]] = int(n_fit[i])
                 self._forgotten.discard(users[i])
+                self._posteriors.pop(users[i], None)
 
     def _forget(self, user: str) -> None:
         """``user`` has no stored comparisons left: serve the folder's weights (a seen user)
         or the population's (anyone else), as before they were onboarded."""
         with self._lock:
             self._n_fit.pop(user, None)
+            self._posteriors.pop(user, None)
             if user in self._model_users:
                 w, _ = self._folder.weights_for([user])
                 self.model.set_user_weights([user], w)
@@ -262,7 +277,10 @@ class RewardService:
             self.model.fit_user_weights(Comparisons.from_features(x, ["warm-up"] * 2))
 
     def _fit(self, user: str, x: np.ndarray) -> np.ndarray:
-        """``user``'s weights fitted on features ``x`` (n, d), basis frozen."""
+        """``user``'s weights fitted on features ``x`` (n, d) -- the last ``history`` rows of
+        them -- with the basis frozen."""
+        if self.history is not None:
+            x = x[-self.history :]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # a pure fit on the frozen basis: the served weights change only through _apply()
@@ -275,7 +293,8 @@ class RewardService:
         """Refit ``user`` on the comparisons stored now and serve that, whatever it replaces
         (no comparisons left: forget their onboarding)."""
         with self._personalize_lock:
-            w, n = self.store.refit(user, self.model.d_, lambda x: self._fit(user, x))
+            fit = lambda x: self._fit(user, x)  # noqa: E731
+            w, n = self.store.refit(user, self.model.d_, fit, window=self.history)
             if w is None:
                 self._forget(user)
             else:
@@ -386,14 +405,18 @@ class RewardService:
 
         with self._personalize_lock:
             # refits are GIL- and CPU-bound: one at a time per process
-            before = self.store.features_of(user, self.model.d_)
+            n_before = self.store.count_comparisons(user)
+            before = self.store.features_of(
+                user, self.model.d_, upto=n_before, window=self.history
+            )
             w = self._fit(user, np.concatenate([before, x]))
             done = self.store.add_and_fit(
                 user, raw, x,
                 fit=lambda features: self._fit(user, features),
-                fitted=(int(before.shape[0]), w),
+                fitted=(n_before, w),
                 respond=respond,
                 idem=idem,
+                window=self.history,
             )  # fmt: skip
         if done.replayed:  # the same key raced this request and won: its result stands
             return Onboarded(**(done.response | {"replayed": True}))
@@ -436,29 +459,43 @@ class RewardService:
         return view, n_fit
 
     def _user_posterior(
-        self, user: str
+        self, user: str, *, answers: bool = True
     ) -> tuple[LowRankReward, WeightsPosterior, Comparisons | None]:
         """``user``'s served weights (as a one-user model), their Laplace posterior from the
-        stored comparisons those weights were fitted on (the first ``n_fit``: the table is
-        append-only) or the prior's covariance when there are none, and those comparisons."""
+        stored comparisons those weights were fitted on (the last ``history`` of the first
+        ``n_fit``: the table is append-only) or the prior's covariance when there are none,
+        and those comparisons (when ``answers``). The posterior is kept until the user's
+        weights change."""
         for _ in range(3):
-            x = self.store.features_of(user, self.model.d_)
             view, n_fit = self._user_view(user)
-            if n_fit <= x.shape[0]:
+            if n_fit <= self.store.count_comparisons(user):
                 break
             self.sync()  # weights synced in after the read: their rows are committed now
         else:  # fewer rows than the weights were fitted on: rows were deleted
             self._refit(user)
-            x = self.store.features_of(user, self.model.d_)
             view, n_fit = self._user_view(user)
-            n_fit = min(n_fit, int(x.shape[0]))
-        answers = Comparisons.from_features(x[:n_fit], [user] * n_fit) if n_fit else None
+            n_fit = min(n_fit, self.store.count_comparisons(user))
+        with self._lock:
+            kept = self._posteriors.get(user)
+        if kept is not None and kept[0] == n_fit and not answers:
+            return view, kept[1], None
+        x = self.store.features_of(user, self.model.d_, upto=n_fit, window=self.history)
+        rows = int(x.shape[0])
+        asked = Comparisons.from_features(x, [user] * rows) if rows else None
+        if kept is not None and kept[0] == n_fit:
+            return view, kept[1], asked
         try:
-            post = view.weights_posterior(answers, users=[user], unknown="mean")
+            post = view.weights_posterior(asked, users=[user], unknown="mean")
         except LoreError as exc:
             msg = f"no posterior: {exc}; refit the model with a few-shot prior"
             raise NoPosterior(msg) from exc
-        return view, post, answers
+        with self._lock:
+            if n_fit and self._n_fit.get(user, 0) == n_fit:  # still the served weights
+                self._posteriors[user] = (n_fit, post)
+                self._posteriors.move_to_end(user)
+                while len(self._posteriors) > POSTERIORS_KEPT:
+                    self._posteriors.popitem(last=False)
+        return view, post, asked
 
     def posterior(self, user: str) -> Posterior | None:
         """``user``'s posterior; None for a user of the model folder with no stored
@@ -473,7 +510,7 @@ class RewardService:
                 return None
         prior = self.model.few_shot_prior().kind
         try:
-            _, post, _ = self._user_posterior(user)
+            _, post, _ = self._user_posterior(user, answers=False)
         except NoPosterior:
             return None
         with self._lock:

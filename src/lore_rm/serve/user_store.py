@@ -380,15 +380,36 @@ class Store:
             for i, item in enumerate(items)
         ]
 
-    def features_of(self, user: str, d: int) -> np.ndarray:
-        """All of ``user``'s stored features (n, d), in insertion order (one snapshot)."""
-        return self._features(self._conn(), user, d)
+    def features_of(
+        self, user: str, d: int, *, upto: int | None = None, window: int | None = None
+    ) -> np.ndarray:
+        """``user``'s stored features (n, d) in insertion order (one snapshot): the first
+        ``upto`` rows (default all), of which only the last ``window`` (default all)."""
+        return self._features(self._conn(), user, d, upto=upto, window=window)
 
     @staticmethod
-    def _features(conn: sqlite3.Connection, user: str, d: int) -> np.ndarray:
-        rows = conn.execute(
-            "SELECT x FROM comparisons WHERE user_id = ? ORDER BY id", (user,)
-        ).fetchall()
+    def _features(
+        conn: sqlite3.Connection,
+        user: str,
+        d: int,
+        *,
+        upto: int | None = None,
+        window: int | None = None,
+    ) -> np.ndarray:
+        if upto is None and window is None:
+            rows = conn.execute(
+                "SELECT x FROM comparisons WHERE user_id = ? ORDER BY id", (user,)
+            ).fetchall()
+        else:
+            if upto is None:
+                (upto,) = conn.execute(
+                    "SELECT COUNT(*) FROM comparisons WHERE user_id = ?", (user,)
+                ).fetchone()
+            start = 0 if window is None else max(0, int(upto) - window)
+            rows = conn.execute(
+                "SELECT x FROM comparisons WHERE user_id = ? ORDER BY id LIMIT ? OFFSET ?",
+                (user, max(0, int(upto) - start), start),
+            ).fetchall()
         if not rows:
             return np.zeros((0, d), dtype=np.float32)
         buf = b"".join(r[0] for r in rows)
@@ -437,6 +458,7 @@ class Store:
         fitted: tuple[int, np.ndarray],
         respond: Callable[[int, np.ndarray], dict],
         idem: Idempotency | None = None,
+        window: int | None = None,
     ) -> Committed:
         """Append ``items`` for ``user`` and store the weights fitted on all of the user's
         comparisons, in one transaction (with ``idem``'s key and response, when given).
@@ -444,7 +466,8 @@ class Store:
         ``fitted = (n, w)``: weights ``w`` already fitted on the user's first ``n`` stored
         comparisons followed by ``features``; used if the user still has ``n`` comparisons
         when the transaction starts, else ``fit(all features)`` runs inside it. ``respond(total,
-        w)`` builds the response stored with the key."""
+        w)`` builds the response stored with the key; ``window``: ``fit`` needs only the
+        user's last ``window`` stored comparisons."""
         rows = self._rows(user, items, features)
         conn = self._conn()
         with self._write(conn):
@@ -455,7 +478,8 @@ class Store:
             ).fetchone()
             n_prev, w = fitted
             if before != n_prev:  # another process onboarded this user meanwhile
-                w = fit(np.concatenate([self._features(conn, user, features.shape[1]), features]))
+                d = features.shape[1]
+                w = fit(np.concatenate([self._features(conn, user, d, window=window), features]))
             total = int(before) + len(rows)
             conn.executemany(_INSERT_COMPARISONS, rows)
             w = np.ascontiguousarray(w, dtype=np.float32)
@@ -512,17 +536,24 @@ class Store:
         return [r[0] for r in rows]
 
     def refit(
-        self, user: str, d: int, fit: Callable[[np.ndarray], np.ndarray]
+        self,
+        user: str,
+        d: int,
+        fit: Callable[[np.ndarray], np.ndarray],
+        window: int | None = None,
     ) -> tuple[np.ndarray | None, int]:
-        """Refit ``user``'s weights on the comparisons stored now and store them whatever
-        ``n_fit`` they replace, in one transaction: ``(weights, n)``. With no comparisons
-        left the weights row is deleted: ``(None, 0)``."""
+        """Refit ``user``'s weights on the comparisons stored now (the last ``window`` of
+        them) and store them whatever ``n_fit`` they replace, in one transaction: ``(weights,
+        n)``. With no comparisons left the weights row is deleted: ``(None, 0)``."""
         conn = self._conn()
         with self._write(conn):
-            x = self._features(conn, user, d)
-            if not x.shape[0]:
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM comparisons WHERE user_id = ?", (user,)
+            ).fetchone()
+            if not n:
                 conn.execute("DELETE FROM users WHERE user_id = ?", (user,))
                 return None, 0
+            x = self._features(conn, user, d, upto=n, window=window)
             w = np.ascontiguousarray(fit(x), dtype=np.float32)
-            conn.execute(_UPSERT_WEIGHTS, (user, w.tobytes(), int(x.shape[0]), time.time()))
-        return w, int(x.shape[0])
+            conn.execute(_UPSERT_WEIGHTS, (user, w.tobytes(), int(n), time.time()))
+        return w, int(n)
