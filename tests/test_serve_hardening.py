@@ -403,3 +403,43 @@ def test_a_long_history_costs_its_window_only(model, tmp_path):
     assert max(reads) <= history
     # the served weights are the fit on the last `history` rows
     np.testing.assert_allclose(first["weights"], svc._fit("old", x[-history:]), atol=1e-5)
+
+
+# ---- defect 10: path ids that are not UTF-8, error locations ---------------------------------
+def test_a_path_user_id_that_is_not_utf8_is_a_422(model, tmp_path):
+    """caf%E9 and caf%FF both decoded to 'caf\\ufffd': two clients, one user."""
+    body = {"comparisons": [{"prompt": "q", "chosen": "yes", "rejected": "no"}]}
+    with serve(model, tmp_path) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for bad in ("caf%E9", "caf%FF", "%C3"):
+            r = client.post(f"/users/{bad}/comparisons", json=body)
+            assert r.status_code == 422, (bad, r.text)
+            assert r.json()["detail"][0]["loc"] == ["path", "user_id"]
+            assert "UTF-8" in r.json()["detail"][0]["msg"]
+            assert client.get(f"/users/{bad}").status_code == 422
+        ok = client.post("/users/caf%C3%A9/comparisons", json=body)  # café, encoded right
+        assert ok.status_code == 200 and ok.json()["user"] == "café"
+        assert client.get("/users/café").json()["n_comparisons"] == 1
+
+
+def test_error_locations_name_request_fields_only(model, tmp_path):
+    """Locations carried pydantic's union member names: function-after[_valid_unicode(),
+    str] and list[Message]."""
+    bad = [
+        ("/users/ann/comparisons", {"comparisons": [{"prompt": 5, "chosen": "a", "rejected": "b"}]}),
+        ("/users/ann/comparisons", {"comparisons": [{"prompt": "\ud800", "chosen": "a",
+                                                     "rejected": "b"}]}),  # fmt: skip
+        ("/users/ann/next-questions", {"candidates": [{"prompt": "q", "response_a": [{"role": 1}],
+                                                       "response_b": "b"}]}),  # fmt: skip
+    ]
+    with serve(model, tmp_path) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for path, body in bad:
+            raw = json.dumps(body).encode("utf-8", "surrogatepass")
+            r = client.post(path, content=raw, headers={"content-type": "application/json"})
+            assert r.status_code == 422, r.text
+            for err in r.json()["detail"]:
+                assert not any("[" in str(p) or "function" in str(p) for p in err["loc"]), err
+                assert err["msg"].startswith(("as text: ", "as a list of messages: ")), err
+            locs = {tuple(e["loc"][:4]) for e in r.json()["detail"]}
+            field = "prompt" if "comparisons" in path else "response_a"
+            assert locs == {("body", path.rsplit("/", 1)[1].replace("next-questions",
+                            "candidates"), 0, field)}, locs  # fmt: skip

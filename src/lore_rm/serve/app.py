@@ -46,13 +46,14 @@ import gc
 import json
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -74,7 +75,7 @@ from lore_rm.serve.exposure import HostAllowList
 from lore_rm.serve.lifeline import die_with_master
 from lore_rm.serve.memory import bound_heap
 from lore_rm.serve.redact import install_log_redaction
-from lore_rm.serve.routes import api_router, scorer
+from lore_rm.serve.routes import api_router, path_is_utf8, scorer
 from lore_rm.serve.schemas import N_SHOWN, Health, Limits, QueryFormat
 from lore_rm.serve.service import DEFAULT_HISTORY, RewardService
 from lore_rm.serve.usage_routes import usage_router
@@ -189,7 +190,10 @@ def create_app(
         return Health(status="ok")
 
     app.include_router(api_router(svc, limits, qf, check_token, token, batcher, batching))
-    app.include_router(usage_router(svc, limits, check_token, scorer(svc, batcher)))
+    app.include_router(
+        usage_router(svc, limits, check_token, scorer(svc, batcher)),
+        dependencies=[Depends(path_is_utf8)],
+    )
     return app
 
 
@@ -202,20 +206,47 @@ def _printable(value: Any, limit: int = 300) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+# pydantic's names for the members of a union, which it puts in error locations
+_MEMBER = re.compile(
+    r"^(?:function-(?:after|before|wrap|plain)\[.*, (?P<inner>[^,\]]+)\]|"
+    r"(?:list|dict|nullable|union|tagged-union|literal)\[.*\]|str|int|float|bool|none)$"
+)
+_MEMBER_WORDS = {"str": "as text", "list[Message]": "as a list of messages"}
+
+
+def _readable(loc: Sequence[Any]) -> tuple[list[Any], str]:
+    """``loc`` without pydantic's union member names, and the words naming the member
+    (``function-after[_valid_unicode(), str]`` -> ``as text``)."""
+    out: list[Any] = []
+    member = ""
+    for p in loc:
+        m = _MEMBER.match(p) if isinstance(p, str) else None
+        if m is None:
+            out.append(p if isinstance(p, int) else _printable(p, 100))
+            continue
+        name = m.group("inner") or p
+        member = _MEMBER_WORDS.get(name, f"as {name}")
+    return out, member
+
+
 def validation_errors(errors: Sequence[Any]) -> dict[str, Any]:
     """A small 422 body: the first few errors (location, message, type; not the offending
-    input, which may be huge, non-finite or invalid Unicode), and how many there were."""
-    detail = [
-        {
-            "loc": [p if isinstance(p, int) else _printable(p, 100) for p in e.get("loc", ())],
-            "msg": _printable(
-                e.get("msg", "")
-                + (f": {e['ctx']['error']}" if e.get("type") == "json_invalid" else "")
-            ),
-            "type": _printable(e.get("type", ""), 100),
-        }
-        for e in errors[:N_SHOWN]
-    ]
+    input, which may be huge, non-finite or invalid Unicode), and how many there were.
+    Locations name the request's fields only; which form of a field an error is about
+    (text or messages) is said in the message."""
+    detail = []
+    for e in errors[:N_SHOWN]:
+        loc, member = _readable(e.get("loc", ()))
+        msg = e.get("msg", "") + (
+            f": {e['ctx']['error']}" if e.get("type") == "json_invalid" else ""
+        )
+        detail.append(
+            {
+                "loc": loc,
+                "msg": _printable(f"{member}: {msg}" if member else msg),
+                "type": _printable(e.get("type", ""), 100),
+            }
+        )
     body: dict[str, Any] = {"detail": detail}
     if len(errors) > N_SHOWN:
         body["n_errors"] = len(errors)

@@ -8,8 +8,9 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from lore_rm.conversation import Conversation
@@ -147,6 +148,22 @@ def scorer(svc: RewardService, batcher: MicroBatcher | None) -> Score:
     return score
 
 
+def path_is_utf8(request: Request) -> None:
+    """A 422 for a path that is not UTF-8 once percent-decoded: the server would read each bad
+    byte as U+FFFD, so ``/users/caf%E9`` and ``/users/caf%FF`` would be one user."""
+    raw = request.scope.get("raw_path") or b""
+    if b"%" not in raw:
+        return
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        where = ["path", "user_id"] if raw.startswith(b"/users/") else ["path"]
+        msg = "not valid UTF-8 once percent-decoded (percent-encode the id's UTF-8 bytes)"
+        raise HTTPException(
+            status_code=422, detail=[{"loc": where, "msg": msg, "type": "value_error"}]
+        ) from None
+
+
 def api_router(
     svc: RewardService,
     limits: Limits,
@@ -159,7 +176,7 @@ def api_router(
     """Every endpoint but ``/health``, each behind ``check_token``. With a ``batcher`` the
     reward endpoints are embedded and scored on its thread (in its queue, with every other
     backbone call)."""
-    api = APIRouter(dependencies=[Depends(check_token)])
+    api = APIRouter(dependencies=[Depends(check_token), Depends(path_is_utf8)])
     score = scorer(svc, batcher)
 
     def user_of_label(i: int, label: Any, bad: set[int]) -> str | None:
