@@ -76,3 +76,54 @@ def test_a_truncated_texts_parquet_is_a_one_line_error(tmp_path):
     texts.write_bytes(texts.read_bytes()[: texts.stat().st_size // 2])
     line = one_line_error("data", "info", ds)
     assert "texts.parquet: not a readable parquet file" in line
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_writers_leftovers_are_swept_by_the_next_write(tmp_path):
+    """A run killed inside atomic_folder left .NAME.partial-* behind forever; one killed
+    between moving the old folder aside and renaming the new one in left no NAME at all."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from lore_rm.io import atomic_folder
+
+    out = tmp_path / "model"
+    code = (
+        "import sys, time\n"
+        "from lore_rm.io import atomic_folder\n"
+        "with atomic_folder(sys.argv[1], overwrite=True) as tmp:\n"
+        "    (tmp / 'half').write_text('x')\n"
+        "    print('inside', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"inside"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    (left,) = tmp_path.glob(".model.partial-*")
+    assert (left / "half").is_file()
+
+    mine = tmp_path / f".model.partial-{os.getpid()}-0000beef"  # a live writer's: kept
+    mine.mkdir()
+    previous = tmp_path / f".model.old-{_dead_pid()}-0000cafe"  # killed mid-swap
+    previous.mkdir()
+    (previous / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="already exists"):
+        with atomic_folder(out):  # the previous folder is back first: nothing is lost
+            pass
+    assert (out / "config.json").is_file()
+    assert not left.exists() and not previous.exists() and mine.exists()
+    with atomic_folder(out, overwrite=True) as tmp:
+        (tmp / "new").write_text("y")
+    assert sorted(p.name for p in out.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "model"]
