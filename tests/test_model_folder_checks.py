@@ -87,7 +87,10 @@ CASES = {
         lambda f: edit_config(f, margin_scale=1e30),
         r"config\.json: margin_scale is 1e\+30",
     ),
-    "margin_scale -1": (lambda f: edit_config(f, margin_scale=-1), r"config\.json: margin_scale is -1"),
+    "margin_scale -1": (
+        lambda f: edit_config(f, margin_scale=-1),
+        r"config\.json: margin_scale is -1",
+    ),
     "margin_scale abc": (
         lambda f: edit_config(f, margin_scale="abc"),
         r"config\.json: margin_scale is 'abc'",
@@ -122,7 +125,10 @@ CASES = {
     "no fit_config": (lambda f: edit_config(f, fit_config=DELETE), r"config\.json: no fit_config"),
     "no recipe": (lambda f: edit_config(f, recipe=DELETE), r"config\.json: no recipe"),
     "settings a list": (lambda f: edit_config(f, settings=[1]), r"config\.json: settings is \[1\]"),
-    "weights space": (lambda f: edit_config(f, weights="round"), r"config\.json: weights is 'round'"),
+    "weights space": (
+        lambda f: edit_config(f, weights="round"),
+        r"config\.json: weights is 'round'",
+    ),
     "a bad fit_config": (
         lambda f: edit_config(f, fit_config={"scale": -2}),
         r"config\.json: fit_config: scale must be a positive number",

@@ -71,7 +71,8 @@ def test_a_truncated_texts_parquet_is_a_one_line_error(tmp_path):
     src = tmp_path / "prefs.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ds = tmp_path / "ds"
-    assert CliRunner().invoke(cli, ["prepare", "generic", str(src), "--out", str(ds)]).exit_code == 0
+    prepared = CliRunner().invoke(cli, ["prepare", "generic", str(src), "--out", str(ds)])
+    assert prepared.exit_code == 0, prepared.output
     texts = ds / "texts.parquet"
     texts.write_bytes(texts.read_bytes()[: texts.stat().st_size // 2])
     line = one_line_error("data", "info", ds)

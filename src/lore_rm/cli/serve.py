@@ -191,9 +191,7 @@ def serve(
     try:
         if workers == 1:
             app = build_app(**cfg)
-            uvicorn.run(
-                app, host=host, port=port, log_level=log_level, http=HeaderTimeoutProtocol
-            )
+            uvicorn.run(app, host=host, port=port, log_level=log_level, http=HeaderTimeoutProtocol)
         else:
             build_app(**cfg)  # fail here, once, on a bad model, backbone or database
             os.environ[CONFIG_ENV] = json.dumps(cfg)  # the token itself never goes here

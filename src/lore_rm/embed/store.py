@@ -256,7 +256,9 @@ def check_manifest(path: Path, man: dict[str, Any]) -> None:
         if field not in man:
             raise DataError(f"{path}: no {field}")
         if not _is_count(man[field]) or (field in ("d", "shard_size") and not man[field]):
-            raise bad(field, "a positive integer" if field in ("d", "shard_size") else "an integer >= 0")
+            raise bad(
+                field, "a positive integer" if field in ("d", "shard_size") else "an integer >= 0"
+            )
     if man.get("dtype", "float32") not in STORAGE_DTYPES:
         raise bad("dtype", " or ".join(STORAGE_DTYPES))
     shards = man.get("shards")

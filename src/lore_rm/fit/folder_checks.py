@@ -68,9 +68,7 @@ def check_config(cfg_path: Path, config: dict) -> None:
         if field not in config:
             raise ModelFormatError(f"{cfg_path}: no {field}")
     if "margin_scale" not in config and version >= MARGIN_SCALE_SINCE:
-        raise ModelFormatError(
-            f"{cfg_path}: no margin_scale (format version {version} records it)"
-        )
+        raise ModelFormatError(f"{cfg_path}: no margin_scale (format version {version} records it)")
     if version == 1 and not isinstance(config.get("users"), list):
         raise bad("users", config.get("users"), "a list of user ids (format version 1)")
     rank = config["rank"]
@@ -125,8 +123,7 @@ def check_arrays(cfg_path: Path, config: dict, wpath: Path, tensors: dict[str, A
     rank, k = config["rank"], int(tensors["basis"].shape[1])
     if rank == 0 and k:
         raise ModelFormatError(
-            f"{cfg_path}: rank is 0 (the reference head) but {wpath.name} holds a {k}-column "
-            "basis"
+            f"{cfg_path}: rank is 0 (the reference head) but {wpath.name} holds a {k}-column basis"
         )
     if rank and not k:
         raise ModelFormatError(f"{cfg_path}: rank is {rank} but {wpath.name} holds no basis")

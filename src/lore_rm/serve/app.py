@@ -155,9 +155,7 @@ def create_app(
     app.state.limits = limits
     app.state.batching = batching
     app.state.batcher = batcher
-    app.add_middleware(
-        BodyLimit, max_bytes=limits.max_body_bytes, max_items=limits.max_json_items
-    )
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, max_items=limits.max_json_items)
     app.add_middleware(TokenGate, token=token)  # before any body is read
     if allowed_hosts is not None:  # outermost: a rebinding page gets nothing, not even a 401
         app.add_middleware(HostAllowList, hosts=allowed_hosts)

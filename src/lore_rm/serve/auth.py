@@ -133,7 +133,9 @@ class BodyLimit:
         self.max_items = max_items
 
     async def _reject(self, send, what: str) -> None:
-        await send_json(send, 413, {"detail": [{"loc": ["body"], "msg": what, "type": "too_large"}]})
+        await send_json(
+            send, 413, {"detail": [{"loc": ["body"], "msg": what, "type": "too_large"}]}
+        )
 
     def _too_big(self, size: str) -> str:
         return f"request body is {size} bytes; this server accepts at most {self.max_bytes}"

@@ -198,9 +198,7 @@ class MicroBatcher:
             if self.config.enabled:
                 deadline = self._queue[0].arrived + wait
                 while (
-                    self._queued_texts < limit
-                    and self._queued_cost < budget
-                    and not self._closed
+                    self._queued_texts < limit and self._queued_cost < budget and not self._closed
                 ):
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -222,7 +220,9 @@ class MicroBatcher:
             n, spent = 0, 0.0
             for job in self._priority(jobs):
                 rows = []
-                while job.left and n < limit and (n == 0 or spent + job.costs[job.handed] <= budget):
+                while (
+                    job.left and n < limit and (n == 0 or spent + job.costs[job.handed] <= budget)
+                ):
                     rows.append(job.order[job.handed])
                     spent += job.costs[job.handed]
                     job.left_cost -= job.costs[job.handed]
@@ -304,4 +304,3 @@ class MicroBatcher:
                 self._queue.remove(job)
         if not job.future.done():
             job.future.set_exception(exc)
-

@@ -222,8 +222,8 @@ def api_router(
             if values is not None and len(values) != n:
                 raise _unprocessable([name], f"has {len(values)} items but query has {n}")
         conversations, mismatch = [], []
-        for name, values in (("query", body.query), ("prompts", body.prompts or ())):
-            for i, text in enumerate(values):
+        for name, texts in (("query", body.query), ("prompts", body.prompts or [])):
+            for i, text in enumerate(texts):
                 _check_chars([name, i], text, limits.max_text_chars)
         for i, q in enumerate(body.query):
             # a query that does not start with its prompt (OpenRLHF truncated the prompt) is

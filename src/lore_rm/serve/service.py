@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections import OrderedDict
 import json
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -406,9 +406,7 @@ class RewardService:
         with self._personalize_lock:
             # refits are GIL- and CPU-bound: one at a time per process
             n_before = self.store.count_comparisons(user)
-            before = self.store.features_of(
-                user, self.model.d_, upto=n_before, window=self.history
-            )
+            before = self.store.features_of(user, self.model.d_, upto=n_before, window=self.history)
             w = self._fit(user, np.concatenate([before, x]))
             done = self.store.add_and_fit(
                 user, raw, x,
