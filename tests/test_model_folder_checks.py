@@ -97,7 +97,7 @@ CASES = {
     ),
     "margin_scale removed": (
         lambda f: edit_config(f, margin_scale=DELETE),
-        r"config\.json: no margin_scale \(format version 4 records it\)",
+        r"config\.json: no margin_scale \(format version \d records it\)",
     ),
     "rank 0 with a basis": (
         lambda f: edit_config(f, rank=0),
@@ -128,6 +128,10 @@ CASES = {
     "weights space": (
         lambda f: edit_config(f, weights="round"),
         r"config\.json: weights is 'round'",
+    ),
+    "personalization 2": (
+        lambda f: edit_config(f, personalization=2),
+        r"config\.json: personalization is 2, expected a number in \[0, 1\]",
     ),
     "a bad fit_config": (
         lambda f: edit_config(f, fit_config={"scale": -2}),

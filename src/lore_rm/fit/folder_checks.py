@@ -81,6 +81,9 @@ def check_config(cfg_path: Path, config: dict) -> None:
         value = config[field]
         if not _is_number(value) or not math.isfinite(value) or not lo <= value <= hi:
             raise bad(field, value, f"a number in [{lo:g}, {hi:g}]")
+    strength = config.get("personalization", 1.0)
+    if not _is_number(strength) or not 0.0 <= strength <= 1.0:
+        raise bad("personalization", strength, "a number in [0, 1]")
     for field in ("d", "n_components", "n_users", "seed"):
         if field in config and not (_is_int(config[field]) and config[field] >= 0):
             raise bad(field, config[field], "an integer >= 0")
