@@ -236,3 +236,40 @@ def test_very_long_texts_are_cut_before_tokenising_with_the_same_ids(
     ]
     assert emb._token_ids([conv, short]) == want
     assert len(want[0]) == 40
+
+
+class _Spy:
+    """A tokenizer proxy that records the longest text it was asked to tokenise."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.longest = 0
+
+    def __call__(self, texts, **kw):
+        self.longest = max([self.longest, *map(len, texts)])
+        return self.inner(texts, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("tail", [" " * 9000, "y" * 9000, "\n" * 9000])
+def test_a_long_text_whose_end_holds_few_tokens_is_never_tokenised_whole(minilm_backbone, tail):
+    """Whitespace yields no WordPiece token and a 100+ character word one [UNK]: such an end
+    used to send the whole text to the tokenizer (a 15 MiB prompt: 113 s, 7 GB). Now the cut
+    widens to a cap and stops there, whatever the text's length."""
+    from lore_rm.embed.hf import MAX_CHARS_PER_TOKEN
+
+    emb = minilm_backbone
+    cap = emb.max_length * MAX_CHARS_PER_TOKEN * 16  # hf.TAIL_WIDEST
+    text = "x " * cap + tail  # over twice the cap
+    conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]
+    spy = _Spy(emb.tokenizer)
+    emb.tokenizer = spy
+    try:
+        (ids,) = emb._token_ids([conv])
+    finally:
+        emb.tokenizer = spy.inner
+    assert spy.longest <= cap + 1
+    assert len(ids) == emb.max_length  # still a full window: the x's before the tail
+    assert ids[0] == emb.tokenizer.cls_token_id and ids[-1] == emb.tokenizer.sep_token_id

@@ -96,7 +96,7 @@ def test_concurrent_requests_batched_equal_one_at_a_time(llama, tmp_path):
     # a wait long enough that the concurrent requests surely meet in shared batches
     app = create_app(model, emb, tmp_path / "on.sqlite", batching=Batching(64, 200.0))
     off = create_app(model, emb, tmp_path / "off.sqlite", batching=Batching(max_wait_ms=0))
-    assert off.state.batcher is None
+    assert not off.state.batching.enabled
     with LiveServer(app) as url, LiveServer(off) as url_off:
         got = post_all(url, reqs)
         alone = one_at_a_time(url_off, reqs)
@@ -151,18 +151,21 @@ def test_batcher_limits_splits_and_drains(llama, tmp_path):
     convs = [conversation(random_text(gen), random_text(gen)) for _ in range(12)]
     users = [f"seen{i % 8}" for i in range(12)]
     want = svc.reward(convs, users).rewards
-    batcher = MicroBatcher(svc.reward, Batching(max_texts=4, max_wait_ms=5_000))
-    # sizes 1, 6 (over max_texts: runs alone), 2, 3; closing at once must not wait 5 s
+    batcher = MicroBatcher(svc.embed_now, Batching(max_texts=4, max_wait_ms=5_000))
+    # sizes 1, 6 (over max_texts: cut into chunks), 2, 3; closing at once must not wait 5 s
     cuts = [0, 1, 7, 9, 12]
     t0 = time.monotonic()
-    futs = [batcher.submit(convs[a:b], users[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+    futs = [
+        batcher.submit(convs[a:b], lambda e, u=users[a:b]: svc.score(e, u))
+        for a, b in zip(cuts, cuts[1:], strict=False)
+    ]
     batcher.close(timeout=30)
     assert time.monotonic() - t0 < 4.0
     assert not batcher._thread.is_alive()
     got = np.concatenate([f.result(timeout=0).rewards for f in futs])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     calls = svc.embedder.calls[1:]  # after the reference call above
-    assert max(calls) == 6 and all(c <= 4 for c in calls if c != 6)
+    assert sum(calls) == 12 and max(calls) == 4 and batcher.calls == calls
     with pytest.raises(LoreError, match="shutting down"):
         batcher.submit(convs[:1], users[:1])
 
@@ -194,14 +197,14 @@ def test_batching_settings(llama, tmp_path, texts, wait, on):
         dtype="fp32",
         batching={"max_texts": texts, "max_wait_ms": wait},
     )
-    assert (app.state.batcher is not None) is on
+    assert app.state.batching.enabled is on
     assert gc.get_freeze_count() > 0  # the loaded backbone is out of the cyclic GC's reach
     # on: one forward pass takes as many texts as a batch gathers; off: the default
     default = load_backbone(llama[0].name, dtype="fp32", device="cpu").batch_size
     assert app.state.service.embedder.batch_size == (texts if on else default)
     with LiveServer(app) as url:
         info = httpx.get(url + "/model-info").json()
-    assert info["batching"] == {"max_texts": texts, "max_wait_ms": wait}
+    assert info["batching"] == {"max_texts": texts, "max_wait_ms": wait, "chunk_ms": 200.0}
 
 
 def test_batching_settings_are_checked():

@@ -8,6 +8,7 @@ import resource
 import signal
 import socket
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serve_utils import D, LiveServer, shared_model_dir, start_lore_serve, stop_lore_serve
+from serve_utils import (
+    D,
+    LiveServer,
+    free_port,
+    shared_model_dir,
+    start_lore_serve,
+    stop_lore_serve,
+)
 
 from lore_rm import LowRankReward
 from lore_rm.embed.hashing import HashingEmbedder
@@ -199,6 +207,53 @@ def test_workers_die_with_their_master(tmp_path):
         for w in children(proc.pid) + [proc.pid]:
             if alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: Linux")
+def test_workers_still_loading_die_with_their_master(tmp_path):
+    """The master killed while its workers are still importing: they used to see it gone
+    before arming their death signal, finish loading and serve on as orphans."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "lore_rm.cli", "serve", str(shared_model_dir()), "--backbone",
+           f"hashing-{D}", "--port", str(port), "--db", str(tmp_path / "db.sqlite"),
+           "--workers", "2", "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := children(proc.pid)) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.01)
+        assert len(workers) >= 2, workers
+        os.kill(proc.pid, signal.SIGKILL)  # the workers are still starting up
+        proc.wait(timeout=5)
+        deadline = time.monotonic() + 30  # a worker finds out once its imports are done
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [w for w in workers if alive(w)], "orphan workers outlived the master"
+        assert port_free(port)
+    finally:
+        for w in [*workers, proc.pid]:
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
+def test_lore_serve_gives_loading_workers_time(monkeypatch, tmp_path):
+    """uvicorn's fixed 5 s health check killed and respawned workers still loading a
+    backbone: lore serve gives them --worker-healthcheck-s (60 by default)."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from lore_rm.cli.main import app as cli
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: seen.update(kw, target=target))
+    args = ["serve", str(shared_model_dir()), "--backbone", f"hashing-{D}", "--db",
+            str(tmp_path / "db.sqlite"), "--workers", "2"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert seen["workers"] == 2 and seen["timeout_worker_healthcheck"] == 60
 
 
 def test_same_key_from_two_threads_stores_once(locked_service):

@@ -3,7 +3,7 @@
 Everything is written under a hidden temporary name beside its target and renamed into place;
 on any error the temporary file or folder is removed. Temporary names start with ``.`` and
 contain ``.tmp-`` (files) or ``.partial-`` (folders), so a killed run's leftovers are easy to
-find and never mistaken for results.
+find and never mistaken for results; the next write of the same folder sweeps them.
 """
 
 from __future__ import annotations
@@ -54,14 +54,55 @@ def atomic_write_json(path: str | Path, obj: Any, **dumps_kwargs: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, **dumps_kwargs) + "\n")
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _writer_pid(name: str, kind: str) -> int | None:
+    """The writer's pid in a leftover's name (``.NAME.{kind}-PID-xxxxxxxx``), or None (an
+    ``old`` folder named before pids were recorded)."""
+    head = name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
+    return int(head) if head.isdigit() and "-" in name.rsplit(f".{kind}-", 1)[1] else None
+
+
+def sweep_leftovers(out: str | Path) -> None:
+    """Remove what killed writers of ``out`` left beside it: ``.NAME.partial-*`` folders whose
+    writer is gone; a ``.NAME.old-*`` folder (the previous ``out``, moved aside just before
+    the new one was renamed in) goes back to ``out`` when ``out`` is missing, and is removed
+    otherwise (only when its writer is gone)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return
+    for kind in ("old", "partial"):
+        for p in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+            pid = _writer_pid(p.name, kind)
+            if pid is not None and _pid_alive(pid):
+                continue
+            if kind == "old" and not out.exists():
+                with contextlib.suppress(OSError):
+                    os.replace(p, out)
+                    continue
+            shutil.rmtree(p, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out``.
 
     On any error the temporary folder (and any parent folders this call created) is removed.
-    An existing ``out`` is refused unless ``overwrite``.
+    An existing ``out`` is refused unless ``overwrite``. What killed writers of ``out`` left
+    is swept first (:func:`sweep_leftovers`).
     """
     out = Path(out)
+    sweep_leftovers(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
     created = []
@@ -74,7 +115,7 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
         tmp.mkdir(parents=True)
         yield tmp
         if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)

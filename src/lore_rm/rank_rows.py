@@ -117,6 +117,7 @@ def _covariances(model: LowRankReward, users: list[str], db: Path | None) -> tor
     """Each row user's posterior covariance: onboarded users from the database's stored
     comparisons, unknown users the prior, seen users of the model folder none (NaN)."""
     from lore_rm.serve.choice import posterior_covariances
+    from lore_rm.serve.service import DEFAULT_HISTORY
     from lore_rm.serve.user_store import Store
 
     store = Store(db) if db is not None and Path(db).is_file() else None
@@ -126,7 +127,8 @@ def _covariances(model: LowRankReward, users: list[str], db: Path | None) -> tor
             ids, _, fits, _ = store.weights_since(0)
             n_fit = dict(zip(ids, fits, strict=True))
         without = {u for u in model.users_ if u not in n_fit}
-        return posterior_covariances(model, store, users, n_fit, without)
+        # the window lore serve's posteriors use by default (--user-history)
+        return posterior_covariances(model, store, users, n_fit, without, DEFAULT_HISTORY)
     finally:
         if store is not None:
             store.close()

@@ -30,17 +30,58 @@ def serve(
     db: Path | None = typer.Option(
         None, help="SQLite file for onboarded users (default: MODEL_DIR/lore-serve.sqlite)."
     ),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Interface to listen on. Beyond loopback (e.g. 0.0.0.0) a token is required "
+        "($LORE_SERVE_TOKEN or --token-file) unless --allow-unauthenticated.",
+    ),
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes (share the database)."),
+    worker_healthcheck_s: int = typer.Option(
+        60,
+        min=1,
+        help="--workers: seconds a worker may take to answer the master's health check before "
+        "it is killed and replaced (loading a backbone holds a worker for seconds; uvicorn's "
+        "default, 5, killed slow-loading workers).",
+    ),
     token_file: Path | None = typer.Option(
         None,
         help="File holding the bearer token (else $LORE_SERVE_TOKEN; neither: no auth).",
+    ),
+    allow_unauthenticated: bool = typer.Option(
+        False,
+        "--allow-unauthenticated",
+        help="Listen beyond loopback with no token: anyone who can reach the port can read "
+        "and change every user's weights.",
+    ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="A Host name requests may carry (repeatable). A loopback bind answers only "
+        "localhost, 127.0.0.1 and [::1] (what a DNS-rebinding page cannot send) plus these; "
+        "another bind answers any Host unless some are given.",
+    ),
+    header_timeout: float = typer.Option(
+        10.0,
+        min=0.0,
+        help="Seconds a connection may take to send a request's headers (from its opening, "
+        "or the first byte of its next request) before it is closed (0: no limit).",
     ),
     max_batch: int = typer.Option(512, min=1, help="Conversations per reward request."),
     max_comparisons: int = typer.Option(1024, min=1, help="Comparisons per onboarding post."),
     max_candidates: int = typer.Option(256, min=1, help="Candidate pairs per next-questions post."),
     max_body_mb: float = typer.Option(16.0, min=0.001, help="Largest request body, MiB."),
+    max_text_chars: int = typer.Option(
+        1024 * 1024,
+        min=1,
+        help="Longest text (message, query or prompt), characters; longer: 422.",
+    ),
+    max_json_items: int = typer.Option(
+        400_000,
+        min=1,
+        help="Most JSON keys and list items per body (counted as the ':' and ',' outside "
+        "strings); more: 413 before parsing.",
+    ),
     micro_batch: int = typer.Option(
         64,
         min=1,
@@ -53,6 +94,20 @@ def serve(
         max=10_000.0,
         help="Micro-batching: how long the oldest waiting request waits for others to join "
         "its batch, ms (0: off).",
+    ),
+    chunk_ms: float = typer.Option(
+        200.0,
+        min=1.0,
+        max=60_000.0,
+        help="Backbone calls are sized to last about this long, ms: large requests are cut "
+        "into such chunks and a small request waits at most about one chunk.",
+    ),
+    user_history: int = typer.Option(
+        1024,
+        min=0,
+        help="A user's refit and posterior use their most recent N stored comparisons "
+        "(0: all; every comparison is stored either way): bounds the work of onboarding, "
+        "GET /users/{id} and next-questions whatever a user's history.",
     ),
     label_key: str | None = typer.Option(
         None, help="/get_reward labels are JSON objects: read the user id from this key."
@@ -88,10 +143,41 @@ def serve(
     import uvicorn
 
     from lore_rm.serve.app import CONFIG_ENV, build_app
+    from lore_rm.serve.auth import resolve_token
+    from lore_rm.serve.exposure import (
+        HEADER_TIMEOUT_ENV,
+        LOOPBACK_NAMES,
+        HeaderTimeoutProtocol,
+        is_loopback,
+    )
     from lore_rm.serve.lifeline import MASTER_PID_ENV
 
     if token_file is not None and not token_file.is_file():
         raise typer.BadParameter(f"{token_file}: no such file", param_hint="--token-file")
+    try:
+        token = resolve_token(None, token_file)
+    except LoreError as exc:
+        fail(exc)
+    loopback = is_loopback(host)
+    if not loopback and token is None:
+        if not allow_unauthenticated:
+            fail(
+                LoreError(
+                    f"--host {host} listens beyond this machine and no token is set: anyone "
+                    "who can reach the port could read and change users' weights. Set "
+                    "$LORE_SERVE_TOKEN or --token-file, or pass --allow-unauthenticated"
+                )
+            )
+        typer.secho(
+            f"warning: serving on {host} with no token (--allow-unauthenticated): anyone who "
+            "can reach the port can read and change every user's weights",
+            fg="red",
+            err=True,
+        )
+    hosts = list(allowed_host)
+    if loopback:
+        hosts += list(LOOPBACK_NAMES)
+    os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)  # read by every worker's protocol
     cfg = {
         "model_dir": str(model_dir),
         "backbone": backbone,
@@ -102,19 +188,23 @@ def serve(
             "max_comparisons": max_comparisons,
             "max_candidates": max_candidates,
             "max_body_bytes": int(max_body_mb * 1024 * 1024),
+            "max_text_chars": max_text_chars,
+            "max_json_items": max_json_items,
         },
-        "batching": {"max_texts": micro_batch, "max_wait_ms": max_wait_ms},
+        "batching": {"max_texts": micro_batch, "max_wait_ms": max_wait_ms, "chunk_ms": chunk_ms},
         "query_format": {"label_key": label_key, "parse_templates": not keep_template},
         "device": device,
         "dtype": dtype,
         "torch_threads": torch_threads,
         "force_backbone": force_backbone,
         "embed_cache_mb": embed_cache_mb,
+        "allowed_hosts": hosts or None,
+        "history": user_history or None,
     }
     try:
         if workers == 1:
             app = build_app(**cfg)
-            uvicorn.run(app, host=host, port=port, log_level=log_level)
+            uvicorn.run(app, host=host, port=port, log_level=log_level, http=HeaderTimeoutProtocol)
         else:
             build_app(**cfg)  # fail here, once, on a bad model, backbone or database
             os.environ[CONFIG_ENV] = json.dumps(cfg)  # the token itself never goes here
@@ -126,6 +216,8 @@ def serve(
                 port=port,
                 workers=workers,
                 log_level=log_level,
+                timeout_worker_healthcheck=worker_healthcheck_s,
+                http=HeaderTimeoutProtocol,
             )
     except (LoreError, StorageError) as exc:
         fail(exc)

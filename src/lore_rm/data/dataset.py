@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from lore_rm.comparisons import Comparisons
@@ -18,6 +17,7 @@ from lore_rm.data.layout import (
     DATASET_FORMAT,
     DATASET_FORMAT_VERSION,
     TEXTS_FILE,
+    parquet_rows,
     read_parquet,
 )
 from lore_rm.errors import DataError
@@ -74,7 +74,7 @@ class PreferenceDataset:
 
     @property
     def n_texts(self) -> int:
-        return pq.ParquetFile(self.path / TEXTS_FILE).metadata.num_rows
+        return parquet_rows(self.path / TEXTS_FILE)
 
     def __len__(self) -> int:
         return self.comparisons.num_rows

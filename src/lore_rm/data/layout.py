@@ -54,6 +54,16 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
         raise DataError(f"{path}: not a readable parquet file ({first})") from None
 
 
+def parquet_rows(path: str | Path) -> int:
+    """The number of rows of the parquet file at ``path`` (from its footer), with
+    :func:`read_parquet`'s one-line errors."""
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except (pa.ArrowException, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: not a readable parquet file ({first})") from None
+
+
 def read_conversations(dataset_dir: str | Path) -> list[Conversation]:
     """Every unique conversation of a dataset folder, in embedding-row order."""
     table = read_parquet(Path(dataset_dir) / TEXTS_FILE, columns=["text_id", "messages"])

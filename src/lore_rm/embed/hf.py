@@ -42,10 +42,15 @@ DTYPES = {
 # Used when a tokenizer has no chat template (recorded in the store's manifest by its hash).
 FALLBACK_TEMPLATE = "{role}: {content}"
 #: a text longer than this many characters per token of ``max_length`` is cut to its end
-#: before tokenising (a 15 MiB text took 70 s and 4.7 GB to tokenise whole); the cut is undone
-#: (the whole text tokenised) unless the end still holds TAIL_MARGIN tokens more than are kept
+#: before tokenising (a 15 MiB text took 70 s and 4.7 GB to tokenise whole). When the end
+#: holds fewer than TAIL_MARGIN tokens more than are kept (whitespace, one huge word that is a
+#: single [UNK]), the cut is widened TAIL_GROWTH-fold at a time up to TAIL_WIDEST times the
+#: first cut, and what the widest cut yields is used: the cost is bounded by ``max_length``
+#: whatever the text.
 MAX_CHARS_PER_TOKEN = 32
 TAIL_MARGIN = 16
+TAIL_GROWTH = 4
+TAIL_WIDEST = 16
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -166,21 +171,30 @@ class _TransformersEmbedder:
     def _encode(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         """Token ids of ``texts``, tokenising only the end of very long texts: the ids kept
         after truncation (the first token and the last ones) are the same as from the whole
-        text, but the cost is bounded by ``max_length``, not by the text."""
+        text whenever its last ``max_length * MAX_CHARS_PER_TOKEN * TAIL_WIDEST`` characters
+        hold enough tokens, and the cost is bounded by ``max_length``, never by the text."""
         bound = self.max_length * MAX_CHARS_PER_TOKEN
         long = [i for i, t in enumerate(texts) if len(t) > bound]
         cut = list(texts)
         bos = self.tokenizer.bos_token if not add_special_tokens else None
+        heads = {}
         for i in long:
-            head = bos if bos and texts[i].startswith(bos) else ""
-            cut[i] = head + texts[i][-bound:]
+            heads[i] = bos if bos and texts[i].startswith(bos) else ""
+            cut[i] = heads[i] + texts[i][-bound:]
         ids = self.tokenizer(cut, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
         for i in long:  # rare: the end held too few tokens, so the cut could show
-            if len(ids[i]) < self.max_length + TAIL_MARGIN:
-                whole = self.tokenizer(
-                    [texts[i]], add_special_tokens=add_special_tokens, verbose=False
-                )
-                ids[i] = whole["input_ids"][0]
+            width = bound
+            while len(ids[i]) < self.max_length + TAIL_MARGIN and width < len(texts[i]):
+                width = min(width * TAIL_GROWTH, bound * TAIL_WIDEST)
+                if width >= len(texts[i]):
+                    text = texts[i]
+                else:
+                    text = heads[i] + texts[i][-width:]
+                ids[i] = self.tokenizer(
+                    [text], add_special_tokens=add_special_tokens, verbose=False
+                )["input_ids"][0]
+                if width == bound * TAIL_WIDEST:
+                    break
         return [list(x) for x in ids]
 
     def _truncate(self, ids: list[int], keep_first: bool, room: int) -> list[int]:

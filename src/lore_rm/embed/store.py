@@ -12,7 +12,8 @@ Layout of ``DATASET/embeddings/``::
 
 ``manifest.json``: ``format`` / ``format_version``; ``backbone`` (name, revision, content
 fingerprint (:mod:`~lore_rm.embed.fingerprint`), kind, pooling, compute dtype, chat-template
-sha256, max_length, d); ``d``; ``dtype`` (storage dtype
+sha256, max_length, d) and ``backbone_sha256`` (its digest: an edited backbone record is
+refused); ``d``; ``dtype`` (storage dtype
 of the shards); ``count`` (texts = rows); ``texts_sha256`` (fingerprint of texts.parquet's
 messages); ``shard_size``; ``n_shards``; ``shards`` (file, start, stop, bytes and sha256 of each
 finished shard); ``complete``; ``reference_head`` (file name or null) and ``reference_bias``.
@@ -27,8 +28,9 @@ Guarantees:
   error naming the differing fields (the fingerprint is compared when both have one);
 * every read checks each shard against its recorded sha256 and its rows against its name, and
   :func:`~lore_rm.embed.split.load_split` checks the texts' fingerprint: a flipped byte, a
-  swapped shard file or manifest entry, or a re-prepared ``texts.parquet`` is an error, never
-  silently wrong embeddings (stores written before checksums were recorded load unchecked);
+  swapped shard file or manifest entry, a shard entry without the sha256 the others have, an
+  edited backbone record, or a re-prepared ``texts.parquet`` is an error, never silently
+  wrong embeddings (stores written before checksums were recorded load unchecked);
 * under ``torchrun`` / ``accelerate launch`` rank r embeds shards r, r + W, r + 2W, ... with
   no gathering; rank 0 writes the manifest and completes it once every rank is done.
 """
@@ -36,6 +38,7 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -76,7 +79,14 @@ def shard_file(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
+def backbone_digest(backbone: dict[str, Any]) -> str:
+    """sha256 of a manifest's backbone record (keys sorted): ``backbone_sha256``."""
+    return hashlib.sha256(json.dumps(backbone, sort_keys=True).encode()).hexdigest()
+
+
 def _write_json(path: Path, obj: dict) -> None:
+    """Write the manifest ``obj``, with the digest of its backbone record."""
+    obj["backbone_sha256"] = backbone_digest(obj["backbone"])
     atomic_write_json(path, obj)
 
 
@@ -122,7 +132,9 @@ class EmbeddingStore:
                 f"{self.path}: no embedding store ({MANIFEST_FILE} missing); "
                 "run `lore embed DATASET --backbone NAME` first"
             )
-        return read_format_record(self.manifest_path, STORE_FORMAT, (STORE_FORMAT_VERSION,))
+        record = read_format_record(self.manifest_path, STORE_FORMAT, (STORE_FORMAT_VERSION,))
+        check_manifest(self.manifest_path, record)
+        return record
 
     @property
     def is_complete(self) -> bool:
@@ -215,6 +227,62 @@ class EmbeddingStore:
 
     def reference_bias(self) -> float | None:
         return self.manifest.get("reference_bias")
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_manifest(path: Path, man: dict[str, Any]) -> None:
+    """A one-line :class:`DataError` naming ``path`` and the field when the manifest lacks a
+    field a read needs or holds one of the wrong type, or when some shard entries record a
+    sha256 and others do not (one without it would load unchecked)."""
+
+    def bad(field: str, expected: str) -> DataError:
+        value = man.get(field) if "[" not in field else None
+        shown = f" is {value!r}," if "[" not in field else ""
+        return DataError(f"{path}: {field}{shown} expected {expected}")
+
+    if not isinstance(man.get("backbone"), dict):
+        raise bad("backbone", "an object")
+    digest = man.get("backbone_sha256")
+    if digest is not None and digest != backbone_digest(man["backbone"]):
+        raise DataError(
+            f"{path}: backbone differs from the record the embeddings were written with "
+            "(backbone_sha256): the manifest was edited; these embeddings are the backbone's "
+            "that made them, whatever its name says"
+        )
+    for field in ("d", "count", "shard_size", "n_shards"):
+        if field not in man:
+            raise DataError(f"{path}: no {field}")
+        if not _is_count(man[field]) or (field in ("d", "shard_size") and not man[field]):
+            raise bad(
+                field, "a positive integer" if field in ("d", "shard_size") else "an integer >= 0"
+            )
+    if man.get("dtype", "float32") not in STORAGE_DTYPES:
+        raise bad("dtype", " or ".join(STORAGE_DTYPES))
+    shards = man.get("shards")
+    if not isinstance(shards, list):
+        raise DataError(f"{path}: shards is {shards!r}, expected a list of shard entries")
+    for i, e in enumerate(shards):
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("file"), str)
+            and _is_count(e.get("start"))
+            and _is_count(e.get("stop"))
+            and e["start"] <= e["stop"]
+        ):
+            raise DataError(f"{path}: shards[{i}] is not {{file, start <= stop, ...}}: {e!r:.200}")
+        digest = e.get("sha256")
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+            raise DataError(f"{path}: shards[{i}].sha256 is {digest!r}, expected a hex digest")
+    with_digest = [e.get("sha256") is not None for e in shards]
+    if any(with_digest) and not all(with_digest):
+        i = with_digest.index(False)
+        raise DataError(
+            f"{path}: shards[{i}] ({shards[i]['file']}) records no sha256 but other shards do: "
+            "it would load unchecked; the manifest was edited or damaged"
+        )
 
 
 def shard_index(name: str) -> int | None:

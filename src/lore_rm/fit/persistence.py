@@ -37,6 +37,7 @@ from lore_rm.constants import (
 )
 from lore_rm.errors import ModelFormatError
 from lore_rm.fit.config import FitConfig
+from lore_rm.fit.folder_checks import check_config, check_loaded, file_hashes
 from lore_rm.fit.prior import LogitPrior
 from lore_rm.io import (
     atomic_write,
@@ -82,6 +83,7 @@ def save_model(model: LowRankReward, path: str | os.PathLike) -> Path:
     }
     atomic_write(out / MODEL_WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
     atomic_write_json(out / MODEL_USERS_FILE, list(model.users_))
+    config["sha256"] = file_hashes(out)
     atomic_write_json(out / MODEL_CONFIG_FILE, config)
     atomic_write_text(out / MODEL_CARD_FILE, _model_card(model))
     return out
@@ -96,12 +98,14 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
     config = read_format_record(
         cfg_path, MODEL_FORMAT, MODEL_FORMAT_VERSIONS_READ, error=ModelFormatError
     )
+    check_config(cfg_path, config)
     wpath = folder / MODEL_WEIGHTS_FILE
     if not wpath.is_file():
         raise ModelFormatError(f"{folder}: no {MODEL_WEIGHTS_FILE}")
     users = _read_users(folder, config)
     tensors = read_tensors(wpath, error=ModelFormatError)
     _check_folder(cfg_path, config, wpath, tensors, folder / MODEL_USERS_FILE, users)
+    check_loaded(cfg_path, config, wpath, tensors)
     basis, weights, population = (
         tensors["basis"],
         tensors["user_weights"],

@@ -46,13 +46,14 @@ import gc
 import json
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -71,12 +72,13 @@ from lore_rm.serve.auth import (
     token_dependency,
 )
 from lore_rm.serve.batching import Batching, MicroBatcher
+from lore_rm.serve.exposure import HostAllowList
 from lore_rm.serve.lifeline import die_with_master
 from lore_rm.serve.memory import bound_heap
 from lore_rm.serve.redact import install_log_redaction
-from lore_rm.serve.routes import api_router, scorer
+from lore_rm.serve.routes import api_router, path_is_utf8, scorer
 from lore_rm.serve.schemas import N_SHOWN, Health, Limits, QueryFormat
-from lore_rm.serve.service import RewardService
+from lore_rm.serve.service import DEFAULT_HISTORY, RewardService
 from lore_rm.serve.usage_routes import usage_router
 from lore_rm.serve.user_store import describe
 
@@ -109,6 +111,8 @@ def create_app(
     *,
     service: RewardService | None = None,
     batching: Batching | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    history: int | None = DEFAULT_HISTORY,
 ) -> FastAPI:
     """Build the service app over a fitted model and an embedder (injected).
 
@@ -117,17 +121,19 @@ def create_app(
     ``Authorization: Bearer TOKEN`` (or ``?access_token=TOKEN`` for clients that cannot set
     headers, such as OpenRLHF). Token values are redacted from the uvicorn and lore-rm logs.
 
-    ``batching`` (default :class:`Batching`'s): concurrent ``/get_reward`` and ``/reward``
-    requests are gathered into shared backbone calls; the embedder's own ``batch_size`` still
-    caps the texts per forward pass.
+    ``batching`` (default :class:`Batching`'s): every backbone call goes through one queue
+    (:class:`~lore_rm.serve.batching.MicroBatcher`): concurrent requests are gathered into
+    shared calls, large ones cut into chunks, small ones first; the embedder's own
+    ``batch_size`` still caps the texts per forward pass.
     """
     install_log_redaction()
     limits = limits or Limits()
     qf = query_format or QueryFormat()
-    svc = service or RewardService(model, embedder, db_path)
+    svc = service or RewardService(model, embedder, db_path, history=history)
 
     batching = batching or Batching()
-    batcher = MicroBatcher(svc.reward, batching) if batching.enabled else None
+    batcher = MicroBatcher(svc.embed_now, batching, cost=svc.text_cost)
+    svc.use_queue(batcher)
 
     check_token = token_dependency(token)
     owned = service is None
@@ -135,8 +141,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        if batcher is not None:  # finish what was queued, off the event loop
-            await run_in_threadpool(batcher.close)
+        await run_in_threadpool(batcher.close)  # finish what was queued, off the event loop
+        svc.use_queue(None)
         if owned:  # close the database connections this app opened
             svc.close()
 
@@ -150,8 +156,10 @@ def create_app(
     app.state.limits = limits
     app.state.batching = batching
     app.state.batcher = batcher
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(TokenGate, token=token)  # outermost: before any body is read
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, max_items=limits.max_json_items)
+    app.add_middleware(TokenGate, token=token)  # before any body is read
+    if allowed_hosts is not None:  # outermost: a rebinding page gets nothing, not even a 401
+        app.add_middleware(HostAllowList, hosts=allowed_hosts)
 
     @app.exception_handler(LoreError)
     async def _lore_error(request: Request, exc: LoreError) -> JSONResponse:
@@ -181,7 +189,10 @@ def create_app(
         return Health(status="ok")
 
     app.include_router(api_router(svc, limits, qf, check_token, token, batcher, batching))
-    app.include_router(usage_router(svc, limits, check_token, scorer(svc, batcher)))
+    app.include_router(
+        usage_router(svc, limits, check_token, scorer(svc, batcher)),
+        dependencies=[Depends(path_is_utf8)],
+    )
     return app
 
 
@@ -194,20 +205,47 @@ def _printable(value: Any, limit: int = 300) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+# pydantic's names for the members of a union, which it puts in error locations
+_MEMBER = re.compile(
+    r"^(?:function-(?:after|before|wrap|plain)\[.*, (?P<inner>[^,\]]+)\]|"
+    r"(?:list|dict|nullable|union|tagged-union|literal)\[.*\]|str|int|float|bool|none)$"
+)
+_MEMBER_WORDS = {"str": "as text", "list[Message]": "as a list of messages"}
+
+
+def _readable(loc: Sequence[Any]) -> tuple[list[Any], str]:
+    """``loc`` without pydantic's union member names, and the words naming the member
+    (``function-after[_valid_unicode(), str]`` -> ``as text``)."""
+    out: list[Any] = []
+    member = ""
+    for p in loc:
+        m = _MEMBER.match(p) if isinstance(p, str) else None
+        if m is None:
+            out.append(p if isinstance(p, int) else _printable(p, 100))
+            continue
+        name = m.group("inner") or p
+        member = _MEMBER_WORDS.get(name, f"as {name}")
+    return out, member
+
+
 def validation_errors(errors: Sequence[Any]) -> dict[str, Any]:
     """A small 422 body: the first few errors (location, message, type; not the offending
-    input, which may be huge, non-finite or invalid Unicode), and how many there were."""
-    detail = [
-        {
-            "loc": [p if isinstance(p, int) else _printable(p, 100) for p in e.get("loc", ())],
-            "msg": _printable(
-                e.get("msg", "")
-                + (f": {e['ctx']['error']}" if e.get("type") == "json_invalid" else "")
-            ),
-            "type": _printable(e.get("type", ""), 100),
-        }
-        for e in errors[:N_SHOWN]
-    ]
+    input, which may be huge, non-finite or invalid Unicode), and how many there were.
+    Locations name the request's fields only; which form of a field an error is about
+    (text or messages) is said in the message."""
+    detail = []
+    for e in errors[:N_SHOWN]:
+        loc, member = _readable(e.get("loc", ()))
+        msg = e.get("msg", "") + (
+            f": {e['ctx']['error']}" if e.get("type") == "json_invalid" else ""
+        )
+        detail.append(
+            {
+                "loc": loc,
+                "msg": _printable(f"{member}: {msg}" if member else msg),
+                "type": _printable(e.get("type", ""), 100),
+            }
+        )
     body: dict[str, Any] = {"detail": detail}
     if len(errors) > N_SHOWN:
         body["n_errors"] = len(errors)
@@ -222,12 +260,14 @@ def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory lore_rm.serve.app:app_from_env``: reads the JSON
     configuration that ``lore serve`` puts in ``$LORE_SERVE_CONFIG``. A worker of
     ``lore serve --workers N`` stops when its master dies (:mod:`~lore_rm.serve.lifeline`)."""
-    die_with_master()
+    die_with_master(loading=True)
     raw = os.environ.get(CONFIG_ENV)
     if not raw:
         raise LoreError(f"${CONFIG_ENV} is not set: start the service with `lore serve`")
     cfg = json.loads(raw)
-    return build_app(**cfg)
+    app = build_app(**cfg)
+    die_with_master()
+    return app
 
 
 def build_app(
@@ -245,6 +285,8 @@ def build_app(
     force_backbone: bool = False,
     batching: dict | None = None,
     embed_cache_mb: float = 256.0,
+    allowed_hosts: list[str] | None = None,
+    history: int | None = DEFAULT_HISTORY,
 ) -> FastAPI:
     """Load the model folder and the backbone, then :func:`create_app`.
 
@@ -263,7 +305,9 @@ def build_app(
     ``max_texts`` conversations (off: ``load_backbone``'s default batch size).
 
     ``embed_cache_mb``: memory for the embeddings of recently seen texts, which are not
-    embedded again (:mod:`~lore_rm.embed.memory_cache`; 0: off)."""
+    embedded again (:mod:`~lore_rm.embed.memory_cache`; 0: off).
+
+    ``allowed_hosts``, ``history``: see :func:`create_app`."""
     import torch
 
     from lore_rm.serve.service import default_db_path
@@ -306,6 +350,8 @@ def build_app(
         limits=Limits(**(limits or {})),
         query_format=QueryFormat(**qf),
         batching=batch,
+        allowed_hosts=allowed_hosts,
+        history=history,
     )
     # What is loaded now (the backbone, transformers: ~450k objects for a tiny Llama) lives
     # as long as the process: keep it out of the cyclic collector, whose full passes over

@@ -49,7 +49,7 @@ def user_posteriors(svc: RewardService, users: Sequence[str | None]) -> Tensor |
     view = copy.copy(svc.model)  # the served weights of these users; basis and prior shared
     view.users_ = [u for u, k in zip(ids, known.tolist(), strict=True) if k]
     view.user_weights_ = w[known]
-    return posterior_covariances(view, svc.store, users, n_fit, without)
+    return posterior_covariances(view, svc.store, users, n_fit, without, svc.history)
 
 
 def posterior_covariances(
@@ -58,12 +58,13 @@ def posterior_covariances(
     users: Sequence[str | None],
     n_fit: dict[str, int],
     without: set[str],
+    history: int | None = None,
 ) -> Tensor | None:
     """Logit covariance (len(users), K, K) of each user's Laplace posterior at ``model``'s
     weights, conditioned on their first ``n_fit[u]`` comparisons stored in ``store`` (the
-    prior's covariance for users with none, unknown users and ``None``); NaN rows for the
-    users in ``without`` and for users whose rows are gone. None for a model without a
-    few-shot prior."""
+    last ``history`` of them, as the service's own posteriors; the prior's covariance for
+    users with none, unknown users and ``None``); NaN rows for the users in ``without`` and
+    for users whose rows are gone. None for a model without a few-shot prior."""
     ids = list(dict.fromkeys(u for u in users if u is not None))
     without = set(without)
     with_rows = [u for u in ids if n_fit.get(u)]
@@ -77,8 +78,9 @@ def posterior_covariances(
         if x is None or x.shape[0] < n:  # deleted meanwhile: no interval rather than a guess
             without.add(user)
             continue
-        xs.append(x[:n])
-        owners += [user] * n
+        x = x[:n] if history is None else x[max(0, n - history) : n]
+        xs.append(x)
+        owners += [user] * int(x.shape[0])
     answers = Comparisons.from_features(np.concatenate(xs), owners) if xs else None
     try:
         post = model.weights_posterior(answers, users=ids, unknown="mean")

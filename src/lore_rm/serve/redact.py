@@ -4,8 +4,9 @@ OpenRLHF cannot set headers, so its URL carries ``?access_token=TOKEN``, and uvi
 access log writes every request's path and query verbatim. :class:`RedactTokens`, a
 :class:`logging.Filter` that :func:`install_log_redaction` puts on the ``uvicorn.access``,
 ``uvicorn.error`` and ``lore_rm`` loggers, replaces the value of every ``access_token=``
-query parameter and of every ``Authorization`` header / ``Bearer`` credential in a record's
-message and arguments with ``[redacted]`` before any handler formats it.
+query parameter (the key in any percent-encoded spelling, the value up to the next ``&``,
+``#`` or whitespace) and of every ``Authorization`` header / ``Bearer`` credential in a
+record's message and arguments with ``[redacted]`` before any handler formats it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,23 @@ LOGGERS = ("uvicorn.access", "uvicorn.error", "lore_rm")
 
 _NOT_DONE = r"(?!\[redacted\]|(?:bearer|basic|token)\s)"  # never redact twice
 _VALUE = _NOT_DONE + r"[^\s'\",}\])]+"
-_QUERY_VALUE = _NOT_DONE + r"[^&#\s'\",}\])]+"
+# a query value runs to the next parameter, the fragment or the end of the URL: the
+# token's own characters (, ) ] } ' ") are no end (the server reads them as part of it)
+_QUERY_VALUE = _NOT_DONE + r"[^&#\s]+"
+
+
+def _any_spelling(key: str) -> str:
+    """``key`` with each character also matched percent-encoded (``access%5Ftoken`` is read
+    as ``access_token`` by the server, so it authenticates as one)."""
+    return "".join(f"(?:{re.escape(c)}|%{ord(c):02X})" for c in key)
+
+
 _PATTERNS = (
     # ?access_token=... / &access_token=... (also percent-encoded as a whole URL's query)
-    re.compile(r"(?<![A-Za-z0-9_])(access_token(?:=|%3D))" + _QUERY_VALUE, re.I),
+    re.compile(
+        r"(?<![A-Za-z0-9_%])(" + _any_spelling("access_token") + r"(?:=|%3D))" + _QUERY_VALUE,
+        re.I,
+    ),
     # Authorization: xyz / "authorization": "Basic xyz" / (b'authorization', b'Bearer xyz')
     re.compile(
         r"(authorization['\"]?\s*[:=,]\s*(?:b?['\"])?\s*(?:(?:bearer|basic|token)\s+)?)" + _VALUE,

@@ -8,8 +8,9 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from lore_rm.conversation import Conversation
@@ -60,6 +61,18 @@ def _check_batch(name: str, n: int, limit: int) -> None:
         )
 
 
+def _check_chars(loc: Sequence[Any], text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise _unprocessable(
+            loc, f"a text of {len(text)} characters; this server accepts at most {limit} per text"
+        )
+
+
+def _check_messages(loc: Sequence[Any], messages: Sequence[dict[str, str]], limit: int) -> None:
+    for j, m in enumerate(messages):
+        _check_chars([*loc, j, "content"], m["content"], limit)
+
+
 def _message_dicts(msgs: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in msgs]
 
@@ -90,10 +103,10 @@ def _read_pair(
 
 
 def _conversations(
-    field: str, items: Sequence[Any], names: tuple[str, str]
+    field: str, items: Sequence[Any], names: tuple[str, str], max_chars: int
 ) -> tuple[list[tuple[Conversation, Conversation]], list[StoredComparison]]:
     """Each item's two conversations (prompt + response), and the item as messages; a bad
-    item is a 422 naming ``field[i]``."""
+    item (or a text over ``max_chars``) is a 422 naming ``field[i]``."""
     pairs, raw = [], []
     for i, item in enumerate(items):
         where = f"{field}[{i}]"
@@ -101,6 +114,8 @@ def _conversations(
             prompt, first, second = _read_pair(
                 item.prompt, getattr(item, names[0]), getattr(item, names[1]), where, names
             )
+            for name, msgs in zip(("prompt", *names), (prompt, first, second), strict=True):
+                _check_messages([field, i, name], msgs, max_chars)
             pairs.append(
                 (
                     to_conversation(prompt, first, f"{where}.{names[0]}"),
@@ -117,19 +132,36 @@ Score = Callable[[list[Conversation], list[str | None]], Awaitable[Scored]]
 
 
 def scorer(svc: RewardService, batcher: MicroBatcher | None) -> Score:
-    """How the reward routes score: off the event loop, on the batcher's thread (shared
-    with other requests' conversations), or on a threadpool thread."""
+    """How the reward routes score: off the event loop, on the batcher's thread (embedded
+    in its queue with every other backbone call, then scored there), or on a threadpool
+    thread."""
 
     async def score(conversations: list[Conversation], users: list[str | None]) -> Scored:
         if batcher is None:
             return await run_in_threadpool(svc.reward, conversations, users)
         try:
-            future = batcher.submit(conversations, users)
+            future = batcher.submit(conversations, lambda e: svc.score(e, users))
         except ShuttingDown as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from exc
         return await asyncio.wrap_future(future)
 
     return score
+
+
+def path_is_utf8(request: Request) -> None:
+    """A 422 for a path that is not UTF-8 once percent-decoded: the server would read each bad
+    byte as U+FFFD, so ``/users/caf%E9`` and ``/users/caf%FF`` would be one user."""
+    raw = request.scope.get("raw_path") or b""
+    if b"%" not in raw:
+        return
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        where = ["path", "user_id"] if raw.startswith(b"/users/") else ["path"]
+        msg = "not valid UTF-8 once percent-decoded (percent-encode the id's UTF-8 bytes)"
+        raise HTTPException(
+            status_code=422, detail=[{"loc": where, "msg": msg, "type": "value_error"}]
+        ) from None
 
 
 def api_router(
@@ -142,8 +174,9 @@ def api_router(
     batching: Batching | None = None,
 ) -> APIRouter:
     """Every endpoint but ``/health``, each behind ``check_token``. With a ``batcher`` the
-    reward endpoints are scored through it (micro-batched across requests)."""
-    api = APIRouter(dependencies=[Depends(check_token)])
+    reward endpoints are embedded and scored on its thread (in its queue, with every other
+    backbone call)."""
+    api = APIRouter(dependencies=[Depends(check_token), Depends(path_is_utf8)])
     score = scorer(svc, batcher)
 
     def user_of_label(i: int, label: Any, bad: set[int]) -> str | None:
@@ -189,6 +222,9 @@ def api_router(
             if values is not None and len(values) != n:
                 raise _unprocessable([name], f"has {len(values)} items but query has {n}")
         conversations, mismatch = [], []
+        for name, texts in (("query", body.query), ("prompts", body.prompts or [])):
+            for i, text in enumerate(texts):
+                _check_chars([name, i], text, limits.max_text_chars)
         for i, q in enumerate(body.query):
             # a query that does not start with its prompt (OpenRLHF truncated the prompt) is
             # read on its own and flagged: one such sample never fails the batch
@@ -235,6 +271,8 @@ def api_router(
                 )
         conversations = []
         for i, msgs in enumerate(body.conversations):
+            for j, m in enumerate(msgs):
+                _check_chars(["conversations", i, j, "content"], m.content, limits.max_text_chars)
             try:
                 conversations.append(
                     check_conversation(_message_dicts(msgs), f"conversations[{i}]")
@@ -261,7 +299,9 @@ def api_router(
         on all their stored comparisons; the next request is scored with the new weights.
         Stored and refit in one transaction: a failed write (503) stores nothing."""
         _check_batch("comparisons", len(body.comparisons), limits.max_comparisons)
-        pairs, raw = _conversations("comparisons", body.comparisons, ("chosen", "rejected"))
+        pairs, raw = _conversations(
+            "comparisons", body.comparisons, ("chosen", "rejected"), limits.max_text_chars
+        )
         try:
             done = svc.onboard(user_id, pairs, raw, idempotency_key=idempotency_key)
         except IdempotencyKeyReused as exc:
@@ -286,7 +326,9 @@ def api_router(
         _check_batch("candidates", m, limits.max_candidates)
         if body.n > m:
             raise _unprocessable(["n"], f"n = {body.n} is more than the {m} candidates")
-        pairs, _ = _conversations("candidates", body.candidates, ("response_a", "response_b"))
+        pairs, _ = _conversations(
+            "candidates", body.candidates, ("response_a", "response_b"), limits.max_text_chars
+        )
         try:
             chosen = svc.next_questions(user_id, pairs, body.n)
         except NoPosterior as exc:

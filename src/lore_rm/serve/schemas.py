@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Header
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from lore_rm.serve.formats import DEFAULT_STRIP_SUFFIXES, lone_surrogate
 
@@ -21,6 +21,14 @@ class Limits:
     max_comparisons: int = 1024  # comparisons per onboarding request
     max_candidates: int = 256  # candidate pairs per next-questions request
     max_user_id_chars: int = 256
+    # characters per text (a message, a query or a prompt): a longer one is a 422. The
+    # backbone reads at most its max_length tokens of any text, and cuts a long one to its
+    # end before tokenising, so this bounds the request's parsing, not the model's work.
+    max_text_chars: int = 1024 * 1024
+    # JSON keys and list items per body, counted as the ':' and ',' outside strings (a key
+    # counts ~2, a list item 1): bounds the cost of parsing a body, refused before it is
+    # parsed. 1,024 comparisons with 40-message prompts hold ~200k.
+    max_json_items: int = 400_000
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,29 @@ IdempotencyKey = Annotated[
 ]
 
 
+class Closed(BaseModel):
+    """A body object with a fixed set of keys. Unknown keys are refused in one pass, in one
+    error naming the first few and counting them, before any per-key work (pydantic's own
+    ``extra="forbid"`` makes one error per key: a million keys took seconds of the event
+    loop); ``extra="forbid"`` stays for the OpenAPI description."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_keys(cls, value: Any) -> Any:
+        fields = cls.model_fields
+        if isinstance(value, dict) and not fields.keys() >= value.keys():
+            unknown = [k for k in value if k not in fields]
+            shown = ", ".join(repr(str(k)[:50]) for k in unknown[:N_SHOWN])
+            more = f" and {len(unknown) - N_SHOWN} more" if len(unknown) > N_SHOWN else ""
+            known = ", ".join(fields)
+            raise ValueError(
+                f"{len(unknown)} unknown key(s): {shown}{more} (this object takes {known})"
+            )
+        return value
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
@@ -102,7 +133,7 @@ Messages = Annotated[list[Message], Field(fail_fast=True)]
 class GetRewardRequest(BaseModel):
     """OpenRLHF's remote reward-model request (extra fields are accepted and ignored)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
     query: Strings = Field(description="prompt + response strings, as the policy rendered them")
     prompts: Strings | None = Field(
         None, description="the prompt of each query; the response is query[len(prompt):]"
@@ -118,8 +149,7 @@ class GetRewardResponse(BaseModel):
     extra_logs: dict[str, list[float]]
 
 
-class RewardRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RewardRequest(Closed):
     user: Text | None = Field(None, description="one user id for every conversation")
     users: Annotated[list[Text | None], BeforeValidator(_strings_only(True))] | None = Field(
         None, description="or one user id per conversation"
@@ -139,10 +169,9 @@ class RewardResponse(BaseModel):
     n_unknown: int
 
 
-class _PairIn(BaseModel):
+class _PairIn(Closed):
     """A prompt and two responses (the subclasses name the responses)."""
 
-    model_config = ConfigDict(extra="forbid")
     prompt: Text | Messages = Field(description="a user message, or the prompt messages")
 
 
@@ -151,8 +180,7 @@ class ComparisonIn(_PairIn):
     rejected: Text | Messages = Field(description="the other response")
 
 
-class OnboardRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class OnboardRequest(Closed):
     comparisons: Annotated[list[ComparisonIn], Field(fail_fast=True)] = Field(min_length=1)
 
 
@@ -170,8 +198,7 @@ class CandidateIn(_PairIn):
     response_b: Text | Messages = Field(description="the other response (order is irrelevant)")
 
 
-class NextQuestionsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NextQuestionsRequest(Closed):
     candidates: Annotated[list[CandidateIn], Field(fail_fast=True)] = Field(
         min_length=1, description="unlabelled pairs to choose from"
     )

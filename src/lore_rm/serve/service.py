@@ -27,6 +27,7 @@ import hashlib
 import json
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.fit.posterior import WeightsPosterior
+from lore_rm.serve.batching import MicroBatcher, ShuttingDown, text_cost
 from lore_rm.serve.user_control import forget_hashes
 from lore_rm.serve.user_records import changes_since
 from lore_rm.serve.user_store import FifoLock, Idempotency, Store, StoredComparison
@@ -116,6 +118,12 @@ class Questions:
     prior: str
 
 
+#: the most recent comparisons of a user that their fit and posterior use (all are stored)
+DEFAULT_HISTORY = 1024
+#: posteriors kept in memory (one K x K matrix each), least recently used dropped first
+POSTERIORS_KEPT = 4096
+
+
 class NoPosterior(LoreError):
     """The served model has no posterior to offer (it was fitted without a few-shot prior)."""
 
@@ -134,9 +142,13 @@ class RewardService:
         refit_stale: bool = True,
         warm_up: bool = True,
         db_timeout_s: float = 60.0,
+        history: int | None = DEFAULT_HISTORY,
     ) -> None:
         if not model.is_fitted:
             raise ModelFormatError("the service needs a fitted model")
+        if history is not None and history < 1:
+            raise LoreError(f"history must be at least 1 comparison (or None: all), got {history}")
+        self.history = history
         if int(embedder.dim) != int(model.d_):
             raise ModelFormatError(
                 f"the embedder {embedder.name!r} gives d = {embedder.dim} but the model was "
@@ -155,17 +167,22 @@ class RewardService:
         )
         self._lock = threading.RLock()  # guards self.model's weights and the maps below
         self._embed_lock = threading.Lock() if serialize_embed else None
+        self._queue: MicroBatcher | None = None
         self._personalize_lock = FifoLock()
         self._seq = 0
         self._n_fit: dict[str, int] = {}  # onboarded users -> comparisons behind their weights
         self._model_users = set(self.model.users_)  # less the ones deleted since
         self._model_user_hashes: dict[str, str] | None = None  # id hash -> model user
+        self._folder = model  # the folder's own weights, for users whose rows are all gone
+        self._forgotten: set[str] = set()  # onboarded, not in the folder, no rows left
+        # (user -> (n_fit, posterior)) of the served weights: a GET reads no rows twice
+        self._posteriors: OrderedDict[str, tuple[int, WeightsPosterior]] = OrderedDict()
         self.sync()
         if warm_up:
             self._warm_up()
         if refit_stale:
             for user in self.store.stale_users():
-                self._personalize(user)
+                self._refit(user)
 
     def _embedder_binding(self, embedder: Embedder) -> str:
         """What the database records of the backbone: its content fingerprint when it has
@@ -178,13 +195,21 @@ class RewardService:
         return str(fingerprint) if fingerprint else name
 
     # ---- weights ------------------------------------------------------------------------------
-    def _apply(self, users: Sequence[str], weights: np.ndarray, n_fit: Sequence[int]) -> None:
-        """Install weights in memory, keeping for each user the fit over the most comparisons."""
+    def _apply(
+        self,
+        users: Sequence[str],
+        weights: np.ndarray,
+        n_fit: Sequence[int],
+        *,
+        newest: bool = False,
+    ) -> None:
+        """Install weights in memory, keeping for each user the fit over the most comparisons
+        (``newest``: the database's current rows, whatever they replace)."""
         with self._lock:
             keep = [
                 i
                 for i, (u, n) in enumerate(zip(users, n_fit, strict=True))
-                if n >= self._n_fit.get(u, -1)
+                if newest or n >= self._n_fit.get(u, -1)
             ]
             if not keep:
                 return
@@ -198,10 +223,32 @@ class RewardService:
             self.model.set_user_weights(ids, w)
             for i in keep:
                 self._n_fit[users[i]] = int(n_fit[i])
+                self._forgotten.discard(users[i])
+                self._posteriors.pop(users[i], None)
+
+    def _forget(self, user: str) -> None:
+        """``user`` has no stored comparisons left: serve the folder's weights (a seen user)
+        or the population's (anyone else), as before they were onboarded."""
+        with self._lock:
+            self._n_fit.pop(user, None)
+            self._posteriors.pop(user, None)
+            if user in self._model_users:
+                w, _ = self._folder.weights_for([user])
+                self.model.set_user_weights([user], w)
+            elif user in self.model._user_index():
+                self._forgotten.add(user)
+
+    def _served_ids(self, users: Sequence[str | None]) -> list[str | None]:
+        """``users`` as the model is asked about them (forgotten users as unknown)."""
+        if not self._forgotten:
+            return [None if u is None else str(u) for u in users]
+        return [None if u is None or u in self._forgotten else str(u) for u in users]
 
     def sync(self) -> int:
         """Pick up deletions and weights written to the database since the last look (by any
-        process): deleted users are dropped first, then weights installed.
+        process): deleted users are dropped first, then each user's current row installed,
+        whatever it replaces (a refit after rows were deleted has fewer comparisons than the
+        fit before it).
 
         Returns how many users were read."""
         changes = changes_since(self.store, self._seq)
@@ -213,7 +260,7 @@ class RewardService:
             forget_hashes(self, changes.deleted)
             if changes.users:
                 assert changes.weights is not None
-                self._apply(changes.users, changes.weights, changes.n_fit)
+                self._apply(changes.users, changes.weights, changes.n_fit, newest=True)
             self._seq = changes.newest
         return len(changes.users) + len(changes.deleted)
 
@@ -230,7 +277,10 @@ class RewardService:
             self.model.fit_user_weights(Comparisons.from_features(x, ["warm-up"] * 2))
 
     def _fit(self, user: str, x: np.ndarray) -> np.ndarray:
-        """``user``'s weights fitted on features ``x`` (n, d), basis frozen."""
+        """``user``'s weights fitted on features ``x`` (n, d) -- the last ``history`` rows of
+        them -- with the basis frozen."""
+        if self.history is not None:
+            x = x[-self.history :]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # a pure fit on the frozen basis: the served weights change only through _apply()
@@ -239,18 +289,43 @@ class RewardService:
             )
         return weights[0].numpy().astype(np.float32)
 
-    def _personalize(self, user: str) -> tuple[np.ndarray, int]:
-        x = self.store.features_of(user, self.model.d_)
-        n = int(x.shape[0])
-        w = self._fit(user, x)
-        if self.store.put_weights(user, w, n):
-            self._apply([user], w[None, :], [n])
-        else:
-            self.sync()  # someone stored a fit over more comparisons: serve that one
-        return w, n
+    def _refit(self, user: str) -> None:
+        """Refit ``user`` on the comparisons stored now and serve that, whatever it replaces
+        (no comparisons left: forget their onboarding)."""
+        with self._personalize_lock:
+            fit = lambda x: self._fit(user, x)  # noqa: E731
+            w, n = self.store.refit(user, self.model.d_, fit, window=self.history)
+            if w is None:
+                self._forget(user)
+            else:
+                self._apply([user], w[None, :], [n], newest=True)
 
     # ---- embedding ----------------------------------------------------------------------------
+    def use_queue(self, queue: MicroBatcher | None) -> None:
+        """Send every backbone call through ``queue`` (chunked, small requests first: see
+        :mod:`~lore_rm.serve.batching`); None: call the backbone directly."""
+        self._queue = queue
+
+    def text_cost(self, conversation: Conversation) -> int:
+        """What embedding ``conversation`` costs, for the queue's chunks: its characters, up
+        to where the backbone stops reading (~4 per token of its ``max_length``)."""
+        max_length = getattr(self.embedder, "max_length", None)
+        return text_cost(conversation, 4 * max_length if isinstance(max_length, int) else None)
+
     def embed(self, conversations: Sequence[Conversation]) -> torch.Tensor:
+        """(n, d) float32 embeddings: through the queue when one is in use (and running)."""
+        queue = self._queue
+        if queue is not None and queue.thread is not threading.current_thread():
+            try:
+                future = queue.submit(conversations)
+            except ShuttingDown:
+                pass  # the app is stopping: what is still in flight runs directly
+            else:
+                return future.result()
+        return self.embed_now(conversations)
+
+    def embed_now(self, conversations: Sequence[Conversation]) -> torch.Tensor:
+        """The backbone's embeddings of ``conversations``, checked (one call at a time)."""
         if self._embed_lock is None:
             e = self.embedder.embed(conversations)
         else:
@@ -275,13 +350,22 @@ class RewardService:
         ``known``."""
         if len(users) != len(conversations):
             raise DataError(f"{len(users)} users for {len(conversations)} conversations")
-        self.sync()
         if not conversations:
             k = self.model.n_components_
             return Scored(np.zeros(0), np.zeros(0, dtype=bool), np.zeros((0, k), np.float32))
-        e = self.embed(conversations)
-        ids = [None if u is None else str(u) for u in users]
+        return self.score(self.embed(conversations), users)
+
+    def score(self, e: torch.Tensor, users: Sequence[str | None]) -> Scored:
+        """The rewards of embeddings ``e`` (n, d) for ``users`` (see :meth:`reward`), and
+        the embeddings' projections on the basis."""
+        if len(users) != e.shape[0]:
+            raise DataError(f"{len(users)} users for {e.shape[0]} embeddings")
+        self.sync()
+        if not len(users):
+            k = self.model.n_components_
+            return Scored(np.zeros(0), np.zeros(0, dtype=bool), np.zeros((0, k), np.float32))
         with self._lock:
+            ids = self._served_ids(users)
             r = self.model.reward(e, ids, unknown="mean")
             _, known = self.model.weights_for(ids, unknown="mean")
         y = (e @ self.model.basis_).numpy()
@@ -321,19 +405,20 @@ class RewardService:
 
         with self._personalize_lock:
             # refits are GIL- and CPU-bound: one at a time per process
-            before = self.store.features_of(user, self.model.d_)
+            n_before = self.store.count_comparisons(user)
+            before = self.store.features_of(user, self.model.d_, upto=n_before, window=self.history)
             w = self._fit(user, np.concatenate([before, x]))
             done = self.store.add_and_fit(
                 user, raw, x,
                 fit=lambda features: self._fit(user, features),
-                fitted=(int(before.shape[0]), w),
+                fitted=(n_before, w),
                 respond=respond,
                 idem=idem,
+                window=self.history,
             )  # fmt: skip
         if done.replayed:  # the same key raced this request and won: its result stands
             return Onboarded(**(done.response | {"replayed": True}))
-        assert done.weights is not None
-        self._apply([user], done.weights[None, :], [done.total])
+        self.sync()  # serve what was committed (or what another process committed since)
         return Onboarded(**done.response)
 
     def is_known(self, user: str) -> bool:
@@ -342,8 +427,9 @@ class RewardService:
 
     def user_info(self, user: str) -> dict:
         self.sync()
+        posterior = self._posterior(user)  # first: it repairs a user whose rows are gone
         with self._lock:
-            w, known = self.model.weights_for([user], unknown="mean")
+            w, known = self.model.weights_for(self._served_ids([user]), unknown="mean")
             onboarded = user in self._n_fit
             in_model = user in self._model_users
             n_fit = self._n_fit.get(user)
@@ -354,7 +440,7 @@ class RewardService:
             "weights": [float(v) for v in w[0].tolist()],
             "n_comparisons": self.store.count_comparisons(user),
             "n_fit": n_fit,
-            "posterior": None if (p := self._posterior(user)) is None else asdict(p),
+            "posterior": None if posterior is None else asdict(posterior),
         }
 
     # ---- uncertainty and questions ------------------------------------------------------------
@@ -363,7 +449,7 @@ class RewardService:
         the prior are shared, read-only), and how many stored comparisons they were fitted
         on: posteriors and selections run on it without holding the weights lock."""
         with self._lock:
-            w, known = self.model.weights_for([user], unknown="mean")
+            w, known = self.model.weights_for(self._served_ids([user]), unknown="mean")
             n_fit = self._n_fit.get(user, 0)
         view = copy.copy(self.model)
         view.users_ = [user] if bool(known[0]) else []
@@ -371,23 +457,43 @@ class RewardService:
         return view, n_fit
 
     def _user_posterior(
-        self, user: str
+        self, user: str, *, answers: bool = True
     ) -> tuple[LowRankReward, WeightsPosterior, Comparisons | None]:
         """``user``'s served weights (as a one-user model), their Laplace posterior from the
-        stored comparisons those weights were fitted on (the first ``n_fit``: the table is
-        append-only) or the prior's covariance when there are none, and those comparisons."""
-        while True:
-            x = self.store.features_of(user, self.model.d_)
+        stored comparisons those weights were fitted on (the last ``history`` of the first
+        ``n_fit``: the table is append-only) or the prior's covariance when there are none,
+        and those comparisons (when ``answers``). The posterior is kept until the user's
+        weights change."""
+        for _ in range(3):
             view, n_fit = self._user_view(user)
-            if n_fit <= x.shape[0]:
-                break  # else weights synced in after the read: their rows are committed now
-        answers = Comparisons.from_features(x[:n_fit], [user] * n_fit) if n_fit else None
+            if n_fit <= self.store.count_comparisons(user):
+                break
+            self.sync()  # weights synced in after the read: their rows are committed now
+        else:  # fewer rows than the weights were fitted on: rows were deleted
+            self._refit(user)
+            view, n_fit = self._user_view(user)
+            n_fit = min(n_fit, self.store.count_comparisons(user))
+        with self._lock:
+            kept = self._posteriors.get(user)
+        if kept is not None and kept[0] == n_fit and not answers:
+            return view, kept[1], None
+        x = self.store.features_of(user, self.model.d_, upto=n_fit, window=self.history)
+        rows = int(x.shape[0])
+        asked = Comparisons.from_features(x, [user] * rows) if rows else None
+        if kept is not None and kept[0] == n_fit:
+            return view, kept[1], asked
         try:
-            post = view.weights_posterior(answers, users=[user], unknown="mean")
+            post = view.weights_posterior(asked, users=[user], unknown="mean")
         except LoreError as exc:
             msg = f"no posterior: {exc}; refit the model with a few-shot prior"
             raise NoPosterior(msg) from exc
-        return view, post, answers
+        with self._lock:
+            if n_fit and self._n_fit.get(user, 0) == n_fit:  # still the served weights
+                self._posteriors[user] = (n_fit, post)
+                self._posteriors.move_to_end(user)
+                while len(self._posteriors) > POSTERIORS_KEPT:
+                    self._posteriors.popitem(last=False)
+        return view, post, asked
 
     def posterior(self, user: str) -> Posterior | None:
         """``user``'s posterior; None for a user of the model folder with no stored
@@ -402,9 +508,12 @@ class RewardService:
                 return None
         prior = self.model.few_shot_prior().kind
         try:
-            _, post, _ = self._user_posterior(user)
+            _, post, _ = self._user_posterior(user, answers=False)
         except NoPosterior:
             return None
+        with self._lock:
+            if user in self._model_users and user not in self._n_fit:
+                return None  # their stored comparisons were all gone: the folder's weights
         return Posterior(
             [float(v) for v in post.weights[0].tolist()],
             [float(v) for v in post.weights_std()[0].tolist()],

@@ -35,13 +35,14 @@ Concurrency and crashes:
   user's refitted weights and its idempotency key are committed together or not at all.
   The refit runs before the transaction on the committed comparisons plus the new ones; if
   another process added comparisons for the user meanwhile, it is redone inside the
-  transaction. Weights are written with a conditional upsert that keeps the fit over the
-  most comparisons. Snapshots of an append-only table are nested, so "more comparisons"
-  means "newer superset": concurrent onboarding of one user, from threads or from several
-  server processes, can never leave older weights in place of newer ones.
+  transaction. Weights are only written inside the transaction that counted the user's
+  rows, so the stored weights are always those fitted on the rows stored: concurrent
+  onboarding of one user, from threads or from several server processes, can never leave
+  older weights in place of newer ones.
 * a database written by an older lore-rm (comparisons and weights in two transactions) can
-  hold ``n_fit`` below the stored count after a crash: the service refits those users at
-  start-up (:meth:`Store.stale_users`).
+  hold ``n_fit`` below the stored count after a crash, and rows deleted by hand leave it
+  above: the service refits those users on the rows there are at start-up, or when a read
+  finds fewer rows than ``n_fit`` (:meth:`Store.stale_users`, :meth:`Store.refit`).
 * any SQLite failure of a write (disk full, read-only file system, locked past the timeout,
   I/O error) rolls the transaction back and raises :class:`~lore_rm.errors.StorageError`
   naming the problem (:func:`describe`); the service then answers 503.
@@ -115,13 +116,13 @@ _INSERT_COMPARISONS = (
     "INSERT INTO comparisons (user_id, prompt, chosen, rejected, x, created_at) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+# written inside the transaction that counted the user's rows: always the current fit
 _UPSERT_WEIGHTS = (
     "INSERT INTO users (user_id, weights, n_fit, seq, updated_at) "
     "VALUES (?, ?, ?, (SELECT MAX(COALESCE((SELECT MAX(seq) FROM users), 0), "
     "COALESCE((SELECT MAX(seq) FROM deletions), 0)) + 1), ?) "
     "ON CONFLICT (user_id) DO UPDATE SET weights = excluded.weights, "
-    "n_fit = excluded.n_fit, seq = excluded.seq, updated_at = excluded.updated_at "
-    "WHERE excluded.n_fit >= users.n_fit"
+    "n_fit = excluded.n_fit, seq = excluded.seq, updated_at = excluded.updated_at"
 )
 
 # SQLite's primary result codes (extended codes keep them in the low byte)
@@ -379,15 +380,36 @@ class Store:
             for i, item in enumerate(items)
         ]
 
-    def features_of(self, user: str, d: int) -> np.ndarray:
-        """All of ``user``'s stored features (n, d), in insertion order (one snapshot)."""
-        return self._features(self._conn(), user, d)
+    def features_of(
+        self, user: str, d: int, *, upto: int | None = None, window: int | None = None
+    ) -> np.ndarray:
+        """``user``'s stored features (n, d) in insertion order (one snapshot): the first
+        ``upto`` rows (default all), of which only the last ``window`` (default all)."""
+        return self._features(self._conn(), user, d, upto=upto, window=window)
 
     @staticmethod
-    def _features(conn: sqlite3.Connection, user: str, d: int) -> np.ndarray:
-        rows = conn.execute(
-            "SELECT x FROM comparisons WHERE user_id = ? ORDER BY id", (user,)
-        ).fetchall()
+    def _features(
+        conn: sqlite3.Connection,
+        user: str,
+        d: int,
+        *,
+        upto: int | None = None,
+        window: int | None = None,
+    ) -> np.ndarray:
+        if upto is None and window is None:
+            rows = conn.execute(
+                "SELECT x FROM comparisons WHERE user_id = ? ORDER BY id", (user,)
+            ).fetchall()
+        else:
+            if upto is None:
+                (upto,) = conn.execute(
+                    "SELECT COUNT(*) FROM comparisons WHERE user_id = ?", (user,)
+                ).fetchone()
+            start = 0 if window is None else max(0, int(upto) - window)
+            rows = conn.execute(
+                "SELECT x FROM comparisons WHERE user_id = ? ORDER BY id LIMIT ? OFFSET ?",
+                (user, max(0, int(upto) - start), start),
+            ).fetchall()
         if not rows:
             return np.zeros((0, d), dtype=np.float32)
         buf = b"".join(r[0] for r in rows)
@@ -404,17 +426,6 @@ class Store:
         return int(n)
 
     # ---- weights ----------------------------------------------------------------------------
-    def put_weights(self, user: str, weights: np.ndarray, n_fit: int) -> bool:
-        """Store ``user``'s weights fitted on their first ``n_fit`` comparisons.
-
-        Kept only if no stored fit used more comparisons (returns whether it was kept).
-        """
-        w = np.ascontiguousarray(weights, dtype=np.float32).tobytes()
-        conn = self._conn()
-        with self._write(conn):
-            cur = conn.execute(_UPSERT_WEIGHTS, (user, w, int(n_fit), time.time()))
-            return cur.rowcount > 0
-
     # ---- onboarding: comparisons, weights and key in one transaction --------------------------
     def replay(self, user: str, idem: Idempotency) -> dict | None:
         """The response stored with ``user``'s key ``idem.key``, or None if the key is new.
@@ -447,6 +458,7 @@ class Store:
         fitted: tuple[int, np.ndarray],
         respond: Callable[[int, np.ndarray], dict],
         idem: Idempotency | None = None,
+        window: int | None = None,
     ) -> Committed:
         """Append ``items`` for ``user`` and store the weights fitted on all of the user's
         comparisons, in one transaction (with ``idem``'s key and response, when given).
@@ -454,7 +466,8 @@ class Store:
         ``fitted = (n, w)``: weights ``w`` already fitted on the user's first ``n`` stored
         comparisons followed by ``features``; used if the user still has ``n`` comparisons
         when the transaction starts, else ``fit(all features)`` runs inside it. ``respond(total,
-        w)`` builds the response stored with the key."""
+        w)`` builds the response stored with the key; ``window``: ``fit`` needs only the
+        user's last ``window`` stored comparisons."""
         rows = self._rows(user, items, features)
         conn = self._conn()
         with self._write(conn):
@@ -465,7 +478,8 @@ class Store:
             ).fetchone()
             n_prev, w = fitted
             if before != n_prev:  # another process onboarded this user meanwhile
-                w = fit(np.concatenate([self._features(conn, user, features.shape[1]), features]))
+                d = features.shape[1]
+                w = fit(np.concatenate([self._features(conn, user, d, window=window), features]))
             total = int(before) + len(rows)
             conn.executemany(_INSERT_COMPARISONS, rows)
             w = np.ascontiguousarray(w, dtype=np.float32)
@@ -505,14 +519,41 @@ class Store:
         return np.frombuffer(row[0], dtype=np.float32).copy(), int(row[1])
 
     def stale_users(self) -> list[str]:
-        """Users with more stored comparisons than their weights were fitted on (a crash
-        between storing comparisons and storing the refit)."""
+        """Users whose weights were not fitted on exactly their stored comparisons: more
+        rows than ``n_fit`` (a crash between storing comparisons and storing the refit, in a
+        database written by an older lore-rm) or fewer (rows deleted by hand, with or
+        without the user's weights row)."""
         rows = (
             self._conn()
             .execute(
                 "SELECT c.user_id FROM comparisons c LEFT JOIN users u ON u.user_id = c.user_id "
-                "GROUP BY c.user_id HAVING COUNT(*) > COALESCE(MAX(u.n_fit), 0) ORDER BY c.user_id"
+                "GROUP BY c.user_id HAVING COUNT(*) != COALESCE(MAX(u.n_fit), 0) "
+                "UNION SELECT u.user_id FROM users u WHERE u.n_fit > 0 AND NOT EXISTS "
+                "(SELECT 1 FROM comparisons c WHERE c.user_id = u.user_id) ORDER BY 1"
             )
             .fetchall()
         )
         return [r[0] for r in rows]
+
+    def refit(
+        self,
+        user: str,
+        d: int,
+        fit: Callable[[np.ndarray], np.ndarray],
+        window: int | None = None,
+    ) -> tuple[np.ndarray | None, int]:
+        """Refit ``user``'s weights on the comparisons stored now (the last ``window`` of
+        them) and store them whatever ``n_fit`` they replace, in one transaction: ``(weights,
+        n)``. With no comparisons left the weights row is deleted: ``(None, 0)``."""
+        conn = self._conn()
+        with self._write(conn):
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM comparisons WHERE user_id = ?", (user,)
+            ).fetchone()
+            if not n:
+                conn.execute("DELETE FROM users WHERE user_id = ?", (user,))
+                return None, 0
+            x = self._features(conn, user, d, upto=n, window=window)
+            w = np.ascontiguousarray(fit(x), dtype=np.float32)
+            conn.execute(_UPSERT_WEIGHTS, (user, w.tobytes(), int(n), time.time()))
+        return w, int(n)
