@@ -66,17 +66,23 @@ def order_within_groups(values: Tensor, sizes: Tensor) -> Tensor:
 
 
 def reward_std(
-    model: LowRankReward, y: Tensor, users: Sequence[str | None], covariance: Tensor
+    model: LowRankReward,
+    y: Tensor,
+    users: Sequence[str | None],
+    covariance: Tensor,
+    strengths: Sequence[float | None] | None = None,
 ) -> Tensor:
     """Each reward's std (M,) from the projections ``y = e @ V`` (M, K) and the logit
     covariance (M, K, K) of each row's user, as :meth:`LowRankReward.reward` computes it: the
     delta method at the user's own weights, times the personalisation strength for known
-    users (unknown users have the prior's spread around the population's weights)."""
+    users (``strengths``, one per row, None: the model's; unknown users have the prior's
+    spread around the population's weights)."""
     from lore_rm.fit.posterior import linear_std
 
     own, known = model.weights_for(list(users), unknown="mean", personalization=1.0)
     std = linear_std(y, own, covariance, model.reward_scale, model.weight_space_)
-    return torch.where(known, float(model.personalization_) * std, std)
+    lam = model._strength(strengths)
+    return torch.where(known, lam * std, std)
 
 
 def rank_groups(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ from lore_rm.metrics import mean_accuracy, per_user_accuracy
 from lore_rm.ranking import LEVEL, Ranking, rank_embeddings
 
 Tensor = torch.Tensor
+#: a personalisation strength: the model's (None), one number, or one per user / row
+Strength = float | Sequence[float | None] | Tensor | None
 
 
 class LowRankReward:
@@ -430,11 +433,23 @@ class LowRankReward:
         """Whether users can get different rewards: rank >= 2 and a strength above 0."""
         return self.rank_ > 0 and self.n_components_ > 1 and self.personalization_ > 0
 
-    def _strength(self, personalization: float | None) -> float:
+    def _strength(self, personalization: Strength = None) -> float | Tensor:
+        """The strength(s) to use: the model's ``personalization_`` for None, else the given
+        number, or per row a sequence / tensor whose None or NaN entries take the model's."""
         if personalization is None:
             return self.personalization_
-        lam = float(personalization)
-        if not (0.0 <= lam <= 1.0):
+        if isinstance(personalization, int | float):
+            lam: float | Tensor = float(personalization)
+            bad = not (0.0 <= personalization <= 1.0)
+        else:
+            if isinstance(personalization, Tensor):
+                lam = personalization.detach().to(torch.float32).reshape(-1)
+            else:
+                values = [math.nan if v is None else float(v) for v in personalization]
+                lam = torch.tensor(values, dtype=torch.float32)
+            lam = torch.where(torch.isnan(lam), self.personalization_, lam)
+            bad = bool(((lam < 0) | (lam > 1)).any())
+        if bad:
             raise LoreError(f"personalization must be in [0, 1], got {personalization!r}")
         return lam
 
@@ -443,7 +458,7 @@ class LowRankReward:
         users: Sequence[str | None],
         *,
         unknown: str = "error",
-        personalization: float | None = None,
+        personalization: Strength = None,
     ) -> tuple[Tensor, Tensor]:
         """Weights (M, K) for ``users`` and a bool mask of which were known.
 
@@ -451,11 +466,17 @@ class LowRankReward:
         are an :class:`UnknownUserError`, or with ``unknown="mean"`` get the population's
         mean weights (and ``known`` False).
         A known user's weights are ``w_bar + lam * (w_u - w_bar)``: ``lam`` is
-        ``personalization`` (0 = the shared weights ``w_bar``, 1 = the user's own), by default
-        the model's ``personalization_``, chosen by the cross-validation.
+        ``personalization`` (0 = the shared weights ``w_bar``, 1 = the user's own; one number,
+        or one per user where None takes the default), by default the model's
+        ``personalization_``, chosen by the cross-validation.
         """
         lam = self._strength(personalization)
         w, known = self._own_weights(users, unknown)
+        if isinstance(lam, Tensor):
+            if lam.numel() != len(users):
+                raise DataError(f"{lam.numel()} personalization values for {len(users)} users")
+            mix = torch.where(known, lam, 1.0)[:, None]
+            return self.population_weights_ + mix * (w - self.population_weights_), known
         if lam != 1.0 and bool(known.any()):
             w[known] = self.population_weights_ + lam * (w[known] - self.population_weights_)
         return w, known
@@ -495,7 +516,7 @@ class LowRankReward:
         unknown: str = ...,
         return_std: Literal[False] = ...,
         posterior: WeightsPosterior | None = ...,
-        personalization: float | None = ...,
+        personalization: Strength = ...,
     ) -> Tensor: ...
 
     @overload
@@ -507,7 +528,7 @@ class LowRankReward:
         unknown: str = ...,
         return_std: Literal[True],
         posterior: WeightsPosterior | None = ...,
-        personalization: float | None = ...,
+        personalization: Strength = ...,
     ) -> tuple[Tensor, Tensor]: ...
 
     def reward(
@@ -518,7 +539,7 @@ class LowRankReward:
         unknown: str = "error",
         return_std: bool = False,
         posterior: WeightsPosterior | None = None,
-        personalization: float | None = None,
+        personalization: Strength = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Personalised reward (M,) of each embedding row for its user (or one user for all).
 
@@ -563,7 +584,7 @@ class LowRankReward:
         users: list,
         known: Tensor,
         posterior: WeightsPosterior | None,
-        lam: float,
+        lam: float | Tensor,
         rows: Tensor | None = None,
     ) -> Tensor:
         """Delta-method std of ``reward_scale * y @ w`` for each row of ``y``, whose user is
@@ -575,6 +596,8 @@ class LowRankReward:
         if rows is not None:
             cov, own, known = cov[rows], own[rows], known[rows]
         std = linear_std(y, own, cov, self.reward_scale, self.weight_space_)
+        if isinstance(lam, Tensor) and rows is not None:
+            lam = lam[rows]
         return torch.where(known, lam * std, std)
 
     def rank_candidates(
@@ -599,7 +622,7 @@ class LowRankReward:
         comparisons: Comparisons,
         *,
         unknown: str = "error",
-        personalization: float | None = None,
+        personalization: Strength = None,
     ) -> Tensor:
         """Bradley–Terry logit ``r(chosen) - r(rejected)`` of every comparison (N,)."""
         self._require_fitted()
@@ -617,7 +640,7 @@ class LowRankReward:
         *,
         posterior: WeightsPosterior | None = None,
         unknown: str = "error",
-        personalization: float | None = None,
+        personalization: Strength = None,
     ) -> Tensor:
         """P(chosen preferred to rejected) for every comparison.
 
@@ -641,7 +664,7 @@ class LowRankReward:
         posterior: WeightsPosterior,
         *,
         unknown: str = "error",
-        personalization: float | None = None,
+        personalization: Strength = None,
     ) -> tuple[Tensor, Tensor]:
         """Margins (N,) and their delta-method std (N,) under ``posterior``."""
         self._require_fitted()

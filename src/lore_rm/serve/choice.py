@@ -110,8 +110,9 @@ def rank_scored(
     if cov is not None and scored.projections is not None:
         y = torch.from_numpy(np.asarray(scored.projections))
         rows = [users[g] for g in group.tolist()]
+        strengths = svc.strengths_of(rows)
         with svc._lock:
-            std = reward_std(svc.model, y, rows, cov[group])
+            std = reward_std(svc.model, y, rows, cov[group], strengths)
     starts = np.cumsum(sizes) - np.asarray(sizes)
     known = np.asarray(scored.known)[starts]
     return rank_groups(torch.from_numpy(scored.rewards), sizes, known=known, std=std, level=level)

@@ -34,6 +34,7 @@ from lore_rm.serve.schemas import (
     NextQuestionsResponse,
     OnboardRequest,
     OnboardResponse,
+    PersonalizationRequest,
     QueryFormat,
     Question,
     RewardRequest,
@@ -128,19 +129,23 @@ def _conversations(
     return pairs, raw
 
 
-Score = Callable[[list[Conversation], list[str | None]], Awaitable[Scored]]
+Score = Callable[..., Awaitable[Scored]]
 
 
 def scorer(svc: RewardService, batcher: MicroBatcher | None) -> Score:
     """How the reward routes score: off the event loop, on the batcher's thread (embedded
     in its queue with every other backbone call, then scored there), or on a threadpool
-    thread."""
+    thread. ``personalization`` overrides every user's strength for the call."""
 
-    async def score(conversations: list[Conversation], users: list[str | None]) -> Scored:
+    async def score(
+        conversations: list[Conversation],
+        users: list[str | None],
+        personalization: float | None = None,
+    ) -> Scored:
         if batcher is None:
-            return await run_in_threadpool(svc.reward, conversations, users)
+            return await run_in_threadpool(svc.reward, conversations, users, personalization)
         try:
-            future = batcher.submit(conversations, lambda e: svc.score(e, users))
+            future = batcher.submit(conversations, lambda e: svc.score(e, users, personalization))
         except ShuttingDown as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from exc
         return await asyncio.wrap_future(future)
@@ -279,7 +284,7 @@ def api_router(
                 )
             except LoreError as exc:
                 raise _unprocessable(["conversations", i], str(exc)) from exc
-        scored = await score(conversations, users)
+        scored = await score(conversations, users, body.personalization)
         known = [bool(k) for k in scored.known]
         return RewardResponse(
             rewards=[float(v) for v in scored.rewards],
@@ -338,6 +343,7 @@ def api_router(
             known=chosen.known,
             n_answers=chosen.n_answers,
             prior=chosen.prior,  # type: ignore[arg-type]
+            reason=chosen.reason,
             questions=[
                 Question(
                     index=i,
@@ -353,6 +359,15 @@ def api_router(
     @api.get("/users/{user_id}", response_model=UserInfo, tags=["users"])
     def user_info(user_id: UserId) -> UserInfo:
         """The weights a user is served with, where they come from, and their posterior."""
+        return UserInfo(**svc.user_info(user_id))
+
+    @api.put("/users/{user_id}/personalization", response_model=UserInfo, tags=["users"])
+    def set_personalization(user_id: UserId, body: PersonalizationRequest) -> UserInfo:
+        """Set how far the user's rewards move from the shared reward toward their own
+        weights (0: opt out, every reward is the shared one; 1: their own weights; null:
+        back to the model's strength). Kept in the database, for every worker and restart;
+        removed with the user's other data by ``DELETE /users/{id}``."""
+        svc.strengths.set(user_id, body.personalization)
         return UserInfo(**svc.user_info(user_id))
 
     @api.get("/model-info", response_model=ModelInfo, tags=["meta"])

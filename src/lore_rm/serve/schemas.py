@@ -130,6 +130,9 @@ class Message(BaseModel):
 Messages = Annotated[list[Message], Field(fail_fast=True)]
 
 
+Strength = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
 class GetRewardRequest(BaseModel):
     """OpenRLHF's remote reward-model request (extra fields are accepted and ignored)."""
 
@@ -157,6 +160,20 @@ class RewardRequest(Closed):
     conversations: Annotated[list[Messages], Field(fail_fast=True)] = Field(
         min_length=1,
         description="each: the prompt messages then the assistant response being scored",
+    )
+    personalization: Strength | None = Field(
+        None,
+        description="this call's personalisation strength for every user, in [0, 1] (0: the "
+        "shared reward; 1: each user's own weights); default: the strength each user chose, "
+        "else the model's",
+    )
+
+
+class PersonalizationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    personalization: Strength | None = Field(
+        description="in [0, 1]: 0 opts out (the shared reward), 1 uses the user's own weights; "
+        "null: back to the model's strength"
     )
 
 
@@ -223,6 +240,11 @@ class NextQuestionsResponse(BaseModel):
         description="stored comparisons the posterior conditions on (0: the prior's covariance)"
     )
     prior: Literal["learned", "isotropic"]
+    reason: str | None = Field(
+        None,
+        description="why no question is asked although candidates were given: the model (or "
+        "this user, at strength 0) does not personalise, so no answer could change a reward",
+    )
     questions: list[Question]
 
 
@@ -239,7 +261,18 @@ class UserInfo(BaseModel):
     user: str
     known: bool
     source: Literal["onboarded", "model", "population-mean"]
-    weights: list[float]
+    weights: list[float] = Field(description="the user's own weights (strength 1)")
+    served_weights: list[float] = Field(
+        description="the weights their rewards use: the shared weights moved toward their own "
+        "by their strength"
+    )
+    personalization: float = Field(description="the strength their rewards use")
+    personalization_chosen: float | None = Field(
+        description="the strength the user set (PUT /users/{id}/personalization); null: the model's"
+    )
+    personalizes: bool = Field(
+        description="whether this user's rewards differ from the shared reward"
+    )
     n_comparisons: int
     n_fit: int | None
     posterior: PosteriorInfo | None = Field(
@@ -266,6 +299,12 @@ class ModelInfo(BaseModel):
     n_stored_comparisons: int
     population_weights: list[float]
     model_fingerprint: str
+    weights: Literal["simplex", "signed"] = Field(description="the users' weight space")
+    personalization: float = Field(
+        description="the model's personalisation strength (chosen by the fit's cross-validation)"
+    )
+    personalizes: bool = Field(description="whether users can get different rewards at all")
+    why: str = Field(description="why the model does not personalise (empty when it does)")
     limits: dict[str, int]
     batching: dict[str, int | float] = Field(
         description="micro-batching: max_texts per backbone forward, max_wait_ms"

@@ -42,8 +42,10 @@ from lore_rm.embed.backbones import backbone_identity
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError, ModelFormatError
 from lore_rm.fit.model import LowRankReward
+from lore_rm.fit.personalizes import does_not_personalize
 from lore_rm.fit.posterior import WeightsPosterior
 from lore_rm.serve.batching import MicroBatcher, ShuttingDown, text_cost
+from lore_rm.serve.strengths import Strengths
 from lore_rm.serve.user_control import forget_hashes
 from lore_rm.serve.user_records import changes_since
 from lore_rm.serve.user_store import FifoLock, Idempotency, Store, StoredComparison
@@ -116,6 +118,7 @@ class Questions:
     known: bool
     n_answers: int
     prior: str
+    reason: str | None = None  # why nothing is asked: no answer could change a reward
 
 
 #: the most recent comparisons of a user that their fit and posterior use (all are stored)
@@ -158,6 +161,7 @@ class RewardService:
         self.embedder = embedder
         self.db_path = Path(db_path)
         self.store = Store(self.db_path, timeout_s=db_timeout_s)
+        self.strengths = Strengths(self.store)
         self.store.bind(
             {
                 "model_fingerprint": model_fingerprint(model),
@@ -343,30 +347,50 @@ class RewardService:
         return e
 
     # ---- public API ---------------------------------------------------------------------------
-    def reward(self, conversations: Sequence[Conversation], users: Sequence[str | None]) -> Scored:
+    def reward(
+        self,
+        conversations: Sequence[Conversation],
+        users: Sequence[str | None],
+        personalization: float | None = None,
+    ) -> Scored:
         """Personalised reward of each conversation for its user.
 
         Users with no weights (and ``None``) get the population's mean weights, flagged in
-        ``known``."""
+        ``known``. ``personalization`` (in [0, 1]) overrides every user's strength for this
+        call (see :meth:`score`)."""
         if len(users) != len(conversations):
             raise DataError(f"{len(users)} users for {len(conversations)} conversations")
         if not conversations:
             k = self.model.n_components_
             return Scored(np.zeros(0), np.zeros(0, dtype=bool), np.zeros((0, k), np.float32))
-        return self.score(self.embed(conversations), users)
+        return self.score(self.embed(conversations), users, personalization)
 
-    def score(self, e: torch.Tensor, users: Sequence[str | None]) -> Scored:
+    def strengths_of(
+        self, users: Sequence[str | None], personalization: float | None = None
+    ) -> list[float | None]:
+        """Each user's personalisation strength for a call: ``personalization`` when given,
+        else the one the user chose (``PUT /users/{id}/personalization``), else None (the
+        model's own)."""
+        if personalization is not None:
+            return [float(personalization)] * len(users)
+        return self.strengths.of(users)
+
+    def score(
+        self, e: torch.Tensor, users: Sequence[str | None], personalization: float | None = None
+    ) -> Scored:
         """The rewards of embeddings ``e`` (n, d) for ``users`` (see :meth:`reward`), and
-        the embeddings' projections on the basis."""
+        the embeddings' projections on the basis. Each user's weights are moved toward the
+        shared ones by their strength (:meth:`strengths_of`)."""
         if len(users) != e.shape[0]:
             raise DataError(f"{len(users)} users for {e.shape[0]} embeddings")
         self.sync()
         if not len(users):
             k = self.model.n_components_
             return Scored(np.zeros(0), np.zeros(0, dtype=bool), np.zeros((0, k), np.float32))
+        lam = self.strengths_of(users, personalization)
         with self._lock:
             ids = self._served_ids(users)
-            r = self.model.reward(e, ids, unknown="mean")
+            r = self.model.reward(e, ids, unknown="mean", personalization=lam)
             _, known = self.model.weights_for(ids, unknown="mean")
         y = (e @ self.model.basis_).numpy()
         return Scored(r.double().numpy(), known.numpy(), y)
@@ -428,16 +452,24 @@ class RewardService:
     def user_info(self, user: str) -> dict:
         self.sync()
         posterior = self._posterior(user)  # first: it repairs a user whose rows are gone
+        (chosen,) = self.strengths.of([user])
         with self._lock:
-            w, known = self.model.weights_for(self._served_ids([user]), unknown="mean")
+            ids = self._served_ids([user])
+            w, known = self.model.weights_for(ids, unknown="mean", personalization=1.0)
+            served, _ = self.model.weights_for(ids, unknown="mean", personalization=[chosen])
             onboarded = user in self._n_fit
             in_model = user in self._model_users
             n_fit = self._n_fit.get(user)
+            strength = self.model.personalization_ if chosen is None else chosen
         return {
             "user": user,
             "known": bool(known[0]),
             "source": "onboarded" if onboarded else "model" if in_model else "population-mean",
             "weights": [float(v) for v in w[0].tolist()],
+            "served_weights": [float(v) for v in served[0].tolist()],
+            "personalization": float(strength),
+            "personalization_chosen": chosen,
+            "personalizes": bool(self.model.personalizes and strength > 0 and known[0]),
             "n_comparisons": self.store.count_comparisons(user),
             "n_fit": n_fit,
             "posterior": None if posterior is None else asdict(posterior),
@@ -449,7 +481,8 @@ class RewardService:
         the prior are shared, read-only), and how many stored comparisons they were fitted
         on: posteriors and selections run on it without holding the weights lock."""
         with self._lock:
-            w, known = self.model.weights_for(self._served_ids([user]), unknown="mean")
+            ids = self._served_ids([user])
+            w, known = self.model.weights_for(ids, unknown="mean", personalization=1.0)
             n_fit = self._n_fit.get(user, 0)
         view = copy.copy(self.model)
         view.users_ = [user] if bool(known[0]) else []
@@ -533,6 +566,10 @@ class RewardService:
         if not 1 <= n <= len(pairs):
             raise DataError(f"n must be between 1 and the {len(pairs)} candidates, got {n}")
         self.sync()
+        reason = self.no_questions_reason(user)
+        if reason is not None:
+            prior = self.model.few_shot_prior().kind if self.model.rank_ > 0 else "isotropic"
+            return Questions([], [], self.is_known(user), 0, prior, reason)
         m = len(pairs)
         e = self.embed([a for a, _ in pairs] + [b for _, b in pairs])
         candidates = Comparisons.from_features(e[:m] - e[m:], [user] * m)
@@ -546,6 +583,17 @@ class RewardService:
             int(post.n_comparisons[0]),
             view.few_shot_prior().kind,
         )
+
+    def no_questions_reason(self, user: str) -> str | None:
+        """Why asking ``user`` anything is pointless (None when it is not): the model does not
+        personalise, or the user's strength is 0."""
+        why = does_not_personalize(self.model)
+        if why is not None:
+            return f"this model does not personalise ({why})"
+        (chosen,) = self.strengths.of([user])
+        if chosen == 0:
+            return "this user's personalisation strength is 0 (opted out)"
+        return None
 
     def info(self) -> dict:
         self.sync()
@@ -569,6 +617,10 @@ class RewardService:
             "n_stored_comparisons": self.store.count_comparisons(),
             "population_weights": population,
             "model_fingerprint": model_fingerprint(m),
+            "weights": m.weight_space_,
+            "personalization": float(m.personalization_),
+            "personalizes": bool(m.personalizes),
+            "why": does_not_personalize(m) or "",
         }
 
     def close(self) -> None:

@@ -110,6 +110,12 @@ class UserData(BaseModel):
     known: bool
     source: str
     weights: list[float]
+    served_weights: list[float]
+    personalization: float
+    personalization_chosen: float | None = Field(
+        description="the personalisation strength the user set (null: the model's)"
+    )
+    personalizes: bool
     n_comparisons: int
     n_fit: int | None
     posterior: dict[str, Any] | None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lore_rm.serve.strengths import bump_version
 from lore_rm.serve.user_store import Store
 
 _IN_CHUNK = 500  # ids per "IN (...)" (SQLite's variable limit is 32766 nowadays, 999 before)
@@ -84,7 +85,8 @@ class Deleted:
 
 
 def delete_user(store: Store, user: str) -> Deleted:
-    """Remove ``user``'s comparisons, weights and idempotency keys; record the deletion."""
+    """Remove ``user``'s comparisons, weights, idempotency keys and chosen personalisation
+    strength; record the deletion."""
     conn = store._conn()
     with store._write(conn):
         # the next version, taken before the user's own row (perhaps the newest) goes
@@ -95,6 +97,8 @@ def delete_user(store: Store, user: str) -> Deleted:
         n_comp = conn.execute("DELETE FROM comparisons WHERE user_id = ?", (user,)).rowcount
         n_w = conn.execute("DELETE FROM users WHERE user_id = ?", (user,)).rowcount
         n_keys = conn.execute("DELETE FROM idempotency WHERE user_id = ?", (user,)).rowcount
+        if conn.execute("DELETE FROM strengths WHERE user_id = ?", (user,)).rowcount:
+            bump_version(conn)
         conn.execute(
             "INSERT INTO deletions (user_sha256, seq, deleted_at) VALUES (?, ?, ?) "
             "ON CONFLICT (user_sha256) DO UPDATE SET seq = excluded.seq, "

@@ -110,6 +110,11 @@ CREATE TABLE IF NOT EXISTS deletions (
     deleted_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deletions_seq ON deletions (seq);
+CREATE TABLE IF NOT EXISTS strengths (
+    user_id TEXT PRIMARY KEY,
+    strength REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 _INSERT_COMPARISONS = (
