@@ -473,3 +473,47 @@ def test_bpe_merges_are_written_in_the_form_every_tokenizers_reads(tmp_path):
     assert new(texts)["input_ids"] == old(texts)["input_ids"]
     want = model.reward(emb.embed(convs), "b").double().numpy()
     np.testing.assert_allclose(hf_scores(out, convs)[:, 0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_signed_weights_serve_onboard_and_export_as_they_score(setup):
+    """A signed-weights model (format 5) through save / load, a live service (onboarding a
+    new user under the signed prior) and the export: the same rewards everywhere."""
+    root, backbone, emb, model_dir, probe = setup
+    simplex = LowRankReward.from_pretrained(model_dir)
+    gen = torch.Generator().manual_seed(4)
+    weights = torch.tensor([1.0, 0.0]) + torch.randn(len(simplex.users_), 2, generator=gen)
+    signed = LowRankReward.from_arrays(
+        simplex.basis_,
+        weights,
+        simplex.users_,
+        population_weights=torch.tensor([1.0, 0.0]),
+        reference_head=simplex.reference_head_,
+        weight_space="signed",
+        backbone=str(backbone),
+    )
+    folder = root / "signed-model"
+    signed.save_pretrained(folder)
+    loaded = LowRankReward.from_pretrained(folder)
+    assert loaded.weight_space_ == "signed" and bool((loaded.user_weights_ < 0).any())
+    app = create_app(loaded, emb, default_db_path(folder))
+    onboard = {
+        "comparisons": [
+            {"prompt": f"topic {i}", "chosen": "winter river", "rejected": f"tiger {i}"}
+            for i in range(5)
+        ]
+    }
+    with LiveServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/model-info").json()["weights"] == "signed"
+        assert client.post("/users/newbie/comparisons", json=onboard).status_code == 200
+        info = client.get("/users/newbie").json()
+        assert info["posterior"] is not None and len(info["weights"]) == 2
+        served = {
+            u: client.post("/reward", json={"user": u, "conversations": probe}).json()["rewards"]
+            for u in ("newbie", "u1")
+        }
+    want = loaded.reward(emb.embed(probe), "u1").double().numpy()
+    np.testing.assert_allclose(served["u1"], want, rtol=1e-4, atol=1e-5)
+    for user in ("newbie", "u1"):
+        out = export_reward_model(folder, root / f"signed-{user}-rm", backbone, user=user)
+        got = hf_scores(out, probe)[:, 0]
+        np.testing.assert_allclose(got, served[user], rtol=1e-4, atol=1e-5)
