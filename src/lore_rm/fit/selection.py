@@ -28,7 +28,16 @@ up to ``EDGE_STEPS`` more values) until the loss rises, so the choice is never c
 
 With users held out, every cell also records ``margin_scale``: the factor by which the true
 log-odds exceed its held-out margins (:mod:`lore_rm.fit.calibration`); the chosen cell's
-scale calibrates the fitted model's outputs.
+scale calibrates the fitted model's outputs. A fold also leaves out of its training rows the
+comparisons of every pair of texts a held-out user labelled (``cv_exclude_pairs``), so
+held-out users are scored on pairs the fold's basis never saw, as new users meet new prompts.
+
+Every cell scores the held-out margins at personalisation strengths ``personalization_grid``
+(``w_bar + strength * (w_u - w_bar)``; linear in the strength, so no extra fit) and keeps the
+weakest within one paired per-user standard error of the best (:func:`choose_strength`).
+When the chosen cell's strength is 0 the search serves the pooled reward instead: the best
+rank-1 cell (scored for it if the grid had no rank 1). ``weights="auto"`` scores every rank
+above 1 in both weight spaces (:mod:`lore_rm.fit.link`).
 
 The score is the held-out Bradley–Terry log-loss (mean over the fold's comparisons). The
 one-standard-error rule then picks the simplest cell (lowest rank, then strongest ridge) whose
@@ -144,7 +153,6 @@ def _new_user_scores(
     held_out: Tensor,
     inner: Tensor,
     cfg: FitConfig,
-    weight_decay: float = 0.0,
 ) -> HeldOut:
     """Per fold: held-out users scored as new users of the fold's basis.
 
@@ -392,7 +400,7 @@ def select_settings(
             not_converged += not res.converged
             if holdout == "users":
                 scores = _new_user_scores(
-                    data, sigma, res.basis, res.logits, held_out, inner, cell_cfg, decay
+                    data, sigma, res.basis, res.logits, held_out, inner, cell_cfg
                 )
             else:
                 scores = _held_out_scores(
