@@ -115,6 +115,10 @@ def test_model_info(fitted, tmp_path):
     assert training["dataset"] == str(ds) and training["selection"]["rank"] == 2
     assert training["diagnostics"]["converged"] is True
     assert training["accuracy"]["unseen_test"] > 0.9
+    assert s["personalizes"] and s["personalization"] == 1.0 and s["weights"] == "simplex"
+    report = training["personalization"]
+    assert report["summary"].startswith("Personalisation gains +") and "per_user" not in report
+    assert "Personalisation gains +" in res.stdout
 
     # a model saved from Python has no training.json
     bare = tmp_path / "bare"

@@ -25,6 +25,7 @@ def model_summary(model_dir: Path, db: Path | None = None) -> dict:
     from lore_rm.cli.fit import diagnostics, selection_summary
     from lore_rm.constants import MODEL_CONFIG_FILE, TRAINING_FILE
     from lore_rm.fit.model import LowRankReward
+    from lore_rm.fit.personalizes import does_not_personalize
     from lore_rm.serve.export import load_with_served_users
     from lore_rm.serve.service import default_db_path
 
@@ -46,6 +47,10 @@ def model_summary(model_dir: Path, db: Path | None = None) -> dict:
         "d": own.d_,
         "scale": own.scale_,
         "margin_scale": own.margin_scale_,
+        "weights": own.weight_space_,
+        "personalization": own.personalization_,
+        "personalizes": own.personalizes,
+        "why_not_personalized": does_not_personalize(own),
         "backbone": own.backbone,
         "recipe": own.recipe,
         "seed": own.seed,
@@ -72,10 +77,18 @@ def model_summary(model_dir: Path, db: Path | None = None) -> dict:
             "backbone": training.get("backbone"),
             "fit_seconds": training.get("fit_seconds"),
             "accuracy": training.get("accuracy"),
+            "personalization": _report_summary(training.get("personalization")),
             "selection": selection_summary(history),
             "diagnostics": diagnostics(history),
         }
     return summary
+
+
+def _report_summary(report: dict | None) -> dict | None:
+    """The personalisation report of training.json without its per-user rows."""
+    if not report:
+        return None
+    return {k: v for k, v in report.items() if k != "per_user"}
 
 
 @model_app.command("info")
@@ -114,6 +127,11 @@ def print_model_summary(s: dict) -> None:
         f"{s['margin_scale']:g}"
         + (" (calibrated on held-out users)" if s["margin_scale"] != 1 else " (uncalibrated)"),
     )
+    space = "simplex" if s["weights"] == "simplex" else "signed (population + offsets)"
+    if s["personalizes"]:
+        t.add_row("personalisation", f"strength {s['personalization']:g}, {space} weights")
+    else:
+        t.add_row("personalisation", f"none: {s['why_not_personalized']}")
     u = s["users"]
     users = f"{u['total']} ({u['model']} in the model"
     if u["database"]:
@@ -144,6 +162,8 @@ def print_model_summary(s: dict) -> None:
             if not key.endswith("_std"):
                 std = tr["accuracy"].get(f"{key}_std")
                 t.add_row(f"accuracy: {key}", f"{value:.3f} ± {std:.3f}" if std is not None else "")
+        if tr.get("personalization"):
+            t.add_row("personalisation pays?", tr["personalization"]["summary"])
         if tr["fit_seconds"] is not None:
             t.add_row("fit seconds", f"{tr['fit_seconds']:.1f}")
     console.print(t)
