@@ -9,7 +9,7 @@ import torch
 from lore_rm import Comparisons, LoreError, LowRankReward, simulate_population
 from lore_rm.evaluate.personalization import personalization_report
 from lore_rm.fit.config import FitConfig
-from lore_rm.fit.selection import HeldOut, choose_strength, exclude_held_out_pairs
+from lore_rm.fit.selection import HeldOut, choose_strength, new_pair_split
 
 FAST = {"weight_decay": 0.01, "personalization": 1.0, "n_iter": 300}
 
@@ -120,21 +120,42 @@ def test_choose_strength_takes_the_weakest_within_noise_of_the_best():
     assert lam == 1.0 and table["1"]["cv_loss"] < table["0"]["cv_loss"]
 
 
-def test_held_out_users_pairs_leave_the_folds_training_rows():
-    table = torch.randn(6, 4)
-    chosen = torch.tensor([0, 2, 1, 4, 0, 3])
-    rejected = torch.tensor([1, 3, 0, 5, 2, 2])  # rows 0 and 2: the same pair, flipped
-    data = Comparisons.from_pairs(table, chosen, rejected, [0, 0, 1, 1, 2, 2])
-    held_out = torch.tensor([[True, True, False, False, False, False]])  # user 0 held out
-    weights = (~held_out).float()
-    share = exclude_held_out_pairs(data, held_out, weights)
-    # row 2 shares pair (0, 1) and row 5 pair (2, 3) with user 0's rows: both left out
-    assert weights.tolist() == [[0.0, 0.0, 0.0, 1.0, 1.0, 0.0]]
-    assert share == pytest.approx(2 / 4)
-    dense = Comparisons.from_features(torch.randn(6, 4), [0, 0, 1, 1, 2, 2])
-    untouched = (~held_out).float()
-    assert exclude_held_out_pairs(dense, held_out, untouched) == 0.0
-    assert untouched.tolist() == (~held_out).float().tolist()
+def test_held_out_users_are_scored_on_pairs_their_fold_never_trained_on():
+    table = torch.randn(8, 4)
+    # users 0, 1, 2: rows 0-1, 2-3, 4-6; rows 0, 2 and 4 are the same pair (1 flipped)
+    chosen = torch.tensor([0, 2, 1, 4, 0, 6, 3])
+    rejected = torch.tensor([1, 3, 0, 5, 1, 7, 2])
+    data = Comparisons.from_pairs(table, chosen, rejected, [0, 0, 1, 1, 2, 2, 2])
+    pairs = data.pair_ids()
+    assert pairs[0] == pairs[2] == pairs[4] and pairs[1] == pairs[6]
+    user0 = torch.tensor([True, True, False, False, False, False, False])
+    held_out = torch.stack([user0, ~user0])  # two folds: user 0; users 1 and 2
+    dealt_here = dealt_elsewhere = 0
+    for seed in range(20):  # the pair's fold is a seeded draw: see both outcomes
+        keep, scored, left_out = new_pair_split(data, held_out, torch.Generator().manual_seed(seed))
+        shared_scored = bool(scored[0, 0])  # pair (0, 1) is labelled by users 1 and 2 too
+        for row, pair_rows in ((0, (2, 4)), (1, (6,))):
+            if scored[0, row]:  # scored: no training row of that pair is kept
+                assert all(keep[0, r] == 0 for r in pair_rows)
+            else:  # not scored: the pair's training rows stay
+                assert all(keep[0, r] == 1 for r in pair_rows)
+        assert keep[0, 3] == 1 and keep[0, 5] == 1  # pairs nobody held out labelled
+        assert not bool(scored[0, 2:].any()) and not bool(keep[0, :2].any())
+        dealt_here += shared_scored
+        dealt_elsewhere += not shared_scored
+        n_left = int(((~held_out) & (keep == 0)).sum())
+        assert left_out == pytest.approx(n_left / int((~held_out).sum()))
+    assert dealt_here and dealt_elsewhere
+    # a pair only the held-out user labelled is always scored, and nothing is left out for it
+    alone = Comparisons.from_pairs(table, chosen[[3, 5]], rejected[[3, 5]], [0, 1])
+    keep, scored, left_out = new_pair_split(
+        alone, torch.tensor([[True, False]]), torch.Generator().manual_seed(0)
+    )
+    assert scored.tolist() == [[True, False]] and keep.tolist() == [[0.0, 1.0]] and left_out == 0
+    dense = Comparisons.from_features(torch.randn(7, 4), [0, 0, 1, 1, 2, 2, 2])
+    keep, scored, left_out = new_pair_split(dense, held_out, torch.Generator().manual_seed(0))
+    assert torch.equal(scored, held_out) and torch.equal(keep, (~held_out).float())
+    assert left_out == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -104,10 +104,10 @@ class FitConfig:
     )
     cv_exclude_pairs: bool = _f(
         True,
-        "With users held out, also leave out of each fold's training rows the comparisons of "
-        "the same pair of texts as a held-out user's, so held-out users are scored on pairs "
-        "the fold never trained on, as new users meet new prompts (dense features name no "
-        "texts and are not matched).",
+        "With users held out, score them only on pairs of texts their fold never trained on, "
+        "as new users meet new prompts: every pair is dealt to a fold, and a held-out row "
+        "whose pair other users labelled is scored (its pair's training rows left out) only "
+        "in the pair's own fold (dense features name no texts: every held-out row is scored).",
     )
     one_se: bool = _f(
         True,

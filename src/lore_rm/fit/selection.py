@@ -28,9 +28,9 @@ up to ``EDGE_STEPS`` more values) until the loss rises, so the choice is never c
 
 With users held out, every cell also records ``margin_scale``: the factor by which the true
 log-odds exceed its held-out margins (:mod:`lore_rm.fit.calibration`); the chosen cell's
-scale calibrates the fitted model's outputs. A fold also leaves out of its training rows the
-comparisons of every pair of texts a held-out user labelled (``cv_exclude_pairs``), so
-held-out users are scored on pairs the fold's basis never saw, as new users meet new prompts.
+scale calibrates the fitted model's outputs. Held-out users are scored only on pairs of texts
+the fold's basis never saw, as new users meet new prompts (``cv_exclude_pairs``,
+:func:`new_pair_split`).
 
 Every cell scores the held-out margins at personalisation strengths ``personalization_grid``
 (``w_bar + strength * (w_u - w_bar)``; linear in the strength, so no extra fit) and keeps the
@@ -128,21 +128,38 @@ def held_out_users(data: Comparisons, n_folds: int, generator: torch.Generator) 
     return user_fold.to(data.device)[data.user_index]
 
 
-def exclude_held_out_pairs(data: Comparisons, held_out: Tensor, train_weights: Tensor) -> float:
-    """Zero (in place) each fold's training rows whose pair of texts some held-out user of
-    that fold labelled; returns the share of (fold, training row) cells zeroed. Dense
-    comparisons name no texts and are left as they are."""
+def new_pair_split(
+    data: Comparisons, held_out: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor, float]:
+    """Which rows each fold trains on (F, N float) and scores (F, N bool), so that held-out
+    users are scored on pairs of texts the fold's basis never saw, as new users meet new
+    prompts; and the share of training rows left out for it.
+
+    Every pair of texts is dealt to a fold (seeded). Fold ``f`` scores a held-out user's row
+    when no training user of the fold labelled its pair, or when the pair is dealt to ``f``;
+    the training rows of those pairs are left out of the fold. Where no two users share a pair
+    this scores every held-out row and leaves nothing out; where many do it keeps most of the
+    training rows (leaving out every pair a held-out user labelled would leave out most of
+    them) and scores the held-out rows of a fifth of the pairs. Dense comparisons name no
+    texts: every held-out row is scored, nothing left out."""
+    train = ~held_out
     pairs = data.pair_ids()
     if pairs is None or not data.n:
-        return 0.0
+        return train.to(torch.float32), held_out, 0.0
     n_folds = held_out.shape[0]
     n_pairs = int(pairs.max()) + 1
-    labelled = torch.zeros(n_folds, n_pairs, dtype=torch.bool, device=held_out.device)
-    f, rows = held_out.nonzero(as_tuple=True)
-    labelled[f, pairs[rows]] = True
-    clash = labelled[:, pairs] & ~held_out  # (F, N)
-    train_weights[clash] = 0.0
-    return float(clash.sum()) / max(float((~held_out).sum()), 1.0)
+    dealt = (torch.randperm(n_pairs, generator=generator) % n_folds).to(pairs.device)
+    trained = torch.zeros(n_folds, n_pairs, dtype=torch.bool, device=held_out.device)
+    f, rows = train.nonzero(as_tuple=True)
+    trained[f, pairs[rows]] = True
+    folds = torch.arange(n_folds, device=held_out.device)[:, None]
+    scored = held_out & (~trained[:, pairs] | (dealt[pairs][None, :] == folds))
+    left_out = torch.zeros_like(trained)
+    f, rows = scored.nonzero(as_tuple=True)
+    left_out[f, pairs[rows]] = True
+    keep = train & ~left_out[:, pairs]
+    share = 1.0 - float(keep.sum()) / max(float(train.sum()), 1.0)
+    return keep.to(torch.float32), scored, share
 
 
 def _new_user_scores(
@@ -286,7 +303,7 @@ def strengths(cfg: FitConfig, rank: int) -> tuple[float, ...]:
 
 
 def choose_strength(
-    data: Comparisons, scores: HeldOut, held_out: Tensor, grid: Sequence[float]
+    data: Comparisons, scores: HeldOut, scored: Tensor, grid: Sequence[float]
 ) -> tuple[float, dict[str, dict[str, float]]]:
     """The personalisation strength of one cell, and every strength's scores.
 
@@ -295,15 +312,16 @@ def choose_strength(
     the paired per-user difference: a user's own weights must beat the shared ones by more
     than the noise before they are used (strength 0 serves every user the shared reward)."""
     u, n_users = data.user_index, data.n_users
-    counts = torch.bincount(u, minlength=n_users).to(torch.float64)
+    rows = scored.any(0).to(torch.float64)  # each scored row is scored by one fold
+    counts = torch.bincount(u, weights=rows, minlength=n_users)
     has = counts > 0
     per_user = {}
     table: dict[str, dict[str, float]] = {}
     for lam in grid:
         m = scores.at(lam)
-        loss = torch.bincount(u, weights=F.softplus(-m).double(), minlength=n_users)
+        loss = torch.bincount(u, weights=F.softplus(-m).double() * rows, minlength=n_users)
         per_user[lam] = (loss / counts.clamp_min(1))[has]
-        fold_loss, fold_acc = _fold_scores(data, m[None].expand(len(held_out), -1), held_out)
+        fold_loss, fold_acc = _fold_scores(data, m[None].expand(len(scored), -1), scored)
         table[f"{lam:g}"] = {
             "cv_loss": float(fold_loss.mean()),
             "cv_accuracy": float(fold_acc.mean()),
@@ -341,16 +359,17 @@ def select_settings(
     if holdout == "users":
         inner, fold = fold, held_out_users(data, n_folds, gen)
     held_out = torch.stack([fold == f for f in range(n_folds)])  # (F, N)
-    train_weights = (~held_out).to(torch.float32)
+    train_weights, scored = (~held_out).to(torch.float32), held_out
     notes = []
     if holdout == "users" and cfg.cv_exclude_pairs:
-        shared = exclude_held_out_pairs(data, held_out, train_weights)
-        if shared:
+        train_weights, scored, left_out = new_pair_split(data, held_out, gen)
+        if left_out:
             notes.append(
-                f"{shared:.0%} of the training rows share their pair of texts with a held-out "
-                "user's comparison; each fold left them out, so held-out users are scored on "
-                "pairs its basis never saw"
+                f"held-out users were scored on pairs of texts their fold never trained on: "
+                f"{float(scored.sum()) / max(float(held_out.sum()), 1):.0%} of their "
+                f"comparisons, leaving out {left_out:.0%} of the training rows"
             )
+    scored_any = scored.any(0)
     ranks = sorted(set(int(k) for k in ranks))
     decays = sorted(set(float(w) for w in weight_decays))  # weak -> strong
     rows: list[dict] = []
@@ -371,7 +390,7 @@ def select_settings(
                 rank,
                 cfg.init,
                 gen,
-                rows=(~held_out[f]).nonzero()[:, 0],
+                rows=(train_weights[f] > 0).nonzero()[:, 0],
                 space=cell_cfg.space,
             )
             for f in range(n_folds)
@@ -406,12 +425,12 @@ def select_settings(
                 scores = _held_out_scores(
                     data, sigma, res.basis, res.logits, held_out, fold, cfg.scale, cell_cfg.space
                 )
-            strength, by_strength = choose_strength(data, scores, held_out, strengths(cfg, rank))
-            loss, acc = _fold_scores(data, scores.at(strength)[None].expand(n_folds, -1), held_out)
+            strength, by_strength = choose_strength(data, scores, scored, strengths(cfg, rank))
+            loss, acc = _fold_scores(data, scores.at(strength)[None].expand(n_folds, -1), scored)
             scale_fit: dict = {}
             if holdout == "users" and cfg.calibrate:
                 scale_fit["margin_scale"] = fit_margin_scale(
-                    scores.at(strength), strength * scores.std
+                    scores.at(strength)[scored_any], strength * scores.std[scored_any]
                 )
             mean, se = _mean_se(loss)
             acc_mean, acc_se = _mean_se(acc)
