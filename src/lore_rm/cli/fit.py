@@ -152,7 +152,15 @@ def fit_cmd(
             f"{sel.get('holdout', 'comparisons')} ({sel['n_fits']} fits, "
             f"{sel['seconds']:.1f} s, {sel['rule']} rule): rank {sel['rank']}, "
             f"weight_decay {sel['weight_decay']:g}"
+            + (
+                f", {model.weight_space_} weights at personalisation strength "
+                f"{model.personalization_:g}"
+                if model.rank_ > 1
+                else ""
+            )
         )
+        for note in sel.get("notes", []):
+            console.print(f"[dim]search: {note}[/dim]")
     cal = model.history_.get("calibration")
     if cal and "why" not in cal:
         console.print(
