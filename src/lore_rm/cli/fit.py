@@ -24,6 +24,7 @@ from lore_rm.cli.fit_options import fit_options
 from lore_rm.cli.groups import FIT_GROUP_BY, GROUP_BY
 from lore_rm.constants import DB_FILE, TRAINING_FILE
 from lore_rm.errors import LoreError
+from lore_rm.fit.history import FitHistory
 from lore_rm.io import atomic_folder
 from lore_rm.wording import counted
 
@@ -201,7 +202,7 @@ def fit_cmd(
         )
 
 
-def selection_summary(history: dict) -> dict | None:
+def selection_summary(history: FitHistory) -> dict | None:
     """How the rank and ridge were chosen (without the curve), or None when not searched."""
     sel = history.get("selection")
     if not sel:
@@ -211,7 +212,7 @@ def selection_summary(history: dict) -> dict | None:
     return {**{k: sel.get(k) for k in keys}, "holdout": sel.get("holdout", "comparisons")}
 
 
-def diagnostics(history: dict, warned: list[str] | None = None) -> dict:
+def diagnostics(history: FitHistory, warned: list[str] | None = None) -> dict:
     """What a fit's history says about its health: validation, no-signal problems,
     convergence (L-BFGS; None for the published Adam loop), pruned columns; warnings raised."""
     out = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import typer
 from rich.console import Console
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from lore_rm.cli.common import fail, print_json
 from lore_rm.errors import LoreError, ModelFormatError
+from lore_rm.fit.history import FitHistory
 
 model_app = typer.Typer(help="Inspect model folders.", no_args_is_help=True)
 
@@ -66,7 +68,7 @@ def model_summary(model_dir: Path, db: Path | None = None) -> dict:
             training = json.loads(training_path.read_text("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"{training_path}: not valid JSON ({exc})") from None
-        history = training.get("history") or {}
+        history = cast(FitHistory, training.get("history") or {})  # as lore fit wrote it
         summary["training"] = {
             "dataset": training.get("dataset"),
             "backbone": training.get("backbone"),

@@ -56,10 +56,10 @@ def rank(
     from rich.console import Console
 
     from lore_rm.embed.match import check_backbone
-    from lore_rm.rank_rows import rank_rows, ranking_records, read_rank_rows
     from lore_rm.ranking import interval_z
-    from lore_rm.scoring import embedder_for
     from lore_rm.serve.export import check_users, load_with_served_users
+    from lore_rm.serve.rank_rows import rank_rows, ranking_records, read_rank_rows
+    from lore_rm.serve.scoring import embedder_for
 
     if unknown not in ("error", "mean"):
         raise typer.BadParameter("must be 'error' or 'mean'", param_hint="--unknown")

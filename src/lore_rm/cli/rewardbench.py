@@ -42,8 +42,8 @@ def rewardbench(
     from lore_rm.embed.match import check_backbone
     from lore_rm.errors import LoreError
     from lore_rm.evaluate.rewardbench import SUBSETS, evaluate_rewardbench
-    from lore_rm.scoring import embedder_for
     from lore_rm.serve.export import check_users, load_with_served_users
+    from lore_rm.serve.scoring import embedder_for
 
     try:
         model, db_path, _ = load_with_served_users(model_dir, db)

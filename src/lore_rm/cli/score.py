@@ -65,8 +65,8 @@ def score(
     from rich.console import Console
 
     from lore_rm.embed.match import check_backbone
-    from lore_rm.scoring import embedder_for, read_score_rows, score_rows
     from lore_rm.serve.export import check_users, load_with_served_users
+    from lore_rm.serve.scoring import embedder_for, read_score_rows, score_rows
 
     if unknown not in ("error", "mean"):
         raise typer.BadParameter("must be 'error' or 'mean'", param_hint="--unknown")

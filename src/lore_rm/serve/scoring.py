@@ -178,6 +178,5 @@ def score_rows(
         raise LoreError(f"unknown must be 'error' or 'mean', got {unknown!r}")
     if unknown == "error":
         check_users(model, list(dict.fromkeys(rows.users)), db)
-    _, known = model.weights_for(rows.users, unknown="mean")
     e = embed_unique(embedder, rows.conversations, progress=progress)
-    return model.reward(e, rows.users, unknown="mean"), known
+    return model.reward(e, rows.users, unknown="mean", return_known=True)
