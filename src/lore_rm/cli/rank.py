@@ -55,11 +55,10 @@ def rank(
     interval where the user has a posterior, as JSON Lines."""
     from rich.console import Console
 
-    from lore_rm.embed.match import check_backbone
+    from lore_rm.embed.match import resolve_backbone
     from lore_rm.ranking import interval_z
     from lore_rm.serve.export import check_users, load_with_served_users
     from lore_rm.serve.rank_rows import rank_rows, ranking_records, read_rank_rows
-    from lore_rm.serve.scoring import embedder_for
 
     if unknown not in ("error", "mean"):
         raise typer.BadParameter("must be 'error' or 'mean'", param_hint="--unknown")
@@ -72,16 +71,18 @@ def rank(
         rows = read_rank_rows(file)
         if unknown == "error":  # before the backbone is loaded
             check_users(model, list(dict.fromkeys(rows.users)), db_path)
-        embedder = embedder_for(
-            model,
+        embedder, forced = resolve_backbone(
             model_dir,
+            model.backbone,
+            model.d_,
             backbone,
             dtype=dtype,
             max_length=max_length,
+            force=force_backbone,
+            verb="rank",
             device=device,
             batch_size=batch_size,
         )
-        forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
         rankings = rank_rows(
             model, embedder, rows, db=db_path, level=level, unknown=unknown, progress=progress
         )

@@ -39,26 +39,25 @@ def rewardbench(
     from rich.console import Console
     from rich.table import Table
 
-    from lore_rm.embed.match import check_backbone
+    from lore_rm.embed.match import resolve_backbone
     from lore_rm.errors import LoreError
     from lore_rm.evaluate.rewardbench import SUBSETS, evaluate_rewardbench
     from lore_rm.serve.export import check_users, load_with_served_users
-    from lore_rm.serve.scoring import embedder_for
 
     try:
         model, db_path, _ = load_with_served_users(model_dir, db)
         check_users(model, user, db_path)  # before any text is embedded
-        embedder = embedder_for(
-            model,
+        embedder, forced = resolve_backbone(
             model_dir,
+            model.backbone,
+            model.d_,
             backbone,
             dtype=dtype,
+            max_length=max_length,
+            force=force_backbone,
+            verb="score",
             device=device,
             batch_size=batch_size,
-            max_length=max_length,
-        )
-        forced = check_backbone(
-            model_dir, model.backbone, model.d_, embedder, force=force_backbone, verb="score"
         )
         if forced:
             typer.echo(

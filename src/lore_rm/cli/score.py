@@ -64,9 +64,9 @@ def score(
     id (when given), user, reward and whether the user was known."""
     from rich.console import Console
 
-    from lore_rm.embed.match import check_backbone
+    from lore_rm.embed.match import resolve_backbone
     from lore_rm.serve.export import check_users, load_with_served_users
-    from lore_rm.serve.scoring import embedder_for, read_score_rows, score_rows
+    from lore_rm.serve.scoring import read_score_rows, score_rows
 
     if unknown not in ("error", "mean"):
         raise typer.BadParameter("must be 'error' or 'mean'", param_hint="--unknown")
@@ -87,16 +87,18 @@ def score(
                     f"{exc}; pass --unknown mean to score their rows with the population's "
                     "mean weights"
                 ) from None
-        embedder = embedder_for(
-            model,
+        embedder, forced = resolve_backbone(
             model_dir,
+            model.backbone,
+            model.d_,
             backbone,
             dtype=dtype,
             max_length=max_length,
+            force=force_backbone,
+            verb="score",
             device=device,
             batch_size=batch_size,
         )
-        forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
         if cache is not None:
             from lore_rm.embed.cache import CachedEmbedder
 
