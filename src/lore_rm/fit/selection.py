@@ -56,6 +56,7 @@ from lore_rm.fit.posterior import covariance_from_hessian, linear_std, logit_hes
 from lore_rm.fit.prior import isotropic_prior
 from lore_rm.fit.solvers import fit_user_weights, signed_prior, solve_lbfgs
 from lore_rm.fit.start import initial_point
+from lore_rm.metrics import user_hits
 from lore_rm.progress import progress_bar
 
 Tensor = torch.Tensor
@@ -258,12 +259,7 @@ def _fold_scores(data: Comparisons, margins: Tensor, held_out: Tensor) -> tuple[
     from the margins (F, N) each fold predicts."""
     weight = held_out.to(margins.dtype)
     loss = (F.softplus(-margins) * weight).sum(1) / weight.sum(1).clamp_min(1)
-    right = (margins > 0).to(margins.dtype) * weight
-    u = data.user_index
-    per_user = torch.zeros(len(margins), data.n_users, dtype=margins.dtype, device=data.device)
-    total = torch.zeros_like(per_user)
-    per_user.index_add_(1, u, right)
-    total.index_add_(1, u, weight)
+    per_user, total = user_hits(margins, data.user_index, data.n_users, weight)
     has = total > 0
     acc = (per_user / total.clamp_min(1) * has).sum(1) / has.sum(1).clamp_min(1)
     return loss.double(), acc.double()
