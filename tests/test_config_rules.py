@@ -142,3 +142,17 @@ def test_a_bad_flag_ends_the_command_in_one_line_before_any_work():
 def test_nan_is_no_number():
     assert not Interval(float, 0).accepts(math.nan)
     assert not Interval(float).accepts(math.inf)
+
+
+def _commands(typer_app, prefix=""):
+    for c in typer_app.registered_commands:
+        yield prefix + (c.name or c.callback.__name__), c.callback
+    for g in typer_app.registered_groups:
+        yield from _commands(g.typer_instance, f"{prefix}{g.name} ")
+
+
+def test_every_command_turns_lore_errors_into_one_line():
+    """One decorator (cli.common.one_line_errors) instead of a try / except per command."""
+    commands = dict(_commands(app))
+    assert len(commands) > 15
+    assert [name for name, cb in commands.items() if not getattr(cb, "one_line_errors", 0)] == []

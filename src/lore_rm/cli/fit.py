@@ -14,7 +14,7 @@ from lore_rm.cli.common import (
     THREADS,
     active_option,
     collected_warnings,
-    fail,
+    one_line_errors,
     parse_float_list,
     parse_int_list,
     print_json,
@@ -39,6 +39,7 @@ JSON_OUT = typer.Option(False, "--json", help=JSON_HELP)
 
 
 @fit_options()
+@one_line_errors
 def fit_cmd(
     dataset: Path = DATASET,
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
@@ -94,51 +95,46 @@ def fit_cmd(
     console = Console(stderr=as_json)
     use_threads(threads)
     with collected_warnings() as warned:
-        try:
-            check_model_out(out, overwrite)
-            split, backbone = load_split(dataset, all_data=all_data)
-            t0 = time.perf_counter()
-            model = LowRankReward(
-                rank=_rank(rank),
-                recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
-                backbone=backbone.get("name"),
-                device=device,
-                seed=seed,
-                **(fit_settings or {}),
-            ).fit(split.seen_train, split.reference_head, progress=progress)
-            seconds = time.perf_counter() - t0
-            numbers = four_numbers(model, split)
-            report = personalization_report(model, split, pooled=pooled_model(model, split))
-            model.history_["personalization"] = report.to_dict()
-            population = training_population(
-                model, split, PreferenceDataset(dataset).users, group_by
+        check_model_out(out, overwrite)
+        split, backbone = load_split(dataset, all_data=all_data)
+        t0 = time.perf_counter()
+        model = LowRankReward(
+            rank=_rank(rank),
+            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
+            backbone=backbone.get("name"),
+            device=device,
+            seed=seed,
+            **(fit_settings or {}),
+        ).fit(split.seen_train, split.reference_head, progress=progress)
+        seconds = time.perf_counter() - t0
+        numbers = four_numbers(model, split)
+        report = personalization_report(model, split, pooled=pooled_model(model, split))
+        model.history_["personalization"] = report.to_dict()
+        population = training_population(model, split, PreferenceDataset(dataset).users, group_by)
+        if population is not None:  # the model card's training population by group
+            model.history_["population"] = population
+        if personalize_unseen and split.unseen_fewshot.n:
+            model.personalize(split.unseen_fewshot, progress=progress)
+        sel = model.history_.get("selection")
+        with atomic_folder(out, overwrite=True) as tmp:  # refused above unless --overwrite
+            model.save_pretrained(tmp)
+            write_json(
+                tmp / TRAINING_FILE,
+                {
+                    "dataset": str(dataset),
+                    "all_data": all_data,
+                    "backbone": backbone,
+                    "fit_seconds": round(seconds, 3),
+                    "accuracy": numbers,
+                    "personalization": report.to_dict(per_user=True),
+                    "history": model.history_,
+                },
             )
-            if population is not None:  # the model card's training population by group
-                model.history_["population"] = population
-            if personalize_unseen and split.unseen_fewshot.n:
-                model.personalize(split.unseen_fewshot, progress=progress)
-            sel = model.history_.get("selection")
-            with atomic_folder(out, overwrite=True) as tmp:  # refused above unless --overwrite
-                model.save_pretrained(tmp)
-                write_json(
-                    tmp / TRAINING_FILE,
-                    {
-                        "dataset": str(dataset),
-                        "all_data": all_data,
-                        "backbone": backbone,
-                        "fit_seconds": round(seconds, 3),
-                        "accuracy": numbers,
-                        "personalization": report.to_dict(per_user=True),
-                        "history": model.history_,
-                    },
-                )
-                if per_user is not None:
-                    write_rows(per_user, report.per_user)
-                if sel:
-                    plot_selection(sel, tmp / "selection.png")
-                moved = set_aside_database(out)  # last: a failed write leaves the old folder whole
-        except LoreError as exc:
-            fail(exc)
+            if per_user is not None:
+                write_rows(per_user, report.per_user)
+            if sel:
+                plot_selection(sel, tmp / "selection.png")
+            moved = set_aside_database(out)  # last: a failed write leaves the old folder whole
     for m in METRICS[:1] if all_data else METRICS:
         console.print(number_line(numbers, m))
     if all_data:
@@ -228,6 +224,7 @@ def diagnostics(history: FitHistory, warned: list[str] | None = None) -> dict:
 
 
 @fit_options(exclude=("recipe", "seed", "alpha"))
+@one_line_errors
 def evaluate_cmd(
     dataset: Path = DATASET,
     out: Path = typer.Option(Path("lore-eval"), "--out", "-o", help="Report folder."),
@@ -307,43 +304,38 @@ def evaluate_cmd(
     }
     groups = None
     with collected_warnings() as warned:
-        try:
-            check_report_out(out)
-            users = users_for(dataset, columns) if columns else None
-            split, backbone = load_split(dataset)
-            config["backbone"] = backbone
-            if split.reference_head is None and 0 in rank_list:
-                rank_list = [k for k in rank_list if k != 0]
-                config["ranks"] = rank_list
-                config["ranks_skipped"] = [0]
-                console.print(
-                    f"Rank 0 skipped: the backbone {backbone.get('name')!r} has no reward head "
-                    "(rank 0 is the backbone's own reward)."
-                )
-                if not rank_list:
-                    raise LoreError(
-                        "--ranks holds only rank 0, and the backbone has no reward head"
-                    )
-            result = run_protocol(
-                split,
-                rank_list,
-                alpha_list,
-                shot_list,
-                trials,
-                shots_rank=shots_rank,
-                recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
-                seed=seed,
-                device=device,
-                progress=progress,
-                active=active,
-                active_batch=active_batch,
-                **settings,
+        check_report_out(out)
+        users = users_for(dataset, columns) if columns else None
+        split, backbone = load_split(dataset)
+        config["backbone"] = backbone
+        if split.reference_head is None and 0 in rank_list:
+            rank_list = [k for k in rank_list if k != 0]
+            config["ranks"] = rank_list
+            config["ranks_skipped"] = [0]
+            console.print(
+                f"Rank 0 skipped: the backbone {backbone.get('name')!r} has no reward head "
+                "(rank 0 is the backbone's own reward)."
             )
-            rows, shot_rows = result.rows, result.shot_rows
-            if columns:
-                groups = _groups(result, shots_rank, split, users, config, device)
-        except LoreError as exc:
-            fail(exc)
+            if not rank_list:
+                raise LoreError("--ranks holds only rank 0, and the backbone has no reward head")
+        result = run_protocol(
+            split,
+            rank_list,
+            alpha_list,
+            shot_list,
+            trials,
+            shots_rank=shots_rank,
+            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
+            seed=seed,
+            device=device,
+            progress=progress,
+            active=active,
+            active_batch=active_batch,
+            **settings,
+        )
+        rows, shot_rows = result.rows, result.shot_rows
+        if columns:
+            groups = _groups(result, shots_rank, split, users, config, device)
     print_tables(rank_table(rows, title=f"{dataset} — recipe '{recipe}'"), console=console)
     selected_rank = _selected_line(result, shots_rank, console)
     if shot_rows:

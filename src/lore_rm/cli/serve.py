@@ -8,10 +8,11 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli.common import fail
+from lore_rm.cli.common import fail, one_line_errors
 from lore_rm.errors import LoreError, StorageError
 
 
+@one_line_errors
 def serve(
     model_dir: Path = typer.Argument(..., help="A lore-rm model folder (save_pretrained)."),
     backbone: str | None = typer.Option(
@@ -136,10 +137,7 @@ def serve(
     next questions for a user)."""
     from lore_rm.extras import require
 
-    try:
-        require("lore serve", "uvicorn", "fastapi")
-    except LoreError as exc:
-        fail(exc)
+    require("lore serve", "uvicorn", "fastapi")
     import uvicorn
 
     from lore_rm.serve.app import CONFIG_ENV, build_app
@@ -154,10 +152,7 @@ def serve(
 
     if token_file is not None and not token_file.is_file():
         raise typer.BadParameter(f"{token_file}: no such file", param_hint="--token-file")
-    try:
-        token = resolve_token(None, token_file)
-    except LoreError as exc:
-        fail(exc)
+    token = resolve_token(None, token_file)
     loopback = is_loopback(host)
     if not loopback and token is None:
         if not allow_unauthenticated:
@@ -219,10 +214,11 @@ def serve(
                 timeout_worker_healthcheck=worker_healthcheck_s,
                 http=HeaderTimeoutProtocol,
             )
-    except (LoreError, StorageError) as exc:
+    except StorageError as exc:
         fail(exc)
 
 
+@one_line_errors
 def export(
     model_dir: Path = typer.Argument(..., help="A lore-rm model folder."),
     out: Path = typer.Option(..., help="Folder to write the HF reward model to."),
@@ -249,22 +245,19 @@ def export(
 
     if (user is None) == (not basis):
         raise typer.BadParameter("give exactly one of --user ID and --basis", param_hint="--user")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            path = export_reward_model(
-                model_dir,
-                out,
-                backbone,
-                user=user,
-                basis=basis,
-                db=db,
-                dtype=dtype,
-                overwrite=overwrite,
-                force_backbone=force_backbone,
-            )
-    except LoreError as exc:
-        fail(exc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = export_reward_model(
+            model_dir,
+            out,
+            backbone,
+            user=user,
+            basis=basis,
+            db=db,
+            dtype=dtype,
+            overwrite=overwrite,
+            force_backbone=force_backbone,
+        )
     for w in caught:
         if "--force-backbone" in str(w.message):
             typer.echo(f"warning: {w.message}", err=True)
