@@ -17,10 +17,25 @@ from lore_rm.cli.common import (
     use_threads,
 )
 from lore_rm.cli.fit_options import fit_options
+from lore_rm.cli.rerun import as_list_text, config_option, to
+
+DEMO_KEYS = {
+    "seed": to("seed"),
+    "ranks": to("ranks", as_list_text),
+    "recipe": to("recipe"),
+    "shots": to("shots", as_list_text),
+    "trials": to("trials"),
+    "active": to("active"),
+    "active_batch": to("active_batch"),
+    "population": lambda pop: {
+        k: pop[k] for k in ("d", "true_rank", "n_seen", "n_unseen") if k in pop
+    },
+}
 
 
-@fit_options()
 @one_line_errors
+@fit_options()
+@config_option("demo", DEMO_KEYS)
 def demo(
     out: Path = typer.Option(Path("lore-demo"), help="Folder for the report, plots and config."),
     seed: int = typer.Option(0, help="Seed for the population and every fit."),

@@ -22,6 +22,7 @@ from lore_rm.cli.common import (
 )
 from lore_rm.cli.fit_options import fit_options
 from lore_rm.cli.groups import FIT_GROUP_BY, GROUP_BY
+from lore_rm.cli.rerun import as_list_text, config_option, to
 from lore_rm.constants import DB_FILE, TRAINING_FILE
 from lore_rm.errors import LoreError
 from lore_rm.fit.history import FitHistory
@@ -223,10 +224,30 @@ def diagnostics(history: FitHistory, warned: list[str] | None = None) -> dict:
     return out
 
 
-@fit_options(exclude=("recipe", "seed", "alpha"))
+EVALUATE_KEYS = {
+    "dataset": to("dataset", Path),
+    "ranks": to("ranks", as_list_text),
+    "alphas": to("alphas", as_list_text),
+    "recipe": to("recipe"),
+    "shots": to("shots", as_list_text),
+    "shots_rank": to("shots_rank"),
+    "trials": to("trials"),
+    "active": to("active"),
+    "active_batch": to("active_batch"),
+    "group_by": to("group_by", as_list_text),
+    "seed": to("seed"),
+}
+
+
 @one_line_errors
+@fit_options(exclude=("recipe", "seed", "alpha"))
+@config_option("evaluate", EVALUATE_KEYS)
 def evaluate_cmd(
-    dataset: Path = DATASET,
+    dataset: Path | None = typer.Argument(
+        None,
+        help="Dataset folder (lore prepare ...) with embeddings (lore embed); with --config, "
+        "the one it records.",
+    ),
     out: Path = typer.Option(Path("lore-eval"), "--out", "-o", help="Report folder."),
     ranks: str = typer.Option("0..6", help="Ranks, e.g. '0..10' or '0,1,5,10'."),
     alphas: str = typer.Option("0", help="Reference-pull weights, e.g. '0,1e4'."),
@@ -280,6 +301,8 @@ def evaluate_cmd(
         write_sweep_report,
     )
 
+    if dataset is None:
+        raise typer.BadParameter("give a dataset folder, or --config FILE", param_hint="DATASET")
     console = Console(stderr=as_json)
     config_threads = use_threads(threads)
     rank_list = parse_int_list(ranks, "--ranks")
@@ -295,6 +318,7 @@ def evaluate_cmd(
         "recipe": recipe,
         "settings": settings,
         "shots": shot_list,
+        "shots_rank": shots_rank,
         "trials": trials,
         "active": active,
         "active_batch": active_batch,
