@@ -156,3 +156,33 @@ def test_every_command_turns_lore_errors_into_one_line():
     commands = dict(_commands(app))
     assert len(commands) > 15
     assert [name for name, cb in commands.items() if not getattr(cb, "one_line_errors", 0)] == []
+
+
+def _option_defaults(command) -> dict:
+    import inspect
+
+    return {
+        name: getattr(p.default, "default", p.default)
+        for name, p in inspect.signature(command).parameters.items()
+    }
+
+
+def test_flags_that_restate_a_config_default_agree_with_it():
+    """The serve limits, the backbone queue and the demo's population sizes keep their own
+    flags (units and a curated subset); their defaults are the dataclasses'."""
+    from lore_rm.cli.demo import demo
+    from lore_rm.cli.serve import serve
+    from lore_rm.evaluate.simulate import PopulationConfig
+    from lore_rm.serve.batching import Batching
+    from lore_rm.serve.schemas import Limits
+
+    flags, limits, queue = _option_defaults(serve), Limits(), Batching()
+    for name in ("max_batch", "max_comparisons", "max_candidates", "max_text_chars"):
+        assert flags[name] == getattr(limits, name), name
+    assert flags["max_json_items"] == limits.max_json_items
+    assert flags["max_body_mb"] * 2**20 == limits.max_body_bytes
+    assert (flags["micro_batch"], flags["max_wait_ms"]) == (queue.max_texts, queue.max_wait_ms)
+    assert flags["chunk_ms"] == queue.chunk_ms
+    flags, population = _option_defaults(demo), PopulationConfig()
+    for name in ("d", "true_rank", "n_seen", "n_unseen"):
+        assert flags[name] == getattr(population, name), name
