@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -173,7 +174,8 @@ def serve(
     if loopback:
         hosts += list(LOOPBACK_NAMES)
     os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)  # read by every worker's protocol
-    cfg = {
+    # build_app's keyword arguments, also handed to the workers as JSON
+    cfg: dict[str, Any] = {
         "model_dir": str(model_dir),
         "backbone": backbone,
         "db": str(db) if db is not None else None,

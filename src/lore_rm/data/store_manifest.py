@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def read_manifest(store: Path) -> dict[str, Any]:
     return record
 
 
-def texts_fingerprint(dataset_dir: str | Path) -> str:
+def texts_fingerprint(dataset_dir: str | os.PathLike) -> str:
     """sha256 over texts.parquet's messages column (row order included)."""
     table = read_parquet(Path(dataset_dir) / TEXTS_FILE, columns=["messages"])
     h = hashlib.sha256()

@@ -100,7 +100,7 @@ class _TransformersEmbedder:
             raise LoreError(f"batch_size must be at least 1, got {batch_size}")
         if max_length < 2:
             raise LoreError(f"max_length must be at least 2, got {max_length}")
-        self.model = model.eval()
+        self.model: Any = model.eval()  # a transformers model: attributes by its config
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
@@ -266,7 +266,8 @@ class RewardModelEmbedder(_TransformersEmbedder):
                 stacklevel=3,
             )
         base = getattr(model, "base_model_prefix", "model")
-        self.body = getattr(model, base, None) or model.base_model
+        body: Any = getattr(model, base, None) or model.base_model  # a transformers model
+        self.body = body
         self._head = _find_score_layer(model, name)
         import inspect
 
