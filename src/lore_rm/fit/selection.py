@@ -21,7 +21,7 @@ For each rank the ridge path runs from WEAK to strong, each cell warm-started fr
 previous one (the weakest from the fold's deterministic informed start). The other direction
 fails here: a strongly regularised solution sits at the pooled saddle (every column alike,
 every user uniform), and a warm start from it stays there at every weaker ridge (measured in
-docs/recipes.md). A rank stops early once its held-out loss has risen for two stronger ridges
+docs/measurements.md). A rank stops early once its held-out loss has risen for two stronger ridges
 in a row; the rank grid stops once two larger ranks in a row fail to improve on the best.
 When a rank's best ridge is the grid's strongest, the path goes on past the grid (same ratio,
 up to ``EDGE_STEPS`` more values) until the loss rises, so the choice is never clipped there.
