@@ -11,7 +11,7 @@ bytes + 1.5 GiB) passes --max-gib, or that fails.
 
     python bench/bf16_capacity.py --texts 250000 1000000 1250000 --n-iter 20 --max-gib 12
 
-Measured (load average 2.7-5.3 from another session; docs/recipes.md, "Scale"): 250k texts
+Measured (load average 2.7-5.3 from another session; docs/measurements.md, "Scale"): 250k texts
 peak RSS 2.67 GiB (table 1.91), 1M texts 8.46 GiB (table 7.63; fit 465 s), 1.25M texts
 10.33 GiB (table 9.54; fit 279 s). A float32 copy of the 1M table alone would be 15.3 GiB.
 """

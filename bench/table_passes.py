@@ -22,7 +22,7 @@ largest entry (for bf16/fp16 that includes rounding the table itself).
     python bench/table_passes.py --d 4096 --threads 1
 
 Measured (2-core AMD EPYC with avx512_bf16, load average 3.9-5.2 from another session, copy
-bandwidth 12.1 GB/s; docs/recipes.md, "Scale", has the table), eval ms on 1 / 2 threads:
+bandwidth 12.1 GB/s; docs/measurements.md, "Scale", has the table), eval ms on 1 / 2 threads:
 float32 one GEMM each 440 / 906 (1.95x the float32 floor on 1 thread; the library's form),
 float32 256-row blocks 488 / 5212, bf16 256-row blocks upcast to float32 401 / 16502 (1.78x
 the float32 floor, error 1.5e-3: bf16's own rounding), torch's bf16 GEMM 208 / 449 (error

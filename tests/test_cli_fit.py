@@ -95,11 +95,12 @@ def test_evaluate_and_fit_on_a_dataset(tmp_path):
     assert training["accuracy"]["unseen_test"] > 0.9
 
     # lore serve needs neither --backbone nor --dtype: both come from the fitted model
-    from lore_rm.serve.app import build_app, embedding_dtype
+    from lore_rm.embed.backbones import backbone_identity
+    from lore_rm.serve.app import build_app
 
-    assert embedding_dtype(model_dir) == training["backbone"]["dtype"] == "float32"
     served = build_app(str(model_dir)).state.service
     assert served.embedder.name == "hashing-64"
+    assert backbone_identity(served.embedder)["dtype"] == training["backbone"]["dtype"]
 
 
 def test_fit_without_embeddings_is_a_clear_error(tmp_path):

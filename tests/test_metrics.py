@@ -66,3 +66,20 @@ def test_bootstrap_mean_interval_covers_the_mean_and_narrows_with_users():
     assert nan_rows.n == 2 and nan_rows.mean == pytest.approx(0.2)
     assert bootstrap_mean(torch.tensor([])).n == 0
     assert bootstrap_mean(torch.zeros(30)).excludes_zero() is False
+
+
+def test_one_accuracy_kernel_for_the_metrics_and_the_folds():
+    """The search's per-fold accuracy and metrics.per_user_accuracy count the same way."""
+    from lore_rm.metrics import user_hits
+
+    gen = torch.Generator().manual_seed(0)
+    margins = torch.randn(3, 40, generator=gen)
+    margins[:, :4] = 0.0  # ties are wrong
+    users = torch.randint(0, 6, (40,), generator=gen)
+    held = torch.rand(3, 40, generator=gen) > 0.5
+    hits, total = user_hits(margins, users, 6, held)
+    for f in range(3):
+        acc = per_user_accuracy(margins[f][held[f]], users[held[f]], 6)
+        has = total[f] > 0
+        torch.testing.assert_close((hits[f] / total[f].clamp_min(1))[has].double(), acc[has])
+        assert torch.isnan(acc[~has]).all()

@@ -111,3 +111,12 @@ def test_rank_groups_intervals_and_uncertainty():
         interval_z(1.0)
     with pytest.raises(DataError, match="add up"):
         rank_groups(r, [2, 2], known=[True, True])
+
+
+def test_plurality_shares_are_exact_enough_to_tie():
+    """Each user's point split among their best candidates summed in float32 (bool / int),
+    so shares of 1/4 added up to 2.2500002 where the definition gives 2.25 (hypothesis)."""
+    r = [[0, 0, 0, 0, 0, 1], [0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1], [0] * 6, [0, 0, 1, 1, 1, 1]]
+    scores, _ = aggregate(torch.tensor(r, dtype=torch.float64), "plurality")
+    assert scores.dtype == torch.float64
+    np.testing.assert_allclose(scores.numpy(), _naive(r, "plurality"), atol=1e-12)

@@ -38,13 +38,13 @@ class _Project(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, basis: Tensor, data: Comparisons) -> Tensor:  # type: ignore[override]
+    def forward(ctx, basis: Tensor, data: Comparisons) -> Tensor:
         ctx.data = data
         with torch.no_grad():
             return data._project(basis)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         with torch.no_grad():
             return ctx.data.backproject(grad.contiguous()), None
 
@@ -132,8 +132,118 @@ def _check_finite(t: Tensor, name: str) -> None:
 
 
 @dataclass(frozen=True)
+class DenseRows:
+    """Dense storage: one feature row ``x = e(chosen) - e(rejected)`` per comparison."""
+
+    features: Tensor  # (N, d)
+
+    @property
+    def d(self) -> int:
+        return int(self.features.shape[1])
+
+    def project(self, weight: Tensor) -> Tensor:
+        """``X @ weight.T`` for a contiguous (K, d) ``weight``."""
+        return F.linear(self.features.to(weight.dtype), weight)
+
+    def backproject(self, grad: Tensor) -> Tensor:
+        return (grad.T @ self.features.to(grad.dtype)).T
+
+    def feature_rows(self, start: int, stop: int, dtype: torch.dtype) -> Tensor:
+        return self.features[start:stop].to(dtype)
+
+    def subset(self, rows: Tensor) -> DenseRows:
+        return DenseRows(self.features[rows])
+
+    def to(self, device, dtype, keep_low_precision: bool) -> DenseRows:
+        return DenseRows(_moved(self.features, device, dtype, keep_low_precision))
+
+
+@dataclass(frozen=True)
+class TableRows:
+    """Table storage: an embedding table ``E`` (T, d) of unique texts and each comparison's
+    ``chosen`` / ``rejected`` row; ``offset`` (d,) float32, when set, is subtracted from every
+    table row as it is read (the centring of a low-precision table, kept apart; x is
+    unchanged by it)."""
+
+    table: Tensor  # (T, d), float32, bfloat16 or float16
+    chosen: Tensor  # (N,) int64 rows of table
+    rejected: Tensor
+    offset: Tensor | None = None
+
+    @property
+    def d(self) -> int:
+        return int(self.table.shape[1])
+
+    def project(self, weight: Tensor) -> Tensor:
+        p = table_times(self.table, weight, self.offset)
+        return p[self.chosen] - p[self.rejected]
+
+    def project_for_scoring(self, basis: Tensor) -> Tensor:
+        """``X @ basis``, the table's projection kept for the next call (no gradient)."""
+        with torch.no_grad():
+            p = _projected_table(self.table, basis, self.offset)
+        return p[self.chosen] - p[self.rejected]
+
+    def backproject(self, grad: Tensor) -> Tensor:
+        h = torch.zeros(self.table.shape[0], grad.shape[1], dtype=grad.dtype, device=grad.device)
+        h.index_add_(0, self.chosen, grad)
+        h.index_add_(0, self.rejected, -grad)
+        return table_transpose_times(self.table, h, self.offset)
+
+    def feature_rows(self, start: int, stop: int, dtype: torch.dtype) -> Tensor:
+        chosen = self.table[self.chosen[start:stop]]
+        rejected = self.table[self.rejected[start:stop]]
+        if self.table.dtype == torch.float32:  # subtracted in float32, as the fit always has
+            return (chosen - rejected).to(dtype)
+        return chosen.to(dtype) - rejected.to(dtype)  # a low-precision table: no second rounding
+
+    def subset(self, rows: Tensor) -> TableRows:
+        return TableRows(self.table, self.chosen[rows], self.rejected[rows], self.offset)
+
+    def to(self, device, dtype, keep_low_precision: bool) -> TableRows:
+        return TableRows(
+            _moved(self.table, device, dtype, keep_low_precision),
+            self.chosen.to(device=device),
+            self.rejected.to(device=device),
+            None if self.offset is None else self.offset.to(device),
+        )
+
+    def pair_ids(self) -> Tensor:
+        low = torch.minimum(self.chosen, self.rejected).to(torch.int64)
+        high = torch.maximum(self.chosen, self.rejected).to(torch.int64)
+        return torch.unique(low * int(self.table.shape[0]) + high, return_inverse=True)[1]
+
+    def compact(self, centre: bool) -> TableRows:
+        """The rows no comparison uses dropped (see :meth:`Comparisons.compact`)."""
+        used, inv = torch.unique(torch.cat([self.chosen, self.rejected]), return_inverse=True)
+        n = int(self.chosen.numel())
+        low = self.table.dtype in LOW_PRECISION
+        if used.numel() == self.table.shape[0] and (low or not centre):
+            table, chosen, rejected = self.table, self.chosen, self.rejected
+        else:
+            table, chosen, rejected = self.table[used], inv[:n], inv[n:]
+        offset = self.offset
+        if centre and table.shape[0]:
+            if low:
+                mean = mean_row(table)
+                offset = mean if offset is None else mean + offset
+            else:
+                table -= table.mean(dim=0, keepdim=True)
+        return TableRows(table, chosen, rejected, offset)
+
+
+Storage = DenseRows | TableRows
+
+
+def _moved(t: Tensor, device, dtype, keep_low_precision: bool) -> Tensor:
+    keep = keep_low_precision and t.dtype in LOW_PRECISION
+    return t.to(device=device, dtype=None if keep else dtype)
+
+
+@dataclass(frozen=True)
 class Comparisons:
-    """N comparisons: a user index per row plus either dense features or a table + indices.
+    """N comparisons: a user index per row plus their rows, in one of two storages behind
+    one interface (:class:`DenseRows`: features; :class:`TableRows`: a table and indices).
 
     Build with :meth:`from_features` or :meth:`from_pairs`; do not call the constructor.
     ``user_ids[user_index[n]]`` is the id of the user who made comparison ``n``.
@@ -141,13 +251,7 @@ class Comparisons:
 
     user_index: Tensor  # (N,) int64
     user_ids: tuple[str, ...]
-    features: Tensor | None = None  # (N, d)
-    table: Tensor | None = None  # (T, d), float32, bfloat16 or float16
-    chosen: Tensor | None = None  # (N,) int64 rows of table
-    rejected: Tensor | None = None
-    # (d,) float32 subtracted from every table row as it is read (the centring of a
-    # low-precision table, kept apart); x is unchanged by it
-    table_offset: Tensor | None = None
+    rows: Storage
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -161,7 +265,7 @@ class Comparisons:
         x = _as_float_tensor(features, "features")
         index, ids = _resolve_users(users, user_ids, x.shape[0])
         _check_finite(x, "features")
-        return cls(user_index=index, user_ids=ids, features=x)
+        return cls(index, ids, DenseRows(x))
 
     @classmethod
     def from_pairs(
@@ -195,12 +299,34 @@ class Comparisons:
             used = torch.zeros(e.shape[0], dtype=torch.bool)
             used[c.cpu()] = True
             used[r.cpu()] = True
-            bad = (used & ~finite).nonzero().flatten()
-            if bad.numel():
+            bad_rows = (used & ~finite).nonzero().flatten()
+            if bad_rows.numel():
                 raise DataError(
-                    f"embedding table row {int(bad[0])} (used by a comparison) holds NaN or inf"
+                    f"embedding table row {int(bad_rows[0])} (used by a comparison) holds NaN "
+                    "or inf"
                 )
-        return cls(user_index=index, user_ids=ids, table=e, chosen=c, rejected=r)
+        return cls(index, ids, TableRows(e, c, r))
+
+    # ---- the storage's arrays, None where the other storage holds them ------------------------
+    @property
+    def features(self) -> Tensor | None:
+        return self.rows.features if isinstance(self.rows, DenseRows) else None
+
+    @property
+    def table(self) -> Tensor | None:
+        return self.rows.table if isinstance(self.rows, TableRows) else None
+
+    @property
+    def chosen(self) -> Tensor | None:
+        return self.rows.chosen if isinstance(self.rows, TableRows) else None
+
+    @property
+    def rejected(self) -> Tensor | None:
+        return self.rows.rejected if isinstance(self.rows, TableRows) else None
+
+    @property
+    def table_offset(self) -> Tensor | None:
+        return self.rows.offset if isinstance(self.rows, TableRows) else None
 
     # ---- shape ----------------------------------------------------------------------------
     @property
@@ -212,8 +338,7 @@ class Comparisons:
 
     @property
     def d(self) -> int:
-        src = self.features if self.features is not None else self.table
-        return int(src.shape[1])
+        return self.rows.d
 
     @property
     def n_users(self) -> int:
@@ -225,7 +350,7 @@ class Comparisons:
 
     @property
     def is_table(self) -> bool:
-        return self.table is not None
+        return isinstance(self.rows, TableRows)
 
     def counts_per_user(self) -> Tensor:
         return torch.bincount(self.user_index, minlength=self.n_users)
@@ -233,11 +358,7 @@ class Comparisons:
     def pair_ids(self) -> Tensor | None:
         """Id (N,) of each comparison's unordered pair of texts (the same two table rows, in
         either orientation, share an id); None in dense form, where rows name no texts."""
-        if self.table is None:
-            return None
-        low = torch.minimum(self.chosen, self.rejected).to(torch.int64)
-        high = torch.maximum(self.chosen, self.rejected).to(torch.int64)
-        return torch.unique(low * int(self.table.shape[0]) + high, return_inverse=True)[1]
+        return self.rows.pair_ids() if isinstance(self.rows, TableRows) else None
 
     def users_of_rows(self) -> list[str]:
         return [self.user_ids[i] for i in self.user_index.tolist()]
@@ -251,11 +372,7 @@ class Comparisons:
 
     def _project(self, basis: Tensor) -> Tensor:
         # a contiguous (K, d) weight measured 2x faster than X @ V on CPU
-        weight = basis.T.contiguous()
-        if self.features is not None:
-            return F.linear(self.features.to(basis.dtype), weight)
-        p = table_times(self.table, weight, self.table_offset)
-        return p[self.chosen] - p[self.rejected]
+        return self.rows.project(basis.T.contiguous())
 
     def project_for_scoring(self, basis: Tensor) -> Tensor:
         """``X @ basis`` for evaluation (no gradient), with the table's projection kept.
@@ -265,32 +382,17 @@ class Comparisons:
         (table, basis) pairs is kept, keyed by the table object and its version and by the
         basis's bytes.
         """
-        if self.table is None:
+        if isinstance(self.rows, DenseRows):
             return self._project(basis)
-        with torch.no_grad():
-            p = _projected_table(self.table, basis, self.table_offset)
-        return p[self.chosen] - p[self.rejected]
+        return self.rows.project_for_scoring(basis)
 
     def backproject(self, grad: Tensor) -> Tensor:
         """``X.T @ grad`` (d x K) for grad of shape (N x K)."""
-        if self.features is not None:
-            return (grad.T @ self.features.to(grad.dtype)).T
-        h = torch.zeros(self.table.shape[0], grad.shape[1], dtype=grad.dtype, device=grad.device)
-        h.index_add_(0, self.chosen, grad)
-        h.index_add_(0, self.rejected, -grad)
-        return table_transpose_times(self.table, h, self.table_offset)
+        return self.rows.backproject(grad)
 
     def feature_rows(self, start: int, stop: int, dtype=torch.float32) -> Tensor:
         """Rows ``start:stop`` of X, formed on demand."""
-        if self.features is not None:
-            return self.features[start:stop].to(dtype)
-        chosen, rejected = (
-            self.table[self.chosen[start:stop]],
-            self.table[self.rejected[start:stop]],
-        )
-        if self.table.dtype == torch.float32:  # subtracted in float32, as the fit always has
-            return (chosen - rejected).to(dtype)
-        return chosen.to(dtype) - rejected.to(dtype)  # a low-precision table: no second rounding
+        return self.rows.feature_rows(start, stop, dtype)
 
     def feature_moments(self, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
         """Per-dimension mean and RMS of X, computed batch by batch (float64).
@@ -320,16 +422,7 @@ class Comparisons:
         rows = torch.as_tensor(rows, device=self.device)
         if rows.dtype == torch.bool:
             rows = rows.nonzero().flatten()
-        kw = dict(user_index=self.user_index[rows], user_ids=self.user_ids)
-        if self.features is not None:
-            return Comparisons(features=self.features[rows], **kw)
-        return Comparisons(
-            table=self.table,
-            chosen=self.chosen[rows],
-            rejected=self.rejected[rows],
-            table_offset=self.table_offset,
-            **kw,
-        )
+        return Comparisons(self.user_index[rows], self.user_ids, self.rows.subset(rows))
 
     def compact(self, *, centre: bool = False) -> Comparisons:
         """Drop table rows and users that no comparison uses (a copy of the used rows; none
@@ -342,29 +435,9 @@ class Comparisons:
         """
         users, uindex = torch.unique(self.user_index, return_inverse=True)
         ids = tuple(self.user_ids[i] for i in users.tolist())
-        if self.features is not None:
-            return Comparisons(user_index=uindex, user_ids=ids, features=self.features)
-        used, inv = torch.unique(torch.cat([self.chosen, self.rejected]), return_inverse=True)
-        n = self.n
-        low = self.table.dtype in LOW_PRECISION
-        if used.numel() == self.table.shape[0] and (low or not centre):
-            table, chosen, rejected = self.table, self.chosen, self.rejected
-        else:
-            table, chosen, rejected = self.table[used], inv[:n], inv[n:]
-        offset = self.table_offset
-        if centre and table.shape[0]:
-            if low:
-                offset = mean_row(table) + (0 if offset is None else offset)
-            else:
-                table -= table.mean(dim=0, keepdim=True)
-        return Comparisons(
-            user_index=uindex,
-            user_ids=ids,
-            table=table,
-            chosen=chosen,
-            rejected=rejected,
-            table_offset=offset,
-        )
+        if isinstance(self.rows, DenseRows):
+            return Comparisons(uindex, ids, self.rows)
+        return Comparisons(uindex, ids, self.rows.compact(centre))
 
     def centred(self) -> Comparisons:
         """The same comparisons with the table's mean row subtracted (x is unchanged).
@@ -372,33 +445,24 @@ class Comparisons:
         Projecting a table with a large shared offset subtracts two large numbers per row;
         centring first keeps float32 projections as accurate as the dense form.
         """
-        if self.table is None or self.table.shape[0] == 0:
+        rows = self.rows
+        if isinstance(rows, DenseRows) or rows.table.shape[0] == 0:
             return self
-        if self.table.dtype in LOW_PRECISION:
+        if rows.table.dtype in LOW_PRECISION:
             return self.compact(centre=True).with_user_ids(self.user_ids)
-        table = self.table - self.table.mean(dim=0, keepdim=True)
-        return Comparisons(self.user_index, self.user_ids, None, table, self.chosen, self.rejected)
+        table = rows.table - rows.table.mean(dim=0, keepdim=True)
+        return Comparisons(
+            self.user_index, self.user_ids, TableRows(table, rows.chosen, rows.rejected)
+        )
 
     def to(self, device=None, dtype=None, *, keep_low_precision: bool = False) -> Comparisons:
         """Move to ``device`` and cast floating tensors to ``dtype``; with
         ``keep_low_precision`` a bfloat16/float16 table keeps its dtype (the fit's passes
         upcast it block by block)."""
-
-        def mv(t: Tensor | None, is_float: bool) -> Tensor | None:
-            if t is None:
-                return None
-            keep = keep_low_precision and t.dtype in LOW_PRECISION
-            return t.to(device=device, dtype=dtype if is_float and not keep else None)
-
-        offset = self.table_offset
         return Comparisons(
-            user_index=self.user_index.to(device),
-            user_ids=self.user_ids,
-            features=mv(self.features, True),
-            table=mv(self.table, True),
-            chosen=mv(self.chosen, False),
-            rejected=mv(self.rejected, False),
-            table_offset=None if offset is None else offset.to(device),
+            self.user_index.to(device),
+            self.user_ids,
+            self.rows.to(device, dtype, keep_low_precision),
         )
 
     def with_user_ids(self, user_ids: Sequence[str]) -> Comparisons:
@@ -411,15 +475,7 @@ class Comparisons:
             raise DataError(
                 f"user id {self.user_ids[first]!r} is not among the {len(user_ids)} given ids"
             )
-        return Comparisons(
-            user_index=index,
-            user_ids=tuple(user_ids),
-            features=self.features,
-            table=self.table,
-            chosen=self.chosen,
-            rejected=self.rejected,
-            table_offset=self.table_offset,
-        )
+        return Comparisons(index, tuple(user_ids), self.rows)
 
 
 class DifferenceRows:
@@ -449,19 +505,19 @@ class _RowBuffers:
         self.data = data
         size = max(1, min(size, data.n))
         self.out = torch.empty(size, data.d, dtype=torch.float64, device=data.device)
-        table = data.table
+        stored = data.rows
+        self.table = stored if isinstance(stored, TableRows) else None
         self.diff = (
-            DifferenceRows(table, size)
-            if table is not None and table.dtype == torch.float32
+            DifferenceRows(stored.table, size)
+            if isinstance(stored, TableRows) and stored.table.dtype == torch.float32
             else None
         )
 
     def form(self, start: int, stop: int) -> Tensor:
-        data = self.data
         out = self.out[: stop - start]
-        if self.diff is None:
-            return out.copy_(data.feature_rows(start, stop, torch.float64))
-        rows = self.diff(data.chosen[start:stop], data.rejected[start:stop])  # type: ignore[index]
+        if self.diff is None or self.table is None:
+            return out.copy_(self.data.feature_rows(start, stop, torch.float64))
+        rows = self.diff(self.table.chosen[start:stop], self.table.rejected[start:stop])
         return out.copy_(rows)
 
 

@@ -37,6 +37,29 @@ def _index(users: Tensor | _Indexed, n_users: int | None) -> tuple[Tensor, int]:
     return users.user_index.cpu(), users.n_users if n_users is None else n_users
 
 
+def user_hits(
+    margins: Tensor,
+    user_index: Tensor,
+    n_users: int,
+    weight: Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The per-user accuracy kernel: right answers and comparisons of each user, (...,
+    n_users) each, from margins (..., N) (a batch of rows: one per fold, say) and each
+    comparison's user (N,). A comparison is right when its margin is strictly positive (a
+    tie counts as wrong) and counts with its ``weight`` (..., N) (default 1). Computed in
+    ``dtype`` (default the margins') on the margins' device."""
+    dtype = dtype or margins.dtype
+    w = torch.ones(margins.shape, dtype=dtype, device=margins.device)
+    if weight is not None:
+        w = weight.to(dtype)
+    right = (margins > 0).to(dtype) * w
+    shape = (*margins.shape[:-1], n_users)
+    hits = torch.zeros(shape, dtype=dtype, device=margins.device).index_add_(-1, user_index, right)
+    total = torch.zeros_like(hits).index_add_(-1, user_index, w)
+    return hits, total
+
+
 def per_user_accuracy(
     margins: Tensor, users: Tensor | _Indexed, n_users: int | None = None
 ) -> Tensor:
@@ -46,8 +69,7 @@ def per_user_accuracy(
     when its margin is strictly positive: a tie counts as wrong.
     """
     u, n = _index(users, n_users)
-    right = torch.bincount(u, weights=(margins.cpu() > 0).to(torch.float64), minlength=n)
-    total = torch.bincount(u, minlength=n).to(torch.float64)
+    right, total = user_hits(margins.cpu(), u, n, dtype=torch.float64)
     return torch.where(total > 0, right / total.clamp_min(1), torch.full_like(total, math.nan))
 
 

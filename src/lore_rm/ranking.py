@@ -17,16 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lore_rm.errors import DataError
-
-if TYPE_CHECKING:
-    from lore_rm.fit.model import LowRankReward
-    from lore_rm.fit.posterior import WeightsPosterior
 
 LEVEL = 0.9  # the default interval level, as the demo's calibration tables use
 
@@ -63,26 +59,6 @@ def order_within_groups(values: Tensor, sizes: Tensor) -> Tensor:
     order = by_value[torch.argsort(group[by_value], stable=True)]
     starts = torch.cumsum(sizes, 0) - sizes
     return order - starts[group]
-
-
-def reward_std(
-    model: LowRankReward,
-    y: Tensor,
-    users: Sequence[str | None],
-    covariance: Tensor,
-    strengths: Sequence[float | None] | None = None,
-) -> Tensor:
-    """Each reward's std (M,) from the projections ``y = e @ V`` (M, K) and the logit
-    covariance (M, K, K) of each row's user, as :meth:`LowRankReward.reward` computes it: the
-    delta method at the user's own weights, times the personalisation strength for known
-    users (``strengths``, one per row, None: the model's; unknown users have the prior's
-    spread around the population's weights)."""
-    from lore_rm.fit.posterior import linear_std
-
-    own, known = model.weights_for(list(users), unknown="mean", personalization=1.0)
-    std = linear_std(y, own, covariance, model.reward_scale, model.weight_space_)
-    lam = model._strength(strengths)
-    return torch.where(known, lam * std, std)
 
 
 def rank_groups(
@@ -135,24 +111,14 @@ def rank_groups(
     return out
 
 
-def rank_embeddings(
-    model: LowRankReward,
-    candidates: Tensor | Sequence[Tensor],
-    users: str | None | Sequence[str | None],
-    *,
-    posterior: WeightsPosterior | None = None,
-    level: float = LEVEL,
-    unknown: str = "error",
-) -> Ranking | list[Ranking]:
-    """``model``'s ranking of candidate embeddings for a user
-    (:meth:`LowRankReward.rank_candidates`).
-
-    ``candidates``: one prompt's candidates (N, d), or a list of such tensors, one per
-    prompt; ``users``: one id for all prompts, or one per prompt (``None``: the population's
-    weights). With ``posterior`` (:meth:`LowRankReward.weights_posterior`) each reward gets
-    its interval at ``level``."""
-    single = isinstance(candidates, Tensor)
-    given: list[Any] = [candidates] if single else list(candidates)
+def candidate_groups(
+    candidates: Tensor | Sequence[Tensor], users: str | None | Sequence[str | None]
+) -> tuple[Tensor, list[str | None], list[str | None], list[int]]:
+    """Candidates to rank, checked and stacked: ``candidates`` is one prompt's candidates
+    (N, d) or a list of such tensors, one per prompt; ``users`` one id for all prompts or one
+    per prompt (``None``: the population's weights). Returns the stacked embeddings (M, d),
+    each row's user, each group's user and the group sizes."""
+    given: list[Any] = [candidates] if isinstance(candidates, Tensor) else list(candidates)
     if not given:
         raise DataError("no candidates to rank")
     groups = [torch.as_tensor(g) for g in given]
@@ -167,12 +133,4 @@ def rank_embeddings(
             raise DataError(f"{len(per_group)} users for {len(groups)} groups of candidates")
     sizes = [int(g.shape[0]) for g in groups]
     rows = [u for u, n in zip(per_group, sizes, strict=True) for _ in range(n)]
-    e = torch.cat(groups)
-    std = None
-    if posterior is None:
-        r = model.reward(e, rows, unknown=unknown)
-    else:
-        r, std = model.reward(e, rows, unknown=unknown, return_std=True, posterior=posterior)
-    _, known = model.weights_for(per_group, unknown="mean")
-    out = rank_groups(r, sizes, known=known, std=std, level=level)
-    return out[0] if single else out
+    return torch.cat(groups), rows, per_group, sizes

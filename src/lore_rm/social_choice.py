@@ -59,7 +59,7 @@ def borda(rewards: Tensor) -> Tensor:
 def plurality(rewards: Tensor) -> Tensor:
     """Plurality scores (N,): each user's point split among their best candidates."""
     r = _check(rewards)
-    top = r == r.max(dim=1, keepdim=True).values
+    top = (r == r.max(dim=1, keepdim=True).values).to(torch.float64)
     return (top / top.sum(dim=1, keepdim=True)).sum(0)
 
 

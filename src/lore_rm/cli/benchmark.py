@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli.common import JSON_HELP, fail, print_json
+from lore_rm.cli.common import JSON_HELP, one_line_errors, print_json
 
 
+@one_line_errors
 def personalrewardbench(
     model_dir: Path = typer.Argument(..., help="A lore-rm model folder (lore fit)."),
     dataset: Path = typer.Argument(
@@ -34,20 +35,17 @@ def personalrewardbench(
     from lore_rm.fit.model import LowRankReward
     from lore_rm.io import atomic_write_json
 
-    try:
-        model = LowRankReward.from_pretrained(model_dir)
-        split, backbone = load_split(dataset)
-        name = backbone.get("name")
-        if model.backbone and name and model.backbone != name:
-            raise LoreError(
-                f"{dataset} is embedded with {name!r} but {model_dir} was fitted on "
-                f"{model.backbone!r}: embed the dataset with the model's backbone"
-            )
-        score = score_personalrewardbench(model, split, n_boot=n_boot, seed=seed)
-        if not score.pairs:
-            raise LoreError(f"{dataset}: no test comparisons (seen-test / unseen-test) to score")
-    except LoreError as exc:
-        fail(exc)
+    model = LowRankReward.from_pretrained(model_dir)
+    split, backbone = load_split(dataset)
+    name = backbone.get("name")
+    if model.backbone and name and model.backbone != name:
+        raise LoreError(
+            f"{dataset} is embedded with {name!r} but {model_dir} was fitted on "
+            f"{model.backbone!r}: embed the dataset with the model's backbone"
+        )
+    score = score_personalrewardbench(model, split, n_boot=n_boot, seed=seed)
+    if not score.pairs:
+        raise LoreError(f"{dataset}: no test comparisons (seen-test / unseen-test) to score")
     result = {"model": str(model_dir), "dataset": str(dataset), **score.to_dict()}
     if out is not None:
         atomic_write_json(out, result)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
 C = TypeVar("C")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def parse_int_list(text: str, what: str = "list") -> list[int]:
@@ -58,6 +61,24 @@ def fail(exc: Exception) -> NoReturn:
     """Print an input error in one line, without a traceback, and exit with status 2."""
     print_error(exc)
     raise typer.Exit(2)
+
+
+def one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a command: a :class:`~lore_rm.errors.LoreError` raised anywhere in it (bad
+    input, a refused file or setting) ends it in one ``error:`` line, exit 2 (:func:`fail`),
+    never a traceback. What the command wrote before stays as it was: the library writes
+    atomically."""
+    from lore_rm.errors import LoreError
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except LoreError as exc:
+            fail(exc)
+
+    wrapper.one_line_errors = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 MAX_LENGTH_HELP = (

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lore_rm.cli.common import collected_warnings, config_from, fail
+from lore_rm.cli.common import collected_warnings, config_from, fail, one_line_errors
 from lore_rm.errors import LoreError
 from lore_rm.wording import counted
 
@@ -85,6 +85,7 @@ def print_summary(s: dict) -> None:
 
 
 @prepare_app.command("generic")
+@one_line_errors
 def prepare_generic_cmd(
     files: list[str] = typer.Argument(
         ...,
@@ -153,8 +154,6 @@ def prepare_generic_cmd(
             )
     except InvalidRow as e:
         fail(LoreError(f"{e} (--skip-invalid leaves out every such row and reports them)"))
-    except LoreError as e:
-        fail(e)
     _report(path)
     if skip_invalid:
         _report_skipped(path)
@@ -182,6 +181,7 @@ def _report_skipped(path: Path, first: int = 5) -> None:
 
 
 @prepare_app.command("tldr")
+@one_line_errors
 def prepare_tldr_cmd(
     sources: list[str] = typer.Argument(
         ...,
@@ -202,22 +202,20 @@ def prepare_tldr_cmd(
     params = dict(locals())
     from lore_rm.data.tldr import TLDRConfig, prepare_tldr
 
-    try:
-        cfg = config_from(TLDRConfig, params)
-        path = prepare_tldr(
-            sources,
-            out,
-            cfg,
-            overwrite=overwrite,
-            discard_embeddings=discard_embeddings,
-            progress=progress,
-        )
-    except LoreError as e:
-        fail(e)
+    cfg = config_from(TLDRConfig, params)
+    path = prepare_tldr(
+        sources,
+        out,
+        cfg,
+        overwrite=overwrite,
+        discard_embeddings=discard_embeddings,
+        progress=progress,
+    )
     _report(path)
 
 
 @prepare_app.command("prism")
+@one_line_errors
 def prepare_prism_cmd(
     source: str | None = typer.Argument(
         None,
@@ -239,24 +237,22 @@ def prepare_prism_cmd(
     params = dict(locals())
     from lore_rm.data.prism import PRISMConfig, prepare_prism
 
-    try:
-        cfg = config_from(PRISMConfig, params)
-        path = prepare_prism(
-            source,
-            out,
-            cfg,
-            survey=survey,
-            conversations=conversations,
-            overwrite=overwrite,
-            discard_embeddings=discard_embeddings,
-            progress=progress,
-        )
-    except LoreError as e:
-        fail(e)
+    cfg = config_from(PRISMConfig, params)
+    path = prepare_prism(
+        source,
+        out,
+        cfg,
+        survey=survey,
+        conversations=conversations,
+        overwrite=overwrite,
+        discard_embeddings=discard_embeddings,
+        progress=progress,
+    )
     _report(path)
 
 
 @prepare_app.command("personalllm")
+@one_line_errors
 def prepare_personalllm_cmd(
     source: str | None = typer.Argument(
         None,
@@ -284,27 +280,25 @@ def prepare_personalllm_cmd(
     params = {k: v for k, v in locals().items() if k != "reward_models"}
     from lore_rm.data.personalllm import PersonalLLMConfig, prepare_personalllm
 
-    try:
-        kw = {}
-        if reward_models:
-            kw["reward_models"] = tuple(n.strip() for n in reward_models.split(",") if n.strip())
-        cfg = config_from(PersonalLLMConfig, params, **kw)
-        path = prepare_personalllm(
-            source,
-            out,
-            cfg,
-            train=train,
-            test=test,
-            overwrite=overwrite,
-            discard_embeddings=discard_embeddings,
-            progress=progress,
-        )
-    except LoreError as e:
-        fail(e)
+    kw = {}
+    if reward_models:
+        kw["reward_models"] = tuple(n.strip() for n in reward_models.split(",") if n.strip())
+    cfg = config_from(PersonalLLMConfig, params, **kw)
+    path = prepare_personalllm(
+        source,
+        out,
+        cfg,
+        train=train,
+        test=test,
+        overwrite=overwrite,
+        discard_embeddings=discard_embeddings,
+        progress=progress,
+    )
     _report(path)
 
 
 @prepare_app.command("community-alignment")
+@one_line_errors
 def prepare_community_alignment_cmd(
     source: str = typer.Argument(
         ...,
@@ -350,31 +344,29 @@ def prepare_community_alignment_cmd(
         prepare_community_alignment,
     )
 
-    try:
-        if balanced_subset and balanced_subset_10:
-            raise LoreError("give --balanced-subset or --balanced-subset-10, not both")
-        subset = (
-            "in_balanced_subset"
-            if balanced_subset
-            else "in_balanced_subset_10"
-            if balanced_subset_10
-            else None
-        )
-        cfg = config_from(CommunityAlignmentConfig, params, balanced_subset=subset)
-        path = prepare_community_alignment(
-            source,
-            out,
-            cfg,
-            overwrite=overwrite,
-            discard_embeddings=discard_embeddings,
-            progress=progress,
-        )
-    except LoreError as e:
-        fail(e)
+    if balanced_subset and balanced_subset_10:
+        raise LoreError("give --balanced-subset or --balanced-subset-10, not both")
+    subset = (
+        "in_balanced_subset"
+        if balanced_subset
+        else "in_balanced_subset_10"
+        if balanced_subset_10
+        else None
+    )
+    cfg = config_from(CommunityAlignmentConfig, params, balanced_subset=subset)
+    path = prepare_community_alignment(
+        source,
+        out,
+        cfg,
+        overwrite=overwrite,
+        discard_embeddings=discard_embeddings,
+        progress=progress,
+    )
     _report(path)
 
 
 @prepare_app.command("personalrewardbench")
+@one_line_errors
 def prepare_personalrewardbench_cmd(
     source: str = typer.Argument(
         ...,
@@ -402,23 +394,21 @@ def prepare_personalrewardbench_cmd(
         prepare_personalrewardbench,
     )
 
-    try:
-        cfg = config_from(PersonalRewardBenchConfig, params)
-        path = prepare_personalrewardbench(
-            source,
-            out,
-            cfg,
-            user_attributes=user_attributes,
-            overwrite=overwrite,
-            discard_embeddings=discard_embeddings,
-            progress=progress,
-        )
-    except LoreError as e:
-        fail(e)
+    cfg = config_from(PersonalRewardBenchConfig, params)
+    path = prepare_personalrewardbench(
+        source,
+        out,
+        cfg,
+        user_attributes=user_attributes,
+        overwrite=overwrite,
+        discard_embeddings=discard_embeddings,
+        progress=progress,
+    )
     _report(path)
 
 
 @data_app.command("info")
+@one_line_errors
 def info_cmd(
     path: Path = typer.Argument(..., help="A dataset folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -427,10 +417,7 @@ def info_cmd(
     and the users table's attribute columns."""
     from lore_rm.data.dataset import PreferenceDataset
 
-    try:
-        summary = PreferenceDataset(path).summary()
-    except LoreError as e:
-        fail(e)
+    summary = PreferenceDataset(path).summary()
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:

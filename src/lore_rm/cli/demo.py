@@ -12,15 +12,30 @@ from lore_rm.cli.common import (
     ACTIVE_BATCH,
     THREADS,
     active_option,
-    fail,
+    one_line_errors,
     parse_int_list,
     use_threads,
 )
 from lore_rm.cli.fit_options import fit_options
-from lore_rm.errors import LoreError
+from lore_rm.cli.rerun import as_list_text, config_option, to
+
+DEMO_KEYS = {
+    "seed": to("seed"),
+    "ranks": to("ranks", as_list_text),
+    "recipe": to("recipe"),
+    "shots": to("shots", as_list_text),
+    "trials": to("trials"),
+    "active": to("active"),
+    "active_batch": to("active_batch"),
+    "population": lambda pop: {
+        k: pop[k] for k in ("d", "true_rank", "n_seen", "n_unseen") if k in pop
+    },
+}
 
 
+@one_line_errors
 @fit_options()
+@config_option("demo", DEMO_KEYS)
 def demo(
     out: Path = typer.Option(Path("lore-demo"), help="Folder for the report, plots and config."),
     seed: int = typer.Option(0, help="Seed for the population and every fit."),
@@ -76,38 +91,35 @@ def demo(
         "threads": n_threads,
     }
     t0 = time.perf_counter()
-    try:
-        check_report_out(out)
-        pop_cfg = PopulationConfig(
-            d=d,
-            true_rank=true_rank,
-            n_seen=n_seen,
-            n_unseen=n_unseen,
-            fewshot_per_user=fewshot_pool,
-            seed=seed,
-        )
-        pop = simulate_population(pop_cfg)
-        config["population"] = pop.to_dict()["population"]
-        console.print(
-            f"[bold]Simulated population[/]: {n_seen} seen + {n_unseen} new users, d = {d}, "
-            f"true rank {true_rank}; oracle unseen-user accuracy "
-            f"{pop.oracle['unseen_test']:.3f} (chance 0.5)"
-        )
-        result = run_protocol(
-            pop.split,
-            rank_list,
-            shots=shot_list,
-            trials=trials,
-            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
-            seed=seed,
-            progress=progress,
-            active=active,
-            active_batch=active_batch,
-            **(fit_settings or {}),
-        )
-        rows, best, shot_rows = result.rows, result.selected, result.shot_rows
-    except LoreError as exc:
-        fail(exc)
+    check_report_out(out)
+    pop_cfg = PopulationConfig(
+        d=d,
+        true_rank=true_rank,
+        n_seen=n_seen,
+        n_unseen=n_unseen,
+        fewshot_per_user=fewshot_pool,
+        seed=seed,
+    )
+    pop = simulate_population(pop_cfg)
+    config["population"] = pop.to_dict()["population"]
+    console.print(
+        f"[bold]Simulated population[/]: {n_seen} seen + {n_unseen} new users, d = {d}, "
+        f"true rank {true_rank}; oracle unseen-user accuracy "
+        f"{pop.oracle['unseen_test']:.3f} (chance 0.5)"
+    )
+    result = run_protocol(
+        pop.split,
+        rank_list,
+        shots=shot_list,
+        trials=trials,
+        recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
+        seed=seed,
+        progress=progress,
+        active=active,
+        active_batch=active_batch,
+        **(fit_settings or {}),
+    )
+    rows, best, shot_rows = result.rows, result.selected, result.shot_rows
     elapsed = time.perf_counter() - t0
 
     print_tables(rank_table(rows, pop.oracle, f"lore demo — recipe '{recipe}'"), console=console)

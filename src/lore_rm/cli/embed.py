@@ -7,10 +7,16 @@ from typing import NoReturn
 
 import typer
 
-from lore_rm.cli.common import CACHE_HELP, MAX_LENGTH_HELP, collected_warnings, fail
+from lore_rm.cli.common import (
+    CACHE_HELP,
+    MAX_LENGTH_HELP,
+    collected_warnings,
+    one_line_errors,
+)
 from lore_rm.wording import counted
 
 
+@one_line_errors
 def embed(
     dataset: Path = typer.Argument(..., help="Dataset folder (holds texts.parquet)."),
     backbone: str = typer.Option(
@@ -47,7 +53,6 @@ def embed(
     import os
 
     from lore_rm.embed import embed_dataset, load_backbone
-    from lore_rm.errors import LoreError
 
     try:
         with collected_warnings():  # one line each, without Python's file and line
@@ -72,8 +77,6 @@ def embed(
                 storage_dtype=store_dtype,
                 progress=progress,
             )
-    except LoreError as exc:
-        fail(exc)
     except KeyboardInterrupt:
         interrupted(dataset)
     rank = os.environ.get("RANK", "0")

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli.common import fail, print_json
+from lore_rm.cli.common import one_line_errors, print_json
 from lore_rm.errors import LoreError
 
 
+@one_line_errors
 def explain_cmd(
     model_dir: Path = typer.Argument(..., help="A lore-rm model folder (lore fit)."),
     data: Path = typer.Argument(
@@ -44,38 +45,35 @@ def explain_cmd(
 
     if center not in CENTERS:
         raise typer.BadParameter(f"must be one of {', '.join(CENTERS)}", param_hint="--center")
-    try:
-        model, _, _ = load_with_served_users(model_dir, db)
-        store = EmbeddingStore(data)
-        store.check_texts(data)
-        if int(store.manifest.get("d", -1)) != int(model.d_):
-            raise LoreError(
-                f"{data}: embeddings of width {store.manifest.get('d')}, but the model has "
-                f"d = {model.d_}; embed the dataset with the model's backbone"
-            )
-        diffs = backbone_differences(
-            recorded_backbone(model_dir) or {"name": model.backbone}, store.backbone
+    model, _, _ = load_with_served_users(model_dir, db)
+    store = EmbeddingStore(data)
+    store.check_texts(data)
+    if int(store.manifest.get("d", -1)) != int(model.d_):
+        raise LoreError(
+            f"{data}: embeddings of width {store.manifest.get('d')}, but the model has "
+            f"d = {model.d_}; embed the dataset with the model's backbone"
         )
-        if diffs and not force_backbone:
-            raise BackboneMismatchError(
-                f"{data} was embedded with another backbone than {model_dir} was fitted on: "
-                f"{'; '.join(diffs)}; embed it with the model's backbone, or pass "
-                "--force-backbone"
-            )
-        conversations = read_conversations(data)
-        prompts = read_parquet(Path(data) / "texts.parquet", columns=["prompt_id"])
-        report = explain_basis(
-            model,
-            store.load(),
-            conversations,
-            [str(p) for p in prompts.column("prompt_id").to_pylist()],
-            top=top,
-            top_users=top_users,
-            center=center,
-            chars=chars,
+    diffs = backbone_differences(
+        recorded_backbone(model_dir) or {"name": model.backbone}, store.backbone
+    )
+    if diffs and not force_backbone:
+        raise BackboneMismatchError(
+            f"{data} was embedded with another backbone than {model_dir} was fitted on: "
+            f"{'; '.join(diffs)}; embed it with the model's backbone, or pass "
+            "--force-backbone"
         )
-    except LoreError as exc:
-        fail(exc)
+    conversations = read_conversations(data)
+    prompts = read_parquet(Path(data) / "texts.parquet", columns=["prompt_id"])
+    report = explain_basis(
+        model,
+        store.load(),
+        conversations,
+        [str(p) for p in prompts.column("prompt_id").to_pylist()],
+        top=top,
+        top_users=top_users,
+        center=center,
+        chars=chars,
+    )
     report = {"model": str(model_dir), "dataset": str(data), **report}
     if out is not None:
         from lore_rm.io import atomic_write_json

@@ -14,7 +14,7 @@ from lore_rm.cli.common import (
     THREADS,
     active_option,
     collected_warnings,
-    fail,
+    one_line_errors,
     parse_float_list,
     parse_int_list,
     print_json,
@@ -22,8 +22,10 @@ from lore_rm.cli.common import (
 )
 from lore_rm.cli.fit_options import fit_options
 from lore_rm.cli.groups import FIT_GROUP_BY, GROUP_BY
+from lore_rm.cli.rerun import as_list_text, config_option, to
 from lore_rm.constants import DB_FILE, TRAINING_FILE
 from lore_rm.errors import LoreError
+from lore_rm.fit.history import FitHistory
 from lore_rm.io import atomic_folder
 from lore_rm.wording import counted
 
@@ -38,6 +40,7 @@ JSON_OUT = typer.Option(False, "--json", help=JSON_HELP)
 
 
 @fit_options()
+@one_line_errors
 def fit_cmd(
     dataset: Path = DATASET,
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
@@ -93,51 +96,46 @@ def fit_cmd(
     console = Console(stderr=as_json)
     use_threads(threads)
     with collected_warnings() as warned:
-        try:
-            check_model_out(out, overwrite)
-            split, backbone = load_split(dataset, all_data=all_data)
-            t0 = time.perf_counter()
-            model = LowRankReward(
-                rank=_rank(rank),
-                recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
-                backbone=backbone.get("name"),
-                device=device,
-                seed=seed,
-                **(fit_settings or {}),
-            ).fit(split.seen_train, split.reference_head, progress=progress)
-            seconds = time.perf_counter() - t0
-            numbers = four_numbers(model, split)
-            report = personalization_report(model, split, pooled=pooled_model(model, split))
-            model.history_["personalization"] = report.to_dict()
-            population = training_population(
-                model, split, PreferenceDataset(dataset).users, group_by
+        check_model_out(out, overwrite)
+        split, backbone = load_split(dataset, all_data=all_data)
+        t0 = time.perf_counter()
+        model = LowRankReward(
+            rank=_rank(rank),
+            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
+            backbone=backbone.get("name"),
+            device=device,
+            seed=seed,
+            **(fit_settings or {}),
+        ).fit(split.seen_train, split.reference_head, progress=progress)
+        seconds = time.perf_counter() - t0
+        numbers = four_numbers(model, split)
+        report = personalization_report(model, split, pooled=pooled_model(model, split))
+        model.history_["personalization"] = report.to_dict()
+        population = training_population(model, split, PreferenceDataset(dataset).users, group_by)
+        if population is not None:  # the model card's training population by group
+            model.history_["population"] = population
+        if personalize_unseen and split.unseen_fewshot.n:
+            model.personalize(split.unseen_fewshot, progress=progress)
+        sel = model.history_.get("selection")
+        with atomic_folder(out, overwrite=True) as tmp:  # refused above unless --overwrite
+            model.save_pretrained(tmp)
+            write_json(
+                tmp / TRAINING_FILE,
+                {
+                    "dataset": str(dataset),
+                    "all_data": all_data,
+                    "backbone": backbone,
+                    "fit_seconds": round(seconds, 3),
+                    "accuracy": numbers,
+                    "personalization": report.to_dict(per_user=True),
+                    "history": model.history_,
+                },
             )
-            if population is not None:  # the model card's training population by group
-                model.history_["population"] = population
-            if personalize_unseen and split.unseen_fewshot.n:
-                model.personalize(split.unseen_fewshot, progress=progress)
-            sel = model.history_.get("selection")
-            with atomic_folder(out, overwrite=True) as tmp:  # refused above unless --overwrite
-                model.save_pretrained(tmp)
-                write_json(
-                    tmp / TRAINING_FILE,
-                    {
-                        "dataset": str(dataset),
-                        "all_data": all_data,
-                        "backbone": backbone,
-                        "fit_seconds": round(seconds, 3),
-                        "accuracy": numbers,
-                        "personalization": report.to_dict(per_user=True),
-                        "history": model.history_,
-                    },
-                )
-                if per_user is not None:
-                    write_rows(per_user, report.per_user)
-                if sel:
-                    plot_selection(sel, tmp / "selection.png")
-                moved = set_aside_database(out)  # last: a failed write leaves the old folder whole
-        except LoreError as exc:
-            fail(exc)
+            if per_user is not None:
+                write_rows(per_user, report.per_user)
+            if sel:
+                plot_selection(sel, tmp / "selection.png")
+            moved = set_aside_database(out)  # last: a failed write leaves the old folder whole
     for m in METRICS[:1] if all_data else METRICS:
         console.print(number_line(numbers, m))
     if all_data:
@@ -209,7 +207,7 @@ def fit_cmd(
         )
 
 
-def selection_summary(history: dict) -> dict | None:
+def selection_summary(history: FitHistory) -> dict | None:
     """How the rank and ridge were chosen (without the curve), or None when not searched."""
     sel = history.get("selection")
     if not sel:
@@ -219,7 +217,7 @@ def selection_summary(history: dict) -> dict | None:
     return {**{k: sel.get(k) for k in keys}, "holdout": sel.get("holdout", "comparisons")}
 
 
-def diagnostics(history: dict, warned: list[str] | None = None) -> dict:
+def diagnostics(history: FitHistory, warned: list[str] | None = None) -> dict:
     """What a fit's history says about its health: validation, no-signal problems,
     convergence (L-BFGS; None for the published Adam loop), pruned columns; warnings raised."""
     out = {
@@ -234,9 +232,30 @@ def diagnostics(history: dict, warned: list[str] | None = None) -> dict:
     return out
 
 
+EVALUATE_KEYS = {
+    "dataset": to("dataset", Path),
+    "ranks": to("ranks", as_list_text),
+    "alphas": to("alphas", as_list_text),
+    "recipe": to("recipe"),
+    "shots": to("shots", as_list_text),
+    "shots_rank": to("shots_rank"),
+    "trials": to("trials"),
+    "active": to("active"),
+    "active_batch": to("active_batch"),
+    "group_by": to("group_by", as_list_text),
+    "seed": to("seed"),
+}
+
+
+@one_line_errors
 @fit_options(exclude=("recipe", "seed", "alpha"))
+@config_option("evaluate", EVALUATE_KEYS)
 def evaluate_cmd(
-    dataset: Path = DATASET,
+    dataset: Path | None = typer.Argument(
+        None,
+        help="Dataset folder (lore prepare ...) with embeddings (lore embed); with --config, "
+        "the one it records.",
+    ),
     out: Path = typer.Option(Path("lore-eval"), "--out", "-o", help="Report folder."),
     ranks: str = typer.Option("0..6", help="Ranks, e.g. '0..10' or '0,1,5,10'."),
     alphas: str = typer.Option("0", help="Reference-pull weights, e.g. '0,1e4'."),
@@ -290,6 +309,8 @@ def evaluate_cmd(
         write_sweep_report,
     )
 
+    if dataset is None:
+        raise typer.BadParameter("give a dataset folder, or --config FILE", param_hint="DATASET")
     console = Console(stderr=as_json)
     config_threads = use_threads(threads)
     rank_list = parse_int_list(ranks, "--ranks")
@@ -305,6 +326,7 @@ def evaluate_cmd(
         "recipe": recipe,
         "settings": settings,
         "shots": shot_list,
+        "shots_rank": shots_rank,
         "trials": trials,
         "active": active,
         "active_batch": active_batch,
@@ -314,43 +336,38 @@ def evaluate_cmd(
     }
     groups = None
     with collected_warnings() as warned:
-        try:
-            check_report_out(out)
-            users = users_for(dataset, columns) if columns else None
-            split, backbone = load_split(dataset)
-            config["backbone"] = backbone
-            if split.reference_head is None and 0 in rank_list:
-                rank_list = [k for k in rank_list if k != 0]
-                config["ranks"] = rank_list
-                config["ranks_skipped"] = [0]
-                console.print(
-                    f"Rank 0 skipped: the backbone {backbone.get('name')!r} has no reward head "
-                    "(rank 0 is the backbone's own reward)."
-                )
-                if not rank_list:
-                    raise LoreError(
-                        "--ranks holds only rank 0, and the backbone has no reward head"
-                    )
-            result = run_protocol(
-                split,
-                rank_list,
-                alpha_list,
-                shot_list,
-                trials,
-                shots_rank=shots_rank,
-                recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
-                seed=seed,
-                device=device,
-                progress=progress,
-                active=active,
-                active_batch=active_batch,
-                **settings,
+        check_report_out(out)
+        users = users_for(dataset, columns) if columns else None
+        split, backbone = load_split(dataset)
+        config["backbone"] = backbone
+        if split.reference_head is None and 0 in rank_list:
+            rank_list = [k for k in rank_list if k != 0]
+            config["ranks"] = rank_list
+            config["ranks_skipped"] = [0]
+            console.print(
+                f"Rank 0 skipped: the backbone {backbone.get('name')!r} has no reward head "
+                "(rank 0 is the backbone's own reward)."
             )
-            rows, shot_rows = result.rows, result.shot_rows
-            if columns:
-                groups = _groups(result, shots_rank, split, users, config, device)
-        except LoreError as exc:
-            fail(exc)
+            if not rank_list:
+                raise LoreError("--ranks holds only rank 0, and the backbone has no reward head")
+        result = run_protocol(
+            split,
+            rank_list,
+            alpha_list,
+            shot_list,
+            trials,
+            shots_rank=shots_rank,
+            recipe=recipe,  # type: ignore[arg-type]  # checked by FitConfig.for_recipe
+            seed=seed,
+            device=device,
+            progress=progress,
+            active=active,
+            active_batch=active_batch,
+            **settings,
+        )
+        rows, shot_rows = result.rows, result.shot_rows
+        if columns:
+            groups = _groups(result, shots_rank, split, users, config, device)
     print_tables(rank_table(rows, title=f"{dataset} — recipe '{recipe}'"), console=console)
     selected_rank = _selected_line(result, shots_rank, console)
     if shot_rows:

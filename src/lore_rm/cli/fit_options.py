@@ -1,8 +1,8 @@
 """Command-line options generated from :class:`~lore_rm.fit.config.FitConfig`.
 
 Every field becomes ``--field-name`` (help from the field's metadata, default: the recipe's);
-values are read by the field's type and then validated by ``FitConfig.for_recipe``, so a bad
-value is one ``LoreError`` line, never a silent fallback.
+values are read by the field's rule (:func:`lore_rm.constraints.parse`) and then validated by
+``FitConfig.for_recipe``, so a bad value is one ``LoreError`` line, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from typing import Any
 
 import typer
 
+from lore_rm.constraints import parse, rule_of
 from lore_rm.errors import LoreError
-from lore_rm.fit.config import AUTO, LEARNED, FitConfig
+from lore_rm.fit.config import FitConfig
 
-TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-#: settings that take a number or a word ("auto", "none", "learned")
-NUMBER_OR_WORD = ("weight_decay", "prune_threshold", "fewshot_prior", "personalization")
 PANEL = "Fit settings (FitConfig; default: the recipe's)"
 
 
@@ -29,31 +27,8 @@ def _flag(f: Field) -> str:
 
 
 def parse_setting(f: Field, raw: str) -> Any:
-    """``raw`` read as the type of field ``f`` (its default's type)."""
-    text = raw.strip()
-    default = f.default
-    try:
-        if f.name in ("weight_decay", "personalization") and text.lower() == AUTO:
-            return AUTO
-        if f.name == "fewshot_prior" and text.lower() == LEARNED:
-            return LEARNED
-        if f.name == "prune_threshold" and text.lower() == "none":
-            return None
-        if isinstance(default, bool):
-            if text.lower() in TRUE | FALSE:
-                return text.lower() in TRUE
-            raise ValueError
-        if isinstance(default, tuple):
-            kind = int if all(isinstance(v, int) for v in default) else float
-            return tuple(kind(p) for p in text.split(",") if p.strip())
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float) or f.name in NUMBER_OR_WORD:
-            return float(text)
-        return text
-    except ValueError:
-        what = "true or false" if isinstance(default, bool) else type(default).__name__
-        raise LoreError(f"{_flag(f)}: cannot read {raw!r} as {what}") from None
+    """``raw`` read by the rule of field ``f`` (validated later, with the whole config)."""
+    return parse(_flag(f), raw, rule_of(f))
 
 
 def fit_options(exclude: Iterable[str] = ("recipe", "seed")) -> Callable:

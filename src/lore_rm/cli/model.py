@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from lore_rm.cli.common import fail, print_json
-from lore_rm.errors import LoreError, ModelFormatError
+from lore_rm.cli.common import one_line_errors, print_json
+from lore_rm.errors import ModelFormatError
+from lore_rm.fit.history import FitHistory
 
 model_app = typer.Typer(help="Inspect model folders.", no_args_is_help=True)
 
@@ -71,7 +73,7 @@ def model_summary(model_dir: Path, db: Path | None = None) -> dict:
             training = json.loads(training_path.read_text("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"{training_path}: not valid JSON ({exc})") from None
-        history = training.get("history") or {}
+        history = cast(FitHistory, training.get("history") or {})  # as lore fit wrote it
         summary["training"] = {
             "dataset": training.get("dataset"),
             "backbone": training.get("backbone"),
@@ -92,6 +94,7 @@ def _report_summary(report: dict | None) -> dict | None:
 
 
 @model_app.command("info")
+@one_line_errors
 def info_cmd(
     model_dir: Path = typer.Argument(
         ..., help="A lore-rm model folder (lore fit / save_pretrained)."
@@ -101,10 +104,7 @@ def info_cmd(
 ) -> None:
     """Rank, d, users (the model's and the serve database's), backbone, recipe, fit settings,
     and how the rank and ridge were chosen (from training.json, when lore fit wrote it)."""
-    try:
-        summary = model_summary(model_dir, db)
-    except LoreError as exc:
-        fail(exc)
+    summary = model_summary(model_dir, db)
     if as_json:
         print_json(summary)
     else:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli.common import THREADS, fail, use_threads
-from lore_rm.errors import LoreError
+from lore_rm.cli.common import THREADS, one_line_errors, use_threads
 
 
+@one_line_errors
 def rank(
     model_dir: Path = typer.Argument(..., help="A lore-rm model folder (lore fit)."),
     file: Path = typer.Argument(
@@ -55,38 +55,36 @@ def rank(
     interval where the user has a posterior, as JSON Lines."""
     from rich.console import Console
 
-    from lore_rm.embed.match import check_backbone
-    from lore_rm.rank_rows import rank_rows, ranking_records, read_rank_rows
+    from lore_rm.embed.match import resolve_backbone
     from lore_rm.ranking import interval_z
-    from lore_rm.scoring import embedder_for
     from lore_rm.serve.export import check_users, load_with_served_users
+    from lore_rm.serve.rank_rows import rank_rows, ranking_records, read_rank_rows
 
     if unknown not in ("error", "mean"):
         raise typer.BadParameter("must be 'error' or 'mean'", param_hint="--unknown")
     if out is not None and out.suffix.lower() != ".jsonl":
         raise typer.BadParameter("must end in .jsonl", param_hint="--out")
     use_threads(threads)
-    try:
-        interval_z(level)
-        model, db_path, _ = load_with_served_users(model_dir, db)
-        rows = read_rank_rows(file)
-        if unknown == "error":  # before the backbone is loaded
-            check_users(model, list(dict.fromkeys(rows.users)), db_path)
-        embedder = embedder_for(
-            model,
-            model_dir,
-            backbone,
-            dtype=dtype,
-            max_length=max_length,
-            device=device,
-            batch_size=batch_size,
-        )
-        forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
-        rankings = rank_rows(
-            model, embedder, rows, db=db_path, level=level, unknown=unknown, progress=progress
-        )
-    except LoreError as exc:
-        fail(exc)
+    interval_z(level)
+    model, db_path, _ = load_with_served_users(model_dir, db)
+    rows = read_rank_rows(file)
+    if unknown == "error":  # before the backbone is loaded
+        check_users(model, list(dict.fromkeys(rows.users)), db_path)
+    embedder, forced = resolve_backbone(
+        model_dir,
+        model.backbone,
+        model.d_,
+        backbone,
+        dtype=dtype,
+        max_length=max_length,
+        force=force_backbone,
+        verb="rank",
+        device=device,
+        batch_size=batch_size,
+    )
+    rankings = rank_rows(
+        model, embedder, rows, db=db_path, level=level, unknown=unknown, progress=progress
+    )
     records = ranking_records(rows, rankings, level)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     err = Console(stderr=True, soft_wrap=True)

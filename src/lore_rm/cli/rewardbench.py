@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli.common import CACHE_HELP, MAX_LENGTH_HELP, fail
+from lore_rm.cli.common import CACHE_HELP, MAX_LENGTH_HELP, one_line_errors
 
 
+@one_line_errors
 def rewardbench(
     model_dir: Path = typer.Argument(..., help="A lore-rm model folder (save_pretrained)."),
     data: Path = typer.Option(..., help="RewardBench 2 file: .jsonl[.gz], .json or .parquet."),
@@ -39,39 +40,32 @@ def rewardbench(
     from rich.console import Console
     from rich.table import Table
 
-    from lore_rm.embed.match import check_backbone
-    from lore_rm.errors import LoreError
+    from lore_rm.embed.match import resolve_backbone
     from lore_rm.evaluate.rewardbench import SUBSETS, evaluate_rewardbench
-    from lore_rm.scoring import embedder_for
     from lore_rm.serve.export import check_users, load_with_served_users
 
-    try:
-        model, db_path, _ = load_with_served_users(model_dir, db)
-        check_users(model, user, db_path)  # before any text is embedded
-        embedder = embedder_for(
-            model,
-            model_dir,
-            backbone,
-            dtype=dtype,
-            device=device,
-            batch_size=batch_size,
-            max_length=max_length,
+    model, db_path, _ = load_with_served_users(model_dir, db)
+    check_users(model, user, db_path)  # before any text is embedded
+    embedder, forced = resolve_backbone(
+        model_dir,
+        model.backbone,
+        model.d_,
+        backbone,
+        dtype=dtype,
+        max_length=max_length,
+        force=force_backbone,
+        verb="score",
+        device=device,
+        batch_size=batch_size,
+    )
+    if forced:
+        typer.echo(
+            "warning: scoring with a backbone other than the one the model was fitted on "
+            "(--force-backbone): " + "; ".join(forced),
+            err=True,
         )
-        forced = check_backbone(
-            model_dir, model.backbone, model.d_, embedder, force=force_backbone, verb="score"
-        )
-        if forced:
-            typer.echo(
-                "warning: scoring with a backbone other than the one the model was fitted on "
-                "(--force-backbone): " + "; ".join(forced),
-                err=True,
-            )
-        name = embedder.name
-        result = evaluate_rewardbench(
-            model, data, embedder, users=user, cache=cache, progress=progress
-        )
-    except LoreError as exc:
-        fail(exc)
+    name = embedder.name
+    result = evaluate_rewardbench(model, data, embedder, users=user, cache=cache, progress=progress)
     subsets = [s for s in SUBSETS if s in result["counts"]]
     table = Table(title=f"RewardBench 2 — {model_dir} on {name}")
     table.add_column("head")

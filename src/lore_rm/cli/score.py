@@ -7,13 +7,20 @@ from pathlib import Path
 
 import typer
 
-from lore_rm.cli.common import CACHE_HELP, MAX_LENGTH_HELP, THREADS, fail, use_threads
-from lore_rm.errors import LoreError, UnknownUserError
+from lore_rm.cli.common import (
+    CACHE_HELP,
+    MAX_LENGTH_HELP,
+    THREADS,
+    one_line_errors,
+    use_threads,
+)
+from lore_rm.errors import UnknownUserError
 from lore_rm.wording import counted
 
 OUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
 
 
+@one_line_errors
 def score(
     model_dir: Path = typer.Argument(..., help="A lore-rm model folder (lore fit)."),
     file: Path = typer.Argument(
@@ -64,9 +71,9 @@ def score(
     id (when given), user, reward and whether the user was known."""
     from rich.console import Console
 
-    from lore_rm.embed.match import check_backbone
-    from lore_rm.scoring import embedder_for, read_score_rows, score_rows
+    from lore_rm.embed.match import resolve_backbone
     from lore_rm.serve.export import check_users, load_with_served_users
+    from lore_rm.serve.scoring import read_score_rows, score_rows
 
     if unknown not in ("error", "mean"):
         raise typer.BadParameter("must be 'error' or 'mean'", param_hint="--unknown")
@@ -76,36 +83,34 @@ def score(
         if not fmt:
             raise typer.BadParameter("must end in .jsonl or .csv", param_hint="--out")
     use_threads(threads)
-    try:
-        model, db_path, _ = load_with_served_users(model_dir, db)
-        rows = read_score_rows(file)
-        if unknown == "error":  # before the backbone is loaded
-            try:
-                check_users(model, list(dict.fromkeys(rows.users)), db_path)
-            except UnknownUserError as exc:
-                raise UnknownUserError(
-                    f"{exc}; pass --unknown mean to score their rows with the population's "
-                    "mean weights"
-                ) from None
-        embedder = embedder_for(
-            model,
-            model_dir,
-            backbone,
-            dtype=dtype,
-            max_length=max_length,
-            device=device,
-            batch_size=batch_size,
-        )
-        forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
-        if cache is not None:
-            from lore_rm.embed.cache import CachedEmbedder
+    model, db_path, _ = load_with_served_users(model_dir, db)
+    rows = read_score_rows(file)
+    if unknown == "error":  # before the backbone is loaded
+        try:
+            check_users(model, list(dict.fromkeys(rows.users)), db_path)
+        except UnknownUserError as exc:
+            raise UnknownUserError(
+                f"{exc}; pass --unknown mean to score their rows with the population's mean weights"
+            ) from None
+    embedder, forced = resolve_backbone(
+        model_dir,
+        model.backbone,
+        model.d_,
+        backbone,
+        dtype=dtype,
+        max_length=max_length,
+        force=force_backbone,
+        verb="score",
+        device=device,
+        batch_size=batch_size,
+    )
+    if cache is not None:
+        from lore_rm.embed.cache import CachedEmbedder
 
-            embedder = CachedEmbedder(embedder, cache)
-        rewards, known = score_rows(
-            model, embedder, rows, unknown=unknown, db=db_path, progress=progress
-        )
-    except LoreError as exc:
-        fail(exc)
+        embedder = CachedEmbedder(embedder, cache)
+    rewards, known = score_rows(
+        model, embedder, rows, unknown=unknown, db=db_path, progress=progress
+    )
     records = []
     with_ids = any(i is not None for i in rows.ids)
     for i, (user, reward, k) in enumerate(

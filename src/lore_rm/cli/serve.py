@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from lore_rm.cli.common import fail
+from lore_rm.cli.common import fail, one_line_errors
 from lore_rm.errors import LoreError, StorageError
 
 
+@one_line_errors
 def serve(
     model_dir: Path = typer.Argument(..., help="A lore-rm model folder (save_pretrained)."),
     backbone: str | None = typer.Option(
@@ -136,10 +138,7 @@ def serve(
     next questions for a user)."""
     from lore_rm.extras import require
 
-    try:
-        require("lore serve", "uvicorn", "fastapi")
-    except LoreError as exc:
-        fail(exc)
+    require("lore serve", "uvicorn", "fastapi")
     import uvicorn
 
     from lore_rm.serve.app import CONFIG_ENV, build_app
@@ -154,10 +153,7 @@ def serve(
 
     if token_file is not None and not token_file.is_file():
         raise typer.BadParameter(f"{token_file}: no such file", param_hint="--token-file")
-    try:
-        token = resolve_token(None, token_file)
-    except LoreError as exc:
-        fail(exc)
+    token = resolve_token(None, token_file)
     loopback = is_loopback(host)
     if not loopback and token is None:
         if not allow_unauthenticated:
@@ -178,7 +174,8 @@ def serve(
     if loopback:
         hosts += list(LOOPBACK_NAMES)
     os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)  # read by every worker's protocol
-    cfg = {
+    # build_app's keyword arguments, also handed to the workers as JSON
+    cfg: dict[str, Any] = {
         "model_dir": str(model_dir),
         "backbone": backbone,
         "db": str(db) if db is not None else None,
@@ -219,10 +216,11 @@ def serve(
                 timeout_worker_healthcheck=worker_healthcheck_s,
                 http=HeaderTimeoutProtocol,
             )
-    except (LoreError, StorageError) as exc:
+    except StorageError as exc:
         fail(exc)
 
 
+@one_line_errors
 def export(
     model_dir: Path = typer.Argument(..., help="A lore-rm model folder."),
     out: Path = typer.Option(..., help="Folder to write the HF reward model to."),
@@ -249,22 +247,19 @@ def export(
 
     if (user is None) == (not basis):
         raise typer.BadParameter("give exactly one of --user ID and --basis", param_hint="--user")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            path = export_reward_model(
-                model_dir,
-                out,
-                backbone,
-                user=user,
-                basis=basis,
-                db=db,
-                dtype=dtype,
-                overwrite=overwrite,
-                force_backbone=force_backbone,
-            )
-    except LoreError as exc:
-        fail(exc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = export_reward_model(
+            model_dir,
+            out,
+            backbone,
+            user=user,
+            basis=basis,
+            db=db,
+            dtype=dtype,
+            overwrite=overwrite,
+            force_backbone=force_backbone,
+        )
     for w in caught:
         if "--force-backbone" in str(w.message):
             typer.echo(f"warning: {w.message}", err=True)

@@ -62,6 +62,9 @@ from lore_rm.wording import counted
 REJECTS_FILE = "rejects.jsonl"  # with skip_invalid: the rows left out, one JSON object each
 INVALID = "invalid_"  # prefix of the counts of rows left out by reason in dataset.json
 
+#: where rows come from: a file, or records (a list of dicts, a datasets.Dataset)
+Source = SourceFile | RecordsSource
+
 
 @dataclass(frozen=True)
 class GenericConfig:
@@ -126,9 +129,7 @@ def _named_columns(cfg: GenericConfig) -> dict[str, str]:
     return {f: getattr(cfg, f) for f in fields if getattr(cfg, f)}
 
 
-def _no_column(
-    src: SourceFile, cfg: GenericConfig, field: str, present, note: str = ""
-) -> DataError:
+def _no_column(src: Source, cfg: GenericConfig, field: str, present, note: str = "") -> DataError:
     return DataError(
         f"{src.path}: no column {getattr(cfg, field)!r} ({_COLUMN_OPTIONS[field]}{note}); "
         f"the columns are: {name_list(list(present)) or 'none'}"
@@ -141,7 +142,7 @@ class InvalidRow(DataError):
     (None when not one field)."""
 
     def __init__(
-        self, src: SourceFile, row: int, reason: str, detail: str, field: str | None = None
+        self, src: Source, row: int, reason: str, detail: str, field: str | None = None
     ) -> None:
         super().__init__(f"{src.where(row)}: {detail}")
         self.row, self.reason, self.detail, self.field = row, reason, detail, field
@@ -151,7 +152,7 @@ class _Columns:
     """The kind of value each column holds, to report mixed types by row. A row's kinds count
     once the whole row is valid (``commit``), so a skipped row decides nothing."""
 
-    def __init__(self, src: SourceFile) -> None:
+    def __init__(self, src: Source) -> None:
         self.src = src
         self.kinds: dict[str, tuple[str, int]] = {}
         self.pending: dict[str, tuple[str, int]] = {}
@@ -179,7 +180,7 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def _messages(value, src: SourceFile, row: int, field: str) -> list[Message]:
+def _messages(value, src: Source, row: int, field: str) -> list[Message]:
     if not isinstance(value, list) or not value:
         raise InvalidRow(
             src,
@@ -202,7 +203,7 @@ def _messages(value, src: SourceFile, row: int, field: str) -> list[Message]:
     return out
 
 
-def _missing_value(src: SourceFile, row: int, field: str) -> InvalidRow:
+def _missing_value(src: Source, row: int, field: str) -> InvalidRow:
     return InvalidRow(src, row, "missing_value", f"missing value in {field!r}", field)
 
 
@@ -239,7 +240,7 @@ def _user_id(value, src, row, field, cols: _Columns) -> str:
 
 
 def _comparison(
-    rec: dict, src: SourceFile, row: int, cfg: GenericConfig, cols: _Columns, implicit: bool
+    rec: dict, src: Source, row: int, cfg: GenericConfig, cols: _Columns, implicit: bool
 ) -> tuple[list[Message], Message, Message]:
     prompt = (
         []
@@ -271,7 +272,7 @@ def _comparison(
     return chosen[:-1], chosen[-1], rejected[-1]
 
 
-def _parse_row(rec: dict, src: SourceFile, row: int, cfg: GenericConfig, cols, implicit: bool):
+def _parse_row(rec: dict, src: Source, row: int, cfg: GenericConfig, cols, implicit: bool):
     """One valid row: (prompt, chosen, rejected, prompt id or None, role code or None, user)."""
     prompt, c, r = _comparison(rec, src, row, cfg, cols, implicit)
     pid = role = None
@@ -290,7 +291,7 @@ def _parse_row(rec: dict, src: SourceFile, row: int, cfg: GenericConfig, cols, i
     return prompt, c, r, pid, role, user
 
 
-def _implicit_prompt(rec: dict, src: SourceFile, cfg: GenericConfig, present) -> bool:
+def _implicit_prompt(rec: dict, src: Source, cfg: GenericConfig, present) -> bool:
     """No prompt column: allowed when chosen holds whole conversations (messages)."""
     if cfg.prompt_column in rec:
         return False
@@ -314,7 +315,7 @@ class Rejects:
         self.records: list[dict] = []
         self.counts: Counter[str] = Counter()
 
-    def add(self, src: SourceFile, row: int, reason: str, detail: str, raw, field=None) -> None:
+    def add(self, src: Source, row: int, reason: str, detail: str, raw, field=None) -> None:
         self.counts[reason] += 1
         self.records.append(
             {
@@ -398,7 +399,13 @@ def read_generic(files, cfg: GenericConfig, skip_invalid: bool = False, hf_split
     ``rejects`` (a :class:`Rejects`; None without ``skip_invalid``).
     """
     texts = TextTable()
-    users, prompt_ids, chosen, rejected, roles, file_idx, rows = [], [], [], [], [], [], []
+    users: list[str] = []
+    prompt_ids: list[str | None] = []
+    chosen: list[int] = []
+    rejected: list[int] = []
+    roles: list[int | None] = []
+    file_idx: list[int] = []
+    rows: list[int] = []
     sources = generic_sources(files, hf_split)
     rejects = Rejects() if skip_invalid else None
     named = _named_columns(cfg)

@@ -148,7 +148,7 @@ def prepare_prism(
     survey_src, conv_src = SourceFile(survey), SourceFile(conversations)
 
     # users, in survey order, with their dialogs in conversation-file order
-    user_dialogs: dict[str, list[str]] = {}
+    user_dialogs: dict[str, list[str | None]] = {}  # None: a removed dialog
     attributes = {}  # the survey's fields, for the users table
     for row, rec in survey_src.records():
         uid = rec.get("user_id")
@@ -189,12 +189,12 @@ def prepare_prism(
     # a user is removed when their last dialog is removed (as published)
     for uid in list(user_dialogs):
         ids = user_dialogs[uid]
-        kept = [c for c in ids if c is not None]
-        if ids and not kept:
+        remaining: list[str | None] = [c for c in ids if c is not None]
+        if ids and not remaining:
             del user_dialogs[uid]
             dropped["users_without_dialog"] += 1
         else:
-            user_dialogs[uid] = kept
+            user_dialogs[uid] = remaining
 
     rs = np.random.RandomState(cfg.seed)
     users = np.array(list(user_dialogs), dtype=object)
@@ -202,14 +202,14 @@ def prepare_prism(
     n_seen = int(len(users) * cfg.seen_fraction)
     role_of_dialog: dict[str, int] = {}
     for pos, uid in enumerate(users):
-        ids = np.array(user_dialogs[uid], dtype=object)
-        if len(ids) <= cfg.min_dialogs:
+        shuffled = np.array(user_dialogs[uid], dtype=object)
+        if len(shuffled) <= cfg.min_dialogs:
             dropped["users_with_few_dialogs"] += 1
             continue
-        rs.shuffle(ids)
-        n_train = int(len(ids) * cfg.train_fraction)
+        rs.shuffle(shuffled)
+        n_train = int(len(shuffled) * cfg.train_fraction)
         base = 0 if pos < n_seen else 2
-        for j, cid in enumerate(ids):
+        for j, cid in enumerate(shuffled):
             role_of_dialog[cid] = base + (j >= n_train)
 
     texts = TextTable()
@@ -242,7 +242,7 @@ def prepare_prism(
         "turn": np.array(cols["turn"], dtype=np.int64),
     }
     kept = sorted(set(cols["user"]))
-    unseen = [role_of_dialog[user_dialogs[u][0]] >= 2 for u in kept]
+    unseen = [role_of_dialog[str(user_dialogs[u][0])] >= 2 for u in kept]
     return write_dataset(
         out,
         table,

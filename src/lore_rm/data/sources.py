@@ -263,7 +263,7 @@ class SourceFile:
                         message = f"{len(values)} fields but the header has {len(header)}"
                         self._bad_line(on_bad, row, "too_many_fields", message, values)
                         continue
-                    rec = dict(zip(header, values, strict=False))
+                    rec: dict[str, str | None] = dict(zip(header, values, strict=False))
                     for name in header[len(values) :]:
                         rec[name] = None
                     yield row, rec

@@ -95,7 +95,8 @@ def read_tldr(files: Sequence[Path], *, progress: bool = False):
     for k, path in enumerate(files):
         src = SourceFile(path)
         for row, rec in src.records():
-            info = rec.get("info") if isinstance(rec.get("info"), dict) else {}
+            info = rec.get("info")
+            info = info if isinstance(info, dict) else {}
             batch = str(rec.get("batch") or src.path.name.split(".")[0])
             post = info.get("post")
             if "cnndm" in batch or not isinstance(post, str) or not post.strip():

@@ -236,13 +236,13 @@ def carry_embeddings(old: Path, new: Path, discard: bool) -> None:
     """Give the dataset folder ``new`` the embedding store of ``old`` when it was made from
     the texts ``new`` holds (hard links, so ``old`` stays whole until the swap); refuse to
     drop a store of other texts unless ``discard``."""
-    from lore_rm.embed.store import EmbeddingStore, texts_fingerprint
+    from lore_rm.data.store_manifest import read_manifest, texts_fingerprint
 
     store = old / EMBEDDINGS_DIR
     if not store.is_dir() or not any(store.iterdir()):
         return
     try:
-        made_from = EmbeddingStore(store).manifest.get("texts_sha256")
+        made_from = read_manifest(store).get("texts_sha256")
     except DataError:
         made_from = None  # no readable manifest: nothing worth keeping was finished
     if made_from is None:

@@ -26,18 +26,10 @@ import torch
 
 from lore_rm.conversation import Conversation, check_conversation
 from lore_rm.devices import as_device
+from lore_rm.dtypes import COMPUTE, name_of, parse_dtype
 from lore_rm.embed.fingerprint import backbone_fingerprint
 from lore_rm.errors import LoreError
 from lore_rm.wording import counted
-
-DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-}
 
 # Used when a tokenizer has no chat template (recorded in the store's manifest by its hash).
 FALLBACK_TEMPLATE = "{role}: {content}"
@@ -59,18 +51,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
-    if isinstance(dtype, torch.dtype):
+    """The compute dtype (:mod:`lore_rm.dtypes`), or ``"auto"``: the checkpoint's own."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
-    if dtype == "auto":
-        return "auto"
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise LoreError(f"dtype must be one of bf16, fp16, fp32, auto; got {dtype!r}") from None
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    return parse_dtype(dtype, allowed=COMPUTE, also=["auto"])
 
 
 def _sha256(text: str) -> str:
@@ -116,7 +100,7 @@ class _TransformersEmbedder:
             raise LoreError(f"batch_size must be at least 1, got {batch_size}")
         if max_length < 2:
             raise LoreError(f"max_length must be at least 2, got {max_length}")
-        self.model = model.eval()
+        self.model: Any = model.eval()  # a transformers model: attributes by its config
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
@@ -162,7 +146,7 @@ class _TransformersEmbedder:
             "fingerprint": self.fingerprint,
             "kind": type(self).__name__,
             "pooling": self.pooling,
-            "dtype": _dtype_name(self.dtype),
+            "dtype": name_of(self.dtype),
             "chat_template_sha256": self.template_hash(),
             "max_length": self.max_length,
             "d": self.dim,
@@ -282,7 +266,8 @@ class RewardModelEmbedder(_TransformersEmbedder):
                 stacklevel=3,
             )
         base = getattr(model, "base_model_prefix", "model")
-        self.body = getattr(model, base, None) or model.base_model
+        body: Any = getattr(model, base, None) or model.base_model  # a transformers model
+        self.body = body
         self._head = _find_score_layer(model, name)
         import inspect
 

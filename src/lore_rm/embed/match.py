@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lore_rm.constants import TRAINING_FILE
-from lore_rm.embed.backbones import backbone_identity
+from lore_rm.embed.backbones import backbone_identity, load_backbone
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import LoreError, ModelFormatError
 
@@ -112,3 +113,42 @@ def check_identity(
             f"fitted on, or pass {force_option} to use this one anyway"
         )
     return diffs
+
+
+def resolve_backbone(
+    model_dir: str | os.PathLike,
+    model_backbone: str | None,
+    d: int,
+    backbone: str | None = None,
+    *,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    force: bool = False,
+    verb: str = "serve",
+    loader: Callable[..., Embedder] | None = None,
+    **settings: Any,
+) -> tuple[Embedder, list[str]]:
+    """The backbone every command embeds with for the model in ``model_dir``, loaded and
+    checked: ``backbone``, else the one the model names (``model_backbone``). ``dtype`` and
+    ``max_length`` default to what the model's training embeddings recorded when the backbone
+    is that one (``training.json``), else to the loader's defaults, so rewards are computed
+    as the fitted ones were. It is refused unless it is the backbone the model was fitted on
+    (:func:`check_backbone`; a width other than ``d`` always is); with ``force`` the
+    differences are returned instead. ``loader`` defaults to
+    :func:`~lore_rm.embed.backbones.load_backbone`; ``settings`` go to it (device, batch
+    size, ...)."""
+    name = backbone or model_backbone
+    if not name:
+        raise LoreError(f"{model_dir}: the model names no backbone; pass --backbone")
+    recorded = recorded_backbone(model_dir)
+    if recorded.get("name") == name:
+        if dtype is None and isinstance(recorded.get("dtype"), str):
+            dtype = recorded["dtype"]
+        count = recorded.get("max_length")
+        if max_length is None and isinstance(count, int) and not isinstance(count, bool):
+            max_length = count
+    for key, value in (("dtype", dtype), ("max_length", max_length)):
+        if value is not None:
+            settings[key] = value
+    embedder = (loader or load_backbone)(name, **settings)
+    return embedder, check_backbone(model_dir, model_backbone, d, embedder, force=force, verb=verb)

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from lore_rm.constants import HEAD_FILE, MANIFEST_FILE, STORE_FORMAT, STORE_FORMAT_VERSION
 from lore_rm.conversation import Conversation
 from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE, read_conversations
+from lore_rm.dtypes import STORAGE, name_of, parse_dtype
 from lore_rm.embed.backbones import backbone_identity
 from lore_rm.embed.base import Embedder
 from lore_rm.embed.store import (
@@ -316,10 +317,7 @@ def embed_dataset(
     Returns what this rank did. Under torchrun (``WORLD_SIZE`` > 1) every rank must call it;
     a gloo process group is created when none exists.
     """
-    if storage_dtype not in STORAGE_DTYPES:
-        raise LoreError(
-            f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}"
-        )
+    storage_dtype = name_of(parse_dtype(storage_dtype, allowed=STORAGE, what="storage dtype"))
     dataset_dir = Path(dataset_dir)
     if not (dataset_dir / TEXTS_FILE).is_file():
         raise DataError(f"{dataset_dir}: no {TEXTS_FILE}; not a lore-rm dataset folder")

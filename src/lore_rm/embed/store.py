@@ -38,7 +38,6 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -48,15 +47,22 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lore_rm.constants import MANIFEST_FILE, STORE_FORMAT, STORE_FORMAT_VERSION
-from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE, read_parquet
+from lore_rm.constants import MANIFEST_FILE
+from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE
+from lore_rm.data.store_manifest import (  # noqa: F401  (the store's names, read by data too)
+    backbone_digest,
+    check_manifest,
+    read_manifest,
+    texts_fingerprint,
+)
+from lore_rm.dtypes import DTYPES, STORAGE
 from lore_rm.errors import DataError, LoreError
-from lore_rm.io import atomic_write_json, read_format_record, read_tensors
+from lore_rm.io import atomic_write_json, read_tensors
 
 #: texts per shard: a kill loses at most one shard's work (about a minute for an 8B reward
 #: model on one GPU, or MiniLM on two CPU cores), and ranks share the work evenly
 DEFAULT_SHARD_SIZE = 512
-STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORAGE_DTYPES = {name: DTYPES[name] for name in STORAGE}
 # Backbone fields that must match for two runs to share a store (batch size and device do
 # not change what is computed beyond float rounding).
 IDENTITY_FIELDS = (
@@ -79,26 +85,10 @@ def shard_file(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
-def backbone_digest(backbone: dict[str, Any]) -> str:
-    """sha256 of a manifest's backbone record (keys sorted): ``backbone_sha256``."""
-    return hashlib.sha256(json.dumps(backbone, sort_keys=True).encode()).hexdigest()
-
-
 def _write_json(path: Path, obj: dict) -> None:
     """Write the manifest ``obj``, with the digest of its backbone record."""
     obj["backbone_sha256"] = backbone_digest(obj["backbone"])
     atomic_write_json(path, obj)
-
-
-def texts_fingerprint(dataset_dir: str | Path) -> str:
-    """sha256 over texts.parquet's messages column (row order included)."""
-    table = read_parquet(Path(dataset_dir) / TEXTS_FILE, columns=["messages"])
-    h = hashlib.sha256()
-    for chunk in table.column("messages").chunks:
-        for m in chunk.to_pylist():
-            h.update(m.encode())
-            h.update(b"\x00")
-    return h.hexdigest()
 
 
 class EmbeddingStore:
@@ -127,14 +117,7 @@ class EmbeddingStore:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        if not self.exists():
-            raise DataError(
-                f"{self.path}: no embedding store ({MANIFEST_FILE} missing); "
-                "run `lore embed DATASET --backbone NAME` first"
-            )
-        record = read_format_record(self.manifest_path, STORE_FORMAT, (STORE_FORMAT_VERSION,))
-        check_manifest(self.manifest_path, record)
-        return record
+        return read_manifest(self.path)
 
     @property
     def is_complete(self) -> bool:
@@ -227,62 +210,6 @@ class EmbeddingStore:
 
     def reference_bias(self) -> float | None:
         return self.manifest.get("reference_bias")
-
-
-def _is_count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def check_manifest(path: Path, man: dict[str, Any]) -> None:
-    """A one-line :class:`DataError` naming ``path`` and the field when the manifest lacks a
-    field a read needs or holds one of the wrong type, or when some shard entries record a
-    sha256 and others do not (one without it would load unchecked)."""
-
-    def bad(field: str, expected: str) -> DataError:
-        value = man.get(field) if "[" not in field else None
-        shown = f" is {value!r}," if "[" not in field else ""
-        return DataError(f"{path}: {field}{shown} expected {expected}")
-
-    if not isinstance(man.get("backbone"), dict):
-        raise bad("backbone", "an object")
-    digest = man.get("backbone_sha256")
-    if digest is not None and digest != backbone_digest(man["backbone"]):
-        raise DataError(
-            f"{path}: backbone differs from the record the embeddings were written with "
-            "(backbone_sha256): the manifest was edited; these embeddings are the backbone's "
-            "that made them, whatever its name says"
-        )
-    for field in ("d", "count", "shard_size", "n_shards"):
-        if field not in man:
-            raise DataError(f"{path}: no {field}")
-        if not _is_count(man[field]) or (field in ("d", "shard_size") and not man[field]):
-            raise bad(
-                field, "a positive integer" if field in ("d", "shard_size") else "an integer >= 0"
-            )
-    if man.get("dtype", "float32") not in STORAGE_DTYPES:
-        raise bad("dtype", " or ".join(STORAGE_DTYPES))
-    shards = man.get("shards")
-    if not isinstance(shards, list):
-        raise DataError(f"{path}: shards is {shards!r}, expected a list of shard entries")
-    for i, e in enumerate(shards):
-        if not (
-            isinstance(e, dict)
-            and isinstance(e.get("file"), str)
-            and _is_count(e.get("start"))
-            and _is_count(e.get("stop"))
-            and e["start"] <= e["stop"]
-        ):
-            raise DataError(f"{path}: shards[{i}] is not {{file, start <= stop, ...}}: {e!r:.200}")
-        digest = e.get("sha256")
-        if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
-            raise DataError(f"{path}: shards[{i}].sha256 is {digest!r}, expected a hex digest")
-    with_digest = [e.get("sha256") is not None for e in shards]
-    if any(with_digest) and not all(with_digest):
-        i = with_digest.index(False)
-        raise DataError(
-            f"{path}: shards[{i}] ({shards[i]['file']}) records no sha256 but other shards do: "
-            "it would load unchecked; the manifest was edited or damaged"
-        )
 
 
 def shard_index(name: str) -> int | None:

@@ -10,6 +10,7 @@ import torch
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import LoreError, NoSignalWarning
 from lore_rm.fit.config import AUTO, FitConfig
+from lore_rm.fit.history import FitHistory
 from lore_rm.fit.selection import Selection, select_settings, signal_problems
 from lore_rm.fit.solvers import feature_scale
 
@@ -49,7 +50,7 @@ def resolve_auto(
     return selection.rank, chosen, selection
 
 
-def diagnose(selection: Selection | None) -> dict:
+def diagnose(selection: Selection | None) -> FitHistory:
     """History entries for a fit (and a :class:`NoSignalWarning` when it learned nothing)."""
     if selection is None:
         return {"validated": False}
@@ -72,3 +73,22 @@ def chosen_strength(selection: Selection | None, cfg: FitConfig, rank: int) -> f
     if selection is None or rank <= 1:
         return 1.0
     return float(selection.chosen.get("personalization", 1.0))
+
+
+def margin_calibration(selection: Selection | None, calibrate: bool, rank: int) -> dict:
+    """The fitted model's margin scale and where it came from (``history_["calibration"]``):
+    the chosen cell's, when the search held out users; else 1 and why not."""
+    if rank == 0:
+        why = "rank 0 is the reference head, which is not fitted"
+    elif not calibrate:
+        why = "calibrate is off"
+    elif selection is None:
+        why = "no cross-validated search ran (rank and weight_decay were both given)"
+    elif selection.holdout != "users":
+        why = "the cross-validation held out comparisons, not users"
+    else:
+        return {
+            "margin_scale": float(selection.chosen["margin_scale"]),
+            "source": f"{selection.folds}-fold cross-validation, users held out",
+        }
+    return {"margin_scale": 1.0, "why": why}

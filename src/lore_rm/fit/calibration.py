@@ -21,13 +21,9 @@ Hessian) keep the training likelihood, so no weight and no ranking changes.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:  # pragma: no cover
-    from lore_rm.fit.selection import Selection
 
 Tensor = torch.Tensor
 #: the scale is searched on [1 / SCALE_RANGE, SCALE_RANGE]: a log-spaced grid, then
@@ -94,22 +90,3 @@ def fit_margin_scale(margins: Tensor, std: Tensor) -> float:
     if objective(found) > float(values[best]):
         found = float(grid[best])
     return float(f"{math.exp(found):.6g}")
-
-
-def margin_calibration(selection: Selection | None, calibrate: bool, rank: int) -> dict:
-    """The fitted model's margin scale and where it came from (``history_["calibration"]``):
-    the chosen cell's, when the search held out users; else 1 and why not."""
-    if rank == 0:
-        why = "rank 0 is the reference head, which is not fitted"
-    elif not calibrate:
-        why = "calibrate is off"
-    elif selection is None:
-        why = "no cross-validated search ran (rank and weight_decay were both given)"
-    elif selection.holdout != "users":
-        why = "the cross-validation held out comparisons, not users"
-    else:
-        return {
-            "margin_scale": float(selection.chosen["margin_scale"]),
-            "source": f"{selection.folds}-fold cross-validation, users held out",
-        }
-    return {"margin_scale": 1.0, "why": why}

@@ -1,36 +1,54 @@
 """Fit settings: one dataclass, two recipes (the published one and lore-rm's default).
 
-Every field carries its own help text (``field(metadata={"help": ...})``): the command-line
-options of ``lore fit``, ``lore evaluate`` and ``lore demo`` are generated from it.
+Every field carries its help text and its rule (``field(metadata={"help": ..., "rule":
+...})``, :mod:`lore_rm.constraints`): :meth:`FitConfig.validate` checks the rules, and the
+command-line options of ``lore fit``, ``lore evaluate`` and ``lore demo`` are generated from
+both (:mod:`lore_rm.cli.fit_options`). The vocabularies are the ``Literal`` types below.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
+from collections.abc import Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from lore_rm.constraints import Flag, Interval, Several, Word, check, choices_of, rule_of
 from lore_rm.errors import LoreError
+from lore_rm.fit.link import WeightSpace
 
 Recipe = Literal["default", "paper"]
-Weights = Literal["simplex", "signed", "auto"]
+Solver = Literal["adam-alternating", "lbfgs"]
+FewshotSolver = Literal["adam", "lbfgs"]
+Regularizer = Literal["cosine", "l2"]
+Init = Literal["spectral", "svd", "random"]
+CvHoldout = Literal["users", "comparisons"]
+Weights = Literal[WeightSpace, "auto"]
 AUTO = "auto"
 LEARNED = "learned"
 #: the isotropic prior strength used where a learned prior cannot be (K = 1, one user)
 FALLBACK_PRIOR = 0.3
-SOLVERS = ("adam-alternating", "lbfgs")
-FEWSHOT_SOLVERS = ("adam", "lbfgs")
-REGULARIZERS = ("cosine", "l2")
-INITS = ("spectral", "svd", "random")
-CV_HOLDOUTS = ("users", "comparisons")
-WEIGHTS = ("simplex", "signed", "auto")
-TUPLE_FIELDS = ("warmup", "weight_decay_grid", "rank_grid", "personalization_grid")
+RECIPES: tuple[str, ...] = get_args(Recipe)
+SOLVERS: tuple[str, ...] = get_args(Solver)
+FEWSHOT_SOLVERS: tuple[str, ...] = get_args(FewshotSolver)
+REGULARIZERS: tuple[str, ...] = get_args(Regularizer)
+INITS: tuple[str, ...] = get_args(Init)
+CV_HOLDOUTS: tuple[str, ...] = get_args(CvHoldout)
+WEIGHTS: tuple[str, ...] = get_args(Weights)
+
+POSITIVE = Interval(float, 0, None, closed="neither")
+NON_NEGATIVE = Interval(float, 0)
+COUNT = Interval(int, 0)
+FRACTION = Interval(float, 0, 1)
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
+def _f(default: Any, help: str, *rule: Any) -> Any:
+    """A field: its default, help text and rule (the constraints any of which its values
+    meet; a ``Literal`` type stands for its words)."""
+    checks = tuple(choices_of(r) if get_args(r) else r for r in rule)
     if isinstance(default, list | tuple):
-        return field(default=tuple(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        default = tuple(default)
+    return field(default=default, metadata={"help": help, "rule": checks})
 
 
 @dataclass(frozen=True)
@@ -40,67 +58,84 @@ class FitConfig:
     The field help texts below are the documentation (``FitConfig.help(name)``).
     """
 
-    recipe: Recipe = _f("default", "'default' (lore-rm's) or 'paper' (the published recipe).")
+    recipe: Recipe = _f(
+        "default", "'default' (lore-rm's) or 'paper' (the published recipe).", Recipe
+    )
     scale: float = _f(
         1.0,
         "Fixed scale s in P = sigmoid(s * x V w) (paper 0.01; default 1 on standardised features).",
+        POSITIVE,
     )
     standardize: bool = _f(
         True,
         "Divide each feature dimension by its RMS before fitting (folded back into the basis).",
+        Flag(),
     )
-    solver: Literal["adam-alternating", "lbfgs"] = _f(
+    solver: Solver = _f(
         "lbfgs",
         "'lbfgs' (joint, to convergence) or 'adam-alternating' (the published loop).",
-        choices=SOLVERS,
+        Solver,
     )
     weights: Weights = _f(
         "simplex",
         "Users' weights: 'simplex' (LoRe's: a point of the probability simplex over the basis "
         "columns), 'signed' (the population's mean weights plus a signed offset per user, so "
         "a user can want the opposite of a column) or 'auto' (chosen by the cross-validation).",
-        choices=WEIGHTS,
+        Weights,
     )
-    init: Literal["spectral", "svd", "random"] = _f(
+    init: Init = _f(
         "spectral",
         "Start of the L-BFGS fit: 'spectral' (pooled direction + users' top spread directions), "
         "'svd' (top singular vectors of the users' summed features) or 'random'.",
-        choices=INITS,
+        Init,
     )
-    n_iter: int = _f(1000, "Iteration cap (paper: exactly 1000 Adam steps).")
-    tol: float = _f(1e-5, "L-BFGS stops when the largest gradient entry is below this.")
-    lr: float = _f(1.0, "Learning rate (Adam) or step size (L-BFGS).")
-    alpha: float = _f(0.0, "Weight of the penalty tying basis columns to the reference head.")
-    regularizer: Literal["cosine", "l2"] = _f(
+    n_iter: int = _f(1000, "Iteration cap (paper: exactly 1000 Adam steps).", COUNT)
+    tol: float = _f(1e-5, "L-BFGS stops when the largest gradient entry is below this.", POSITIVE)
+    lr: float = _f(1.0, "Learning rate (Adam) or step size (L-BFGS).", POSITIVE)
+    alpha: float = _f(
+        0.0, "Weight of the penalty tying basis columns to the reference head.", NON_NEGATIVE
+    )
+    regularizer: Regularizer = _f(
         "cosine",
         "'cosine' (alpha * mean_k(1 - cos(V_k, v_ref))) or 'l2' (alpha * sum ||V_k - v_ref||^2).",
-        choices=REGULARIZERS,
+        Regularizer,
     )
     warmup: tuple[float, float] = _f(
-        (0.2, 0.8), "Fractions of n_iter where the alpha ramp starts and ends (Adam solver)."
+        (0.2, 0.8),
+        "Fractions of n_iter where the alpha ramp starts and ends (Adam solver).",
+        Several(FRACTION, length=2, ordered=True),
     )
     weight_decay: float | str = _f(
         AUTO,
         "Ridge (weight_decay/2) * ||V||^2 on the standardised basis; 'auto' chooses it by "
         "cross-validation over weight_decay_grid.",
+        Word(AUTO),
+        NON_NEGATIVE,
     )
     weight_decay_grid: tuple[float, ...] = _f(
-        (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), "Ridge values tried by weight_decay='auto'."
+        (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+        "Ridge values tried by weight_decay='auto'.",
+        Several(NON_NEGATIVE),
     )
     ridge_path: bool = _f(
         True,
         "Reach the ridge by a warm-started path through the weaker weight_decay_grid values, "
         "as the cross-validation scores it (a cold start at a strong ridge can stop at the "
         "pooled saddle); false starts at the ridge directly.",
+        Flag(),
     )
-    rank_grid: tuple[int, ...] = _f((1, 2, 3, 4, 6, 8), "Ranks tried by rank='auto'.")
-    cv_folds: int = _f(5, "Cross-validation folds for the 'auto' settings (see cv_holdout).")
-    cv_holdout: Literal["users", "comparisons"] = _f(
+    rank_grid: tuple[int, ...] = _f(
+        (1, 2, 3, 4, 6, 8), "Ranks tried by rank='auto'.", Several(Interval(int, 1))
+    )
+    cv_folds: int = _f(
+        5, "Cross-validation folds for the 'auto' settings (see cv_holdout).", Interval(int, 2)
+    )
+    cv_holdout: CvHoldout = _f(
         "users",
         "What a cross-validation fold holds out: 'users' (whole users; the fold's basis is scored "
         "on them after fitting their weights on part of their comparisons, as for new users) or "
         "'comparisons' (a share of every user's comparisons).",
-        choices=CV_HOLDOUTS,
+        CvHoldout,
     )
     cv_exclude_pairs: bool = _f(
         True,
@@ -108,17 +143,20 @@ class FitConfig:
         "as new users meet new prompts: every pair is dealt to a fold, and a held-out row "
         "whose pair other users labelled is scored (its pair's training rows left out) only "
         "in the pair's own fold (dense features name no texts: every held-out row is scored).",
+        Flag(),
     )
     one_se: bool = _f(
         True,
         "Pick the simplest setting (lower rank, then stronger ridge) whose cross-validated "
         "log-loss is within one standard error of the best.",
+        Flag(),
     )
     calibrate: bool = _f(
         True,
         "Multiply the fitted model's margins (rewards, probabilities, their std) by the scale at "
         "which the cross-validation's held-out users find them calibrated (learned when an "
         "'auto' setting is searched with cv_holdout='users'; otherwise, or when false, 1).",
+        Flag(),
     )
     hierarchical: bool = _f(
         True,
@@ -126,6 +164,7 @@ class FitConfig:
         "Bayes, alternating with the basis), as new users' are: users with few comparisons are "
         "pulled toward the population as far as their data says; false leaves them free "
         "(only user_l2).",
+        Flag(),
     )
     personalization: float | str = _f(
         AUTO,
@@ -133,36 +172,44 @@ class FitConfig:
         "w_bar + strength * (w_u - w_bar) (0 = every user gets the shared reward); 'auto' "
         "takes the weakest of personalization_grid within one standard error of the best "
         "cross-validated loss (1 when nothing is searched).",
+        Word(AUTO),
+        FRACTION,
     )
     personalization_grid: tuple[float, ...] = _f(
-        (0.0, 0.25, 0.5, 0.75, 1.0), "Strengths tried by personalization='auto'."
+        (0.0, 0.25, 0.5, 0.75, 1.0), "Strengths tried by personalization='auto'.", Several(FRACTION)
     )
     user_l2: float = _f(
-        1e-3, "L2 penalty on user logits (keeps weights off the simplex's corners)."
+        1e-3, "L2 penalty on user logits (keeps weights off the simplex's corners).", NON_NEGATIVE
     )
     validation_fraction: float = _f(
         0.0,
         "Optional early-stopping guard: share of training comparisons held out; the fit stops "
         "after `patience` checks (every 25 iterations) without held-out improvement (0 = off).",
+        Interval(float, 0, 1, closed="left"),
     )
-    patience: int = _f(5, "Checks without held-out improvement before the guard stops.")
+    patience: int = _f(5, "Checks without held-out improvement before the guard stops.", COUNT)
     prune_threshold: float | None = _f(
-        None, "After fitting, drop basis columns whose largest user weight is below this."
+        None,
+        "After fitting, drop basis columns whose largest user weight is below this.",
+        Word(None),
+        NON_NEGATIVE,
     )
-    fewshot_solver: Literal["adam", "lbfgs"] = _f(
+    fewshot_solver: FewshotSolver = _f(
         "lbfgs",
         "New-user fit: 'lbfgs' (MAP, all users at once) or 'adam' (published).",
-        choices=FEWSHOT_SOLVERS,
+        FewshotSolver,
     )
-    fewshot_n_iter: int = _f(100, "Iterations of the new-user fit.")
-    fewshot_lr: float = _f(1.0, "Learning rate / step size of the new-user fit.")
+    fewshot_n_iter: int = _f(100, "Iterations of the new-user fit.", COUNT)
+    fewshot_lr: float = _f(1.0, "Learning rate / step size of the new-user fit.", POSITIVE)
     fewshot_prior: float | str = _f(
         LEARNED,
         "Prior on a new user's logits: 'learned' (a mean and covariance learned from the seen "
         "users, empirical Bayes) or a number (the strength of an isotropic Gaussian around "
         "the population's mean weights).",
+        Word(LEARNED),
+        NON_NEGATIVE,
     )
-    seed: int = _f(0, "Seeds every random draw of the fit.")
+    seed: int = _f(0, "Seeds every random draw of the fit.", COUNT)
 
     @classmethod
     def for_recipe(cls, recipe: Recipe = "default", **overrides) -> FitConfig:
@@ -195,8 +242,9 @@ class FitConfig:
         if unknown:
             raise LoreError(f"unknown fit setting(s): {', '.join(unknown)}")
         for name in TUPLE_FIELDS:
-            if name in overrides and overrides[name] is not None:
-                overrides[name] = tuple(overrides[name])
+            value = overrides.get(name)
+            if isinstance(value, Iterable) and not isinstance(value, str | tuple):
+                overrides[name] = tuple(value)
         cfg = replace(base, **overrides)
         cfg.validate()
         return cfg
@@ -216,86 +264,9 @@ class FitConfig:
         return "signed" if self.weights == "signed" else "simplex"
 
     def validate(self) -> None:
-        """Raise :class:`LoreError` naming the first field whose value cannot work."""
-
-        def positive(name: str, strict: bool = True) -> None:
-            v = getattr(self, name)
-            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            if not ok or v < 0 or (strict and v == 0):
-                raise LoreError(
-                    f"{name} must be a {'positive' if strict else 'non-negative'} number, got {v!r}"
-                )
-
-        for name, choices in (
-            ("solver", SOLVERS),
-            ("fewshot_solver", FEWSHOT_SOLVERS),
-            ("regularizer", REGULARIZERS),
-            ("init", INITS),
-            ("cv_holdout", CV_HOLDOUTS),
-            ("weights", WEIGHTS),
-            ("recipe", ("default", "paper")),
-        ):
-            if getattr(self, name) not in choices:
-                raise LoreError(
-                    f"{name} must be one of {', '.join(map(repr, choices))}, "
-                    f"got {getattr(self, name)!r}"
-                )
-        for name in ("scale", "lr", "fewshot_lr", "tol"):
-            positive(name)
-        for name in ("alpha", "user_l2"):
-            positive(name, strict=False)
-        prior = self.fewshot_prior
-        if prior != LEARNED and not (
-            isinstance(prior, int | float)
-            and not isinstance(prior, bool)
-            and math.isfinite(prior)
-            and prior >= 0
-        ):
-            raise LoreError(
-                f"fewshot_prior must be 'learned' or a non-negative number, got {prior!r}"
-            )
-        for name in ("n_iter", "fewshot_n_iter", "patience", "seed"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise LoreError(f"{name} must be a non-negative integer, got {v!r}")
-        if self.weight_decay != AUTO:
-            positive("weight_decay", strict=False)
-        if not self.weight_decay_grid or any(
-            not isinstance(v, int | float) or not math.isfinite(v) or v < 0
-            for v in self.weight_decay_grid
-        ):
-            raise LoreError(
-                f"weight_decay_grid must be non-negative numbers, got {self.weight_decay_grid!r}"
-            )
-        lam = self.personalization
-        if lam != AUTO and not (
-            isinstance(lam, int | float) and not isinstance(lam, bool) and 0.0 <= lam <= 1.0
-        ):
-            raise LoreError(f"personalization must be 'auto' or a number in [0, 1], got {lam!r}")
-        if not self.personalization_grid or any(
-            not isinstance(v, int | float) or isinstance(v, bool) or not 0.0 <= v <= 1.0
-            for v in self.personalization_grid
-        ):
-            raise LoreError(
-                f"personalization_grid must be numbers in [0, 1], got {self.personalization_grid!r}"
-            )
-        if not self.rank_grid or any(
-            not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in self.rank_grid
-        ):
-            raise LoreError(f"rank_grid must be positive integers, got {self.rank_grid!r}")
-        if not isinstance(self.cv_folds, int) or self.cv_folds < 2:
-            raise LoreError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise LoreError(
-                f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
-            )
-        if self.prune_threshold is not None:
-            positive("prune_threshold", strict=False)
-        if len(self.warmup) != 2:
-            raise LoreError(f"warmup must be two fractions (start, end), got {self.warmup!r}")
-        lo, hi = self.warmup
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise LoreError(f"warmup must satisfy 0 <= start <= end <= 1, got {self.warmup}")
+        """Raise :class:`LoreError` naming the first field whose value its rule refuses."""
+        for f in fields(self):
+            check(f.name, getattr(self, f.name), rule_of(f))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -305,12 +276,27 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FitConfig:
+        """The config :meth:`to_dict` wrote. Keys this lore-rm does not know (a folder written
+        by a newer one) are left out, with a warning naming them."""
         known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            warnings.warn(
+                f"fit settings this lore-rm does not know, ignored: {', '.join(unknown)} "
+                "(written by a newer lore-rm?)",
+                stacklevel=2,
+            )
         kw = {k: v for k, v in d.items() if k in known}
         for name in TUPLE_FIELDS:
-            if name in kw:
+            if isinstance(kw.get(name), list):
                 kw[name] = tuple(kw[name])
         return cls(**kw)
+
+
+#: the fields whose values are tuples (lists in JSON)
+TUPLE_FIELDS = tuple(
+    f.name for f in fields(FitConfig) if any(isinstance(c, Several) for c in rule_of(f))
+)
 
 
 def field_default(name: str) -> Any:

@@ -2,7 +2,7 @@
 
 The joint fit alone gives every seen user free weights: with 15 comparisons they fit noise,
 and where users mostly agree their own weights lose to the population's mean weights
-(measured in docs/recipes.md). Here the seen users' logits get the same logistic-normal prior
+(measured in docs/measurements.md). Here the seen users' logits get the same logistic-normal prior
 new users get, learned from them by empirical Bayes, inside the joint fit:
 
 1. from the joint fit's basis, learn the prior ``N(mu, Sigma)`` by Laplace EM

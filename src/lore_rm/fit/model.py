@@ -7,9 +7,9 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal, cast, overload
 
 import numpy as np
 import torch
@@ -18,12 +18,12 @@ from lore_rm.comparisons import Comparisons
 from lore_rm.devices import as_device
 from lore_rm.errors import DataError, LoreError, UnknownUserError
 from lore_rm.fit.active import DUPLICATE_TOL, QuestionSelection, select
-from lore_rm.fit.auto import AUTO, chosen_strength, diagnose, resolve_auto
-from lore_rm.fit.calibration import margin_calibration
+from lore_rm.fit.auto import AUTO, chosen_strength, diagnose, margin_calibration, resolve_auto
 from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig, Recipe
 from lore_rm.fit.empirical_bayes import learn_prior
 from lore_rm.fit.hierarchy import shrink_seen_users
-from lore_rm.fit.link import check_space
+from lore_rm.fit.history import FitHistory
+from lore_rm.fit.link import WeightSpace, check_space
 from lore_rm.fit.persistence import load_model, save_model
 from lore_rm.fit.posterior import (
     WeightsPosterior,
@@ -34,8 +34,9 @@ from lore_rm.fit.posterior import (
 )
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
 from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights, signed_prior
+from lore_rm.fit.user_table import UserTable
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
-from lore_rm.ranking import LEVEL, Ranking, rank_embeddings
+from lore_rm.ranking import LEVEL, Ranking, candidate_groups, rank_groups
 
 Tensor = torch.Tensor
 #: a personalisation strength: the model's (None), one number, or one per user / row
@@ -55,7 +56,57 @@ class LowRankReward:
 
     Hyperparameters live in the constructor (``settings`` override single fields of the
     recipe's :class:`~lore_rm.fit.config.FitConfig`); learned state ends in ``_``.
+
+    Attributes
+    ----------
+    rank_ : int
+        The rank fitted (the one chosen when ``rank="auto"``); 0 is the reference head.
+    n_components_ : int
+        Basis columns kept (``rank_``, less columns pruned by ``prune_threshold``).
+    d_ : int
+        The embedding dimension.
+    basis_ : Tensor (d, K)
+        The shared reward basis ``V``, in raw embedding units.
+    users_ : list[str]
+        The known user ids, in the order of ``user_weights_`` (read only).
+    user_weights_ : Tensor (U, K)
+        Each known user's weights (a point of the simplex, or signed: ``weight_space_``).
+    population_weights_ : Tensor (K,)
+        The mean weights of the users the fit saw: the shared reward, and unknown users'.
+    user_table_ : UserTable
+        The state behind the three above (:class:`~lore_rm.fit.user_table.UserTable`).
+    weight_space_ : {"simplex", "signed"}
+        What a user's weights are (:mod:`lore_rm.fit.link`).
+    personalization_ : float
+        The strength in [0, 1] at which users' own weights are used
+        (``w_bar + personalization_ * (w_u - w_bar)``; 0: everyone gets the shared reward).
+    scale_ : float
+        The fixed scale ``s`` of the Bradley–Terry logit the fits use.
+    margin_scale_ : float
+        The calibration of every output (:mod:`lore_rm.fit.calibration`); 1 when not learned.
+    reference_head_ : Tensor (d,) or None
+        The backbone's own reward direction, when it has one.
+    prior_ : LogitPrior or None
+        The few-shot prior learned from the seen users (:meth:`few_shot_prior`).
+    config_ : FitConfig
+        The settings the model was fitted with (the 'auto' ones resolved).
+    history_ : FitHistory
+        What the fit recorded: the search, calibration, prior, hierarchy
+        (:class:`~lore_rm.fit.history.FitHistory`).
     """
+
+    rank_: int
+    d_: int
+    basis_: Tensor
+    user_table_: UserTable
+    weight_space_: WeightSpace
+    personalization_: float
+    scale_: float
+    margin_scale_: float
+    reference_head_: Tensor | None
+    prior_: LogitPrior | None
+    config_: FitConfig
+    history_: FitHistory
 
     def __init__(
         self,
@@ -120,6 +171,7 @@ class LowRankReward:
         device: str | torch.device = "cpu",
         seed: int = 0,
         fit_config: FitConfig | None = None,
+        prior: LogitPrior | None = None,
         **settings,
     ) -> LowRankReward:
         """A fitted model from its arrays: basis (d, K), user weights (U, K) and user ids.
@@ -127,7 +179,8 @@ class LowRankReward:
         ``population_weights`` default to the mean of ``user_weights``; ``rank`` defaults to
         K; ``fit_config`` to the recipe's settings. ``margin_scale`` multiplies every output
         (rewards, margins and their std), not the fits. ``strength`` is the personalisation
-        strength (``personalization_``) and ``weight_space`` "simplex" or "signed".
+        strength (``personalization_``) and ``weight_space`` "simplex" or "signed";
+        ``prior`` the learned few-shot prior (``prior_``), if any.
         """
         basis = torch.as_tensor(basis, dtype=torch.float32).clone()  # never the caller's memory
         weights = torch.as_tensor(user_weights, dtype=torch.float32).clone()
@@ -157,14 +210,12 @@ class LowRankReward:
         model.d_ = int(d)
         model.scale_ = float(scale)
         model.margin_scale_ = float(margin_scale)
-        model.users_ = users
+        model.user_table_ = UserTable(users, weights, population)
         model.config_ = fit_config if fit_config is not None else model.config
         model.basis_ = basis
-        model.user_weights_ = weights
-        model.population_weights_ = population
         model.reference_head_ = _as_reference(reference_head, int(d))
         model.history_ = {}
-        model.prior_ = None
+        model.prior_ = prior
         model.personalization_ = float(strength)
         model.weight_space_ = check_space(weight_space)
         return model
@@ -209,14 +260,14 @@ class LowRankReward:
         self.weight_space_ = cfg.space
         self.rank_ = rank
         self.d_ = comparisons.d
-        self.users_ = list(comparisons.user_ids)
+        users = list(comparisons.user_ids)
         self.reference_head_ = ref
         self.config_ = cfg
         shrunk: dict | None = None
         learned: LogitPrior | None = None
         if rank == 0:  # the reference head as a one-column basis, weight 1 for everyone
             self.basis_ = ref[:, None].clone()  # type: ignore[index]  # checked above
-            self.user_weights_ = torch.ones(len(self.users_), 1)
+            weights = torch.ones(len(users), 1)
             self.scale_ = 1.0
             self.history_ = {}
         else:
@@ -224,9 +275,9 @@ class LowRankReward:
             if cfg.hierarchical and cfg.solver == "lbfgs" and rank > 1:
                 result, learned, shrunk = shrink_seen_users(data, result, cfg, ref_dev)
             self.basis_ = result.basis.detach().cpu()
-            self.user_weights_ = result.user_weights.detach().cpu()
+            weights = result.user_weights.detach().cpu()
             self.scale_ = float(cfg.scale)
-            self.history_ = result.history
+            self.history_ = cast(FitHistory, result.history)
             if shrunk is not None:
                 self.history_["hierarchy"] = shrunk
         self.personalization_ = chosen_strength(selection, cfg, rank)
@@ -235,12 +286,13 @@ class LowRankReward:
         self.margin_scale_ = float(self.history_["calibration"]["margin_scale"])
         counts = comparisons.counts_per_user().cpu()
         fitted = counts > 0
-        self.population_weights_ = (
-            self.user_weights_[fitted].mean(dim=0)
+        population = (
+            weights[fitted].mean(dim=0)
             if fitted.any()
             else torch.full((self.n_components_,), 1.0 / max(self.n_components_, 1))
         )
-        self.prior_: LogitPrior | None = None
+        self.user_table_ = UserTable(users, weights, population)
+        self.prior_ = None
         if cfg.fewshot_prior == LEARNED and rank > 1 and self.weight_space_ == "signed":
             self.prior_ = signed_prior(self.population_weights_)
             self.history_["prior"] = {
@@ -369,60 +421,44 @@ class LowRankReward:
     def set_user_weights(self, ids: Sequence[str], weights: Tensor) -> None:
         """Set the weights (len(ids), K) of ``ids``, adding the ids not known yet.
 
-        Costs O(len(ids)) amortised, whatever the number of users: the id index is kept with
-        the model and the weight rows grow into spare capacity (doubled when full).
+        Costs O(len(ids)) amortised, whatever the number of users (:class:`UserTable`).
         """
-        ids = [str(u) for u in ids]
-        weights = torch.as_tensor(weights, dtype=torch.float32)
-        if weights.shape != (len(ids), self.n_components_):
-            raise DataError(
-                f"weights must have shape ({len(ids)}, {self.n_components_}), "
-                f"got {tuple(weights.shape)}"
-            )
-        index = self._user_index()
-        new = list(dict.fromkeys(u for u in ids if u not in index))
-        if new:
-            self._grow_weights(len(new))
-            first = len(self.users_)
-            self.users_.extend(new)
-            index.update((u, first + i) for i, u in enumerate(new))
-            self._index_size = len(self.users_)
-        rows = torch.tensor([index[u] for u in ids], dtype=torch.int64)
-        self.user_weights_[rows] = weights.to(self.user_weights_.dtype)
+        self._require_fitted()
+        self.user_table_.set(ids, weights)
 
-    def _user_index(self) -> dict[str, int]:
-        """Row of every user id, kept with the model; rebuilt only when ``users_`` was
-        replaced or changed size behind the model's back."""
-        cached = getattr(self, "_index", None)
-        if (
-            cached is None
-            or getattr(self, "_index_of", None) is not self.users_
-            or getattr(self, "_index_size", -1) != len(self.users_)
-        ):
-            cached = {u: i for i, u in enumerate(self.users_)}
-            self._index, self._index_of, self._index_size = cached, self.users_, len(self.users_)
-        return cached
+    def drop_users(self, ids: Sequence[str]) -> list[str]:
+        """Forget ``ids`` (they get the population's weights from now on); returns those the
+        model knew. Costs one pass over the users."""
+        self._require_fitted()
+        return self.user_table_.drop(ids)
 
-    def _grow_weights(self, extra: int) -> None:
-        """``user_weights_`` gains ``extra`` zero rows, in spare capacity when there is some."""
-        n, k = self.user_weights_.shape
-        buffer = getattr(self, "_weights_buffer", None)
-        in_buffer = (
-            buffer is not None
-            and buffer.shape[1] == k
-            and buffer.dtype == self.user_weights_.dtype
-            and buffer.data_ptr() == self.user_weights_.data_ptr()
-            and self.user_weights_.is_contiguous()
-        )
-        if not in_buffer or buffer.shape[0] < n + extra:  # type: ignore[union-attr]
-            buffer = torch.zeros(max(n + extra, 2 * n, 16), k, dtype=self.user_weights_.dtype)
-            buffer[:n] = self.user_weights_
-            self._weights_buffer = buffer
-        assert buffer is not None
-        buffer[n : n + extra] = 0
-        self.user_weights_ = buffer[: n + extra]
+    def for_users(self, users: Sequence[str | None]) -> LowRankReward:
+        """A copy of the model that knows only those of ``users`` it knows now, with their
+        current weights (the others are unknown to it). The basis, the prior and the settings
+        are shared, read only: posteriors, rewards and questions for a few users, computed
+        while this model goes on changing (the service does so outside its lock)."""
+        self._require_fitted()
+        view = copy.copy(self)
+        view.user_table_ = self.user_table_.subset(users)
+        return view
 
     # ---- using -----------------------------------------------------------------------------
+    @property
+    def users_(self) -> list[str]:
+        """The known user ids, in weight-row order (read only: change them through
+        :meth:`set_user_weights`, :meth:`personalize` or :meth:`drop_users`)."""
+        return self.user_table_.ids
+
+    @property
+    def user_weights_(self) -> Tensor:
+        """The users' weights (U, K), in the order of ``users_``."""
+        return self.user_table_.weights
+
+    @property
+    def population_weights_(self) -> Tensor:
+        """The population's mean weights (K,): unknown users' and the shared reward's."""
+        return self.user_table_.population
+
     @property
     def n_components_(self) -> int:
         """Columns of the basis actually kept (the rank, less pruned columns)."""
@@ -484,28 +520,7 @@ class LowRankReward:
     def _own_weights(self, users: Sequence[str | None], unknown: str) -> tuple[Tensor, Tensor]:
         """Each user's own fitted weights (the population's for unknown ones) and the mask."""
         self._require_fitted()
-        if unknown not in ("error", "mean"):
-            raise LoreError(f"unknown must be 'error' or 'mean', got {unknown!r}")
-        index = self._user_index()
-        rows = [-1 if u is None else index.get(str(u), -1) for u in users]
-        known = torch.tensor([r >= 0 for r in rows], dtype=torch.bool)
-        if unknown == "error" and not bool(known.all()):
-            bad = users[int((~known).nonzero()[0])]
-            if bad is None:
-                raise UnknownUserError(
-                    "user id None: a missing id is an unknown user; pass unknown='mean' to "
-                    "give it the population's mean weights"
-                )
-            raise UnknownUserError(
-                f"unknown user id {bad!r}: the model knows {len(self.users_)} users; "
-                "personalize() them first or pass unknown='mean'"
-            )
-        w = torch.empty(len(rows), self.n_components_)
-        if known.any():
-            w[known] = self.user_weights_[torch.tensor(rows)[known]]
-        if (~known).any():
-            w[~known] = self.population_weights_
-        return w, known
+        return self.user_table_.lookup(users, unknown)
 
     @overload
     def reward(
@@ -517,6 +532,7 @@ class LowRankReward:
         return_std: Literal[False] = ...,
         posterior: WeightsPosterior | None = ...,
         personalization: Strength = ...,
+        return_known: Literal[False] = ...,
     ) -> Tensor: ...
 
     @overload
@@ -529,7 +545,34 @@ class LowRankReward:
         return_std: Literal[True],
         posterior: WeightsPosterior | None = ...,
         personalization: Strength = ...,
+        return_known: Literal[False] = ...,
     ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def reward(
+        self,
+        embeddings,
+        users: str | Sequence[str | None],
+        *,
+        unknown: str = ...,
+        return_std: Literal[False] = ...,
+        posterior: WeightsPosterior | None = ...,
+        personalization: Strength = ...,
+        return_known: Literal[True],
+    ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def reward(
+        self,
+        embeddings,
+        users: str | Sequence[str | None],
+        *,
+        unknown: str = ...,
+        return_std: Literal[True],
+        posterior: WeightsPosterior | None = ...,
+        personalization: Strength = ...,
+        return_known: Literal[True],
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
 
     def reward(
         self,
@@ -540,7 +583,8 @@ class LowRankReward:
         return_std: bool = False,
         posterior: WeightsPosterior | None = None,
         personalization: Strength = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        return_known: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Personalised reward (M,) of each embedding row for its user (or one user for all).
 
         ``reward = reward_scale * e @ basis @ w_u`` (rank 0: the basis is the reference head
@@ -555,6 +599,9 @@ class LowRankReward:
 
         ``personalization`` (in [0, 1]; default the model's ``personalization_``) moves every
         known user between the shared weights (0) and their own (1); see :meth:`weights_for`.
+
+        ``return_known=True`` appends which rows' users the model knows (M,) bool (the others
+        got the population's weights): ``(reward, known)`` or ``(reward, std, known)``.
         """
         self._require_fitted()
         e = torch.as_tensor(embeddings)
@@ -575,8 +622,9 @@ class LowRankReward:
         y = e @ self.basis_
         r = self.reward_scale * (y * w).sum(dim=1)
         if not return_std:
-            return r
-        return r, self._std(y, list(users), known, posterior, lam).to(r.dtype)
+            return (r, known) if return_known else r
+        std = self._std(y, list(users), known, posterior, lam).to(r.dtype)
+        return (r, std, known) if return_known else (r, std)
 
     def _std(
         self,
@@ -613,9 +661,15 @@ class LowRankReward:
         list of such tensors (one per prompt, ``users`` one id each) gives a list. With a
         ``posterior``, intervals at ``level``; see :mod:`lore_rm.ranking`. (``rank`` is
         the rank hyperparameter.)"""
-        return rank_embeddings(
-            self, candidates, users, posterior=posterior, level=level, unknown=unknown
-        )
+        e, rows, per_group, sizes = candidate_groups(candidates, users)
+        std = None
+        if posterior is None:
+            r = self.reward(e, rows, unknown=unknown)
+        else:
+            r, std = self.reward(e, rows, unknown=unknown, return_std=True, posterior=posterior)
+        _, known = self.weights_for(per_group, unknown="mean")
+        out = rank_groups(r, sizes, known=known, std=std, level=level)
+        return out[0] if isinstance(candidates, Tensor) else out
 
     def margins(
         self,
@@ -687,7 +741,7 @@ class LowRankReward:
         prior_precision: float | None = None,
         hessian: str = "gauss-newton",
         unknown: str = "error",
-    ) -> WeightsPosterior:
+    ) -> LaplacePosterior:
         """Laplace posterior of users' logits at their fitted weights (nothing is stored).
 
         The model does not keep training comparisons: pass those each user's weights were
@@ -697,6 +751,9 @@ class LowRankReward:
         ``prior_precision`` replaces it by an isotropic one of that strength. It must be
         positive (it makes the Hessian invertible, see :mod:`lore_rm.fit.posterior`).
         ``hessian`` is ``"gauss-newton"`` (the default) or ``"exact"``.
+
+        The result predicts under itself: ``post.reward(e, users)`` (rewards and their std),
+        ``post.proba(comparisons)``, ``post.select_questions(candidates, n)``.
         """
         self._require_fitted()
         if prior_precision is None:
@@ -738,7 +795,9 @@ class LowRankReward:
             h = logit_hessian(torch.zeros(0, k), w, empty, 1.0, lam_matrix)
             counts = torch.zeros(len(ids), dtype=torch.int64)
         cov = covariance_from_hessian(h, lam, hessian)
-        return WeightsPosterior(ids, w, cov, counts, lam_matrix, hessian, self.weight_space_)
+        return LaplacePosterior(
+            ids, w, cov, counts, lam_matrix, hessian, self.weight_space_, model=self
+        )
 
     def select_questions(
         self,
@@ -843,7 +902,54 @@ class LowRankReward:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str = "cpu") -> LowRankReward:
         """The model saved in folder ``path`` by :meth:`save_pretrained`."""
-        return load_model(cls, path, device)
+        return load_model(cls.from_arrays, path, device)
+
+
+@dataclass(frozen=True)
+class LaplacePosterior(WeightsPosterior):
+    """A :class:`~lore_rm.fit.posterior.WeightsPosterior` that predicts under itself, with
+    the model it came from (:meth:`LowRankReward.weights_posterior`): the same numbers as the
+    model's methods given ``posterior=`` this object."""
+
+    model: LowRankReward | None = field(default=None, repr=False, compare=False, kw_only=True)
+
+    def _model(self) -> LowRankReward:
+        if self.model is None:
+            raise LoreError("this posterior has no model: use LowRankReward.weights_posterior")
+        return self.model
+
+    def reward(
+        self,
+        embeddings,
+        users: str | Sequence[str | None],
+        *,
+        unknown: str = "error",
+        personalization: Strength = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Rewards (M,) and their std (M,) under this posterior (:meth:`LowRankReward.reward`
+        with ``return_std=True``)."""
+        return self._model().reward(
+            embeddings,
+            users,
+            unknown=unknown,
+            return_std=True,
+            posterior=self,
+            personalization=personalization,
+        )
+
+    def proba(
+        self, comparisons: Comparisons, *, unknown: str = "error", personalization: Strength = None
+    ) -> Tensor:
+        """P(chosen preferred) of every comparison averaged over this posterior (probit;
+        :meth:`LowRankReward.predict_proba`)."""
+        return self._model().predict_proba(
+            comparisons, posterior=self, unknown=unknown, personalization=personalization
+        )
+
+    def select_questions(self, candidates: Comparisons, n: int, **kw) -> QuestionSelection:
+        """The questions to ask these users next (:meth:`LowRankReward.select_questions`;
+        ``criterion``, ``seed``, ``duplicate_tol``, ``asked`` as there)."""
+        return self._model().select_questions(candidates, n, posterior=self, **kw)
 
 
 def _check_nonempty(c: Comparisons, what: str) -> None:

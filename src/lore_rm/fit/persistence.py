@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, TypeVar
 
 import torch
 from safetensors.torch import save_file
@@ -38,6 +39,7 @@ from lore_rm.constants import (
 from lore_rm.errors import ModelFormatError
 from lore_rm.fit.config import FitConfig
 from lore_rm.fit.folder_checks import check_config, check_loaded, file_hashes
+from lore_rm.fit.history import FitHistory
 from lore_rm.fit.prior import LogitPrior
 from lore_rm.io import (
     atomic_write,
@@ -49,13 +51,59 @@ from lore_rm.io import (
 from lore_rm.version import __version__
 from lore_rm.wording import counted
 
-if TYPE_CHECKING:  # pragma: no cover
-    from lore_rm.fit.model import LowRankReward
-
 Tensor = torch.Tensor
+M = TypeVar("M")
 
 
-def save_model(model: LowRankReward, path: str | os.PathLike) -> Path:
+class SavedModel(Protocol):
+    """What a model folder is written from: a fitted
+    :class:`~lore_rm.fit.model.LowRankReward` (its Attributes)."""
+
+    @property
+    def rank(self) -> int | str: ...
+    @property
+    def recipe(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def backbone(self) -> str | None: ...
+    @property
+    def settings(self) -> dict[str, Any]: ...
+    @property
+    def rank_(self) -> int: ...
+    @property
+    def d_(self) -> int: ...
+    @property
+    def n_components_(self) -> int: ...
+    @property
+    def scale_(self) -> float: ...
+    @property
+    def margin_scale_(self) -> float: ...
+    @property
+    def personalization_(self) -> float: ...
+    @property
+    def personalizes(self) -> bool: ...
+    @property
+    def weight_space_(self) -> str: ...
+    @property
+    def users_(self) -> list[str]: ...
+    @property
+    def basis_(self) -> Tensor: ...
+    @property
+    def user_weights_(self) -> Tensor: ...
+    @property
+    def population_weights_(self) -> Tensor: ...
+    @property
+    def reference_head_(self) -> Tensor | None: ...
+    @property
+    def prior_(self) -> LogitPrior | None: ...
+    @property
+    def config_(self) -> FitConfig: ...
+    @property
+    def history_(self) -> FitHistory: ...
+
+
+def save_model(model: SavedModel, path: str | os.PathLike) -> Path:
     """Write the model folder ``path`` (created if needed); each file is written atomically."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,8 +137,9 @@ def save_model(model: LowRankReward, path: str | os.PathLike) -> Path:
     return out
 
 
-def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -> LowRankReward:
-    """The model saved in folder ``path`` (format version 1 to 5)."""
+def load_model(build: Callable[..., M], path: str | os.PathLike, device: str) -> M:
+    """The model saved in folder ``path`` (format version 1 to 5), made by ``build`` (the
+    model class's ``from_arrays``) from the folder's arrays and fields."""
     folder = Path(path)
     cfg_path = folder / MODEL_CONFIG_FILE
     if not cfg_path.is_file():
@@ -117,14 +166,20 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
         basis = tensors["reference_head"].flatten()[:, None]
         weights = torch.ones(weights.shape[0], 1)
         population = torch.ones(1)
-    model = cls.from_arrays(
+    space = config.get("weights", "simplex")
+    prior = None
+    if "prior_mean" in tensors:
+        prior = LogitPrior(
+            tensors["prior_mean"].double(), tensors["prior_precision"].double(), "learned", space
+        )
+    return build(
         basis,
         weights,
         users,
         scale=config["scale"],
         margin_scale=config.get("margin_scale", 1.0),
         strength=config.get("personalization", 1.0),
-        weight_space=config.get("weights", "simplex"),
+        weight_space=space,
         population_weights=population,
         reference_head=tensors.get("reference_head"),
         rank=config["rank"],
@@ -133,16 +188,9 @@ def load_model(cls: type[LowRankReward], path: str | os.PathLike, device: str) -
         device=device,
         seed=config.get("seed", 0),
         fit_config=FitConfig.from_dict(config["fit_config"]),
+        prior=prior,
         **config.get("settings", {}),
     )
-    if "prior_mean" in tensors:
-        model.prior_ = LogitPrior(
-            tensors["prior_mean"].double(),
-            tensors["prior_precision"].double(),
-            "learned",
-            model.weight_space_,
-        )
-    return model
 
 
 def _check_folder(
@@ -246,7 +294,7 @@ def _read_users(folder: Path, config: dict) -> list[str]:
     return [str(u) for u in users]
 
 
-def _file_tensors(m: LowRankReward) -> dict[str, Tensor]:
+def _file_tensors(m: SavedModel) -> dict[str, Tensor]:
     """The tensors of ``model.safetensors``; rank 0 is stored as an empty basis."""
     k = 0 if m.rank_ == 0 else m.n_components_
     tensors = {
@@ -254,14 +302,14 @@ def _file_tensors(m: LowRankReward) -> dict[str, Tensor]:
         "user_weights": m.user_weights_[:, :k].contiguous(),
         "population_weights": m.population_weights_[:k].contiguous(),
     }
-    prior = getattr(m, "prior_", None)
+    prior = m.prior_
     if prior is not None and k and prior.k == k:
         tensors["prior_mean"] = prior.mean.float().contiguous()
         tensors["prior_precision"] = prior.precision.float().contiguous()
     return tensors
 
 
-def _model_card(m: LowRankReward) -> str:
+def _model_card(m: SavedModel) -> str:
     return (
         "# lore-rm personalised reward model\n\n"
         f"- backbone: `{m.backbone or 'unspecified'}` (frozen; this folder holds only the head)\n"
@@ -270,19 +318,17 @@ def _model_card(m: LowRankReward) -> str:
         f"scale = {m.scale_}, margin_scale = {m.margin_scale_:g}\n"
         f"- users: {len(m.users_)}; recipe: {m.recipe}; written by lore-rm {__version__}\n\n"
         "Reward of user u for embedding e: `margin_scale * scale * e @ basis @ "
-        "user_weights[u]` (rank 0: `e @ reference_head`).\n"
-        + _calibration_card(getattr(m, "history_", {}))
-        + "\n"
+        "user_weights[u]` (rank 0: `e @ reference_head`).\n" + _calibration_card(m.history_) + "\n"
         "```python\nfrom lore_rm import LowRankReward\n"
         "model = LowRankReward.from_pretrained('THIS_FOLDER')\n```\n"
         + _personalization_card(m)
-        + _selection_card(getattr(m, "history_", {}))
-        + _prior_card(getattr(m, "history_", {}))
-        + (getattr(m, "history_", {}).get("population") or {}).get("card", "")
+        + _selection_card(m.history_)
+        + _prior_card(m.history_)
+        + (m.history_.get("population") or {}).get("card", "")
     )
 
 
-def _personalization_card(m: LowRankReward) -> str:
+def _personalization_card(m: SavedModel) -> str:
     """Whether and how much the model personalises, and what it measured, as Markdown."""
     lines = ["\n## Personalisation\n"]
     space = "signed weights (population mean + a signed offset per user)"
@@ -298,7 +344,7 @@ def _personalization_card(m: LowRankReward) -> str:
             f"Users get `w_bar + {m.personalization_:g} * (w_u - w_bar)`: their own {space} "
             f"at strength {m.personalization_:g} (0 = the shared weights `w_bar`, 1 = their own)."
         )
-    report = getattr(m, "history_", {}).get("personalization")
+    report = m.history_.get("personalization")
     if report:
         lines.append(f"\n{report['summary']}\n")
         lines.append("| group | users | pooled | shared | personal | gain [95% CI] |")
@@ -314,7 +360,7 @@ def _personalization_card(m: LowRankReward) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _calibration_card(history: dict) -> str:
+def _calibration_card(history: FitHistory) -> str:
     """Where the margin scale came from, in words (empty when the history does not say)."""
     cal = history.get("calibration")
     if not cal:
@@ -328,7 +374,7 @@ def _calibration_card(history: dict) -> str:
     )
 
 
-def _prior_card(history: dict) -> str:
+def _prior_card(history: FitHistory) -> str:
     """How new users are personalised: the few-shot prior, as a Markdown section."""
     prior = history.get("prior")
     if not prior:
@@ -355,7 +401,7 @@ def _holdout_words(sel: dict) -> str:
     return "each fold held out a share of every user's comparisons"
 
 
-def _selection_card(history: dict) -> str:
+def _selection_card(history: FitHistory) -> str:
     """The model-selection curve as a Markdown section (empty when nothing was searched)."""
     sel = history.get("selection")
     if not sel:

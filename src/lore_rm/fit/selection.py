@@ -21,7 +21,7 @@ For each rank the ridge path runs from WEAK to strong, each cell warm-started fr
 previous one (the weakest from the fold's deterministic informed start). The other direction
 fails here: a strongly regularised solution sits at the pooled saddle (every column alike,
 every user uniform), and a warm start from it stays there at every weaker ridge (measured in
-docs/recipes.md). A rank stops early once its held-out loss has risen for two stronger ridges
+docs/measurements.md). A rank stops early once its held-out loss has risen for two stronger ridges
 in a row; the rank grid stops once two larger ranks in a row fail to improve on the best.
 When a rank's best ridge is the grid's strongest, the path goes on past the grid (same ratio,
 up to ``EDGE_STEPS`` more values) until the loss rises, so the choice is never clipped there.
@@ -65,6 +65,7 @@ from lore_rm.fit.posterior import covariance_from_hessian, linear_std, logit_hes
 from lore_rm.fit.prior import isotropic_prior
 from lore_rm.fit.solvers import fit_user_weights, signed_prior, solve_lbfgs
 from lore_rm.fit.start import initial_point
+from lore_rm.metrics import user_hits
 from lore_rm.progress import progress_bar
 
 Tensor = torch.Tensor
@@ -283,12 +284,7 @@ def _fold_scores(data: Comparisons, margins: Tensor, held_out: Tensor) -> tuple[
     from the margins (F, N) each fold predicts."""
     weight = held_out.to(margins.dtype)
     loss = (F.softplus(-margins) * weight).sum(1) / weight.sum(1).clamp_min(1)
-    right = (margins > 0).to(margins.dtype) * weight
-    u = data.user_index
-    per_user = torch.zeros(len(margins), data.n_users, dtype=margins.dtype, device=data.device)
-    total = torch.zeros_like(per_user)
-    per_user.index_add_(1, u, right)
-    total.index_add_(1, u, weight)
+    per_user, total = user_hits(margins, data.user_index, data.n_users, weight)
     has = total > 0
     acc = (per_user / total.clamp_min(1) * has).sum(1) / has.sum(1).clamp_min(1)
     return loss.double(), acc.double()

@@ -27,7 +27,7 @@ CHECK_EVERY = 25  # L-BFGS iterations between convergence / guard checks
 PATH_TOL = 1e-4  # the ridge path's intermediate fits (as the search's cells)
 #: precision of the prior on a user's signed offset (per summed loss over their comparisons).
 #: Fixed, not learned: with the ridge on the basis a learned prior trades the scale of the
-#: basis columns against the offsets' without end; measured in docs/recipes.md
+#: basis columns against the offsets' without end; measured in docs/measurements.md
 SIGNED_PRIOR = 3.0
 
 

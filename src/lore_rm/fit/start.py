@@ -15,10 +15,10 @@ import torch
 
 from lore_rm.comparisons import Comparisons, DifferenceRows
 from lore_rm.errors import LoreError
+from lore_rm.fit.config import INITS
 
 Tensor = torch.Tensor
 
-INITS = ("spectral", "svd", "random")
 _CHUNK = 8192
 MIN_SPREAD = 0.1
 

@@ -59,9 +59,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from lore_rm.embed.base import Embedder
-from lore_rm.embed.match import check_backbone, recorded_backbone
+from lore_rm.embed.match import resolve_backbone
 from lore_rm.embed.memory_cache import MemoryCachedEmbedder
-from lore_rm.errors import LoreError, ModelFormatError, StorageError
+from lore_rm.errors import LoreError, StorageError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.auth import (
     TOKEN_ENV,
@@ -95,7 +95,6 @@ __all__ = [
     "app_from_env",
     "build_app",
     "create_app",
-    "load_embedder",
     "resolve_token",
 ]
 
@@ -294,7 +293,7 @@ def build_app(
     ones its embeddings were made with (``training.json``), so served rewards match the
     fitted ones. A backbone other than the recorded one (another content fingerprint, or
     name when no fingerprint is recorded; another chat template or pooling) is refused
-    unless ``force_backbone`` (:func:`~lore_rm.embed.match.check_backbone`); another width
+    unless ``force_backbone`` (:func:`~lore_rm.embed.match.resolve_backbone`); another width
     always is.
 
     ``torch_threads``: torch's intra-op threads for this process (0: one thread for the
@@ -313,24 +312,24 @@ def build_app(
     from lore_rm.serve.service import default_db_path
 
     model = LowRankReward.from_pretrained(model_dir)
-    backbone = backbone or model.backbone
-    if not backbone:
-        raise LoreError(f"{model_dir}: the model records no backbone; pass --backbone")
-    if dtype is None:
-        dtype = embedding_dtype(model_dir)
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
-    elif backbone.startswith("hashing-"):
+    elif (backbone or model.backbone or "").startswith("hashing-"):
         torch.set_num_threads(1)
     batch = Batching(**(batching or {}))
-    settings: dict[str, Any] = {"device": device, "dtype": dtype}
+    settings: dict[str, Any] = {"device": device}
     if batch.enabled:
         settings["batch_size"] = batch.max_texts
-    max_length = recorded_backbone(model_dir).get("max_length")
-    if isinstance(max_length, int) and not isinstance(max_length, bool):
-        settings["max_length"] = max_length
-    embedder = (loader or load_embedder)(backbone, **settings)
-    forced = check_backbone(model_dir, model.backbone, model.d_, embedder, force=force_backbone)
+    embedder, forced = resolve_backbone(
+        model_dir,
+        model.backbone,
+        model.d_,
+        backbone,
+        dtype=dtype,
+        force=force_backbone,
+        loader=loader,
+        **settings,
+    )
     if embed_cache_mb > 0:
         embedder = MemoryCachedEmbedder(embedder, int(embed_cache_mb * 2**20))
     if forced:
@@ -360,36 +359,3 @@ def build_app(
     gc.freeze()
     bound_heap()  # freed activation buffers go back to the system (see serve/memory.py)
     return app
-
-
-def embedding_dtype(model_dir: str | Path) -> str | None:
-    """The compute dtype of the embeddings the model was fitted on (from the training record
-    ``lore fit`` writes), or None when unknown."""
-    try:
-        dtype = recorded_backbone(model_dir).get("dtype")
-    except ModelFormatError:
-        return None
-    return dtype if isinstance(dtype, str) and dtype != "auto" else None
-
-
-def load_embedder(
-    name_or_path: str,
-    *,
-    device: str = "cpu",
-    dtype: str | None = None,
-    max_length: int | None = None,
-    batch_size: int | None = None,
-) -> Embedder:
-    """The backbone ``name_or_path`` through ``lore_rm.embed.load_backbone`` (a reward model
-    folder or Hub name, ``minilm``, or the ``hashing-<dim>`` stand-in); ``batch_size``: texts
-    per forward pass (default: ``load_backbone``'s)."""
-    from lore_rm.embed import load_backbone
-
-    kwargs: dict[str, Any] = {"device": device}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if max_length is not None:
-        kwargs["max_length"] = max_length
-    if batch_size is not None:
-        kwargs["batch_size"] = batch_size
-    return load_backbone(name_or_path, **kwargs)

@@ -15,7 +15,6 @@ conversation's projection on the basis, ``y = e @ V``. From it come
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,7 +25,8 @@ from torch import Tensor
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import LoreError
-from lore_rm.ranking import Ranking, rank_groups, reward_std
+from lore_rm.fit.posterior import linear_std
+from lore_rm.ranking import Ranking, rank_groups
 from lore_rm.serve.user_records import features_of_users
 from lore_rm.social_choice import aggregate, user_tiers
 
@@ -43,12 +43,9 @@ def user_posteriors(svc: RewardService, users: Sequence[str | None]) -> Tensor |
     without stored comparisons). None for a model without a few-shot prior."""
     ids = list(dict.fromkeys(u for u in users if u is not None))
     with svc._lock:
-        w, known = svc.model.weights_for(ids, unknown="mean")
+        view = svc.model.for_users(svc._served_ids(ids))  # their served weights, basis shared
         n_fit = {u: svc._n_fit[u] for u in ids if u in svc._n_fit}
         without = {u for u in ids if u in svc._model_users and u not in svc._n_fit}
-    view = copy.copy(svc.model)  # the served weights of these users; basis and prior shared
-    view.users_ = [u for u, k in zip(ids, known.tolist(), strict=True) if k]
-    view.user_weights_ = w[known]
     return posterior_covariances(view, svc.store, users, n_fit, without, svc.history)
 
 
@@ -93,6 +90,24 @@ def posterior_covariances(
     cov[found] = post.covariance[rows[found]].to(cov.dtype)
     cov[torch.tensor([u in without for u in users], dtype=torch.bool)] = float("nan")
     return cov
+
+
+def reward_std(
+    model: LowRankReward,
+    y: Tensor,
+    users: Sequence[str | None],
+    covariance: Tensor,
+    strengths: Sequence[float | None] | None = None,
+) -> Tensor:
+    """Each reward's std (M,) from the projections ``y = e @ V`` (M, K) and the logit
+    covariance (M, K, K) of each row's user, as :meth:`LowRankReward.reward` computes it: the
+    delta method at the user's own weights, times the personalisation strength for known
+    users (``strengths``, one per row, None: the model's; unknown users have the prior's
+    spread around the population's weights)."""
+    own, known = model.weights_for(list(users), unknown="mean", personalization=1.0)
+    std = linear_std(y, own, covariance, model.reward_scale, model.weight_space_)
+    lam = model._strength(strengths)
+    return torch.where(known, lam * std, std)
 
 
 def rank_scored(

@@ -40,6 +40,7 @@ from lore_rm.constants import (
     EXPORT_FORMAT_VERSION,
     USER_WEIGHTS_FILE,
 )
+from lore_rm.dtypes import parse_dtype
 from lore_rm.embed.fingerprint import folder_fingerprint
 from lore_rm.embed.hf import FALLBACK_TEMPLATE
 from lore_rm.embed.match import check_identity
@@ -104,7 +105,7 @@ def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankRewa
     if db is None or not Path(db).is_file():
         return model, []
     from lore_rm.serve.service import model_fingerprint
-    from lore_rm.serve.user_control import deleted_model_users, drop_model_users
+    from lore_rm.serve.user_control import deleted_model_users
     from lore_rm.serve.user_records import deleted_hashes
     from lore_rm.serve.user_store import Store
 
@@ -125,7 +126,7 @@ def _with_db_weights(model: LowRankReward, db: Path | None) -> tuple[LowRankRewa
     if not users and not gone:
         return model, []
     out = model.copy()
-    drop_model_users(out, gone)
+    out.drop_users(gone)
     if users:
         out.set_user_weights(users, torch.from_numpy(np.asarray(w, dtype=np.float32)))
     return out, users
@@ -343,12 +344,7 @@ def export_reward_model(
 
 
 def _torch_dtype(name: str | None) -> torch.dtype | None:
-    if name is None:
-        return None
-    dtype = getattr(torch, str(name).removeprefix("torch."), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise LoreError(f"--dtype {name}: not a torch floating dtype (float32, bfloat16, ...)")
-    return dtype
+    return None if name is None else parse_dtype(name, what="--dtype")
 
 
 def _save_loaded(

@@ -22,13 +22,12 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,13 +40,11 @@ from lore_rm.conversation import Conversation
 from lore_rm.embed.backbones import backbone_identity
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError, ModelFormatError
-from lore_rm.fit.model import LowRankReward
+from lore_rm.fit.model import LaplacePosterior, LowRankReward
 from lore_rm.fit.personalizes import does_not_personalize
-from lore_rm.fit.posterior import WeightsPosterior
 from lore_rm.serve.batching import MicroBatcher, ShuttingDown, text_cost
 from lore_rm.serve.strengths import Strengths
-from lore_rm.serve.user_control import forget_hashes
-from lore_rm.serve.user_records import changes_since
+from lore_rm.serve.user_records import changes_since, user_sha256
 from lore_rm.serve.user_store import FifoLock, Idempotency, Store, StoredComparison
 
 
@@ -180,7 +177,7 @@ class RewardService:
         self._folder = model  # the folder's own weights, for users whose rows are all gone
         self._forgotten: set[str] = set()  # onboarded, not in the folder, no rows left
         # (user -> (n_fit, posterior)) of the served weights: a GET reads no rows twice
-        self._posteriors: OrderedDict[str, tuple[int, WeightsPosterior]] = OrderedDict()
+        self._posteriors: OrderedDict[str, tuple[int, LaplacePosterior]] = OrderedDict()
         self.sync()
         if warm_up:
             self._warm_up()
@@ -239,8 +236,31 @@ class RewardService:
             if user in self._model_users:
                 w, _ = self._folder.weights_for([user])
                 self.model.set_user_weights([user], w)
-            elif user in self.model._user_index():
+            elif user in self.model.user_table_:
                 self._forgotten.add(user)
+
+    def forget(self, ids: Sequence[str]) -> None:
+        """Stop serving ``ids``' weights (deleted users): they are unknown from now on, in
+        this process, whatever the model folder holds."""
+        with self._lock:
+            self.model.drop_users(ids)
+            for user in ids:
+                self._n_fit.pop(user, None)
+                self._model_users.discard(user)
+
+    def forget_hashes(self, hashes: Iterable[str]) -> None:
+        """:meth:`forget` the users whose id hashes are ``hashes`` (deletions another process
+        made)."""
+        wanted = set(hashes)
+        if not wanted:
+            return
+        with self._lock:
+            table = self._model_user_hashes
+            if table is None:  # hashed once, at the first deletion this process sees
+                table = self._model_user_hashes = {user_sha256(u): u for u in self._model_users}
+            ids = [table[h] for h in wanted if h in table]
+            ids += [u for u in self._n_fit if user_sha256(u) in wanted]
+        self.forget(ids)
 
     def _served_ids(self, users: Sequence[str | None]) -> list[str | None]:
         """``users`` as the model is asked about them (forgotten users as unknown)."""
@@ -261,7 +281,7 @@ class RewardService:
         with self._lock:
             if changes.newest <= self._seq:
                 return 0
-            forget_hashes(self, changes.deleted)
+            self.forget_hashes(changes.deleted)
             if changes.users:
                 assert changes.weights is not None
                 self._apply(changes.users, changes.weights, changes.n_fit, newest=True)
@@ -390,8 +410,9 @@ class RewardService:
         lam = self.strengths_of(users, personalization)
         with self._lock:
             ids = self._served_ids(users)
-            r = self.model.reward(e, ids, unknown="mean", personalization=lam)
-            _, known = self.model.weights_for(ids, unknown="mean")
+            r, known = self.model.reward(
+                e, ids, unknown="mean", personalization=lam, return_known=True
+            )
         y = (e @ self.model.basis_).numpy()
         return Scored(r.double().numpy(), known.numpy(), y)
 
@@ -477,21 +498,17 @@ class RewardService:
 
     # ---- uncertainty and questions ------------------------------------------------------------
     def _user_view(self, user: str) -> tuple[LowRankReward, int]:
-        """A shallow copy of the model holding ``user``'s served weights alone (the basis and
-        the prior are shared, read-only), and how many stored comparisons they were fitted
-        on: posteriors and selections run on it without holding the weights lock."""
+        """The model knowing ``user``'s served weights alone (:meth:`LowRankReward.for_users`:
+        the basis and the prior shared, read only), and how many stored comparisons they were
+        fitted on: posteriors and selections run on it without holding the weights lock."""
         with self._lock:
-            ids = self._served_ids([user])
-            w, known = self.model.weights_for(ids, unknown="mean", personalization=1.0)
+            view = self.model.for_users(self._served_ids([user]))
             n_fit = self._n_fit.get(user, 0)
-        view = copy.copy(self.model)
-        view.users_ = [user] if bool(known[0]) else []
-        view.user_weights_ = w if bool(known[0]) else w[:0]
         return view, n_fit
 
     def _user_posterior(
         self, user: str, *, answers: bool = True
-    ) -> tuple[LowRankReward, WeightsPosterior, Comparisons | None]:
+    ) -> tuple[LowRankReward, LaplacePosterior, Comparisons | None]:
         """``user``'s served weights (as a one-user model), their Laplace posterior from the
         stored comparisons those weights were fitted on (the last ``history`` of the first
         ``n_fit``: the table is append-only) or the prior's covariance when there are none,
@@ -574,7 +591,7 @@ class RewardService:
         e = self.embed([a for a, _ in pairs] + [b for _, b in pairs])
         candidates = Comparisons.from_features(e[:m] - e[m:], [user] * m)
         view, post, answers = self._user_posterior(user)
-        sel = view.select_questions(candidates, n, posterior=post, asked=answers)
+        sel = post.select_questions(candidates, n, asked=answers)
         keep = sel.rows[0] >= 0
         return Questions(
             [int(r) for r in sel.rows[0][keep].tolist()],

@@ -12,11 +12,8 @@ basis needs a refit without their data (``docs/serving.md``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from lore_rm.fit.model import LowRankReward
 from lore_rm.serve.user_records import (
@@ -36,43 +33,6 @@ class UnknownUser(LookupError):
     """Nothing is stored or served for this user (the routes answer 404)."""
 
 
-def drop_model_users(model: LowRankReward, ids: Iterable[str]) -> list[str]:
-    """Remove ``ids`` from ``model``'s users (in place; they get the population's weights
-    from now on); returns the ids that were there. Costs one pass over the users."""
-    gone = set(ids)
-    keep = [i for i, u in enumerate(model.users_) if u not in gone]
-    if len(keep) == len(model.users_):
-        return []
-    removed = [u for u in model.users_ if u in gone]
-    model.users_ = [model.users_[i] for i in keep]
-    model.user_weights_ = model.user_weights_[torch.tensor(keep, dtype=torch.int64)].clone()
-    return removed
-
-
-def forget(svc: RewardService, ids: Iterable[str]) -> None:
-    """Drop ``ids`` from what ``svc`` serves: weights, fit counts, model-folder membership."""
-    ids = list(ids)
-    with svc._lock:
-        drop_model_users(svc.model, ids)
-        for user in ids:
-            svc._n_fit.pop(user, None)
-            svc._model_users.discard(user)
-
-
-def forget_hashes(svc: RewardService, hashes: Iterable[str]) -> None:
-    """Drop the users whose id hashes are ``hashes`` (deletions another process made)."""
-    wanted = set(hashes)
-    if not wanted:
-        return
-    with svc._lock:
-        table = svc._model_user_hashes
-        if table is None:  # hashed once, at the first deletion this process sees
-            table = svc._model_user_hashes = {user_sha256(u): u for u in svc._model_users}
-        ids = [table[h] for h in wanted if h in table]
-        ids += [u for u in svc._n_fit if user_sha256(u) in wanted]
-    forget(svc, ids)
-
-
 def delete(svc: RewardService, user: str) -> dict[str, Any]:
     """Delete everything stored about ``user`` and stop serving their weights.
 
@@ -85,7 +45,7 @@ def delete(svc: RewardService, user: str) -> dict[str, Any]:
         if source == "population-mean" and stored == 0:
             raise UnknownUser(f"user {user!r}: nothing is stored or served for this user")
         done = delete_user(svc.store, user)
-        forget(svc, [user])
+        svc.forget([user])
     return {"user": user, "deleted": True, "was": source, **asdict(done)}
 
 
@@ -152,9 +112,6 @@ __all__ = [
     "delete",
     "deleted_hashes",
     "deleted_model_users",
-    "drop_model_users",
-    "forget",
-    "forget_hashes",
     "list_users",
     "user_data",
 ]

@@ -61,15 +61,24 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
-try:  # POSIX: a file lock queues writers of several server processes
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: SQLite's busy timeout alone
-    fcntl = None
-
 from lore_rm.errors import IdempotencyKeyReused, ModelFormatError, StorageError
+
+
+def _fcntl() -> ModuleType | None:
+    """POSIX's fcntl (a file lock queues writers of several server processes); None on
+    Windows, where SQLite's busy timeout alone does."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    return fcntl
+
+
+fcntl = _fcntl()
 
 SCHEMA_VERSION = 1
 

@@ -25,8 +25,8 @@ from lore_rm.data.sources import SourceFile
 from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError
 from lore_rm.fit.model import LowRankReward
-from lore_rm.ranking import LEVEL, Ranking, rank_groups, reward_std
-from lore_rm.scoring import USER_FIELDS, embed_unique
+from lore_rm.ranking import LEVEL, Ranking, rank_groups
+from lore_rm.serve.scoring import USER_FIELDS, embed_unique
 
 
 @dataclass
@@ -93,6 +93,7 @@ def rank_rows(
     """Each row's candidates ranked for its user (``model`` holds the serve database's
     weights: :func:`~lore_rm.serve.export.load_with_served_users`); intervals from ``db``'s
     stored comparisons where the user has a posterior."""
+    from lore_rm.serve.choice import reward_std
     from lore_rm.serve.export import check_users
 
     if unknown not in ("error", "mean"):

@@ -21,7 +21,6 @@ import torch
 from lore_rm.conversation import Conversation, check_conversation
 from lore_rm.data.sources import SourceFile
 from lore_rm.embed.base import Embedder
-from lore_rm.embed.match import recorded_backbone
 from lore_rm.errors import DataError, LoreError
 from lore_rm.fit.model import LowRankReward
 
@@ -94,43 +93,6 @@ def _cell(value: Any, src: SourceFile) -> Any:
     return value
 
 
-def embedder_for(
-    model: LowRankReward,
-    model_dir: str | os.PathLike,
-    backbone: str | None = None,
-    *,
-    dtype: str | None = None,
-    max_length: int | None = None,
-    **settings: Any,
-) -> Embedder:
-    """The backbone to embed with for ``model``: ``backbone``, else the one the model names.
-
-    ``dtype`` and ``max_length`` default to what the model's training embeddings recorded
-    (when the backbone is that one), else bf16 and 4096. The embedding width must be the
-    model's d.
-    """
-    from lore_rm.embed import load_backbone
-
-    name = backbone or model.backbone
-    if not name:
-        raise LoreError(f"{model_dir}: the model names no backbone; pass --backbone")
-    recorded = recorded_backbone(model_dir)
-    if recorded.get("name") != name:
-        recorded = {}
-    embedder = load_backbone(
-        name,
-        dtype=dtype or recorded.get("dtype") or "bf16",
-        max_length=max_length or recorded.get("max_length") or 4096,
-        **settings,
-    )
-    if int(embedder.dim) != int(model.d_):
-        raise LoreError(
-            f"the backbone {name!r} gives d = {embedder.dim} but the model was fitted on "
-            f"d = {model.d_}; pass the backbone it was fitted on (--backbone)"
-        )
-    return embedder
-
-
 def embed_unique(
     embedder: Embedder, conversations: Sequence[Conversation], *, progress: bool = False
 ) -> torch.Tensor:
@@ -178,6 +140,5 @@ def score_rows(
         raise LoreError(f"unknown must be 'error' or 'mean', got {unknown!r}")
     if unknown == "error":
         check_users(model, list(dict.fromkeys(rows.users)), db)
-    _, known = model.weights_for(rows.users, unknown="mean")
     e = embed_unique(embedder, rows.conversations, progress=progress)
-    return model.reward(e, rows.users, unknown="mean"), known
+    return model.reward(e, rows.users, unknown="mean", return_known=True)
