@@ -153,3 +153,13 @@ def stop_lore_serve(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
+
+
+def wait_until(condition, seconds: float = 20.0) -> None:
+    """Poll ``condition`` until it holds (a server thread's log line, say); fail after
+    ``seconds`` instead of sleeping a fixed time that a loaded machine may overrun."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {seconds} s: {condition}")
+        time.sleep(0.02)

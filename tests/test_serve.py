@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import warnings
 
 import httpx
@@ -18,6 +17,7 @@ from serve_utils import (
     shared_model_dir,
     start_lore_serve,
     stop_lore_serve,
+    wait_until,
 )
 
 from lore_rm import Comparisons, LowRankReward
@@ -501,7 +501,7 @@ def test_access_log_redacts_the_token(small_model, embedder, tmp_path):
             assert client.get(f"/model-info?access_token={secret}").status_code == 200
             assert client.get("/model-info?access_token=wrong-one").status_code == 401
             logging.getLogger("uvicorn.error").warning("header Authorization: Bearer %s", secret)
-            time.sleep(0.2)
+            wait_until(lambda: sum("/get_reward" in x or "/model-info" in x for x in lines) >= 3)
     finally:
         for name, handler in handlers.items():
             logging.getLogger(name).removeHandler(handler)

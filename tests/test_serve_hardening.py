@@ -20,6 +20,7 @@ from serve_utils import (
     shared_model_dir,
     start_lore_serve,
     stop_lore_serve,
+    wait_until,
 )
 
 from lore_rm import LowRankReward
@@ -351,7 +352,7 @@ def test_a_token_with_punctuation_never_reaches_the_log(model, tmp_path):
             for key in ("access_token", "access%5Ftoken", "%61ccess_token"):
                 r = httpx.get(url + f"/model-info?{key}={secret}&x=1")
                 assert r.status_code == 200, (key, r.text)
-            time.sleep(0.2)
+            wait_until(lambda: len(lines) >= 3)
     finally:
         access.removeHandler(keep)
     assert len(lines) == 3, lines
