@@ -254,7 +254,7 @@ from lore_rm import LowRankReward, simulate_population, four_numbers
 pop = simulate_population(d=16, true_rank=2, n_seen=60, n_unseen=20, train_per_user=30,
                           n_prompts=300, seed=4)
 m = LowRankReward(rank="auto", rank_grid=(1, 2, 3), weight_decay_grid=(0.003, 0.03),
-                  cv_folds=3).fit(pop.split.seen_train)
+                  cv_folds=3, threads=int(sys.argv[1])).fit(pop.split.seen_train)
 r = four_numbers(m, pop.split)
 print(m.rank_, m.config_.weight_decay, *(repr(r[k]) for k in
       ("train", "seen_test", "fewshot_train", "unseen_test")))

@@ -16,14 +16,19 @@ import torch.nn.functional as F
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import ConvergenceWarning, DivergenceError, LoreError
+from lore_rm.fit import lbfgs
 from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig
 from lore_rm.fit.link import joint_weights, weights_of
+from lore_rm.fit.objective import JointObjective
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
+from lore_rm.fit.saddle import escape, spread
 from lore_rm.fit.start import initial_point
 from lore_rm.progress import progress_bar
 
 Tensor = torch.Tensor
 CHECK_EVERY = 25  # L-BFGS iterations between convergence / guard checks
+MAX_ESCAPES = 3  # pooled saddles left per solve (lore_rm.fit.saddle)
+MAX_RESTARTS = 3  # fresh L-BFGS memories after a stall above tol
 PATH_TOL = 1e-4  # the ridge path's intermediate fits (as the search's cells)
 #: precision of the prior on a user's signed offset (per summed loss over their comparisons).
 #: Fixed, not learned: with the ridge on the basis a learned prior trades the scale of the
@@ -146,8 +151,10 @@ class LbfgsResult:
     basis: Tensor  # (G, d, K) in the fit's (standardised) units
     logits: Tensor  # (G, U, K)
     iterations: int
-    converged: bool
+    converged: bool  # the gradient is within tol at a verified minimum (not a pooled saddle)
     loss: list[float]
+    escapes: int = 0  # pooled saddles left (lore_rm.fit.saddle)
+    restarts: int = 0  # stalls above tol after which L-BFGS restarted its memory
 
 
 def solve_lbfgs(
@@ -178,111 +185,106 @@ def solve_lbfgs(
     """
     n_problems, d, rank = basis0.shape
     device = data.device
-    u = data.user_index
-    n_users = max(data.n_users, 1)
     if row_weights is None:
         row_weights = torch.ones(n_problems, data.n, device=device)
     if stop_rows is not None:
         row_weights = row_weights.clone()
         row_weights[:, stop_rows] = 0.0
-    row_total = row_weights.sum(1).clamp_min(1.0)
     decay = torch.as_tensor(list(weight_decay), dtype=torch.float32, device=device)
-    basis = basis0.clone().to(device).requires_grad_(True)
-    logits = logits0.clone().to(device).requires_grad_(True)
-    space = cfg.space
-    present = torch.zeros(n_problems, data.n_users, device=device)
-    present.index_add_(1, u, (row_weights > 0).to(present.dtype))
-    present = present > 0
-    prior_mean = prior_precision = None
-    if logit_prior is not None:
-        prior_mean = logit_prior.mean.to(device, logits.dtype)
-        prior_precision = logit_prior.precision.to(device, logits.dtype)
-
-    def margins() -> Tensor:  # (G, N)
-        raw = (basis / sigma[None, :, None]).permute(1, 0, 2).reshape(d, n_problems * rank)
-        z = data.project(raw).reshape(-1, n_problems, rank)
-        w = joint_weights(logits, space, present)[:, u, :].permute(1, 0, 2)
-        return cfg.scale * (z * w).sum(-1).T
-
-    def objective() -> Tensor:
-        per_row = F.softplus(-margins())
-        loss = ((per_row * row_weights).sum(1, dtype=torch.float64) / row_total).sum()
-        loss = loss + 0.5 * (decay * (basis**2).sum((1, 2))).sum()
-        if space == "simplex":
-            loss = loss + 0.5 * cfg.user_l2 * (logits**2).sum() / n_users
-        else:  # every user's offset from the population: N(0, I / SIGNED_PRIOR)
-            quad = (logits**2).sum((1, 2), dtype=torch.float64)
-            loss = loss + (0.5 * SIGNED_PRIOR * quad / row_total).sum()
-        if prior_mean is not None:
-            diff = logits - prior_mean
-            quad = ((diff @ prior_precision) * diff).sum((1, 2), dtype=torch.float64)
-            loss = loss + (0.5 * quad / row_total).sum()
-        if cfg.alpha > 0 and reference_head is not None:
-            for g in range(n_problems):  # G is the number of folds: a handful
-                raw = basis[g] / sigma[:, None]
-                loss = loss + cfg.alpha * reference_penalty(raw, reference_head, cfg.regularizer)
-        return loss.float()
-
-    opt = torch.optim.LBFGS(
-        [basis, logits],
-        lr=cfg.lr,
-        max_iter=CHECK_EVERY,
-        max_eval=CHECK_EVERY * 2,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=cfg.tol,
-        tolerance_change=1e-10,
+    objective = JointObjective(
+        data,
+        sigma,
+        row_weights,
+        decay,
+        cfg.scale,
+        cfg.space,
+        user_l2=cfg.user_l2,
+        signed_prior=SIGNED_PRIOR,
+        logit_prior=logit_prior,
+        reference=(cfg.alpha, reference_head, cfg.regularizer)
+        if cfg.alpha > 0 and reference_head is not None
+        else None,
     )
+    shapes = (basis0.shape, (n_problems, data.n_users, rank))
+    split_at = basis0.numel()
 
-    def closure():
-        opt.zero_grad(set_to_none=True)
-        loss = objective()
-        loss.backward()
-        return loss
+    def unflatten(x: Tensor) -> tuple[Tensor, Tensor]:
+        return x[:split_at].view(shapes[0]), x[split_at:].view(shapes[1])
 
-    state = opt.state[opt._params[0]]
-    losses: list[float] = []
-    done, converged, stale = 0, False, 0
-    best_val, best = math.inf, (basis.detach().clone(), logits.detach().clone(), 0)
-    bar = progress_bar(cfg.n_iter, desc, progress)
-    while done < cfg.n_iter and not converged:
-        before_it, before_ev = state.get("n_iter", 0), state.get("func_evals", 0)
-        chunk = min(CHECK_EVERY, cfg.n_iter - done)
-        opt.param_groups[0]["max_iter"] = chunk
-        loss = float(opt.step(closure).detach())
-        steps = state.get("n_iter", 0) - before_it
-        evals = state.get("func_evals", 0) - before_ev
-        converged = steps < chunk and evals < opt.param_groups[0]["max_eval"]
-        done += max(steps, 1)
-        bar.update(max(steps, 1))
-        losses.append(loss)
-        _check_finite_params(basis, logits)
-        if stop_rows is not None:
-            with torch.no_grad():
-                val = float(F.softplus(-margins()[0, stop_rows]).mean())
-            if val < best_val - 1e-6:
-                best_val, best, stale = (
-                    val,
-                    (basis.detach().clone(), logits.detach().clone(), done),
-                    0,
-                )
-            else:
-                stale += 1
-                if stale >= cfg.patience:
+    def fun(x: Tensor) -> tuple[float, Tensor]:
+        loss, g_basis, g_logits = objective.value_and_grad(*unflatten(x))
+        return float(loss), torch.cat([g_basis.reshape(-1), g_logits.reshape(-1)])
+
+    x0 = torch.cat([basis0.to(device).reshape(-1), logits0.to(device).reshape(-1)]).float()
+    with torch.no_grad():
+        state = lbfgs.start(fun, x0)
+        losses: list[float] = []
+        done, converged, stale, escapes, restarts = 0, False, 0, 0, 0
+        best_val, best = math.inf, (*unflatten(state.x.clone()), 0)
+        bar = progress_bar(cfg.n_iter, desc, progress)
+        while done < cfg.n_iter:
+            before = state.iterations
+            why = lbfgs.minimize(
+                fun, state, min(CHECK_EVERY, cfg.n_iter - done), cfg.tol, lr=cfg.lr
+            )
+            steps = state.iterations - before
+            done += steps
+            bar.update(steps)
+            losses.append(state.loss)
+            _check_finite_params(*unflatten(state.x))
+            if why == "tol":  # the gradient is within tol: a minimum, or the pooled saddle?
+                moved = _leave_saddle(objective, *unflatten(state.x), escapes < MAX_ESCAPES)
+                if moved is None:
+                    converged = True
                     break
-    bar.close()
+                escapes += 1
+                state = lbfgs.start(fun, torch.cat([moved[0].reshape(-1), moved[1].reshape(-1)]))
+            elif why == "stall":  # no way down along the direction above tol: a fresh memory
+                if restarts >= MAX_RESTARTS:
+                    break
+                restarts += 1
+                state = lbfgs.start(fun, state.x)
+            if stop_rows is not None:
+                val = float(
+                    F.softplus(-objective.margins(*unflatten(state.x))[0, stop_rows]).mean()
+                )
+                if val < best_val - 1e-6:
+                    best_val, best, stale = val, (*unflatten(state.x.clone()), done), 0
+                else:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        break
+        bar.close()
+    basis, logits = unflatten(state.x)
     if stop_rows is not None:
         basis_out, logits_out = best[0], best[1]
     else:
         basis_out, logits_out = basis.detach(), logits.detach()
     if not converged and stop_rows is None and cfg.n_iter > 0:
+        why = (
+            f"stopped on its iteration cap (n_iter = {cfg.n_iter})"
+            if done >= cfg.n_iter
+            else f"stalled {restarts + 1} times"
+        )
         warnings.warn(
-            f"{desc}: L-BFGS stopped on its iteration cap (n_iter = {cfg.n_iter}) before "
-            f"reaching its tolerance (tol = {cfg.tol:g}); raise n_iter",
+            f"{desc}: L-BFGS {why} before reaching its tolerance (tol = {cfg.tol:g}); raise n_iter",
             ConvergenceWarning,
             stacklevel=3,
         )
-    return LbfgsResult(basis_out, logits_out, done, converged, losses)
+    return LbfgsResult(basis_out, logits_out, done, converged, losses, escapes, restarts)
+
+
+def _leave_saddle(
+    objective: JointObjective, basis: Tensor, logits: Tensor, may_escape: bool
+) -> tuple[Tensor, Tensor] | None:
+    """At a stop within tol: None when it is a minimum (not the pooled configuration, or a
+    pooled point the escape probe cannot leave, :mod:`lore_rm.fit.saddle`); else the
+    parameters moved downhill along the escape direction."""
+    if basis.shape[2] < 2 or not may_escape:
+        return None
+    flagged = spread(basis, logits, objective.space, objective.present).pooled
+    new_basis, new_logits, moved = escape(objective, basis, logits, flagged)
+    return (new_basis, new_logits) if bool(moved.any()) else None
 
 
 def _check_finite_params(basis: Tensor, logits: Tensor) -> None:
@@ -352,6 +354,7 @@ def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
         "path_iterations": iterations,
         "ridge_path": path,
         "converged": res.converged,
+        "saddle_escapes": res.escapes,
         "init": cfg.init,
     }
     weights = joint_weights(res.logits[0], cfg.space)
