@@ -29,6 +29,7 @@ Tensor = torch.Tensor
 CHECK_EVERY = 25  # L-BFGS iterations between convergence / guard checks
 MAX_ESCAPES = 3  # pooled saddles left per solve (lore_rm.fit.saddle)
 MAX_RESTARTS = 3  # fresh L-BFGS memories after a stall above tol
+FEWSHOT_TOL = 1e-7  # the few-shot fit's tolerance on its largest gradient entry
 PATH_TOL = 1e-4  # the ridge path's intermediate fits (as the search's cells)
 #: precision of the prior on a user's signed offset (per summed loss over their comparisons).
 #: Fixed, not learned: with the ridge on the basis a learned prior trades the scale of the
@@ -419,28 +420,31 @@ def fit_user_weights(
         bar.close()
         weights = logits.detach().softmax(dim=1)
     else:
-        logits = start.expand(n_users, k).clone().requires_grad_(True)
-        opt = torch.optim.LBFGS(
-            [logits],
-            lr=cfg.fewshot_lr,
-            max_iter=cfg.fewshot_n_iter,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-7,
-            tolerance_change=1e-10,
-        )
+        precision = prior.precision.to(device, z.dtype)
+        mean = prior.mean.to(device, z.dtype)
+        per_user = 1.0 / max(n_users, 1)
 
-        def closure():
-            opt.zero_grad(set_to_none=True)
-            per_row = F.softplus(-bt_margins(z, weights_of(logits, space), u, scale))
-            loss = per_row.sum() + prior.penalty(logits)
-            loss = loss / max(n_users, 1)
-            loss.backward()
-            return loss
+        def fun(x: Tensor) -> tuple[float, Tensor]:
+            logits = x.view(n_users, k)
+            w = weights_of(logits, space)
+            m = scale * (z * w[u]).sum(1)
+            diff = logits - mean
+            pd = diff @ precision
+            loss = F.softplus(-m).sum(dtype=torch.float64) + 0.5 * (pd * diff).sum(
+                dtype=torch.float64
+            )
+            g_w = torch.zeros_like(w).index_add_(0, u, (-scale * torch.sigmoid(-m))[:, None] * z)
+            if space == "simplex":
+                g_w = w * (g_w - (w * g_w).sum(1, keepdim=True))
+            return float(loss) * per_user, ((g_w + pd) * per_user).reshape(-1)
 
-        if cfg.fewshot_n_iter > 0:
-            opt.step(closure)
-        weights = weights_of(logits.detach(), space).clone()
+        x0 = start.expand(n_users, k).reshape(-1)
+        with torch.no_grad():
+            state = lbfgs.start(fun, x0)
+            if cfg.fewshot_n_iter > 0:
+                lbfgs.minimize(fun, state, cfg.fewshot_n_iter, FEWSHOT_TOL, lr=cfg.fewshot_lr)
+        logits = state.x.view(n_users, k)
+        weights = weights_of(logits, space).clone()
     empty = counts == 0
     if empty.any():
         weights[empty] = population_weights.to(device, weights.dtype)
