@@ -113,3 +113,25 @@ def test_a_strong_ridge_keeps_its_pooled_minimum(planted):
     basis0, logits0 = pooled_start(data, sigma, "simplex")
     res = solve_lbfgs(data, sigma, basis0, logits0, [1000.0], cfg)
     assert res.converged and res.escapes == 0
+
+
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_best_logits_zero_every_users_gradient(planted, with_prior):
+    """The simplex fit moves the basis alone: every user's logits are solved for it (all users
+    of all problems at once), so the joint gradient w.r.t. the logits vanishes there."""
+    data, sigma = planted
+    gen = torch.Generator().manual_seed(1)
+    g, k = 2, 3
+    rows = (torch.rand(g, data.n, generator=gen) > 0.3).float()
+    basis = torch.randn(g, data.d, k, generator=gen)
+    prior = isotropic_prior(torch.full((k,), 1 / k), 0.7, "simplex") if with_prior else None
+    objective = JointObjective(
+        data, sigma, rows, torch.tensor([0.1, 0.01]), 1.3, "simplex", user_l2=1e-3,
+        logit_prior=prior,
+    )  # fmt: skip
+    logits0 = torch.zeros(g, data.n_users, k)
+    before = float(objective.value_and_grad(basis, logits0)[0])
+    logits, converged = objective.best_logits(objective.projected(basis), logits0, 1e-5)
+    loss, _, g_logits = objective.value_and_grad(basis, logits)
+    assert converged and float(g_logits.abs().max()) <= 1e-5  # float32 rounding: ~2e-6
+    assert float(loss) < before

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from text_population import answers, text_split
 from typer.testing import CliRunner
 
 import lore_rm.fit.model
@@ -93,3 +94,26 @@ def test_the_library_fit_applies_the_auto_rule_and_restores_torchs_setting(
     assert seen[-1] == 2  # an idle machine: every usable CPU, at most torch's setting
     with pytest.raises(LoreError, match="threads must be"):
         LowRankReward(rank=2, weight_decay=0.1, threads="many").fit(data)
+
+
+def test_one_and_two_threads_give_the_same_answer_on_real_text(minilm_backbone, restore_threads):
+    """Real MiniLM embeddings of answers written in tests/text_population.py; users of five
+    opposite kinds. The search and the fit choose the same cell and give the same numbers
+    with 1 and 2 threads."""
+    texts, attrs = answers()
+    convs = [[{"role": "assistant", "content": t}] for t in texts]
+    split = text_split(minilm_backbone.embed(convs).clone(), attrs)
+    results = []
+    for n in (1, 2):
+        model = LowRankReward(
+            seed=0, threads=n, rank_grid=(1, 2, 3), weight_decay_grid=(0.1, 1.0), cv_folds=3
+        ).fit(split.seen_train)
+        with th.torch_threads(n):
+            numbers = four_numbers(model, split)
+        cell = (model.rank_, model.config_.weight_decay, model.personalization_)
+        results.append((cell, numbers, model.margin_scale_))
+    (cell, numbers, scale), (cell_2, numbers_2, scale_2) = results
+    assert cell == cell_2 and cell[0] > 1  # users disagree: a personalised rank
+    assert abs(scale - scale_2) <= 1e-6
+    for key in ("train", "seen_test", "fewshot_train", "unseen_test"):
+        assert abs(numbers[key] - numbers_2[key]) <= 1e-6, key

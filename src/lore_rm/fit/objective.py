@@ -23,6 +23,9 @@ from lore_rm.fit.link import joint_weights
 from lore_rm.fit.prior import LogitPrior
 
 Tensor = torch.Tensor
+USER_NEWTON_STEPS = 20  # at most, per evaluation of the users' best logits
+USER_BACKTRACK = 10  # step halvings per user and Newton step
+MAX_USER_STEP = 2.0  # the largest change of one logit in one Newton step
 
 
 class JointObjective:
@@ -54,6 +57,7 @@ class JointObjective:
         self.row_weights = row_weights
         self.row_total = row_weights.sum(1, dtype=torch.float64).clamp_min(1.0)
         self.coef = (row_weights / self.row_total[:, None]).to(torch.float32)  # (G, N)
+        self.coef_rows = self.coef.T.contiguous()  # (N, G)
         self.decay = decay
         self.scale = float(scale)
         self.space = space
@@ -77,11 +81,15 @@ class JointObjective:
         raw = (basis / self.sigma[None, :, None]).permute(1, 0, 2).reshape(d, g * k)
         return self.data.project(raw).reshape(-1, g, k)
 
+    def _user_rows(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Users' weights (G, U, K) and every row's user's weights (N, G, K)."""
+        w = joint_weights(logits, self.space, self.present)
+        return w, w.permute(1, 0, 2)[self.data.user_index]
+
     def margins(self, basis: Tensor, logits: Tensor) -> Tensor:
         """Every problem's Bradley–Terry logits (G, N)."""
         z = self.projected(basis)
-        w = joint_weights(logits, self.space, self.present)[:, self.data.user_index, :]
-        return self.scale * torch.einsum("ngk,gnk->gn", z, w)
+        return self.scale * (z * self._user_rows(logits)[1]).sum(-1).T
 
     def values(self, basis: Tensor, logits: Tensor) -> Tensor:
         """Every problem's objective (G,), float64 (no gradient)."""
@@ -93,7 +101,7 @@ class JointObjective:
             out = out + 0.5 * self.user_l2 * (lg**2).sum((1, 2)) / self.n_users
         else:
             out = out + 0.5 * self.signed_prior * (lg**2).sum((1, 2)) / self.row_total
-        if self.prior_mean is not None:
+        if self.prior_mean is not None and self.prior_precision is not None:
             diff = lg - self.prior_mean.double()
             quad = ((diff @ self.prior_precision.double()) * diff).sum((1, 2))
             out = out + 0.5 * quad / self.row_total
@@ -115,23 +123,25 @@ class JointObjective:
         m = self.margins(basis, logits)
         return -torch.sigmoid(-m) * self.coef * self.scale
 
-    def value_and_grad(self, basis: Tensor, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def value_and_grad(
+        self, basis: Tensor, logits: Tensor, z: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """The summed objective (float64 scalar) and its gradients w.r.t. ``basis`` (G, d, K)
-        and ``logits`` (G, U, K)."""
+        and ``logits`` (G, U, K); ``z`` is :meth:`projected` of ``basis`` when known."""
         n_problems, d, k = basis.shape
         u = self.data.user_index
-        z = self.projected(basis)  # (N, G, K)
-        w = joint_weights(logits, self.space, self.present)  # (G, U, K)
-        wr = w[:, u, :]  # (G, N, K)
-        m = self.scale * torch.einsum("ngk,gnk->gn", z, wr)
-        loss = (F.softplus(-m) * self.coef).sum(dtype=torch.float64)
-        c = -torch.sigmoid(-m) * self.coef * self.scale  # dL/dm times s: (G, N)
-        g_z = (c.T[:, :, None] * wr.permute(1, 0, 2)).reshape(-1, n_problems * k)  # (N, G*K)
-        g_raw = self.data.backproject(g_z).reshape(d, n_problems, k).permute(1, 0, 2)
+        z = self.projected(basis) if z is None else z  # (N, G, K)
+        w, wr = self._user_rows(logits)  # (G, U, K), (N, G, K)
+        m = self.scale * (z * wr).sum(-1)  # (N, G)
+        coef = self.coef_rows
+        loss = (F.softplus(-m) * coef).sum(dtype=torch.float64)
+        c = -torch.sigmoid(-m) * coef * self.scale  # dL/dm times s: (N, G)
+        g_raw = self.data.backproject((c[:, :, None] * wr).reshape(-1, n_problems * k))
+        g_raw = g_raw.reshape(d, n_problems, k).permute(1, 0, 2)
         g_basis = g_raw / self.sigma[None, :, None] + self.decay[:, None, None] * basis
         loss = loss + 0.5 * (self.decay.double() * (basis.double() ** 2).sum((1, 2))).sum()
-        g_w = torch.zeros_like(w)
-        g_w.index_add_(1, u, c[:, :, None] * z.permute(1, 0, 2))
+        g_w = torch.zeros(w.shape[1], n_problems, k, dtype=w.dtype, device=w.device)
+        g_w = g_w.index_add_(0, u, c[:, :, None] * z).permute(1, 0, 2)  # (G, U, K)
         if self.space == "simplex":
             g_logits = w * (g_w - (w * g_w).sum(-1, keepdim=True))
             loss = loss + 0.5 * self.user_l2 * (logits.double() ** 2).sum() / self.n_users
@@ -144,7 +154,7 @@ class JointObjective:
             quad = (logits.double() ** 2).sum((1, 2))
             loss = loss + (0.5 * self.signed_prior * quad / self.row_total).sum()
             g_logits = g_logits + per * logits
-        if self.prior_mean is not None:
+        if self.prior_mean is not None and self.prior_precision is not None:
             diff = logits - self.prior_mean
             pd = diff @ self.prior_precision
             loss = loss + (0.5 * (pd.double() * diff.double()).sum((1, 2)) / self.row_total).sum()
@@ -154,15 +164,113 @@ class JointObjective:
             loss, g_basis = loss + extra, g_basis + g_ref
         return loss, g_basis, g_logits
 
+    def _user_penalty(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every (problem, user)'s logit penalty (G, U) float64, its gradient (G, U, K) and
+        Hessian (G, 1 or U, K, K): the simplex penalty and the learned prior (simplex only)."""
+        g, n_users, k = logits.shape
+        eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
+        rate = self.user_l2 / self.n_users
+        value = 0.5 * rate * (logits.double() ** 2).sum(-1)
+        grad = rate * logits
+        hess = (rate * eye).expand(g, 1, k, k)
+        if self.prior_mean is not None and self.prior_precision is not None:
+            per = (1.0 / self.row_total).to(logits.dtype)[:, None, None]  # (G, 1, 1)
+            diff = logits - self.prior_mean
+            pd = diff @ self.prior_precision
+            value = value + 0.5 * (pd.double() * diff.double()).sum(-1) / self.row_total[:, None]
+            grad = grad + pd * per
+            hess = hess + self.prior_precision * per[..., None]
+        return value, grad, hess
+
+    def _user_losses(self, z: Tensor, logits: Tensor) -> Tensor:
+        """Every (problem, user)'s part of the objective (G, U), float64 (simplex)."""
+        w = logits.softmax(-1)
+        m = self.scale * (z * w.permute(1, 0, 2)[self.data.user_index]).sum(-1)  # (N, G)
+        rows = F.softplus(-m).double() * self.coef_rows
+        per_user = torch.zeros(logits.shape[1], logits.shape[0], dtype=torch.float64)
+        per_user = per_user.to(z.device).index_add_(0, self.data.user_index, rows).T
+        return per_user + self._user_penalty(logits)[0]
+
+    def best_logits(
+        self, z: Tensor, logits: Tensor, tol: float, max_iter: int = USER_NEWTON_STEPS
+    ) -> tuple[Tensor, bool]:
+        """Every (problem, user)'s logits minimising the objective with the basis fixed
+        (``z`` its projection; simplex weights): damped Gauss-Newton from ``logits``, all
+        users of all problems at once. A user whose gradient is within ``tol`` stops; the
+        others' steps are halved, user by user, until their own loss goes down (a user whose
+        loss cannot go down stops too). Returns the logits and whether every user's largest
+        gradient entry is within ``tol``."""
+        u = self.data.user_index
+        g_count, n_users, k = logits.shape
+        eye = torch.eye(k, dtype=torch.float64, device=z.device)
+        ones = torch.full((k, k), 1.0 / k, dtype=torch.float64, device=z.device)
+        active = torch.ones(g_count, n_users, dtype=torch.bool, device=z.device)
+        converged = False
+        for _ in range(max_iter):
+            w = logits.softmax(-1)
+            wr = w.permute(1, 0, 2)[u]  # (N, G, K)
+            m = (z * wr).sum(-1, keepdim=True)
+            a = self.scale * (z - m)  # dm/dtheta = w * a
+            dm = wr * a
+            m = self.scale * m[..., 0]
+            c = -torch.sigmoid(-m) * self.coef_rows
+            pen, pen_grad, pen_hess = self._user_penalty(logits)
+            # every user's sum of c_n a_n over their rows: their gradient is w * that
+            spread = torch.zeros(n_users, g_count, k, dtype=z.dtype, device=z.device)
+            spread = spread.index_add_(0, u, c[..., None] * a).permute(1, 0, 2)  # (G, U, K)
+            grad = w * spread + pen_grad
+            big = grad.abs().amax(-1) > tol
+            converged = not bool(big.any())
+            active &= big
+            if not bool(active.any()):
+                break
+            curve = (torch.sigmoid(m) * torch.sigmoid(-m) * self.coef_rows)[..., None, None]
+            hess = torch.zeros(n_users, g_count, k, k, dtype=z.dtype, device=z.device)
+            hess = hess.index_add_(0, u, curve * dm[..., :, None] * dm[..., None, :])
+            hess = hess.permute(1, 0, 2, 3).double() + pen_hess.double()
+            # the softmax's own curvature: sum_n c_n d2m_n/dtheta2 = diag(v) - v w^T - w v^T
+            v = (w * spread).double()
+            wd = w.double()
+            hess = hess + torch.diag_embed(v) - v[..., :, None] * wd[..., None, :]
+            hess = hess - wd[..., :, None] * v[..., None, :]
+            # a saddle-free Newton step: |eigenvalues|, floored; the all-ones direction (no
+            # weight moves) keeps a tiny curvature. A step longer than MAX_USER_STEP (a flat
+            # or nearly singular direction) is shortened to it: backtracking alone could
+            # halve such a step to nothing and stop the user above tol
+            vals, vecs = torch.linalg.eigh(hess + 1e-9 * (eye + ones))
+            vals = vals.abs().clamp_min(1e-9)
+            inv_g = vecs.transpose(-1, -2) @ grad.double()[..., None]
+            step = -(vecs @ (inv_g / vals[..., None]))[..., 0]
+            longest = step.abs().amax(-1, keepdim=True).clamp_min(MAX_USER_STEP)
+            step = (step * (MAX_USER_STEP / longest)).to(logits.dtype) * active[..., None]
+            slope = (grad * step).sum(-1).double()
+            rows = F.softplus(-m).double() * self.coef_rows
+            before = torch.zeros(n_users, g_count, dtype=torch.float64, device=z.device)
+            before = before.index_add_(0, u, rows).T + pen
+            t = active.to(logits.dtype)[..., None]
+            for _ in range(USER_BACKTRACK):
+                after = self._user_losses(z, logits + t * step)
+                short = (after > before + 1e-4 * t[..., 0].double() * slope) & (t[..., 0] > 0)
+                if not bool(short.any()):
+                    break
+                t = torch.where(short[..., None], 0.5 * t, t)
+            else:
+                t = torch.where(short[..., None], torch.zeros_like(t), t)
+            active &= t[..., 0] > 0
+            logits = logits + t * step
+        return logits, converged
+
     def _reference(self, basis: Tensor) -> tuple[Tensor, Tensor]:
         from lore_rm.fit.solvers import reference_penalty
 
         alpha, head, kind = self.reference  # type: ignore[misc]
         with torch.enable_grad():
             b = basis.detach().requires_grad_(True)
-            total = sum(
-                alpha * reference_penalty(b[g] / self.sigma[:, None], head, kind)
-                for g in range(b.shape[0])
-            )
+            total = torch.stack(
+                [
+                    alpha * reference_penalty(b[g] / self.sigma[:, None], head, kind)
+                    for g in range(b.shape[0])
+                ]
+            ).sum()
             (grad,) = torch.autograd.grad(total, b)
         return total.detach().double(), grad

@@ -206,22 +206,13 @@ def solve_lbfgs(
         if cfg.alpha > 0 and reference_head is not None
         else None,
     )
-    shapes = (basis0.shape, (n_problems, data.n_users, rank))
-    split_at = basis0.numel()
-
-    def unflatten(x: Tensor) -> tuple[Tensor, Tensor]:
-        return x[:split_at].view(shapes[0]), x[split_at:].view(shapes[1])
-
-    def fun(x: Tensor) -> tuple[float, Tensor]:
-        loss, g_basis, g_logits = objective.value_and_grad(*unflatten(x))
-        return float(loss), torch.cat([g_basis.reshape(-1), g_logits.reshape(-1)])
-
-    x0 = torch.cat([basis0.to(device).reshape(-1), logits0.to(device).reshape(-1)]).float()
+    params = _Parameters(objective, basis0.to(device), logits0.to(device), cfg.tol)
+    fun = params.fun
     with torch.no_grad():
-        state = lbfgs.start(fun, x0)
+        state = lbfgs.start(fun, params.x0)
         losses: list[float] = []
         done, converged, stale, escapes, restarts = 0, False, 0, 0, 0
-        best_val, best = math.inf, (*unflatten(state.x.clone()), 0)
+        best_val, best = math.inf, (*params.split(state.point), 0)
         bar = progress_bar(cfg.n_iter, desc, progress)
         while done < cfg.n_iter:
             before = state.iterations
@@ -232,31 +223,30 @@ def solve_lbfgs(
             done += steps
             bar.update(steps)
             losses.append(state.loss)
-            _check_finite_params(*unflatten(state.x))
+            _check_finite_params(*params.split(state.point))
             if why == "tol":  # the gradient is within tol: a minimum, or the pooled saddle?
-                moved = _leave_saddle(objective, *unflatten(state.x), escapes < MAX_ESCAPES)
+                moved = _leave_saddle(objective, *params.split(state.point), escapes < MAX_ESCAPES)
                 if moved is None:
                     converged = True
                     break
                 escapes += 1
-                state = lbfgs.start(fun, torch.cat([moved[0].reshape(-1), moved[1].reshape(-1)]))
+                state = lbfgs.start(fun, params.join(*moved))
             elif why == "stall":  # no way down along the direction above tol: a fresh memory
                 if restarts >= MAX_RESTARTS:
                     break
                 restarts += 1
-                state = lbfgs.start(fun, state.x)
+                state = lbfgs.start(fun, state.point)
             if stop_rows is not None:
-                val = float(
-                    F.softplus(-objective.margins(*unflatten(state.x))[0, stop_rows]).mean()
-                )
+                held = objective.margins(*params.split(state.point))[0, stop_rows]
+                val = float(F.softplus(-held).mean())
                 if val < best_val - 1e-6:
-                    best_val, best, stale = val, (*unflatten(state.x.clone()), done), 0
+                    best_val, best, stale = val, (*params.split(state.point), done), 0
                 else:
                     stale += 1
                     if stale >= cfg.patience:
                         break
         bar.close()
-    basis, logits = unflatten(state.x)
+    basis, logits = params.split(state.point)
     if stop_rows is not None:
         basis_out, logits_out = best[0], best[1]
     else:
@@ -273,6 +263,48 @@ def solve_lbfgs(
             stacklevel=3,
         )
     return LbfgsResult(basis_out, logits_out, done, converged, losses, escapes, restarts)
+
+
+class _Parameters:
+    """What L-BFGS moves. Simplex weights: the basis alone, every user's logits being the best
+    for it (variable projection: :meth:`JointObjective.best_logits`, warm-started from the
+    last evaluation's); the loss and the basis' gradient are those at the users' best logits
+    (the users' own gradient is within a tenth of ``tol`` there). Signed weights, whose users
+    are tied by their pinned mean: the basis and every user's offsets together."""
+
+    def __init__(self, objective: JointObjective, basis0: Tensor, logits0: Tensor, tol: float):
+        self.objective = objective
+        self.shape = basis0.shape
+        self.reduced = objective.space == "simplex"
+        self.logits = logits0.float().clone()
+        self.user_tol = 0.1 * tol
+        self.evaluated: Tensor | None = None  # the basis the logits are best for
+        self.x0 = self.join(basis0.float(), self.logits)
+
+    def join(self, basis: Tensor, logits: Tensor) -> Tensor:
+        if self.reduced:
+            self.logits = logits.clone()
+            return basis.reshape(-1).clone()
+        return torch.cat([basis.reshape(-1), logits.reshape(-1)])
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        n = self.shape.numel()
+        if self.reduced:
+            if self.evaluated is None or not torch.equal(x, self.evaluated):
+                self.fun(x)  # the users' best logits for this basis (a rejected trial's may be)
+            return x.view(self.shape), self.logits
+        return x[:n].view(self.shape), x[n:].view(self.shape[0], -1, self.shape[2])
+
+    def fun(self, x: Tensor) -> tuple[float, Tensor]:
+        if not self.reduced:
+            loss, g_basis, g_logits = self.objective.value_and_grad(*self.split(x))
+            return float(loss), torch.cat([g_basis.reshape(-1), g_logits.reshape(-1)])
+        self.evaluated = x.clone()
+        basis = x.view(self.shape)
+        z = self.objective.projected(basis)
+        self.logits, _ = self.objective.best_logits(z, self.logits, self.user_tol)
+        loss, g_basis, _ = self.objective.value_and_grad(basis, self.logits, z)
+        return float(loss), g_basis.reshape(-1)
 
 
 def _leave_saddle(
@@ -443,7 +475,7 @@ def fit_user_weights(
             state = lbfgs.start(fun, x0)
             if cfg.fewshot_n_iter > 0:
                 lbfgs.minimize(fun, state, cfg.fewshot_n_iter, FEWSHOT_TOL, lr=cfg.fewshot_lr)
-        logits = state.x.view(n_users, k)
+        logits = state.point.view(n_users, k)
         weights = weights_of(logits, space).clone()
     empty = counts == 0
     if empty.any():
