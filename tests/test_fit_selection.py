@@ -205,9 +205,12 @@ def test_pure_noise_labels_warn(rank2_population):
         data.user_index,
         user_ids=data.user_ids,
     )
-    with pytest.warns(NoSignalWarning, match="learned nothing"):
+    with pytest.warns(NoSignalWarning, match="learned nothing") as caught:
         model = LowRankReward(rank="auto", **SMALL_GRID).fit(noisy)
     assert model.history_["no_signal"]
+    # the warning names the cell it is about
+    cell = f"at rank {model.rank_}, weight_decay {model.config_.weight_decay:g}"
+    assert any(cell in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
 def test_iteration_cap_warns(rank2_population):

@@ -255,6 +255,7 @@ class LowRankReward:
         cfg = self.config
         _check_nonempty(comparisons, "fit")
         self._check_rank(comparisons.d)
+        _warn_rank_against_users(self.rank, comparisons)
         ref = _as_reference(reference_head, comparisons.d)
         if self.rank == 0 and ref is None:
             raise LoreError(
@@ -967,6 +968,20 @@ class LaplacePosterior(WeightsPosterior):
         """The questions to ask these users next (:meth:`LowRankReward.select_questions`;
         ``criterion``, ``seed``, ``duplicate_tol``, ``asked`` as there)."""
         return self._model().select_questions(candidates, n, posterior=self, **kw)
+
+
+def _warn_rank_against_users(rank: int | str, comparisons: Comparisons) -> None:
+    """A given rank of at least the number of seen users: a column per user, or more."""
+    if rank == AUTO or int(rank) < 2:
+        return
+    n_users = int((comparisons.counts_per_user() > 0).sum())
+    if int(rank) >= n_users:
+        warnings.warn(
+            f"rank {rank} is at least the number of seen users ({n_users}): the basis can give "
+            "every user a column of their own and fit their noise; rank='auto' chooses among "
+            "smaller ranks by cross-validation",
+            stacklevel=4,
+        )
 
 
 def _check_nonempty(c: Comparisons, what: str) -> None:

@@ -540,16 +540,17 @@ def signal_problems(selection: Selection) -> list[str]:
     chosen = selection.chosen
     problems = []
     margin = max(chosen["cv_loss_se"], MIN_GAIN)
+    cell = f"at rank {chosen['rank']}, weight_decay {chosen['weight_decay']:g}, "
     if chosen["cv_loss"] >= LN2 - margin:
         problems.append(
-            f"its cross-validated log-loss {chosen['cv_loss']:.4f} is not below ln 2 = "
+            f"{cell}its cross-validated log-loss {chosen['cv_loss']:.4f} is not below ln 2 = "
             f"{LN2:.4f} (a coin flip) by more than {margin:.4f} (its standard error, at least "
             f"{MIN_GAIN})"
         )
     pooled = selection.pooled
     if pooled is not None and chosen["rank"] > 1 and chosen["cv_accuracy"] <= pooled["cv_accuracy"]:
         problems.append(
-            f"its cross-validated accuracy {chosen['cv_accuracy']:.4f} is not above the pooled "
-            f"rank-1 model's {pooled['cv_accuracy']:.4f}"
+            f"{cell}its cross-validated accuracy {chosen['cv_accuracy']:.4f} is not above the "
+            f"pooled rank-1 model's {pooled['cv_accuracy']:.4f}"
         )
     return problems
