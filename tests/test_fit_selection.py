@@ -16,6 +16,9 @@ from lore_rm.fit.posterior import linear_std, logit_hessian
 from lore_rm.fit.prior import isotropic_prior
 from lore_rm.fit.selection import (
     EDGE_STEPS,
+    LOOSE_TOL,
+    REFINE_MARGIN,
+    SEARCH_TOL,
     _fold_scores,
     _new_user_scores,
     held_out_users,
@@ -48,6 +51,15 @@ def test_auto_picks_the_planted_rank(rank2_population):
     chosen = next(r for r in sel["rows"] if r["chosen"])
     assert chosen["cv_loss"] < pooled - 0.02
     assert model.history_["no_signal"] == []
+    # loose, then refined: the choice falls on a refined cell, every cell within reach of the
+    # chosen band was refined, and the cells left loose are far from it
+    refined = [r for r in sel["rows"] if r["tol"] == SEARCH_TOL]
+    loose = [r for r in sel["rows"] if r["tol"] == LOOSE_TOL]
+    assert len(refined) + len(loose) == len(sel["rows"]) and sel["refined"] == len(refined)
+    assert chosen in refined and loose  # something was left loose on this grid
+    best = min(r["cv_loss"] for r in refined)
+    band = best + min(r["cv_loss_se"] for r in refined if r["cv_loss"] == best)
+    assert all(r["cv_loss"] > band + REFINE_MARGIN for r in loose)
 
 
 def test_explicit_values_skip_the_search(rank2_population):

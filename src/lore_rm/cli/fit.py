@@ -149,7 +149,9 @@ def fit_cmd(
         console.print(
             (f"Rank {model.rank} (given); chosen" if given else "Chosen")
             + f" by {sel['folds']}-fold cross-validation, holding out "
-            f"{sel.get('holdout', 'comparisons')} ({sel['n_fits']} fits, "
+            f"{sel.get('holdout', 'comparisons')} ({sel['n_fits']} fits"
+            + (f", {sel['refined']} cells refined" if sel.get("refined") else "")
+            + ", "
             f"{sel['seconds']:.1f} s, {sel['rule']} rule): "
             + ("" if given else f"rank {sel['rank']}, ")
             + f"weight_decay {sel['weight_decay']:g}"
