@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from lore_rm import FitConfig, simulate_population
 from lore_rm.fit.link import joint_weights
-from lore_rm.fit.objective import JointObjective
+from lore_rm.fit.objective import JointObjective, reference_penalty
 from lore_rm.fit.prior import isotropic_prior
 from lore_rm.fit.saddle import spread
-from lore_rm.fit.solvers import feature_scale, reference_penalty, solve_lbfgs
+from lore_rm.fit.solvers import feature_scale, solve_lbfgs
 from lore_rm.fit.start import initial_point
 
 

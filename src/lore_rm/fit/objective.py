@@ -28,6 +28,15 @@ USER_BACKTRACK = 10  # step halvings per user and Newton step
 MAX_USER_STEP = 2.0  # the largest change of one logit in one Newton step
 
 
+def reference_penalty(basis: Tensor, v_ref: Tensor, kind: str) -> Tensor:
+    """The pull of a basis (d, K) toward the reference head ``v_ref`` (d,): ``mean_k(1 -
+    cos(V_k, v_ref))`` ("cosine") or ``sum_k ||V_k - v_ref||^2`` ("l2")."""
+    if kind == "cosine":
+        cos = F.cosine_similarity(basis, v_ref[:, None].expand_as(basis), dim=0)
+        return (1.0 - cos).mean()
+    return ((basis - v_ref[:, None]) ** 2).sum()
+
+
 class JointObjective:
     """Loss and gradient of G joint problems (see the module docstring).
 
@@ -107,8 +116,6 @@ class JointObjective:
             out = out + 0.5 * quad / self.row_total
         if self.reference is not None:
             alpha, head, kind = self.reference
-            from lore_rm.fit.solvers import reference_penalty
-
             out = out + torch.stack(
                 [
                     alpha * reference_penalty(b / self.sigma[:, None], head, kind).double()
@@ -261,8 +268,6 @@ class JointObjective:
         return logits, converged
 
     def _reference(self, basis: Tensor) -> tuple[Tensor, Tensor]:
-        from lore_rm.fit.solvers import reference_penalty
-
         alpha, head, kind = self.reference  # type: ignore[misc]
         with torch.enable_grad():
             b = basis.detach().requires_grad_(True)

@@ -19,7 +19,7 @@ from lore_rm.errors import ConvergenceWarning, DivergenceError, LoreError
 from lore_rm.fit import lbfgs
 from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig
 from lore_rm.fit.link import joint_weights, weights_of
-from lore_rm.fit.objective import JointObjective
+from lore_rm.fit.objective import JointObjective, reference_penalty
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
 from lore_rm.fit.saddle import escape, spread
 from lore_rm.fit.start import initial_point
@@ -59,13 +59,6 @@ def alpha_at(cfg: FitConfig, iteration: int) -> float:
     if iteration >= end:
         return cfg.alpha
     return cfg.alpha * (iteration - start) / (end - start)
-
-
-def reference_penalty(basis: Tensor, v_ref: Tensor, kind: str) -> Tensor:
-    if kind == "cosine":
-        cos = F.cosine_similarity(basis, v_ref[:, None].expand_as(basis), dim=0)
-        return (1.0 - cos).mean()
-    return ((basis - v_ref[:, None]) ** 2).sum()
 
 
 def fit_joint(
