@@ -44,8 +44,10 @@ def child(texts: int, n_iter: int) -> dict:
 
     from lore_rm import Comparisons, LowRankReward
     from lore_rm.table_passes import table_times
+    from lore_rm.threads import pin_threads
 
     torch.set_num_threads(1)
+    pin_threads(1)  # the fit's threads='auto' keeps it
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     table = torch.empty(texts, D, dtype=torch.bfloat16)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from lore_rm.threads import resolve_threads
+from lore_rm.threads import pin_threads, resolve_threads
 
 BASE = {"users": 1000, "d": 1024, "k": 5, "prompts": 2000}
 AXES = {
@@ -245,6 +245,7 @@ def main() -> None:
     args = p.parse_args()
     threads = resolve_threads(args.threads)
     torch.set_num_threads(threads)
+    pin_threads(threads)  # the fits' threads='auto' keeps it
     if args.child:
         kind, cell = args.child[0], json.loads(args.child[1])
         print(json.dumps((child_fit if kind == "fit" else child_evaluate)(cell)))

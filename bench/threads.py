@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from lore_rm import LowRankReward, PopulationConfig, four_numbers, simulate_population
-from lore_rm.threads import resolve_threads
+from lore_rm.threads import pin_threads, resolve_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import PLANTED  # noqa: E402
@@ -75,6 +75,7 @@ def fit_once(name: str, rank: int | str, threads: int, cap: float) -> tuple[floa
 
 def child(name: str, rank: int | str, threads: int) -> None:
     torch.set_num_threads(threads)
+    pin_threads(threads)  # the fit's threads='auto' keeps it
     split = simulate_population(PopulationConfig(seed=0, **POPULATIONS[name])).split
     t0 = time.perf_counter()
     model = LowRankReward(rank=rank).fit(split.seen_train, split.reference_head)

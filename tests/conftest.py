@@ -6,9 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from lore_rm import threads as lore_threads
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# every library fit of the session on that count (threads="auto" would follow the load)
+lore_threads.pin_threads(torch.get_num_threads())
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py, importable by name
 

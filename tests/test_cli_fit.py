@@ -73,6 +73,10 @@ def test_evaluate_and_fit_on_a_dataset(tmp_path):
     )
     assert "unseen users" in out and "questions asked" in out
     rep = json.loads((report / "report.json").read_text())
+    # both rules say which rank they pick: the published one and lore fit's cross-validation
+    assert f"Selected rank {rep['selected_rank']}:" in out
+    cv = rep["cross_validated_rank"]
+    assert cv["rank"] in (1, 2) and "lore fit's rule" in out and f"picks rank {cv['rank']}" in out
     by_rank = {r["rank"]: r for r in rep["ranks"]}
     assert sorted(by_rank) == [0, 1, 2]
     # one pooled reward cannot serve two opposite kinds of users; rank 2 can
@@ -88,6 +92,8 @@ def test_evaluate_and_fit_on_a_dataset(tmp_path):
     assert (report / "active.csv").read_text().startswith("rank,criterion,questions")
 
     out = ok("fit", ds, "--out", model_dir, "--rank", "2", "--no-progress")
+    assert "Rank 2 (given); chosen by" in " ".join(out.split())  # only the ridge was searched
+    assert "Chosen by" not in out and "rank 2, weight_decay" not in out
     model = LowRankReward.from_pretrained(model_dir)
     assert model.backbone == "hashing-64" and model.rank == 2
     assert len(model.users_) == 24  # 18 seen users + 6 unseen users personalised
@@ -101,6 +107,20 @@ def test_evaluate_and_fit_on_a_dataset(tmp_path):
     served = build_app(str(model_dir)).state.service
     assert served.embedder.name == "hashing-64"
     assert backbone_identity(served.embedder)["dtype"] == training["backbone"]["dtype"]
+
+
+def test_a_given_rank_of_at_least_the_seen_users_warns(tmp_path):
+    src = tmp_path / "prefs.jsonl"
+    _two_kinds_of_users(src, n_users=8, per_user=12)
+    ds = tmp_path / "ds"
+    assert _cli("prepare", "generic", src, "--out", ds, "--unseen-fraction", "0.25").exit_code == 0
+    assert _cli("embed", ds, "--backbone", "hashing-64", "--no-progress").exit_code == 0
+    args = ("fit", ds, "--rank", "6", "--weight-decay", "0.1", "--no-progress")
+    res = _cli(*args, "--out", tmp_path / "m")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "rank 6 is at least the number of seen users (6)" in text
+    assert "Rank 6 and weight_decay 0.1 given: nothing was cross-validated" in text
 
 
 def test_fit_without_embeddings_is_a_clear_error(tmp_path):

@@ -16,6 +16,9 @@ from lore_rm.fit.posterior import linear_std, logit_hessian
 from lore_rm.fit.prior import isotropic_prior
 from lore_rm.fit.selection import (
     EDGE_STEPS,
+    LOOSE_TOL,
+    REFINE_MARGIN,
+    SEARCH_TOL,
     _fold_scores,
     _new_user_scores,
     held_out_users,
@@ -48,6 +51,15 @@ def test_auto_picks_the_planted_rank(rank2_population):
     chosen = next(r for r in sel["rows"] if r["chosen"])
     assert chosen["cv_loss"] < pooled - 0.02
     assert model.history_["no_signal"] == []
+    # loose, then refined: the choice falls on a refined cell, every cell within reach of the
+    # chosen band was refined, and the cells left loose are far from it
+    refined = [r for r in sel["rows"] if r["tol"] == SEARCH_TOL]
+    loose = [r for r in sel["rows"] if r["tol"] == LOOSE_TOL]
+    assert len(refined) + len(loose) == len(sel["rows"]) and sel["refined"] == len(refined)
+    assert chosen in refined and loose  # something was left loose on this grid
+    best = min(r["cv_loss"] for r in refined)
+    band = best + min(r["cv_loss_se"] for r in refined if r["cv_loss"] == best)
+    assert all(r["cv_loss"] > band + REFINE_MARGIN for r in loose)
 
 
 def test_explicit_values_skip_the_search(rank2_population):
@@ -205,9 +217,12 @@ def test_pure_noise_labels_warn(rank2_population):
         data.user_index,
         user_ids=data.user_ids,
     )
-    with pytest.warns(NoSignalWarning, match="learned nothing"):
+    with pytest.warns(NoSignalWarning, match="learned nothing") as caught:
         model = LowRankReward(rank="auto", **SMALL_GRID).fit(noisy)
     assert model.history_["no_signal"]
+    # the warning names the cell it is about
+    cell = f"at rank {model.rank_}, weight_decay {model.config_.weight_decay:g}"
+    assert any(cell in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
 def test_iteration_cap_warns(rank2_population):
@@ -254,7 +269,7 @@ from lore_rm import LowRankReward, simulate_population, four_numbers
 pop = simulate_population(d=16, true_rank=2, n_seen=60, n_unseen=20, train_per_user=30,
                           n_prompts=300, seed=4)
 m = LowRankReward(rank="auto", rank_grid=(1, 2, 3), weight_decay_grid=(0.003, 0.03),
-                  cv_folds=3).fit(pop.split.seen_train)
+                  cv_folds=3, threads=int(sys.argv[1])).fit(pop.split.seen_train)
 r = four_numbers(m, pop.split)
 print(m.rank_, m.config_.weight_decay, *(repr(r[k]) for k in
       ("train", "seen_test", "fewshot_train", "unseen_test")))

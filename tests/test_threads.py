@@ -4,18 +4,21 @@ import json
 
 import pytest
 import torch
+from text_population import answers, text_split
 from typer.testing import CliRunner
 
-from lore_rm import LowRankReward, PopulationConfig, four_numbers, simulate_population
+import lore_rm.fit.model
+from lore_rm import LoreError, LowRankReward, PopulationConfig, four_numbers, simulate_population
 from lore_rm import threads as th
 from lore_rm.cli import app
 
 
 @pytest.fixture
 def restore_threads():
-    before = torch.get_num_threads()
+    before, pinned = torch.get_num_threads(), th._pinned
     yield
     torch.set_num_threads(before)
+    th.pin_threads(pinned)
 
 
 def test_auto_leaves_busy_cpus_alone(monkeypatch, restore_threads):
@@ -56,8 +59,61 @@ def test_one_and_two_threads_give_the_same_accuracies(restore_threads):
     numbers = []
     for n in (1, 2):
         torch.set_num_threads(n)
-        model = LowRankReward(rank=3).fit(split.seen_train, split.reference_head)
+        model = LowRankReward(rank=3, threads=n).fit(split.seen_train, split.reference_head)
         numbers.append(four_numbers(model, split))
     for key, value in numbers[0].items():
         if isinstance(value, float):
             assert abs(value - numbers[1][key]) <= 1e-6, key
+
+
+def test_the_library_fit_applies_the_auto_rule_and_restores_torchs_setting(
+    monkeypatch, restore_threads, easy_population
+):
+    data = easy_population.split.seen_train
+    seen: list[int] = []
+    resolve = lore_rm.fit.model.resolve_auto
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(lore_rm.fit.model, "resolve_auto", recording)
+    monkeypatch.setattr(th, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(th.os, "getloadavg", lambda: (7.5, 0.0, 0.0))  # a busy machine
+    torch.set_num_threads(2)
+    th.pin_threads(None)
+    for threads, expected in (("auto", 1), (None, 2), (2, 2)):
+        LowRankReward(rank=2, weight_decay=0.1, threads=threads).fit(data)
+        assert seen[-1] == expected and torch.get_num_threads() == 2
+    th.pin_threads(2)  # what a command's --threads does: 'auto' keeps it
+    LowRankReward(rank=2, weight_decay=0.1).fit(data)
+    assert seen[-1] == 2
+    monkeypatch.setattr(th.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    th.pin_threads(None)
+    LowRankReward(rank=2, weight_decay=0.1).fit(data)
+    assert seen[-1] == 2  # an idle machine: every usable CPU, at most torch's setting
+    with pytest.raises(LoreError, match="threads must be"):
+        LowRankReward(rank=2, weight_decay=0.1, threads="many").fit(data)
+
+
+def test_one_and_two_threads_give_the_same_answer_on_real_text(minilm_backbone, restore_threads):
+    """Real MiniLM embeddings of answers written in tests/text_population.py; users of five
+    opposite kinds. The search and the fit choose the same cell and give the same numbers
+    with 1 and 2 threads."""
+    texts, attrs = answers()
+    convs = [[{"role": "assistant", "content": t}] for t in texts]
+    split = text_split(minilm_backbone.embed(convs).clone(), attrs)
+    results = []
+    for n in (1, 2):
+        model = LowRankReward(
+            seed=0, threads=n, rank_grid=(1, 2, 3), weight_decay_grid=(0.1, 1.0), cv_folds=3
+        ).fit(split.seen_train)
+        with th.torch_threads(n):
+            numbers = four_numbers(model, split)
+        cell = (model.rank_, model.config_.weight_decay, model.personalization_)
+        results.append((cell, numbers, model.margin_scale_))
+    (cell, numbers, scale), (cell_2, numbers_2, scale_2) = results
+    assert cell == cell_2 and cell[0] > 1  # users disagree: a personalised rank
+    assert abs(scale - scale_2) <= 1e-6
+    for key in ("train", "seen_test", "fewshot_train", "unseen_test"):
+        assert abs(numbers[key] - numbers_2[key]) <= 1e-6, key

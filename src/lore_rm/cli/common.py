@@ -173,11 +173,12 @@ def use_threads(spec: str) -> int:
     """Set torch's intra-op threads from ``--threads``; returns the count."""
     import torch
 
-    from lore_rm.threads import resolve_threads
+    from lore_rm.threads import pin_threads, resolve_threads
 
     try:
         n = resolve_threads(spec)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--threads") from None
     torch.set_num_threads(n)
+    pin_threads(n)  # the library's threads="auto" keeps the command's count
     return n

@@ -144,12 +144,17 @@ def fit_cmd(
             f"{counted(split.seen_train.n_users, 'user')} (--all-data): no held-out numbers; "
             "they come from `lore evaluate` or `lore fit` on the dataset's split."
         )
+    given = model.rank != "auto"  # the rank asked for, reported as given
     if sel:
         console.print(
-            f"Chosen by {sel['folds']}-fold cross-validation, holding out "
-            f"{sel.get('holdout', 'comparisons')} ({sel['n_fits']} fits, "
-            f"{sel['seconds']:.1f} s, {sel['rule']} rule): rank {sel['rank']}, "
-            f"weight_decay {sel['weight_decay']:g}"
+            (f"Rank {model.rank} (given); chosen" if given else "Chosen")
+            + f" by {sel['folds']}-fold cross-validation, holding out "
+            f"{sel.get('holdout', 'comparisons')} ({sel['n_fits']} fits"
+            + (f", {sel['refined']} cells refined" if sel.get("refined") else "")
+            + ", "
+            f"{sel['seconds']:.1f} s, {sel['rule']} rule): "
+            + ("" if given else f"rank {sel['rank']}, ")
+            + f"weight_decay {sel['weight_decay']:g}"
             + (
                 f", {model.weight_space_} weights at personalisation strength "
                 f"{model.personalization_:g}"
@@ -159,6 +164,11 @@ def fit_cmd(
         )
         for note in sel.get("notes", []):
             console.print(f"[dim]search: {note}[/dim]")
+    elif given:
+        console.print(
+            f"Rank {model.rank} and weight_decay {model.config_.weight_decay:g} given: nothing "
+            "was cross-validated."
+        )
     cal = model.history_.get("calibration")
     if cal and "why" not in cal:
         console.print(
@@ -397,7 +407,10 @@ def evaluate_cmd(
         active_rows=result.active_rows,
         personalization=report,
         selected_rank=selected_rank,
-        extra=None if groups is None else {"groups": groups[0].to_dict()},
+        extra={
+            "cross_validated_rank": result.cross_validated,
+            **({} if groups is None else {"groups": groups[0].to_dict()}),
+        },
     )
     if groups is not None:
         names += write_group_files(out, groups[0], groups[1], users)
@@ -418,6 +431,7 @@ def evaluate_cmd(
                 "selected": None
                 if selected is None
                 else {"rank": selected["rank"], "alpha": selected["alpha"]},
+                "cross_validated_rank": result.cross_validated,
                 "shots_rank": swept_at,
                 "shots": shot_rows,
                 "personalization": None if report is None else report.to_dict(),
@@ -430,13 +444,25 @@ def evaluate_cmd(
 
 
 def _selected_line(result, shots_rank: int | None, console: Console) -> int | None:
-    """Print which rank the protocol selected and why; the rank its report is about."""
+    """Print which rank the protocol selected and why, and which rank ``lore fit``'s
+    cross-validation picks among the same fits (``result.cross_validated``); the rank the
+    report is about."""
+    from lore_rm.evaluate.rank_choice import WHY_THEY_DIFFER
+
     selected = result.selected
     if selected is not None:
         console.print(
             f"Selected rank {selected['rank']}: the smallest learned rank within 0.005 of the "
             "best seen-user test accuracy (seen users' held-out prompts choose; unseen users "
             "never do)."
+        )
+    cv = result.cross_validated
+    if cv is not None:
+        same = selected is not None and cv["rank"] == selected["rank"]
+        console.print(
+            f"lore fit's rule (cross-validated log-loss of held-out users, {cv['rule']}) "
+            f"picks rank {cv['rank']} (weight_decay {cv['weight_decay']:g}) among these fits"
+            + ("." if same else f": {WHY_THEY_DIFFER}.")
         )
     if shots_rank is not None:
         console.print(f"The shots sweep and the personalisation report use rank {shots_rank}.")

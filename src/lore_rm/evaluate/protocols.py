@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lore_rm.evaluate.personalization import PersonalizationReport, personalization_report
+from lore_rm.evaluate.rank_choice import cross_validated_rank
 from lore_rm.evaluate.shots import plan_shots, sample_shots
 from lore_rm.fit.config import Recipe
 from lore_rm.fit.model import LowRankReward
@@ -180,6 +181,8 @@ class ProtocolResult:
     active_rows: list[dict] = field(default_factory=list)  # accuracy vs questions asked
     personalization: PersonalizationReport | None = None  # at the selected (or shots) rank
     models: dict = field(default_factory=dict, repr=False)  # the swept models, (rank, alpha)
+    #: the rank lore fit's cross-validation picks among the swept fits (rank_choice)
+    cross_validated: dict | None = None
 
 
 def run_protocol(
@@ -212,6 +215,9 @@ def run_protocol(
     rows, models = _sweep(split, ranks, alphas, recipe, seed, device, progress, settings)
     selected = select_rank(rows)
     result = ProtocolResult(rows, selected, models=models)
+    result.cross_validated = cross_validated_rank(
+        models, selected["alpha"] if selected is not None else alphas[0]
+    )
     if shots_rank is None and selected is None:
         return result
     if shots_rank is None:

@@ -37,6 +37,7 @@ from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights, signed_
 from lore_rm.fit.user_table import UserTable
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
 from lore_rm.ranking import LEVEL, Ranking, candidate_groups, rank_groups
+from lore_rm.threads import torch_threads
 
 Tensor = torch.Tensor
 #: a personalisation strength: the model's (None), one number, or one per user / row
@@ -56,6 +57,11 @@ class LowRankReward:
 
     Hyperparameters live in the constructor (``settings`` override single fields of the
     recipe's :class:`~lore_rm.fit.config.FitConfig`); learned state ends in ``_``.
+
+    ``threads``: torch's CPU thread count while :meth:`fit` runs, restored afterwards:
+    ``"auto"`` (the default) applies the rule of the commands' ``--threads auto`` (the usable
+    CPUs not already busy, at most torch's own setting; see :mod:`lore_rm.threads`), an
+    integer sets it, ``None`` leaves torch's setting alone.
 
     Attributes
     ----------
@@ -116,6 +122,7 @@ class LowRankReward:
         backbone: str | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        threads: int | str | None = "auto",
         **settings,
     ) -> None:
         self.rank = rank
@@ -123,6 +130,7 @@ class LowRankReward:
         self.backbone = backbone
         self.device = device
         self.seed = seed
+        self.threads = threads
         self.settings = settings
 
     # ---- configuration --------------------------------------------------------------------
@@ -172,6 +180,7 @@ class LowRankReward:
         seed: int = 0,
         fit_config: FitConfig | None = None,
         prior: LogitPrior | None = None,
+        threads: int | str | None = "auto",
         **settings,
     ) -> LowRankReward:
         """A fitted model from its arrays: basis (d, K), user weights (U, K) and user ids.
@@ -204,6 +213,7 @@ class LowRankReward:
             backbone=backbone,
             device=device,
             seed=seed,
+            threads=threads,
             **settings,
         )
         model.rank_ = k if rank is None or rank == AUTO else int(rank)
@@ -233,11 +243,19 @@ class LowRankReward:
         ``rank="auto"`` and ``weight_decay="auto"`` (the default) are chosen first by
         cross-validation over ``comparisons`` (:mod:`lore_rm.fit.selection`); the model is
         then refitted on all of them. The search is in ``history_["selection"]``; with users
-        held out it also learns ``margin_scale_`` (``history_["calibration"]``).
+        held out it also learns ``margin_scale_`` (``history_["calibration"]``). Runs with
+        ``threads`` torch threads (see the class docstring).
         """
+        with torch_threads(self.threads):
+            return self._fit(comparisons, reference_head, progress)
+
+    def _fit(
+        self, comparisons: Comparisons, reference_head: Tensor | np.ndarray | None, progress: bool
+    ) -> LowRankReward:
         cfg = self.config
         _check_nonempty(comparisons, "fit")
         self._check_rank(comparisons.d)
+        _warn_rank_against_users(self.rank, comparisons)
         ref = _as_reference(reference_head, comparisons.d)
         if self.rank == 0 and ref is None:
             raise LoreError(
@@ -950,6 +968,20 @@ class LaplacePosterior(WeightsPosterior):
         """The questions to ask these users next (:meth:`LowRankReward.select_questions`;
         ``criterion``, ``seed``, ``duplicate_tol``, ``asked`` as there)."""
         return self._model().select_questions(candidates, n, posterior=self, **kw)
+
+
+def _warn_rank_against_users(rank: int | str, comparisons: Comparisons) -> None:
+    """A given rank of at least the number of seen users: a column per user, or more."""
+    if rank == AUTO or int(rank) < 2:
+        return
+    n_users = int((comparisons.counts_per_user() > 0).sum())
+    if int(rank) >= n_users:
+        warnings.warn(
+            f"rank {rank} is at least the number of seen users ({n_users}): the basis can give "
+            "every user a column of their own and fit their noise; rank='auto' chooses among "
+            "smaller ranks by cross-validation",
+            stacklevel=4,
+        )
 
 
 def _check_nonempty(c: Comparisons, what: str) -> None:

@@ -26,9 +26,17 @@ in a row; the rank grid stops once two larger ranks in a row fail to improve on 
 When a rank's best ridge is the grid's strongest, the path goes on past the grid (same ratio,
 up to ``EDGE_STEPS`` more values) until the loss rises, so the choice is never clipped there.
 
-With users held out, every cell also records ``margin_scale``: the factor by which the true
-log-odds exceed its held-out margins (:mod:`lore_rm.fit.calibration`); the chosen cell's
-scale calibrates the fitted model's outputs. Held-out users are scored only on pairs of texts
+Loose, then refined: every cell of the paths is fitted to ``LOOSE_TOL`` (largest gradient
+entry) and scored. Then the cells are taken in order of that score and continued to
+``SEARCH_TOL`` (warm, from their loose fit) and scored again, until the next cell's loose
+score exceeds the best refined cell's one-standard-error band by more than ``REFINE_MARGIN``
+and by more than twice the most any refined cell's loose score overstated its loss. The
+rule below then chooses among refined cells (the others cannot reach the band); measured
+in docs/recipes.md ("What the search costs").
+
+With users held out, the chosen cell records ``margin_scale``: the factor by which the true
+log-odds exceed its held-out margins (:mod:`lore_rm.fit.calibration`); it calibrates the
+fitted model's outputs. Held-out users are scored only on pairs of texts
 the fold's basis never saw, as new users meet new prompts (``cv_exclude_pairs``,
 :func:`new_pair_split`).
 
@@ -63,14 +71,17 @@ from lore_rm.fit.config import AUTO, FALLBACK_PRIOR, LEARNED, FitConfig
 from lore_rm.fit.link import joint_weights
 from lore_rm.fit.posterior import covariance_from_hessian, linear_std, logit_hessian
 from lore_rm.fit.prior import isotropic_prior
-from lore_rm.fit.solvers import fit_user_weights, signed_prior, solve_lbfgs
+from lore_rm.fit.solvers import LbfgsResult, fit_user_weights, signed_prior, solve_lbfgs
 from lore_rm.fit.start import initial_point
 from lore_rm.metrics import user_hits
 from lore_rm.progress import progress_bar
 
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
-SEARCH_TOL = 1e-4  # the search ranks cells; the final refit converges to cfg.tol
+SEARCH_TOL = 1e-4  # the cells the choice can fall on; the final refit converges to cfg.tol
+LOOSE_TOL = 1e-3  # every cell first (see the module doc: scored loose, then refined)
+#: a loose score this far above the best refined cell's band may still reach it
+REFINE_MARGIN = 5e-3
 MIN_GAIN = 1e-3  # a log-loss gain over a coin flip smaller than this (or than its SE) is none
 EDGE_STEPS = 4  # extra, stronger ridges tried when a rank's best sits at the grid's strong end
 
@@ -92,6 +103,7 @@ class Selection:
     notes: list[str] = field(default_factory=list)
     #: the cell that found no personalisation paying, when the pooled reward replaced it
     zero_personalization: dict | None = None
+    refined: int = 0  # cells continued from the loose tolerance to the search's
 
     @property
     def chosen(self) -> dict:
@@ -171,6 +183,7 @@ def _new_user_scores(
     held_out: Tensor,
     inner: Tensor,
     cfg: FitConfig,
+    with_std: bool = True,
 ) -> HeldOut:
     """Per fold: held-out users scored as new users of the fold's basis.
 
@@ -180,7 +193,7 @@ def _new_user_scores(
     their inner splits are one batched few-shot fit. Returns every comparison's held-out
     margin under those weights and under the fold's mean weights, and the std (N,) of the
     former under the Laplace posterior of the weights that predicted it (zero at rank 1,
-    where the weights are fixed, and when ``cfg.calibrate`` is off, which needs no std).
+    where the weights are fixed, and when ``cfg.calibrate`` is off or ``with_std`` false).
     """
     n_folds, d, rank = basis.shape
     n_inner = int(inner.max()) + 1 if inner.numel() else 1
@@ -230,7 +243,7 @@ def _new_user_scores(
             own = weights[virtual]
             margins[rows] = cfg.scale * (zf * own).sum(-1)
             shared[rows] = cfg.scale * (zf * population.to(zf.dtype)).sum(-1)
-            if cfg.calibrate and rank > 1 and strength > 0:
+            if with_std and cfg.calibrate and rank > 1 and strength > 0:
                 precision = prior.precision.to(zf.device)
                 h = logit_hessian(
                     zf[rep], weights, fitted_on.user_index, cfg.scale, precision, space=space
@@ -369,15 +382,57 @@ def select_settings(
     ranks = sorted(set(int(k) for k in ranks))
     decays = sorted(set(float(w) for w in weight_decays))  # weak -> strong
     rows: list[dict] = []
+    fitted: dict[int, tuple[Tensor, Tensor, FitConfig]] = {}  # id(row) -> its folds' fit
     best_loss, ranks_without_gain, n_fits = math.inf, 0, 0
-    not_converged = 0
     spaces = ("simplex", "signed") if cfg.weights == AUTO else (cfg.space,)
     jobs = [(w, k) for w in spaces for k in ranks if k > 1 or w == spaces[0]]
     bar = progress_bar(len(jobs) * len(decays), "selecting rank and ridge", progress)
+    loose_tol = max(cfg.tol, LOOSE_TOL)
+
+    def fit_cell(basis0: Tensor, logits0: Tensor, decay: float, cell_cfg: FitConfig, tol: float):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return solve_lbfgs(
+                data,
+                sigma,
+                basis0,
+                logits0,
+                [decay] * n_folds,
+                replace(cell_cfg, tol=tol),
+                reference_head,
+                train_weights,
+                desc=f"cv rank {basis0.shape[2]}",
+            )
+
+    def score_cell(res, cell_cfg: FitConfig, with_std: bool = False) -> tuple[dict, HeldOut]:
+        """The cell's held-out scores (the row's numbers) from its folds' fit."""
+        rank = res.basis.shape[2]
+        if holdout == "users":
+            scores = _new_user_scores(
+                data, sigma, res.basis, res.logits, held_out, inner, cell_cfg, with_std
+            )
+        else:
+            scores = _held_out_scores(
+                data, sigma, res.basis, res.logits, held_out, fold, cfg.scale, cell_cfg.space
+            )
+        strength, by_strength = choose_strength(data, scores, scored, strengths(cfg, rank))
+        loss, acc = _fold_scores(data, scores.at(strength)[None].expand(n_folds, -1), scored)
+        mean, se = _mean_se(loss)
+        acc_mean, acc_se = _mean_se(acc)
+        numbers = {
+            "personalization": strength,
+            "cv_loss": mean,
+            "cv_loss_se": se,
+            "cv_accuracy": acc_mean,
+            "cv_accuracy_se": acc_se,
+            "strengths": by_strength,
+        }
+        return numbers, scores
 
     def score_rank(space: str, rank: int) -> float:
-        """Score every ridge of one rank in one weight space (appending rows); its best loss."""
-        nonlocal n_fits, not_converged
+        """Score every ridge of one rank in one weight space at the loose tolerance
+        (appending rows); its best loss."""
+        nonlocal n_fits
         cell_cfg = replace(cfg, weights="signed" if space == "signed" and rank > 1 else "simplex")
         starts = [
             initial_point(
@@ -393,60 +448,26 @@ def select_settings(
         ]
         basis0 = torch.stack([b for b, _ in starts])
         logits0 = torch.stack([lg for _, lg in starts])
-        search_cfg = replace(cell_cfg, tol=max(cfg.tol, SEARCH_TOL))
         rank_best, rising = math.inf, 0
         path = list(decays)
         for decay in path:  # a list iterator also yields the values appended below
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                res = solve_lbfgs(
-                    data,
-                    sigma,
-                    basis0,
-                    logits0,
-                    [decay] * n_folds,
-                    search_cfg,
-                    reference_head,
-                    train_weights,
-                    desc=f"cv rank {rank}",
-                )
+            res = fit_cell(basis0, logits0, decay, cell_cfg, loose_tol)
             n_fits += n_folds
             basis0, logits0 = res.basis, res.logits  # warm start for the next, stronger ridge
-            not_converged += not res.converged
-            if holdout == "users":
-                scores = _new_user_scores(
-                    data, sigma, res.basis, res.logits, held_out, inner, cell_cfg
-                )
-            else:
-                scores = _held_out_scores(
-                    data, sigma, res.basis, res.logits, held_out, fold, cfg.scale, cell_cfg.space
-                )
-            strength, by_strength = choose_strength(data, scores, scored, strengths(cfg, rank))
-            loss, acc = _fold_scores(data, scores.at(strength)[None].expand(n_folds, -1), scored)
-            scale_fit: dict = {}
-            if holdout == "users" and cfg.calibrate:
-                scale_fit["margin_scale"] = fit_margin_scale(
-                    scores.at(strength)[scored_any], strength * scores.std[scored_any]
-                )
-            mean, se = _mean_se(loss)
-            acc_mean, acc_se = _mean_se(acc)
-            rows.append(
-                {
-                    "rank": rank,
-                    "weight_decay": decay,
-                    "weights": cell_cfg.space,
-                    "personalization": strength,
-                    "cv_loss": mean,
-                    "cv_loss_se": se,
-                    "cv_accuracy": acc_mean,
-                    "cv_accuracy_se": acc_se,
-                    "strengths": by_strength,
-                    "iterations": res.iterations,
-                    "converged": res.converged,
-                    **scale_fit,
-                }
-            )
+            numbers, _ = score_cell(res, cell_cfg)
+            row = {
+                "rank": rank,
+                "weight_decay": decay,
+                "weights": cell_cfg.space,
+                **numbers,
+                "iterations": res.iterations,
+                "converged": res.converged,
+                "tol": loose_tol,
+            }
+            rows.append(row)
+            fitted[id(row)] = (res.basis, res.logits, cell_cfg)
             bar.update(1)
+            mean = row["cv_loss"]
             if mean < rank_best:
                 rank_best, rising = mean, 0
                 if decay == path[-1] and len(decays) > 1 and len(path) - len(decays) < EDGE_STEPS:
@@ -457,6 +478,23 @@ def select_settings(
                 if rising >= 2:  # stronger ridges only shrink more
                     break
         return rank_best
+
+    def refine(row: dict) -> float:
+        """Continue a cell's folds to the search's tolerance and score it again; returns how
+        much its loose score overstated its loss (negative: understated)."""
+        basis, logits, cell_cfg = fitted[id(row)]
+        res = fit_cell(basis, logits, row["weight_decay"], cell_cfg, search_tol)
+        fitted[id(row)] = (res.basis, res.logits, cell_cfg)
+        numbers, _ = score_cell(res, cell_cfg)
+        bias = row["cv_loss"] - numbers["cv_loss"]
+        row.update(numbers)
+        row.update(
+            iterations=row["iterations"] + res.iterations,
+            converged=res.converged,
+            tol=search_tol,
+            loose_cv_loss=row["cv_loss"] + bias,
+        )
+        return bias
 
     for space, rank in jobs:
         if rows and rows[-1]["weights"] != space:  # a new weight space: its own rank stop
@@ -469,13 +507,29 @@ def select_settings(
             best_loss, ranks_without_gain = rank_best, 0
         else:
             ranks_without_gain += 1
+    # refine the cells the choice can fall on, in order of their loose score, until the next
+    # cannot reach the best refined cell's one-standard-error band even if its loose score
+    # overstates its loss twice as much as any refined cell's did
+    search_tol = max(cfg.tol, SEARCH_TOL)
+    best_refined, band, overstated, n_refined = math.inf, 0.0, 0.0, 0
+    for row in sorted(rows, key=lambda r: r["cv_loss"]):
+        if row["cv_loss"] > best_refined + band + max(REFINE_MARGIN, 2.0 * overstated):
+            break
+        overstated = max(overstated, refine(row))
+        n_refined += 1
+        if row["cv_loss"] < best_refined:
+            best_refined, band = row["cv_loss"], row["cv_loss_se"] if cfg.one_se else 0.0
     chosen, rule = _choose(rows, cfg.one_se)
     if chosen["rank"] > 1 and chosen["personalization"] == 0:
         # zero personalisation is the pooled reward: the best rank-1 cell (scored now if the
         # grid had no rank 1)
         if not any(r["rank"] == 1 for r in rows):
             score_rank("simplex", 1)
-        pooled_row, _ = _choose([r for r in rows if r["rank"] == 1], cfg.one_se)
+        pooled_rows = [r for r in rows if r["rank"] == 1]
+        for r in pooled_rows:
+            if r["tol"] > search_tol:
+                refine(r)
+        pooled_row, _ = _choose(pooled_rows, cfg.one_se)
         notes.append(
             f"at rank {chosen['rank']} (ridge {chosen['weight_decay']:g}) the cross-validation "
             "found no personalisation strength above 0 that beats the shared weights: the "
@@ -485,6 +539,14 @@ def select_settings(
         chosen = pooled_row
     else:
         zero = None
+    if holdout == "users" and cfg.calibrate:  # the chosen cell's scale (only it is used)
+        basis, logits, cell_cfg = fitted[id(chosen)]
+        _, scores = score_cell(LbfgsResult(basis, logits, 0, True, []), cell_cfg, True)
+        lam = chosen["personalization"]
+        chosen["margin_scale"] = fit_margin_scale(
+            scores.at(lam)[scored_any], lam * scores.std[scored_any]
+        )
+    not_converged = sum(not r["converged"] for r in rows)
     bar.close()
     for r in rows:
         r["chosen"] = r is chosen
@@ -514,6 +576,7 @@ def select_settings(
         folds=n_folds,
         n_fits=n_fits,
         seconds=round(time.perf_counter() - t0, 3),
+        refined=n_refined,
         pooled=pooled,
         notes=notes,
         holdout=holdout,
@@ -540,16 +603,17 @@ def signal_problems(selection: Selection) -> list[str]:
     chosen = selection.chosen
     problems = []
     margin = max(chosen["cv_loss_se"], MIN_GAIN)
+    cell = f"at rank {chosen['rank']}, weight_decay {chosen['weight_decay']:g}, "
     if chosen["cv_loss"] >= LN2 - margin:
         problems.append(
-            f"its cross-validated log-loss {chosen['cv_loss']:.4f} is not below ln 2 = "
+            f"{cell}its cross-validated log-loss {chosen['cv_loss']:.4f} is not below ln 2 = "
             f"{LN2:.4f} (a coin flip) by more than {margin:.4f} (its standard error, at least "
             f"{MIN_GAIN})"
         )
     pooled = selection.pooled
     if pooled is not None and chosen["rank"] > 1 and chosen["cv_accuracy"] <= pooled["cv_accuracy"]:
         problems.append(
-            f"its cross-validated accuracy {chosen['cv_accuracy']:.4f} is not above the pooled "
-            f"rank-1 model's {pooled['cv_accuracy']:.4f}"
+            f"{cell}its cross-validated accuracy {chosen['cv_accuracy']:.4f} is not above the "
+            f"pooled rank-1 model's {pooled['cv_accuracy']:.4f}"
         )
     return problems

@@ -16,14 +16,20 @@ import torch.nn.functional as F
 
 from lore_rm.comparisons import Comparisons
 from lore_rm.errors import ConvergenceWarning, DivergenceError, LoreError
+from lore_rm.fit import lbfgs
 from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig
 from lore_rm.fit.link import joint_weights, weights_of
+from lore_rm.fit.objective import JointObjective, reference_penalty
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
+from lore_rm.fit.saddle import escape, spread
 from lore_rm.fit.start import initial_point
 from lore_rm.progress import progress_bar
 
 Tensor = torch.Tensor
 CHECK_EVERY = 25  # L-BFGS iterations between convergence / guard checks
+MAX_ESCAPES = 3  # pooled saddles left per solve (lore_rm.fit.saddle)
+MAX_RESTARTS = 3  # fresh L-BFGS memories after a stall above tol
+FEWSHOT_TOL = 1e-7  # the few-shot fit's tolerance on its largest gradient entry
 PATH_TOL = 1e-4  # the ridge path's intermediate fits (as the search's cells)
 #: precision of the prior on a user's signed offset (per summed loss over their comparisons).
 #: Fixed, not learned: with the ridge on the basis a learned prior trades the scale of the
@@ -53,13 +59,6 @@ def alpha_at(cfg: FitConfig, iteration: int) -> float:
     if iteration >= end:
         return cfg.alpha
     return cfg.alpha * (iteration - start) / (end - start)
-
-
-def reference_penalty(basis: Tensor, v_ref: Tensor, kind: str) -> Tensor:
-    if kind == "cosine":
-        cos = F.cosine_similarity(basis, v_ref[:, None].expand_as(basis), dim=0)
-        return (1.0 - cos).mean()
-    return ((basis - v_ref[:, None]) ** 2).sum()
 
 
 def fit_joint(
@@ -146,8 +145,10 @@ class LbfgsResult:
     basis: Tensor  # (G, d, K) in the fit's (standardised) units
     logits: Tensor  # (G, U, K)
     iterations: int
-    converged: bool
+    converged: bool  # the gradient is within tol at a verified minimum (not a pooled saddle)
     loss: list[float]
+    escapes: int = 0  # pooled saddles left (lore_rm.fit.saddle)
+    restarts: int = 0  # stalls above tol after which L-BFGS restarted its memory
 
 
 def solve_lbfgs(
@@ -178,111 +179,138 @@ def solve_lbfgs(
     """
     n_problems, d, rank = basis0.shape
     device = data.device
-    u = data.user_index
-    n_users = max(data.n_users, 1)
     if row_weights is None:
         row_weights = torch.ones(n_problems, data.n, device=device)
     if stop_rows is not None:
         row_weights = row_weights.clone()
         row_weights[:, stop_rows] = 0.0
-    row_total = row_weights.sum(1).clamp_min(1.0)
     decay = torch.as_tensor(list(weight_decay), dtype=torch.float32, device=device)
-    basis = basis0.clone().to(device).requires_grad_(True)
-    logits = logits0.clone().to(device).requires_grad_(True)
-    space = cfg.space
-    present = torch.zeros(n_problems, data.n_users, device=device)
-    present.index_add_(1, u, (row_weights > 0).to(present.dtype))
-    present = present > 0
-    prior_mean = prior_precision = None
-    if logit_prior is not None:
-        prior_mean = logit_prior.mean.to(device, logits.dtype)
-        prior_precision = logit_prior.precision.to(device, logits.dtype)
-
-    def margins() -> Tensor:  # (G, N)
-        raw = (basis / sigma[None, :, None]).permute(1, 0, 2).reshape(d, n_problems * rank)
-        z = data.project(raw).reshape(-1, n_problems, rank)
-        w = joint_weights(logits, space, present)[:, u, :].permute(1, 0, 2)
-        return cfg.scale * (z * w).sum(-1).T
-
-    def objective() -> Tensor:
-        per_row = F.softplus(-margins())
-        loss = ((per_row * row_weights).sum(1, dtype=torch.float64) / row_total).sum()
-        loss = loss + 0.5 * (decay * (basis**2).sum((1, 2))).sum()
-        if space == "simplex":
-            loss = loss + 0.5 * cfg.user_l2 * (logits**2).sum() / n_users
-        else:  # every user's offset from the population: N(0, I / SIGNED_PRIOR)
-            quad = (logits**2).sum((1, 2), dtype=torch.float64)
-            loss = loss + (0.5 * SIGNED_PRIOR * quad / row_total).sum()
-        if prior_mean is not None:
-            diff = logits - prior_mean
-            quad = ((diff @ prior_precision) * diff).sum((1, 2), dtype=torch.float64)
-            loss = loss + (0.5 * quad / row_total).sum()
-        if cfg.alpha > 0 and reference_head is not None:
-            for g in range(n_problems):  # G is the number of folds: a handful
-                raw = basis[g] / sigma[:, None]
-                loss = loss + cfg.alpha * reference_penalty(raw, reference_head, cfg.regularizer)
-        return loss.float()
-
-    opt = torch.optim.LBFGS(
-        [basis, logits],
-        lr=cfg.lr,
-        max_iter=CHECK_EVERY,
-        max_eval=CHECK_EVERY * 2,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=cfg.tol,
-        tolerance_change=1e-10,
+    objective = JointObjective(
+        data,
+        sigma,
+        row_weights,
+        decay,
+        cfg.scale,
+        cfg.space,
+        user_l2=cfg.user_l2,
+        signed_prior=SIGNED_PRIOR,
+        logit_prior=logit_prior,
+        reference=(cfg.alpha, reference_head, cfg.regularizer)
+        if cfg.alpha > 0 and reference_head is not None
+        else None,
     )
-
-    def closure():
-        opt.zero_grad(set_to_none=True)
-        loss = objective()
-        loss.backward()
-        return loss
-
-    state = opt.state[opt._params[0]]
-    losses: list[float] = []
-    done, converged, stale = 0, False, 0
-    best_val, best = math.inf, (basis.detach().clone(), logits.detach().clone(), 0)
-    bar = progress_bar(cfg.n_iter, desc, progress)
-    while done < cfg.n_iter and not converged:
-        before_it, before_ev = state.get("n_iter", 0), state.get("func_evals", 0)
-        chunk = min(CHECK_EVERY, cfg.n_iter - done)
-        opt.param_groups[0]["max_iter"] = chunk
-        loss = float(opt.step(closure).detach())
-        steps = state.get("n_iter", 0) - before_it
-        evals = state.get("func_evals", 0) - before_ev
-        converged = steps < chunk and evals < opt.param_groups[0]["max_eval"]
-        done += max(steps, 1)
-        bar.update(max(steps, 1))
-        losses.append(loss)
-        _check_finite_params(basis, logits)
-        if stop_rows is not None:
-            with torch.no_grad():
-                val = float(F.softplus(-margins()[0, stop_rows]).mean())
-            if val < best_val - 1e-6:
-                best_val, best, stale = (
-                    val,
-                    (basis.detach().clone(), logits.detach().clone(), done),
-                    0,
-                )
-            else:
-                stale += 1
-                if stale >= cfg.patience:
+    params = _Parameters(objective, basis0.to(device), logits0.to(device), cfg.tol)
+    fun = params.fun
+    with torch.no_grad():
+        state = lbfgs.start(fun, params.x0)
+        losses: list[float] = []
+        done, converged, stale, escapes, restarts = 0, False, 0, 0, 0
+        best_val, best = math.inf, (*params.split(state.point), 0)
+        bar = progress_bar(cfg.n_iter, desc, progress)
+        while done < cfg.n_iter:
+            before = state.iterations
+            why = lbfgs.minimize(
+                fun, state, min(CHECK_EVERY, cfg.n_iter - done), cfg.tol, lr=cfg.lr
+            )
+            steps = state.iterations - before
+            done += steps
+            bar.update(steps)
+            losses.append(state.loss)
+            _check_finite_params(*params.split(state.point))
+            if why == "tol":  # the gradient is within tol: a minimum, or the pooled saddle?
+                moved = _leave_saddle(objective, *params.split(state.point), escapes < MAX_ESCAPES)
+                if moved is None:
+                    converged = True
                     break
-    bar.close()
+                escapes += 1
+                state = lbfgs.start(fun, params.join(*moved))
+            elif why == "stall":  # no way down along the direction above tol: a fresh memory
+                if restarts >= MAX_RESTARTS:
+                    break
+                restarts += 1
+                state = lbfgs.start(fun, state.point)
+            if stop_rows is not None:
+                held = objective.margins(*params.split(state.point))[0, stop_rows]
+                val = float(F.softplus(-held).mean())
+                if val < best_val - 1e-6:
+                    best_val, best, stale = val, (*params.split(state.point), done), 0
+                else:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        break
+        bar.close()
+    basis, logits = params.split(state.point)
     if stop_rows is not None:
         basis_out, logits_out = best[0], best[1]
     else:
         basis_out, logits_out = basis.detach(), logits.detach()
     if not converged and stop_rows is None and cfg.n_iter > 0:
+        why = (
+            f"stopped on its iteration cap (n_iter = {cfg.n_iter})"
+            if done >= cfg.n_iter
+            else f"stalled {restarts + 1} times"
+        )
         warnings.warn(
-            f"{desc}: L-BFGS stopped on its iteration cap (n_iter = {cfg.n_iter}) before "
-            f"reaching its tolerance (tol = {cfg.tol:g}); raise n_iter",
+            f"{desc}: L-BFGS {why} before reaching its tolerance (tol = {cfg.tol:g}); raise n_iter",
             ConvergenceWarning,
             stacklevel=3,
         )
-    return LbfgsResult(basis_out, logits_out, done, converged, losses)
+    return LbfgsResult(basis_out, logits_out, done, converged, losses, escapes, restarts)
+
+
+class _Parameters:
+    """What L-BFGS moves. Simplex weights: the basis alone, every user's logits being the best
+    for it (variable projection: :meth:`JointObjective.best_logits`, warm-started from the
+    last evaluation's); the loss and the basis' gradient are those at the users' best logits
+    (the users' own gradient is within a tenth of ``tol`` there). Signed weights, whose users
+    are tied by their pinned mean: the basis and every user's offsets together."""
+
+    def __init__(self, objective: JointObjective, basis0: Tensor, logits0: Tensor, tol: float):
+        self.objective = objective
+        self.shape = basis0.shape
+        self.reduced = objective.space == "simplex"
+        self.logits = logits0.float().clone()
+        self.user_tol = 0.1 * tol
+        self.evaluated: Tensor | None = None  # the basis the logits are best for
+        self.x0 = self.join(basis0.float(), self.logits)
+
+    def join(self, basis: Tensor, logits: Tensor) -> Tensor:
+        if self.reduced:
+            self.logits = logits.clone()
+            return basis.reshape(-1).clone()
+        return torch.cat([basis.reshape(-1), logits.reshape(-1)])
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        n = self.shape.numel()
+        if self.reduced:
+            if self.evaluated is None or not torch.equal(x, self.evaluated):
+                self.fun(x)  # the users' best logits for this basis (a rejected trial's may be)
+            return x.view(self.shape), self.logits
+        return x[:n].view(self.shape), x[n:].view(self.shape[0], -1, self.shape[2])
+
+    def fun(self, x: Tensor) -> tuple[float, Tensor]:
+        if not self.reduced:
+            loss, g_basis, g_logits = self.objective.value_and_grad(*self.split(x))
+            return float(loss), torch.cat([g_basis.reshape(-1), g_logits.reshape(-1)])
+        self.evaluated = x.clone()
+        basis = x.view(self.shape)
+        z = self.objective.projected(basis)
+        self.logits, _ = self.objective.best_logits(z, self.logits, self.user_tol)
+        loss, g_basis, _ = self.objective.value_and_grad(basis, self.logits, z)
+        return float(loss), g_basis.reshape(-1)
+
+
+def _leave_saddle(
+    objective: JointObjective, basis: Tensor, logits: Tensor, may_escape: bool
+) -> tuple[Tensor, Tensor] | None:
+    """At a stop within tol: None when it is a minimum (not the pooled configuration, or a
+    pooled point the escape probe cannot leave, :mod:`lore_rm.fit.saddle`); else the
+    parameters moved downhill along the escape direction."""
+    if basis.shape[2] < 2 or not may_escape:
+        return None
+    flagged = spread(basis, logits, objective.space, objective.present).pooled
+    new_basis, new_logits, moved = escape(objective, basis, logits, flagged)
+    return (new_basis, new_logits) if bool(moved.any()) else None
 
 
 def _check_finite_params(basis: Tensor, logits: Tensor) -> None:
@@ -352,6 +380,7 @@ def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
         "path_iterations": iterations,
         "ridge_path": path,
         "converged": res.converged,
+        "saddle_escapes": res.escapes,
         "init": cfg.init,
     }
     weights = joint_weights(res.logits[0], cfg.space)
@@ -416,28 +445,31 @@ def fit_user_weights(
         bar.close()
         weights = logits.detach().softmax(dim=1)
     else:
-        logits = start.expand(n_users, k).clone().requires_grad_(True)
-        opt = torch.optim.LBFGS(
-            [logits],
-            lr=cfg.fewshot_lr,
-            max_iter=cfg.fewshot_n_iter,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-7,
-            tolerance_change=1e-10,
-        )
+        precision = prior.precision.to(device, z.dtype)
+        mean = prior.mean.to(device, z.dtype)
+        per_user = 1.0 / max(n_users, 1)
 
-        def closure():
-            opt.zero_grad(set_to_none=True)
-            per_row = F.softplus(-bt_margins(z, weights_of(logits, space), u, scale))
-            loss = per_row.sum() + prior.penalty(logits)
-            loss = loss / max(n_users, 1)
-            loss.backward()
-            return loss
+        def fun(x: Tensor) -> tuple[float, Tensor]:
+            logits = x.view(n_users, k)
+            w = weights_of(logits, space)
+            m = scale * (z * w[u]).sum(1)
+            diff = logits - mean
+            pd = diff @ precision
+            loss = F.softplus(-m).sum(dtype=torch.float64) + 0.5 * (pd * diff).sum(
+                dtype=torch.float64
+            )
+            g_w = torch.zeros_like(w).index_add_(0, u, (-scale * torch.sigmoid(-m))[:, None] * z)
+            if space == "simplex":
+                g_w = w * (g_w - (w * g_w).sum(1, keepdim=True))
+            return float(loss) * per_user, ((g_w + pd) * per_user).reshape(-1)
 
-        if cfg.fewshot_n_iter > 0:
-            opt.step(closure)
-        weights = weights_of(logits.detach(), space).clone()
+        x0 = start.expand(n_users, k).reshape(-1)
+        with torch.no_grad():
+            state = lbfgs.start(fun, x0)
+            if cfg.fewshot_n_iter > 0:
+                lbfgs.minimize(fun, state, cfg.fewshot_n_iter, FEWSHOT_TOL, lr=cfg.fewshot_lr)
+        logits = state.point.view(n_users, k)
+        weights = weights_of(logits, space).clone()
     empty = counts == 0
     if empty.any():
         weights[empty] = population_weights.to(device, weights.dtype)

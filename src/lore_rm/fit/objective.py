@@ -1,0 +1,281 @@
+"""The joint fit's objective and its gradient in closed form (no autograd graph).
+
+The joint fit minimises, for each of G independent problems over the same comparisons
+(cross-validation folds, or G = 1),
+
+    L_g = sum_n r_gn softplus(-m_gn) / R_g + ridge_g / 2 ||V_g||^2 + (user penalties),
+    m_gn = s * (x_n V_g / sigma) . w_g,u(n),
+
+``r_gn`` the rows' weights and ``R_g`` their total. Its gradient needs one ``X @ V`` (all
+problems' columns at once) and one ``X.T @ G``, as autograd's would, but none of autograd's
+bookkeeping: on small problems (thousands of rows) that bookkeeping cost more than the two
+products (measured in docs/recipes.md, "Speed"). The loss is accumulated in float64, so a
+flat stretch of the objective still shows its changes to the optimiser.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lore_rm.comparisons import Comparisons
+from lore_rm.fit.link import joint_weights
+from lore_rm.fit.prior import LogitPrior
+
+Tensor = torch.Tensor
+USER_NEWTON_STEPS = 20  # at most, per evaluation of the users' best logits
+USER_BACKTRACK = 10  # step halvings per user and Newton step
+MAX_USER_STEP = 2.0  # the largest change of one logit in one Newton step
+
+
+def reference_penalty(basis: Tensor, v_ref: Tensor, kind: str) -> Tensor:
+    """The pull of a basis (d, K) toward the reference head ``v_ref`` (d,): ``mean_k(1 -
+    cos(V_k, v_ref))`` ("cosine") or ``sum_k ||V_k - v_ref||^2`` ("l2")."""
+    if kind == "cosine":
+        cos = F.cosine_similarity(basis, v_ref[:, None].expand_as(basis), dim=0)
+        return (1.0 - cos).mean()
+    return ((basis - v_ref[:, None]) ** 2).sum()
+
+
+class JointObjective:
+    """Loss and gradient of G joint problems (see the module docstring).
+
+    ``row_weights`` (G, N); ``decay`` the G ridges; ``space`` the users' weight space;
+    ``user_l2`` the simplex logits' penalty (divided by the number of users); ``signed_prior``
+    the signed offsets' precision (per summed loss); ``logit_prior`` every user's negative
+    log prior (per summed loss); ``reference`` (alpha, head, kind) the pull toward a reference
+    head (its small gradient by autograd on the basis alone).
+    """
+
+    def __init__(
+        self,
+        data: Comparisons,
+        sigma: Tensor,
+        row_weights: Tensor,
+        decay: Tensor,
+        scale: float,
+        space: str,
+        *,
+        user_l2: float = 0.0,
+        signed_prior: float = 0.0,
+        logit_prior: LogitPrior | None = None,
+        reference: tuple[float, Tensor, str] | None = None,
+    ) -> None:
+        self.data = data
+        self.sigma = sigma
+        self.row_weights = row_weights
+        self.row_total = row_weights.sum(1, dtype=torch.float64).clamp_min(1.0)
+        self.coef = (row_weights / self.row_total[:, None]).to(torch.float32)  # (G, N)
+        self.coef_rows = self.coef.T.contiguous()  # (N, G)
+        self.decay = decay
+        self.scale = float(scale)
+        self.space = space
+        self.user_l2 = float(user_l2)
+        self.signed_prior = float(signed_prior)
+        self.reference = reference
+        u = data.user_index
+        g = row_weights.shape[0]
+        present = torch.zeros(g, data.n_users, device=data.device)
+        present.index_add_(1, u, (row_weights > 0).to(present.dtype))
+        self.present = present > 0
+        self.n_users = max(data.n_users, 1)
+        self.prior_mean = self.prior_precision = None
+        if logit_prior is not None:
+            self.prior_mean = logit_prior.mean.to(data.device, torch.float32)
+            self.prior_precision = logit_prior.precision.to(data.device, torch.float32)
+
+    def projected(self, basis: Tensor) -> Tensor:
+        """``X @ (V_g / sigma)`` for every problem: (N, G, K)."""
+        g, d, k = basis.shape
+        raw = (basis / self.sigma[None, :, None]).permute(1, 0, 2).reshape(d, g * k)
+        return self.data.project(raw).reshape(-1, g, k)
+
+    def _user_rows(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Users' weights (G, U, K) and every row's user's weights (N, G, K)."""
+        w = joint_weights(logits, self.space, self.present)
+        return w, w.permute(1, 0, 2)[self.data.user_index]
+
+    def margins(self, basis: Tensor, logits: Tensor) -> Tensor:
+        """Every problem's Bradley–Terry logits (G, N)."""
+        z = self.projected(basis)
+        return self.scale * (z * self._user_rows(logits)[1]).sum(-1).T
+
+    def values(self, basis: Tensor, logits: Tensor) -> Tensor:
+        """Every problem's objective (G,), float64 (no gradient)."""
+        m = self.margins(basis, logits)
+        out = (F.softplus(-m) * self.coef).sum(1, dtype=torch.float64)
+        out = out + 0.5 * self.decay.double() * (basis.double() ** 2).sum((1, 2))
+        lg = logits.double()
+        if self.space == "simplex":
+            out = out + 0.5 * self.user_l2 * (lg**2).sum((1, 2)) / self.n_users
+        else:
+            out = out + 0.5 * self.signed_prior * (lg**2).sum((1, 2)) / self.row_total
+        if self.prior_mean is not None and self.prior_precision is not None:
+            diff = lg - self.prior_mean.double()
+            quad = ((diff @ self.prior_precision.double()) * diff).sum((1, 2))
+            out = out + 0.5 * quad / self.row_total
+        if self.reference is not None:
+            alpha, head, kind = self.reference
+            out = out + torch.stack(
+                [
+                    alpha * reference_penalty(b / self.sigma[:, None], head, kind).double()
+                    for b in basis
+                ]
+            )
+        return out
+
+    def residuals(self, basis: Tensor, logits: Tensor) -> Tensor:
+        """``s * dL/dm`` of every problem's rows (G, N): the weight of each row in the
+        gradient of a new basis direction."""
+        m = self.margins(basis, logits)
+        return -torch.sigmoid(-m) * self.coef * self.scale
+
+    def value_and_grad(
+        self, basis: Tensor, logits: Tensor, z: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The summed objective (float64 scalar) and its gradients w.r.t. ``basis`` (G, d, K)
+        and ``logits`` (G, U, K); ``z`` is :meth:`projected` of ``basis`` when known."""
+        n_problems, d, k = basis.shape
+        u = self.data.user_index
+        z = self.projected(basis) if z is None else z  # (N, G, K)
+        w, wr = self._user_rows(logits)  # (G, U, K), (N, G, K)
+        m = self.scale * (z * wr).sum(-1)  # (N, G)
+        coef = self.coef_rows
+        loss = (F.softplus(-m) * coef).sum(dtype=torch.float64)
+        c = -torch.sigmoid(-m) * coef * self.scale  # dL/dm times s: (N, G)
+        g_raw = self.data.backproject((c[:, :, None] * wr).reshape(-1, n_problems * k))
+        g_raw = g_raw.reshape(d, n_problems, k).permute(1, 0, 2)
+        g_basis = g_raw / self.sigma[None, :, None] + self.decay[:, None, None] * basis
+        loss = loss + 0.5 * (self.decay.double() * (basis.double() ** 2).sum((1, 2))).sum()
+        g_w = torch.zeros(w.shape[1], n_problems, k, dtype=w.dtype, device=w.device)
+        g_w = g_w.index_add_(0, u, c[:, :, None] * z).permute(1, 0, 2)  # (G, U, K)
+        if self.space == "simplex":
+            g_logits = w * (g_w - (w * g_w).sum(-1, keepdim=True))
+            loss = loss + 0.5 * self.user_l2 * (logits.double() ** 2).sum() / self.n_users
+            g_logits = g_logits + (self.user_l2 / self.n_users) * logits
+        else:
+            mask = self.present.to(g_w.dtype)[..., None]
+            count = mask.sum(1, keepdim=True).clamp_min(1)
+            g_logits = g_w - mask * g_w.sum(1, keepdim=True) / count
+            per = (self.signed_prior / self.row_total).to(logits.dtype)[:, None, None]
+            quad = (logits.double() ** 2).sum((1, 2))
+            loss = loss + (0.5 * self.signed_prior * quad / self.row_total).sum()
+            g_logits = g_logits + per * logits
+        if self.prior_mean is not None and self.prior_precision is not None:
+            diff = logits - self.prior_mean
+            pd = diff @ self.prior_precision
+            loss = loss + (0.5 * (pd.double() * diff.double()).sum((1, 2)) / self.row_total).sum()
+            g_logits = g_logits + pd / self.row_total.to(pd.dtype)[:, None, None]
+        if self.reference is not None:
+            extra, g_ref = self._reference(basis)
+            loss, g_basis = loss + extra, g_basis + g_ref
+        return loss, g_basis, g_logits
+
+    def _user_penalty(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every (problem, user)'s logit penalty (G, U) float64, its gradient (G, U, K) and
+        Hessian (G, 1 or U, K, K): the simplex penalty and the learned prior (simplex only)."""
+        g, n_users, k = logits.shape
+        eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
+        rate = self.user_l2 / self.n_users
+        value = 0.5 * rate * (logits.double() ** 2).sum(-1)
+        grad = rate * logits
+        hess = (rate * eye).expand(g, 1, k, k)
+        if self.prior_mean is not None and self.prior_precision is not None:
+            per = (1.0 / self.row_total).to(logits.dtype)[:, None, None]  # (G, 1, 1)
+            diff = logits - self.prior_mean
+            pd = diff @ self.prior_precision
+            value = value + 0.5 * (pd.double() * diff.double()).sum(-1) / self.row_total[:, None]
+            grad = grad + pd * per
+            hess = hess + self.prior_precision * per[..., None]
+        return value, grad, hess
+
+    def _user_losses(self, z: Tensor, logits: Tensor) -> Tensor:
+        """Every (problem, user)'s part of the objective (G, U), float64 (simplex)."""
+        w = logits.softmax(-1)
+        m = self.scale * (z * w.permute(1, 0, 2)[self.data.user_index]).sum(-1)  # (N, G)
+        rows = F.softplus(-m).double() * self.coef_rows
+        per_user = torch.zeros(logits.shape[1], logits.shape[0], dtype=torch.float64)
+        per_user = per_user.to(z.device).index_add_(0, self.data.user_index, rows).T
+        return per_user + self._user_penalty(logits)[0]
+
+    def best_logits(
+        self, z: Tensor, logits: Tensor, tol: float, max_iter: int = USER_NEWTON_STEPS
+    ) -> tuple[Tensor, bool]:
+        """Every (problem, user)'s logits minimising the objective with the basis fixed
+        (``z`` its projection; simplex weights): damped Gauss-Newton from ``logits``, all
+        users of all problems at once. A user whose gradient is within ``tol`` stops; the
+        others' steps are halved, user by user, until their own loss goes down (a user whose
+        loss cannot go down stops too). Returns the logits and whether every user's largest
+        gradient entry is within ``tol``."""
+        u = self.data.user_index
+        g_count, n_users, k = logits.shape
+        eye = torch.eye(k, dtype=torch.float64, device=z.device)
+        ones = torch.full((k, k), 1.0 / k, dtype=torch.float64, device=z.device)
+        active = torch.ones(g_count, n_users, dtype=torch.bool, device=z.device)
+        converged = False
+        for _ in range(max_iter):
+            w = logits.softmax(-1)
+            wr = w.permute(1, 0, 2)[u]  # (N, G, K)
+            m = (z * wr).sum(-1, keepdim=True)
+            a = self.scale * (z - m)  # dm/dtheta = w * a
+            dm = wr * a
+            m = self.scale * m[..., 0]
+            c = -torch.sigmoid(-m) * self.coef_rows
+            pen, pen_grad, pen_hess = self._user_penalty(logits)
+            # every user's sum of c_n a_n over their rows: their gradient is w * that
+            spread = torch.zeros(n_users, g_count, k, dtype=z.dtype, device=z.device)
+            spread = spread.index_add_(0, u, c[..., None] * a).permute(1, 0, 2)  # (G, U, K)
+            grad = w * spread + pen_grad
+            big = grad.abs().amax(-1) > tol
+            converged = not bool(big.any())
+            active &= big
+            if not bool(active.any()):
+                break
+            curve = (torch.sigmoid(m) * torch.sigmoid(-m) * self.coef_rows)[..., None, None]
+            hess = torch.zeros(n_users, g_count, k, k, dtype=z.dtype, device=z.device)
+            hess = hess.index_add_(0, u, curve * dm[..., :, None] * dm[..., None, :])
+            hess = hess.permute(1, 0, 2, 3).double() + pen_hess.double()
+            # the softmax's own curvature: sum_n c_n d2m_n/dtheta2 = diag(v) - v w^T - w v^T
+            v = (w * spread).double()
+            wd = w.double()
+            hess = hess + torch.diag_embed(v) - v[..., :, None] * wd[..., None, :]
+            hess = hess - wd[..., :, None] * v[..., None, :]
+            # a saddle-free Newton step: |eigenvalues|, floored; the all-ones direction (no
+            # weight moves) keeps a tiny curvature. A step longer than MAX_USER_STEP (a flat
+            # or nearly singular direction) is shortened to it: backtracking alone could
+            # halve such a step to nothing and stop the user above tol
+            vals, vecs = torch.linalg.eigh(hess + 1e-9 * (eye + ones))
+            vals = vals.abs().clamp_min(1e-9)
+            inv_g = vecs.transpose(-1, -2) @ grad.double()[..., None]
+            step = -(vecs @ (inv_g / vals[..., None]))[..., 0]
+            longest = step.abs().amax(-1, keepdim=True).clamp_min(MAX_USER_STEP)
+            step = (step * (MAX_USER_STEP / longest)).to(logits.dtype) * active[..., None]
+            slope = (grad * step).sum(-1).double()
+            rows = F.softplus(-m).double() * self.coef_rows
+            before = torch.zeros(n_users, g_count, dtype=torch.float64, device=z.device)
+            before = before.index_add_(0, u, rows).T + pen
+            t = active.to(logits.dtype)[..., None]
+            for _ in range(USER_BACKTRACK):
+                after = self._user_losses(z, logits + t * step)
+                short = (after > before + 1e-4 * t[..., 0].double() * slope) & (t[..., 0] > 0)
+                if not bool(short.any()):
+                    break
+                t = torch.where(short[..., None], 0.5 * t, t)
+            else:
+                t = torch.where(short[..., None], torch.zeros_like(t), t)
+            active &= t[..., 0] > 0
+            logits = logits + t * step
+        return logits, converged
+
+    def _reference(self, basis: Tensor) -> tuple[Tensor, Tensor]:
+        alpha, head, kind = self.reference  # type: ignore[misc]
+        with torch.enable_grad():
+            b = basis.detach().requires_grad_(True)
+            total = torch.stack(
+                [
+                    alpha * reference_penalty(b[g] / self.sigma[:, None], head, kind)
+                    for g in range(b.shape[0])
+                ]
+            ).sum()
+            (grad,) = torch.autograd.grad(total, b)
+        return total.detach().double(), grad
