@@ -9,6 +9,7 @@ import torch
 from lore_rm import Comparisons, LoreError, LowRankReward, simulate_population
 from lore_rm.evaluate.personalization import personalization_report
 from lore_rm.fit.config import FitConfig
+from lore_rm.fit.personalizes import does_not_personalize
 from lore_rm.fit.selection import HeldOut, choose_strength, new_pair_split
 
 FAST = {"weight_decay": 0.01, "personalization": 1.0, "n_iter": 300}
@@ -104,6 +105,24 @@ def test_the_search_turns_personalisation_off_where_users_agree_and_on_where_the
     report = personalization_report(off, agree.split, shots=(5,), trials=1)
     assert report.summary.startswith("No measurable gain from personalisation")
     assert "users' own weights at rank 2 beat the shared ones" in report.summary
+
+
+def test_a_given_rank_the_data_does_not_support_serves_the_pooled_reward(agree, differ):
+    """No zero strength to choose (the grid starts at 0.5): at a given rank the pooled reward
+    still enters the one-standard-error rule, as it does for rank='auto'."""
+    grid = {"weight_decay_grid": (0.01, 0.1, 1.0), "cv_folds": 3}
+    grid["personalization_grid"] = (0.5, 1.0)
+    off = LowRankReward(rank=2, **grid).fit(agree.split.seen_train)
+    assert off.rank_ == 1 and not off.personalizes
+    sel = off.history_["selection"]
+    assert sel["zero_personalization"]["reason"] == "pooled"
+    assert any("does not beat the pooled reward" in note for note in sel["notes"])
+    assert "scored the pooled reward within one standard error" in does_not_personalize(off)
+    on = LowRankReward(rank=2, **grid).fit(differ.split.seen_train)
+    assert on.rank_ == 2 and on.personalizes
+    # a strength given by the user is theirs: no pooled comparison
+    given = LowRankReward(rank=2, personalization=1.0, **grid).fit(agree.split.seen_train)
+    assert given.rank_ == 2
 
 
 def test_choose_strength_takes_the_weakest_within_noise_of_the_best():

@@ -15,6 +15,12 @@ def does_not_personalize(model: LowRankReward) -> str | None:
     sel = model.history_.get("selection") or {}
     if model.n_components_ <= 1:
         zero = sel.get("zero_personalization")
+        if zero and zero.get("reason") == "pooled":
+            return (
+                f"no measurable gain: at rank {zero['rank']} the cross-validation scored the "
+                "pooled reward within one standard error of the personalised model, so every "
+                f"user gets the pooled reward (rank 1){_evidence(sel)}"
+            )
         if zero:
             return (
                 "no measurable gain: the cross-validation found no strength at which users' "

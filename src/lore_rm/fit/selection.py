@@ -520,9 +520,12 @@ def select_settings(
         if row["cv_loss"] < best_refined:
             best_refined, band = row["cv_loss"], row["cv_loss_se"] if cfg.one_se else 0.0
     chosen, rule = _choose(rows, cfg.one_se)
-    if chosen["rank"] > 1 and chosen["personalization"] == 0:
-        # zero personalisation is the pooled reward: the best rank-1 cell (scored now if the
-        # grid had no rank 1)
+    zero = None
+    # a given rank (no rank 1 in the grid) with the strength searched: whether personalising
+    # pays at all is still the cross-validation's call, the pooled reward its simplest answer
+    given_rank = not any(r["rank"] == 1 for r in rows) and cfg.personalization == AUTO
+    if chosen["rank"] > 1 and (chosen["personalization"] == 0 or given_rank):
+        # the pooled reward is the best rank-1 cell (scored now if the grid had no rank 1)
         if not any(r["rank"] == 1 for r in rows):
             score_rank("simplex", 1)
         pooled_rows = [r for r in rows if r["rank"] == 1]
@@ -530,15 +533,32 @@ def select_settings(
             if r["tol"] > search_tol:
                 refine(r)
         pooled_row, _ = _choose(pooled_rows, cfg.one_se)
-        notes.append(
-            f"at rank {chosen['rank']} (ridge {chosen['weight_decay']:g}) the cross-validation "
-            "found no personalisation strength above 0 that beats the shared weights: the "
-            f"model is the pooled reward (rank 1, ridge {pooled_row['weight_decay']:g})"
-        )
-        zero = {"rank": chosen["rank"], "weight_decay": chosen["weight_decay"]}
-        chosen = pooled_row
-    else:
-        zero = None
+        band = chosen["cv_loss_se"] if cfg.one_se else 0.0
+        at = f"at rank {chosen['rank']} (ridge {chosen['weight_decay']:g})"
+        pooled_at = f"the pooled reward (rank 1, ridge {pooled_row['weight_decay']:g})"
+        if chosen["personalization"] == 0:
+            notes.append(
+                f"{at} the cross-validation found no personalisation strength above 0 that "
+                f"beats the shared weights: the model is {pooled_at}"
+            )
+        elif pooled_row["cv_loss"] <= chosen["cv_loss"] + band:
+            # rank 1 was not in the one-standard-error rule: apply it here, so a given rank
+            # the data does not support serves the pooled reward, as rank='auto' would
+            notes.append(
+                f"{at} the cross-validated log-loss {chosen['cv_loss']:.4f} "
+                f"(± {chosen['cv_loss_se']:.4f}) does not beat {pooled_at}'s "
+                f"{pooled_row['cv_loss']:.4f} by one standard error: the model is the pooled "
+                "reward"
+            )
+        else:
+            pooled_row = chosen
+        if pooled_row is not chosen:
+            zero = {
+                "rank": chosen["rank"],
+                "weight_decay": chosen["weight_decay"],
+                "reason": "strength" if chosen["personalization"] == 0 else "pooled",
+            }
+            chosen = pooled_row
     if holdout == "users" and cfg.calibrate:  # the chosen cell's scale (only it is used)
         basis, logits, cell_cfg = fitted[id(chosen)]
         _, scores = score_cell(LbfgsResult(basis, logits, 0, True, []), cell_cfg, True)
