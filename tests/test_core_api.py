@@ -435,3 +435,18 @@ def test_from_pairs_checks_only_used_rows_for_nan_by_blocks():
     Comparisons.from_pairs(table, [0, 1], [2, 3], ["a", "b"])
     with pytest.raises(DataError, match="row 17000 .used by a comparison. holds NaN or inf"):
         Comparisons.from_pairs(table, [0, 17_000], [2, 3], ["a", "b"])
+
+
+def test_a_table_embedded_under_inference_mode_fits_and_scores():
+    """A backbone's embed output is an inference tensor (no version counter): the scoring
+    cache keyed on the table's version must take it as it comes."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        table = torch.randn(60, 6, generator=gen)
+    assert table.is_inference()
+    chosen, rejected = torch.arange(0, 60, 2), torch.arange(1, 60, 2)
+    data = Comparisons.from_pairs(table, chosen, rejected, [f"u{i % 5}" for i in range(30)])
+    model = LowRankReward(rank=2, weight_decay=0.1, personalization=1.0).fit(data)
+    margins = model.margins(data)
+    assert margins.shape == (30,) and bool(torch.isfinite(margins).all())
+    torch.testing.assert_close(model.margins(data), margins)  # the cached projection

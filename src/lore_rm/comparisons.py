@@ -58,8 +58,10 @@ MOMENT_BATCH_BYTES = 128 << 20
 def _projected_table(table: Tensor, basis: Tensor, offset: Tensor | None = None) -> Tensor:
     """``(table - offset) @ basis`` (T x K), reused while the table and the basis are unchanged."""
     b = basis.detach().contiguous()
+    # an inference tensor (a backbone's embed output) has no version counter; it can change
+    # only inside inference_mode, which no scoring path enters
     key = (
-        table._version,
+        -1 if table.is_inference() else table._version,
         None if offset is None else hashlib.sha1(offset.cpu().numpy().tobytes()).digest(),
         b.dtype,
         tuple(b.shape),
