@@ -10,7 +10,7 @@ gives the cross-validated choice without fitting anything again.
 
 from __future__ import annotations
 
-from lore_rm.fit.selection import _choose
+from lore_rm.fit.selection import choose_cell
 
 WHY_THEY_DIFFER = (
     "the published rule scores held-out prompts of the users the basis was fitted on; the "
@@ -34,11 +34,11 @@ def cross_validated_rank(models: dict, alpha: float) -> dict | None:
     if not rows:
         return None
     one_se = all(m.config_.one_se for m in models.values() if m.rank_ >= 1)
-    chosen, rule = _choose(list(rows.values()), one_se)
+    chosen, rule = choose_cell(list(rows.values()), one_se)
     if chosen["rank"] > 1 and chosen.get("personalization", 1.0) == 0:
         pooled = [r for r in rows.values() if r["rank"] == 1]
         if pooled:  # zero personalisation is the pooled reward, as in the search
-            chosen, rule = _choose(pooled, one_se)
+            chosen, rule = choose_cell(pooled, one_se)
     return {
         "rank": int(chosen["rank"]),
         "weight_decay": float(chosen["weight_decay"]),

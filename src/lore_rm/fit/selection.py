@@ -519,7 +519,7 @@ def select_settings(
         n_refined += 1
         if row["cv_loss"] < best_refined:
             best_refined, band = row["cv_loss"], row["cv_loss_se"] if cfg.one_se else 0.0
-    chosen, rule = _choose(rows, cfg.one_se)
+    chosen, rule = choose_cell(rows, cfg.one_se)
     zero = None
     # a given rank (no rank 1 in the grid) with the strength searched: whether personalising
     # pays at all is still the cross-validation's call, the pooled reward its simplest answer
@@ -532,7 +532,7 @@ def select_settings(
         for r in pooled_rows:
             if r["tol"] > search_tol:
                 refine(r)
-        pooled_row, _ = _choose(pooled_rows, cfg.one_se)
+        pooled_row, _ = choose_cell(pooled_rows, cfg.one_se)
         band = chosen["cv_loss_se"] if cfg.one_se else 0.0
         at = f"at rank {chosen['rank']} (ridge {chosen['weight_decay']:g})"
         pooled_at = f"the pooled reward (rank 1, ridge {pooled_row['weight_decay']:g})"
@@ -604,7 +604,7 @@ def select_settings(
     )
 
 
-def _choose(rows: list[dict], one_se: bool) -> tuple[dict, str]:
+def choose_cell(rows: list[dict], one_se: bool) -> tuple[dict, str]:
     """The chosen cell and the rule's name: the simplest (lowest rank, simplex before signed,
     strongest ridge) within one standard error of the best, or the best."""
     best = min(rows, key=lambda r: r["cv_loss"])
