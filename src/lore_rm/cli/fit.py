@@ -153,7 +153,7 @@ def fit_cmd(
             + (f", {sel['refined']} cells refined" if sel.get("refined") else "")
             + ", "
             f"{sel['seconds']:.1f} s, {sel['rule']} rule): "
-            + ("" if given else f"rank {sel['rank']}, ")
+            + ("" if given and sel["rank"] == model.rank else f"rank {sel['rank']}, ")
             + f"weight_decay {sel['weight_decay']:g}"
             + (
                 f", {model.weight_space_} weights at personalisation strength "
