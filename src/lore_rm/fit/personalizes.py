@@ -42,14 +42,20 @@ def does_not_personalize(model: LowRankReward) -> str | None:
 
 
 def _evidence(sel: dict) -> str:
-    """The cross-validated log-loss of the pooled choice against the best personalised cell."""
+    """The cross-validated log-loss of the pooled choice against the best personalised cell,
+    at the strength the search gave it and with users' own weights."""
     rows = sel.get("rows", [])
     chosen = next((r for r in rows if r.get("chosen")), None)
     others = [r for r in rows if r["rank"] > 1]
     if chosen is None or not others:
         return ""
     best = min(others, key=lambda r: r["cv_loss"])
+    lam = float(best.get("personalization", 1.0))
+    own = (best.get("strengths") or {}).get("1", {}).get("cv_loss")
     return (
         f" (cross-validated log-loss {chosen['cv_loss']:.4f} ± {chosen['cv_loss_se']:.4f}; "
-        f"best personalised cell, rank {best['rank']}: {best['cv_loss']:.4f})"
+        f"rank {best['rank']}, ridge {best['weight_decay']:g}: {best['cv_loss']:.4f} at "
+        f"strength {lam:g}"
+        + (f", {own:.4f} with users' own weights" if own is not None and lam != 1.0 else "")
+        + ")"
     )
