@@ -38,6 +38,7 @@ from lore_rm.conversation import Conversation
 from lore_rm.data.layout import EMBEDDINGS_DIR, TEXTS_FILE, read_parquet
 from lore_rm.embed.backbones import backbone_identity
 from lore_rm.embed.base import Embedder
+from lore_rm.embed.wrapped import WrappedEmbedder
 from lore_rm.errors import DataError
 from lore_rm.io import atomic_folder, atomic_write_json
 
@@ -162,35 +163,17 @@ class EmbeddingCache:
         return emb
 
 
-class CachedEmbedder:
+class CachedEmbedder(WrappedEmbedder):
     """``embedder`` behind an :class:`EmbeddingCache` in ``cache`` (a folder): the same
     embeddings, the backbone run only on texts the cache does not hold.
 
     ``hits`` / ``misses`` count the texts served from the cache / embedded so far."""
 
     def __init__(self, embedder: Embedder, cache: str | os.PathLike) -> None:
-        self.inner = embedder
-        self.name: str = embedder.name
+        super().__init__(embedder)
         self.cache = EmbeddingCache(cache, backbone_identity(embedder))
         self.hits = 0
         self.misses = 0
-
-    # the wrapped backbone's description, unchanged: stores made through the cache and
-    # without it are the same store
-    @property
-    def dim(self) -> int:
-        return int(self.inner.dim)
-
-    def identity(self) -> dict[str, Any]:
-        return backbone_identity(self.inner)
-
-    def reference_head(self) -> torch.Tensor | None:
-        return self.inner.reference_head()
-
-    def __getattr__(self, name: str) -> Any:  # max_length, truncated, reference_bias, ...
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def embed(
         self,

@@ -16,47 +16,30 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 from lore_rm.conversation import Conversation
-from lore_rm.embed.backbones import backbone_identity
 from lore_rm.embed.base import Embedder
 from lore_rm.embed.cache import conversation_key
+from lore_rm.embed.wrapped import WrappedEmbedder
 
 LOG_EVERY = 1000  # texts looked up between two log lines
 LOG_SECONDS = 300.0  # at most this long between two log lines while requests come
 log = logging.getLogger("uvicorn.error.lore_rm.embedding_cache")
 
 
-class MemoryCachedEmbedder:
+class MemoryCachedEmbedder(WrappedEmbedder):
     """``embedder`` with its most recently used embeddings kept in memory (``max_bytes``)."""
 
     def __init__(self, embedder: Embedder, max_bytes: int) -> None:
-        self.inner = embedder
-        self.name: str = embedder.name
+        super().__init__(embedder)
         self.capacity = max(0, int(max_bytes) // (4 * int(embedder.dim)))  # float32 rows
         self._rows: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         self._logged_at = (0, time.monotonic())
-
-    @property
-    def dim(self) -> int:
-        return int(self.inner.dim)
-
-    def identity(self) -> dict[str, Any]:
-        return backbone_identity(self.inner)
-
-    def reference_head(self) -> torch.Tensor | None:
-        return self.inner.reference_head()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def embed(self, conversations: Sequence[Conversation]) -> torch.Tensor:
         keys = [conversation_key(c) for c in conversations]

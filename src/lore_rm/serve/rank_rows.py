@@ -12,7 +12,6 @@ prior), and equal rewards keep their posted order.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from lore_rm.embed.base import Embedder
 from lore_rm.errors import DataError, LoreError
 from lore_rm.fit.model import LowRankReward
 from lore_rm.ranking import LEVEL, Ranking, rank_groups
-from lore_rm.serve.scoring import USER_FIELDS, embed_unique
+from lore_rm.serve.scoring import USER_FIELDS, embed_unique, json_cell
 
 
 @dataclass
@@ -51,7 +50,7 @@ def read_rank_rows(path: str | os.PathLike) -> RankRows:
         user = rec[name]
         if isinstance(user, bool) or not isinstance(user, str | int):
             raise src.error(row, f"{name!r} must be a string or an integer, got {user!r}")
-        prompt, responses = _cell(rec.get("prompt"), src), _cell(rec.get("responses"), src)
+        prompt, responses = json_cell(rec.get("prompt"), src), json_cell(rec.get("responses"), src)
         if prompt is None:
             raise src.error(row, "missing field 'prompt'")
         if not isinstance(responses, list) or not responses:
@@ -68,16 +67,6 @@ def read_rank_rows(path: str | os.PathLike) -> RankRows:
     if not rows.users:
         raise DataError(f"{src.path}: no rows to rank")
     return rows
-
-
-def _cell(value: Any, src: SourceFile) -> Any:
-    """A CSV cell holding a list as JSON text, parsed; any other value as it is."""
-    if src.format == "csv" and isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
 
 
 def rank_rows(

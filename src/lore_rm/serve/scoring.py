@@ -64,13 +64,13 @@ def _conversation(rec: dict, src: SourceFile, row: int) -> Conversation:
     if rec.get("messages") is not None:
         if rec.get("prompt") is not None or rec.get("response") is not None:
             raise src.error(row, "give either 'messages' or 'prompt' + 'response', not both")
-        return check_conversation(_cell(rec["messages"], src), f"{where}: 'messages'")
+        return check_conversation(json_cell(rec["messages"], src), f"{where}: 'messages'")
     for name in ("prompt", "response"):
         if rec.get(name) is None:
             raise src.error(
                 row, f"missing field {name!r} (or give the whole conversation as 'messages')"
             )
-    prompt, response = _cell(rec["prompt"], src), rec["response"]
+    prompt, response = json_cell(rec["prompt"], src), rec["response"]
     if not isinstance(response, str):
         raise src.error(row, f"'response' must be a string, got {type(response).__name__}")
     if isinstance(prompt, str):
@@ -83,8 +83,9 @@ def _conversation(rec: dict, src: SourceFile, row: int) -> Conversation:
     return check_conversation(conversation, f"{where}: 'prompt'")
 
 
-def _cell(value: Any, src: SourceFile) -> Any:
-    """A CSV cell holding messages as JSON text, parsed; any other value as it is."""
+def json_cell(value: Any, src: SourceFile) -> Any:
+    """A CSV cell holding a list (messages, responses) as JSON text, parsed; any other
+    value as it is."""
     if src.format == "csv" and isinstance(value, str) and value.lstrip().startswith("["):
         try:
             return json.loads(value)
