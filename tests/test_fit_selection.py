@@ -17,11 +17,14 @@ from lore_rm.fit.prior import isotropic_prior
 from lore_rm.fit.selection import (
     EDGE_STEPS,
     LOOSE_TOL,
+    PATH_BACK,
     REFINE_MARGIN,
     SEARCH_TOL,
     _fold_scores,
     _new_user_scores,
+    choose_cell,
     held_out_users,
+    may_change_choice,
     user_folds,
 )
 from lore_rm.fit.solvers import feature_scale, fit_user_weights, ridge_path
@@ -57,9 +60,66 @@ def test_auto_picks_the_planted_rank(rank2_population):
     loose = [r for r in sel["rows"] if r["tol"] == LOOSE_TOL]
     assert len(refined) + len(loose) == len(sel["rows"]) and sel["refined"] == len(refined)
     assert chosen in refined and loose  # something was left loose on this grid
-    best = min(r["cv_loss"] for r in refined)
-    band = best + min(r["cv_loss_se"] for r in refined if r["cv_loss"] == best)
-    assert all(r["cv_loss"] > band + REFINE_MARGIN for r in loose)
+    assert not any(may_change_choice(r, refined, REFINE_MARGIN, True) for r in loose)
+
+
+def test_the_rank_grid_stops_at_the_first_rank_the_rule_does_not_take(rank2_population):
+    grid = {**SMALL_GRID, "rank_grid": (1, 2, 3, 4, 6)}
+    model = LowRankReward(rank="auto", **grid).fit(rank2_population.split.seen_train)
+    assert model.rank_ == 2
+    assert {r["rank"] for r in model.history_["selection"]["rows"]} == {1, 2, 3}
+
+
+def _row(rank, decay, loss, se, weights="simplex"):
+    return {
+        "rank": rank,
+        "weight_decay": decay,
+        "weights": weights,
+        "cv_loss": loss,
+        "cv_loss_se": se,
+    }
+
+
+def test_a_loose_cell_is_refined_only_when_it_could_change_the_choice():
+    refined = [_row(1, 0.1, 0.60, 0.01), _row(2, 0.1, 0.55, 0.01)]  # rank 2 chosen (band 0.56)
+    assert choose_cell(refined, True)[0] is refined[1]
+    # simpler than the chosen cell: only by entering the band
+    assert may_change_choice(_row(2, 1.0, 0.565, 0.01), refined, 0.005, True)
+    assert not may_change_choice(_row(2, 1.0, 0.57, 0.01), refined, 0.005, True)
+    # more complex: only by becoming the best with a band that leaves the chosen cell out
+    assert may_change_choice(_row(3, 0.1, 0.54, 0.001), refined, 0.005, True)
+    assert not may_change_choice(_row(3, 0.1, 0.54, 0.02), refined, 0.005, True)
+    assert not may_change_choice(_row(3, 0.1, 0.556, 0.0), refined, 0.005, True)
+    # the minimum rule: anything that may beat the best
+    assert may_change_choice(_row(3, 0.1, 0.554, 0.0), refined, 0.005, False)
+    assert not may_change_choice(_row(1, 1.0, 0.556, 0.0), refined, 0.005, False)
+    assert may_change_choice(_row(3, 0.1, 9.0, 0.0), [], 0.005, True)  # nothing refined yet
+
+
+def test_a_later_rank_walks_its_ridges_from_near_the_last_ranks_best():
+    pop = simulate_population(
+        d=64, true_rank=2, n_seen=40, n_unseen=20, train_per_user=10, n_prompts=400, seed=5
+    )
+    model = LowRankReward(rank_grid=(1, 2, 3), cv_folds=3).fit(pop.split.seen_train)
+    grid = model.config_.weight_decay_grid
+    rows = model.history_["selection"]["rows"]
+    best1 = min((r for r in rows if r["rank"] == 1), key=lambda r: r["cv_loss"])["weight_decay"]
+    start = grid[max(grid.index(best1) - PATH_BACK, 0)]
+    assert start > grid[0]  # the strong end wins here: the later ranks skip the weak ridges
+    upper = [r for r in rows if r["rank"] == 2 and r["path_start"] == start]
+    assert upper and min(r["weight_decay"] for r in upper) == start
+    chosen = next(r for r in rows if r["chosen"])
+    assert model.rank_ == 2 and chosen["path_start"] == start  # planted rank 2 wins here
+    assert model.config_.ridge_path_start == start
+    assert model.history_["ridge_path"][0] == start  # the refit walks the path the cell did
+    cell = {
+        k: getattr(model.config_, k)
+        for k in ("weight_decay", "weights", "ridge_path_start", "weight_decay_grid")
+    }
+    explicit = LowRankReward(rank=model.rank_, personalization=model.personalization_, **cell).fit(
+        pop.split.seen_train
+    )
+    assert torch.equal(explicit.basis_, model.basis_)
 
 
 def test_explicit_values_skip_the_search(rank2_population):

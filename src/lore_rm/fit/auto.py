@@ -46,7 +46,12 @@ def resolve_auto(
         raise LoreError(f"rank_grid {cfg.rank_grid} has no rank <= d = {data.d}")
     sigma = feature_scale(data, cfg.standardize)
     selection = select_settings(data, sigma, ranks, decays, cfg, reference_head, progress=progress)
-    chosen = replace(cfg, weight_decay=selection.weight_decay, weights=selection.weights)
+    chosen = replace(
+        cfg,
+        weight_decay=selection.weight_decay,
+        weights=selection.weights,
+        ridge_path_start=selection.path_start,
+    )
     return selection.rank, chosen, selection
 
 

@@ -19,7 +19,7 @@ from lore_rm.fit.link import WeightSpace
 
 Recipe = Literal["default", "paper"]
 Solver = Literal["adam-alternating", "lbfgs"]
-FewshotSolver = Literal["adam", "lbfgs"]
+FewshotSolver = Literal["adam", "lbfgs", "newton"]
 Regularizer = Literal["cosine", "l2"]
 Init = Literal["spectral", "svd", "random"]
 CvHoldout = Literal["users", "comparisons"]
@@ -124,6 +124,13 @@ class FitConfig:
         "pooled saddle); false starts at the ridge directly.",
         Flag(),
     )
+    ridge_path_start: float | None = _f(
+        None,
+        "The weakest ridge of that path (None: the grid's weakest). rank='auto' sets it to "
+        "where its search started the chosen rank's path, so the refit is the cell it scored.",
+        Word(None),
+        NON_NEGATIVE,
+    )
     rank_grid: tuple[int, ...] = _f(
         (1, 2, 3, 4, 6, 8), "Ranks tried by rank='auto'.", Several(Interval(int, 1))
     )
@@ -195,11 +202,12 @@ class FitConfig:
         NON_NEGATIVE,
     )
     fewshot_solver: FewshotSolver = _f(
-        "lbfgs",
-        "New-user fit: 'lbfgs' (MAP, all users at once) or 'adam' (published).",
+        "newton",
+        "New-user fit: 'newton' (MAP, every user's damped Newton steps at once), 'lbfgs' (the "
+        "same MAP by one L-BFGS over all users) or 'adam' (published).",
         FewshotSolver,
     )
-    fewshot_n_iter: int = _f(100, "Iterations of the new-user fit.", COUNT)
+    fewshot_n_iter: int = _f(100, "Iterations (Newton steps) of the new-user fit.", COUNT)
     fewshot_lr: float = _f(1.0, "Learning rate / step size of the new-user fit.", POSITIVE)
     fewshot_prior: float | str = _f(
         LEARNED,

@@ -15,11 +15,13 @@ flat stretch of the objective still shows its changes to the optimiser.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.fit.link import joint_weights
+from lore_rm.fit.link import joint_weights, weights_of
 from lore_rm.fit.prior import LogitPrior
 
 Tensor = torch.Tensor
@@ -189,83 +191,21 @@ class JointObjective:
             hess = hess + self.prior_precision * per[..., None]
         return value, grad, hess
 
-    def _user_losses(self, z: Tensor, logits: Tensor) -> Tensor:
-        """Every (problem, user)'s part of the objective (G, U), float64 (simplex)."""
-        w = logits.softmax(-1)
-        m = self.scale * (z * w.permute(1, 0, 2)[self.data.user_index]).sum(-1)  # (N, G)
-        rows = F.softplus(-m).double() * self.coef_rows
-        per_user = torch.zeros(logits.shape[1], logits.shape[0], dtype=torch.float64)
-        per_user = per_user.to(z.device).index_add_(0, self.data.user_index, rows).T
-        return per_user + self._user_penalty(logits)[0]
-
     def best_logits(
         self, z: Tensor, logits: Tensor, tol: float, max_iter: int = USER_NEWTON_STEPS
     ) -> tuple[Tensor, bool]:
         """Every (problem, user)'s logits minimising the objective with the basis fixed
-        (``z`` its projection; simplex weights): damped Gauss-Newton from ``logits``, all
-        users of all problems at once. A user whose gradient is within ``tol`` stops; the
-        others' steps are halved, user by user, until their own loss goes down (a user whose
-        loss cannot go down stops too). Returns the logits and whether every user's largest
-        gradient entry is within ``tol``."""
-        u = self.data.user_index
-        g_count, n_users, k = logits.shape
-        eye = torch.eye(k, dtype=torch.float64, device=z.device)
-        ones = torch.full((k, k), 1.0 / k, dtype=torch.float64, device=z.device)
-        active = torch.ones(g_count, n_users, dtype=torch.bool, device=z.device)
-        converged = False
-        for _ in range(max_iter):
-            w = logits.softmax(-1)
-            wr = w.permute(1, 0, 2)[u]  # (N, G, K)
-            m = (z * wr).sum(-1, keepdim=True)
-            a = self.scale * (z - m)  # dm/dtheta = w * a
-            dm = wr * a
-            m = self.scale * m[..., 0]
-            c = -torch.sigmoid(-m) * self.coef_rows
-            pen, pen_grad, pen_hess = self._user_penalty(logits)
-            # every user's sum of c_n a_n over their rows: their gradient is w * that
-            spread = torch.zeros(n_users, g_count, k, dtype=z.dtype, device=z.device)
-            spread = spread.index_add_(0, u, c[..., None] * a).permute(1, 0, 2)  # (G, U, K)
-            grad = w * spread + pen_grad
-            big = grad.abs().amax(-1) > tol
-            converged = not bool(big.any())
-            active &= big
-            if not bool(active.any()):
-                break
-            curve = (torch.sigmoid(m) * torch.sigmoid(-m) * self.coef_rows)[..., None, None]
-            hess = torch.zeros(n_users, g_count, k, k, dtype=z.dtype, device=z.device)
-            hess = hess.index_add_(0, u, curve * dm[..., :, None] * dm[..., None, :])
-            hess = hess.permute(1, 0, 2, 3).double() + pen_hess.double()
-            # the softmax's own curvature: sum_n c_n d2m_n/dtheta2 = diag(v) - v w^T - w v^T
-            v = (w * spread).double()
-            wd = w.double()
-            hess = hess + torch.diag_embed(v) - v[..., :, None] * wd[..., None, :]
-            hess = hess - wd[..., :, None] * v[..., None, :]
-            # a saddle-free Newton step: |eigenvalues|, floored; the all-ones direction (no
-            # weight moves) keeps a tiny curvature. A step longer than MAX_USER_STEP (a flat
-            # or nearly singular direction) is shortened to it: backtracking alone could
-            # halve such a step to nothing and stop the user above tol
-            vals, vecs = torch.linalg.eigh(hess + 1e-9 * (eye + ones))
-            vals = vals.abs().clamp_min(1e-9)
-            inv_g = vecs.transpose(-1, -2) @ grad.double()[..., None]
-            step = -(vecs @ (inv_g / vals[..., None]))[..., 0]
-            longest = step.abs().amax(-1, keepdim=True).clamp_min(MAX_USER_STEP)
-            step = (step * (MAX_USER_STEP / longest)).to(logits.dtype) * active[..., None]
-            slope = (grad * step).sum(-1).double()
-            rows = F.softplus(-m).double() * self.coef_rows
-            before = torch.zeros(n_users, g_count, dtype=torch.float64, device=z.device)
-            before = before.index_add_(0, u, rows).T + pen
-            t = active.to(logits.dtype)[..., None]
-            for _ in range(USER_BACKTRACK):
-                after = self._user_losses(z, logits + t * step)
-                short = (after > before + 1e-4 * t[..., 0].double() * slope) & (t[..., 0] > 0)
-                if not bool(short.any()):
-                    break
-                t = torch.where(short[..., None], 0.5 * t, t)
-            else:
-                t = torch.where(short[..., None], torch.zeros_like(t), t)
-            active &= t[..., 0] > 0
-            logits = logits + t * step
-        return logits, converged
+        (``z`` its projection; simplex weights), from ``logits``: :func:`newton_logits`."""
+        return newton_logits(
+            z,
+            logits,
+            self.data.user_index,
+            self.coef_rows,
+            self.scale,
+            self._user_penalty,
+            tol,
+            max_iter,
+        )
 
     def _reference(self, basis: Tensor) -> tuple[Tensor, Tensor]:
         alpha, head, kind = self.reference  # type: ignore[misc]
@@ -279,3 +219,111 @@ class JointObjective:
             ).sum()
             (grad,) = torch.autograd.grad(total, b)
         return total.detach().double(), grad
+
+
+Penalty = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def _user_losses(
+    z: Tensor,
+    logits: Tensor,
+    u: Tensor,
+    coef_rows: Tensor,
+    scale: float,
+    penalty: Penalty,
+    space: str,
+) -> Tensor:
+    """Every (problem, user)'s objective (G, U), float64: weighted row losses plus penalty."""
+    w = weights_of(logits, space)
+    m = scale * (z * w.permute(1, 0, 2)[u]).sum(-1)  # (N, G)
+    rows = F.softplus(-m).double() * coef_rows
+    per_user = torch.zeros(logits.shape[1], logits.shape[0], dtype=torch.float64)
+    per_user = per_user.to(z.device).index_add_(0, u, rows).T
+    return per_user + penalty(logits)[0]
+
+
+def newton_logits(
+    z: Tensor,
+    logits: Tensor,
+    u: Tensor,
+    coef_rows: Tensor,
+    scale: float,
+    penalty: Penalty,
+    tol: float,
+    max_iter: int = USER_NEWTON_STEPS,
+    space: str = "simplex",
+) -> tuple[Tensor, bool]:
+    """Every (problem, user)'s parameters minimising their Bradley–Terry loss plus penalty,
+    the rows' projections ``z`` (N, G, K) fixed: damped Newton from ``logits`` (G, U, K),
+    all users of all problems at once. Row n (user ``u[n]``) weighs ``coef_rows[n, g]`` in
+    problem g; ``penalty(logits)`` gives every (problem, user)'s penalty (G, U) float64, its
+    gradient (G, U, K) and Hessian (G, 1 or U, K, K). Simplex weights are ``softmax``, signed
+    weights the parameters themselves.
+
+    A user whose gradient is within ``tol`` stops; the others' steps are halved, user by
+    user, until their own loss goes down (a user whose loss cannot go down stops too).
+    Returns the parameters and whether every user's largest gradient entry is within
+    ``tol``."""
+    simplex = space == "simplex"
+    g_count, n_users, k = logits.shape
+    eye = torch.eye(k, dtype=torch.float64, device=z.device)
+    ones = torch.full((k, k), 1.0 / k, dtype=torch.float64, device=z.device)
+    active = torch.ones(g_count, n_users, dtype=torch.bool, device=z.device)
+    converged = False
+    for _ in range(max_iter):
+        w = weights_of(logits, space)
+        wr = w.permute(1, 0, 2)[u]  # (N, G, K)
+        m = (z * wr).sum(-1, keepdim=True)
+        if simplex:
+            a = scale * (z - m)  # dm/dtheta = w * a
+            dm = wr * a
+        else:
+            a = dm = scale * z
+        m = scale * m[..., 0]
+        c = -torch.sigmoid(-m) * coef_rows
+        pen, pen_grad, pen_hess = penalty(logits)
+        # every user's sum of c_n a_n over their rows: their gradient (simplex: w * that)
+        spread = torch.zeros(n_users, g_count, k, dtype=z.dtype, device=z.device)
+        spread = spread.index_add_(0, u, c[..., None] * a).permute(1, 0, 2)  # (G, U, K)
+        grad = (w * spread if simplex else spread) + pen_grad
+        big = grad.abs().amax(-1) > tol
+        converged = not bool(big.any())
+        active &= big
+        if not bool(active.any()):
+            break
+        curve = (torch.sigmoid(m) * torch.sigmoid(-m) * coef_rows)[..., None, None]
+        hess = torch.zeros(n_users, g_count, k, k, dtype=z.dtype, device=z.device)
+        hess = hess.index_add_(0, u, curve * dm[..., :, None] * dm[..., None, :])
+        hess = hess.permute(1, 0, 2, 3).double() + pen_hess.double()
+        if simplex:
+            # the softmax's own curvature: sum_n c_n d2m_n/dtheta2 = diag(v) - v w^T - w v^T
+            v = (w * spread).double()
+            wd = w.double()
+            hess = hess + torch.diag_embed(v) - v[..., :, None] * wd[..., None, :]
+            hess = hess - wd[..., :, None] * v[..., None, :]
+        # a saddle-free Newton step: |eigenvalues|, floored; the all-ones direction (no
+        # weight moves, simplex) keeps a tiny curvature. A step longer than MAX_USER_STEP (a
+        # flat or nearly singular direction) is shortened to it: backtracking alone could
+        # halve such a step to nothing and stop the user above tol
+        vals, vecs = torch.linalg.eigh(hess + 1e-9 * (eye + ones))
+        vals = vals.abs().clamp_min(1e-9)
+        inv_g = vecs.transpose(-1, -2) @ grad.double()[..., None]
+        step = -(vecs @ (inv_g / vals[..., None]))[..., 0]
+        longest = step.abs().amax(-1, keepdim=True).clamp_min(MAX_USER_STEP)
+        step = (step * (MAX_USER_STEP / longest)).to(logits.dtype) * active[..., None]
+        slope = (grad * step).sum(-1).double()
+        rows = F.softplus(-m).double() * coef_rows
+        before = torch.zeros(n_users, g_count, dtype=torch.float64, device=z.device)
+        before = before.index_add_(0, u, rows).T + pen
+        t = active.to(logits.dtype)[..., None]
+        for _ in range(USER_BACKTRACK):
+            after = _user_losses(z, logits + t * step, u, coef_rows, scale, penalty, space)
+            short = (after > before + 1e-4 * t[..., 0].double() * slope) & (t[..., 0] > 0)
+            if not bool(short.any()):
+                break
+            t = torch.where(short[..., None], 0.5 * t, t)
+        else:
+            t = torch.where(short[..., None], torch.zeros_like(t), t)
+        active &= t[..., 0] > 0
+        logits = logits + t * step
+    return logits, converged

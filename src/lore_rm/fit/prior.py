@@ -38,14 +38,14 @@ MAX_VARIANCE = 1.0 / FALLBACK_PRIOR
 class LogitPrior:
     """Gaussian prior ``N(mean, precision^-1)`` over a user's centred logits (K,)."""
 
-    mean: Tensor  # (K,) float64 (simplex: centred logits, entries sum to 0)
+    mean: Tensor  # (K,) float64 (simplex: centred logits, entries sum to 0), or one per user (U, K)
     precision: Tensor  # (K, K) float64, symmetric positive definite
     kind: str = "isotropic"
     space: str = "simplex"  # the parameters' weight space (lore_rm.fit.link)
 
     @property
     def k(self) -> int:
-        return int(self.mean.shape[0])
+        return int(self.mean.shape[-1])
 
     def covariance(self) -> Tensor:
         return torch.linalg.inv(self.precision)

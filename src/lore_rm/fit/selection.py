@@ -15,24 +15,31 @@ What a fold holds out (``cv_holdout``):
 
 Every (rank, ridge) cell fits all
 folds at once (one L-BFGS over ``folds`` independent problems: one ``X @ V`` with
-``folds * K`` columns).
+``folds * K`` columns), and its held-out users are scored by one batched few-shot fit over
+every fold.
 
 For each rank the ridge path runs from WEAK to strong, each cell warm-started from the
 previous one (the weakest from the fold's deterministic informed start). The other direction
 fails here: a strongly regularised solution sits at the pooled saddle (every column alike,
 every user uniform), and a warm start from it stays there at every weaker ridge (measured in
-docs/measurements.md). A rank stops early once its held-out loss has risen for two stronger ridges
-in a row; the rank grid stops once two larger ranks in a row fail to improve on the best.
-When a rank's best ridge is the grid's strongest, the path goes on past the grid (same ratio,
-up to ``EDGE_STEPS`` more values) until the loss rises, so the choice is never clipped there.
+docs/measurements.md). Rank 1's path starts at the grid's weakest ridge; a later rank's
+starts ``PATH_BACK`` grid steps weaker than the previous rank's best ridge (and walks the
+weaker ridges too when its best is the first it tried), and the refit of the chosen cell
+walks the same path (``ridge_path_start``). A rank stops early once its held-out loss has
+risen for two stronger ridges in a row. The rank grid stops at the first rank the
+one-standard-error rule (on the loose scores so far) does not take: a larger rank is tried
+only while the last one won. When a rank's best ridge is the grid's strongest, the path goes
+on past the grid (same ratio, up to ``EDGE_STEPS`` more values) until the loss rises, so the
+choice is never clipped there.
 
 Loose, then refined: every cell of the paths is fitted to ``LOOSE_TOL`` (largest gradient
-entry) and scored. Then the cells are taken in order of that score and continued to
-``SEARCH_TOL`` (warm, from their loose fit) and scored again, until the next cell's loose
-score exceeds the best refined cell's one-standard-error band by more than ``REFINE_MARGIN``
-and by more than twice the most any refined cell's loose score overstated its loss. The
-rule below then chooses among refined cells (the others cannot reach the band); measured
-in docs/recipes.md ("What the search costs").
+entry) and scored. Then cells are continued to ``SEARCH_TOL`` (warm, from their loose fit)
+and scored again, best loose score first, while some unrefined cell could still change the
+rule's choice among the refined ones if its loose score overstated its loss by
+``REFINE_MARGIN`` or twice the most any refined cell's did (:func:`may_change_choice`): a
+cell simpler than the chosen one by entering the band, a more complex one only by becoming
+the best with a band that leaves the chosen cell out. The rule below then chooses among the
+refined cells; measured in docs/measurements.md ("What the search costs").
 
 With users held out, the chosen cell records ``margin_scale``: the factor by which the true
 log-odds exceed its held-out margins (:mod:`lore_rm.fit.calibration`); it calibrates the
@@ -83,6 +90,8 @@ LOOSE_TOL = 1e-3  # every cell first (see the module doc: scored loose, then ref
 #: a loose score this far above the best refined cell's band may still reach it
 REFINE_MARGIN = 5e-3
 MIN_GAIN = 1e-3  # a log-loss gain over a coin flip smaller than this (or than its SE) is none
+RANK_PATIENCE = 1  # larger ranks tried after one the one-standard-error rule does not take
+PATH_BACK = 2  # a rank's ridge path starts this many steps weaker than the last rank's best
 EDGE_STEPS = 4  # extra, stronger ridges tried when a rank's best sits at the grid's strong end
 
 
@@ -104,6 +113,8 @@ class Selection:
     #: the cell that found no personalisation paying, when the pooled reward replaced it
     zero_personalization: dict | None = None
     refined: int = 0  # cells continued from the loose tolerance to the search's
+    #: where the chosen cell's ridge path started, when later than the grid's weakest value
+    path_start: float | None = None
 
     @property
     def chosen(self) -> dict:
@@ -189,15 +200,17 @@ def _new_user_scores(
 
     Each held-out user's comparisons are dealt over ``inner`` folds; every comparison is
     scored by weights fitted (basis frozen, few-shot prior around the fold's mean weights) on
-    that user's comparisons of the other inner folds. All held-out users of a fold and all
-    their inner splits are one batched few-shot fit. Returns every comparison's held-out
-    margin under those weights and under the fold's mean weights, and the std (N,) of the
-    former under the Laplace posterior of the weights that predicted it (zero at rank 1,
-    where the weights are fixed, and when ``cfg.calibrate`` is off or ``with_std`` false).
+    that user's comparisons of the other inner folds. Every fold's held-out users and all
+    their inner splits are one batched few-shot fit (a user is held out by one fold). Returns
+    every comparison's held-out margin under those weights and under its fold's mean weights,
+    and the std (N,) of the former under the Laplace posterior of the weights that predicted
+    it (zero at rank 1, where the weights are fixed, and when ``cfg.calibrate`` is off or
+    ``with_std`` false).
     """
     n_folds, d, rank = basis.shape
     n_inner = int(inner.max()) + 1 if inner.numel() else 1
     u = data.user_index
+    n_users = data.n_users
     strength = float(FALLBACK_PRIOR if cfg.fewshot_prior == LEARNED else cfg.fewshot_prior)
     space = cfg.space
     with torch.no_grad():
@@ -206,51 +219,57 @@ def _new_user_scores(
         margins = torch.zeros(data.n, dtype=z.dtype, device=z.device)
         shared = torch.zeros(data.n, dtype=z.dtype, device=z.device)
         std = torch.zeros(data.n, dtype=torch.float64, device=z.device)
-        for f in range(n_folds):  # a handful of folds; users and rows are batched
-            rows = held_out[f].nonzero()[:, 0]
-            if not rows.numel():
-                continue
-            local_users, local = torch.unique(u[rows], return_inverse=True)
-            trained = torch.ones(data.n_users, dtype=torch.bool, device=u.device)
-            trained[local_users] = False
-            population = joint_weights(logits[f], space, trained)[trained].mean(0)
-            zf = z[rows, f]
-            split = torch.arange(n_inner, device=rows.device)
-            rep = torch.arange(rows.numel(), device=rows.device).repeat_interleave(n_inner)
-            part = split.repeat(rows.numel())
-            keep = part != inner[rows][rep]
-            rep, part = rep[keep], part[keep]
-            n_virtual = local_users.numel() * n_inner
-            fitted_on = Comparisons.from_features(
-                zf[rep],
-                (local[rep] * n_inner + part).cpu().numpy(),
-                user_ids=[str(i) for i in range(n_virtual)],
+        rows = held_out.any(0).nonzero()[:, 0]
+        if not rows.numel():
+            return HeldOut(margins, shared, std)
+        row_fold = held_out[:, rows].to(torch.int8).argmax(0)
+        user_fold = torch.zeros(n_users, dtype=torch.int64, device=u.device)
+        user_fold[u[rows]] = row_fold
+        held_users = torch.zeros(n_folds, n_users, dtype=torch.bool, device=u.device)
+        held_users[row_fold, u[rows]] = True
+        trained = ~held_users
+        w = joint_weights(logits, space, trained) * trained[..., None].to(logits.dtype)
+        population = w.sum(1) / trained.sum(1, keepdim=True).clamp_min(1).to(w.dtype)  # (F, K)
+        zf = z[rows, row_fold]
+        rep = torch.arange(rows.numel(), device=rows.device).repeat_interleave(n_inner)
+        part = torch.arange(n_inner, device=rows.device).repeat(rows.numel())
+        keep = part != inner[rows][rep]
+        rep, part = rep[keep], part[keep]
+        n_virtual = n_users * n_inner  # (user, inner part); a user's fold is user_fold
+        fitted_on = Comparisons.from_features(
+            zf[rep],
+            (u[rows][rep] * n_inner + part).cpu().numpy(),
+            user_ids=[str(i) for i in range(n_virtual)],
+        )
+        fold_of = user_fold.repeat_interleave(n_inner)  # every virtual user's fold
+        if space == "signed":
+            priors = [signed_prior(population[f]) for f in range(n_folds)]
+        else:
+            priors = [isotropic_prior(population[f], strength, space) for f in range(n_folds)]
+        means = torch.stack([pr.mean for pr in priors])[fold_of]  # (n_virtual, K)
+        prior = replace(priors[0], mean=means)
+        weights = fit_user_weights(
+            fitted_on,
+            torch.eye(rank, dtype=zf.dtype, device=zf.device),
+            cfg.scale,
+            cfg,
+            population[fold_of],
+            prior=prior,
+            projected=zf[rep],
+            average_over=n_virtual / n_folds,
+        )
+        virtual = u[rows] * n_inner + inner[rows]
+        own = weights[virtual]
+        margins[rows] = cfg.scale * (zf * own).sum(-1)
+        shared[rows] = cfg.scale * (zf * population[row_fold].to(zf.dtype)).sum(-1)
+        if with_std and cfg.calibrate and rank > 1 and strength > 0:
+            precision = prior.precision.to(zf.device)
+            h = logit_hessian(
+                zf[rep], weights, fitted_on.user_index, cfg.scale, precision, space=space
             )
-            if space == "signed":
-                prior = signed_prior(population)
-            else:
-                prior = isotropic_prior(population, strength, space)
-            weights = fit_user_weights(
-                fitted_on,
-                torch.eye(rank, dtype=zf.dtype, device=zf.device),
-                cfg.scale,
-                cfg,
-                population,
-                prior=prior,
-                projected=zf[rep],
-            )
-            virtual = local * n_inner + inner[rows]
-            own = weights[virtual]
-            margins[rows] = cfg.scale * (zf * own).sum(-1)
-            shared[rows] = cfg.scale * (zf * population.to(zf.dtype)).sum(-1)
-            if with_std and cfg.calibrate and rank > 1 and strength > 0:
-                precision = prior.precision.to(zf.device)
-                h = logit_hessian(
-                    zf[rep], weights, fitted_on.user_index, cfg.scale, precision, space=space
-                )
-                floor = float(torch.linalg.eigvalsh(precision)[0])
-                cov = covariance_from_hessian(h, floor, "gauss-newton")
-                std[rows] = linear_std(zf, own, cov[virtual], cfg.scale, space)
+            floor = float(torch.linalg.eigvalsh(precision)[0])
+            cov = covariance_from_hessian(h, floor, "gauss-newton")
+            std[rows] = linear_std(zf, own, cov[virtual], cfg.scale, space)
         return HeldOut(margins, shared, std)
 
 
@@ -383,7 +402,7 @@ def select_settings(
     decays = sorted(set(float(w) for w in weight_decays))  # weak -> strong
     rows: list[dict] = []
     fitted: dict[int, tuple[Tensor, Tensor, FitConfig]] = {}  # id(row) -> its folds' fit
-    best_loss, ranks_without_gain, n_fits = math.inf, 0, 0
+    n_fits = 0
     spaces = ("simplex", "signed") if cfg.weights == AUTO else (cfg.space,)
     jobs = [(w, k) for w in spaces for k in ranks if k > 1 or w == spaces[0]]
     bar = progress_bar(len(jobs) * len(decays), "selecting rank and ridge", progress)
@@ -429,11 +448,29 @@ def select_settings(
         }
         return numbers, scores
 
-    def score_rank(space: str, rank: int) -> float:
-        """Score every ridge of one rank in one weight space at the loose tolerance
-        (appending rows); its best loss."""
-        nonlocal n_fits
+    def score_rank(space: str, rank: int) -> None:
+        """Score the ridges of one rank in one weight space at the loose tolerance (appending
+        rows): from PATH_BACK grid steps weaker than the previous rank's best ridge, and the
+        weaker ridges too when the best of those is the first."""
         cell_cfg = replace(cfg, weights="signed" if space == "signed" and rank > 1 else "simplex")
+        before = [r for r in rows if 1 < r["rank"] < rank and r["weights"] == space]
+        before = before or [r for r in rows if r["rank"] < rank]
+        start = decays[0]
+        if before:
+            last = [r for r in before if r["rank"] == max(b["rank"] for b in before)]
+            ridges = sorted(r["weight_decay"] for r in last)
+            best = min(last, key=lambda r: r["cv_loss"])["weight_decay"]
+            start = min(ridges[max(ridges.index(best) - PATH_BACK, 0)], decays[-1])
+        upper = walk(cell_cfg, rank, [w for w in decays if w >= start] or [start])
+        lower = [w for w in decays if w < start]
+        if lower and min(upper, key=lambda r: r["cv_loss"]) is upper[0]:
+            walk(cell_cfg, rank, lower)  # the best sits at the path's weak end: go weaker
+
+    def walk(cell_cfg: FitConfig, rank: int, path: list[float]) -> list[dict]:
+        """One warm-started ridge path, weak to strong, from the folds' informed starts:
+        stops once the loss has risen for two stronger ridges in a row, and goes on past the
+        grid's strongest value while that one is the best. Returns its rows."""
+        nonlocal n_fits
         starts = [
             initial_point(
                 data,
@@ -449,7 +486,7 @@ def select_settings(
         basis0 = torch.stack([b for b, _ in starts])
         logits0 = torch.stack([lg for _, lg in starts])
         rank_best, rising = math.inf, 0
-        path = list(decays)
+        walked: list[dict] = []
         for decay in path:  # a list iterator also yields the values appended below
             res = fit_cell(basis0, logits0, decay, cell_cfg, loose_tol)
             n_fits += n_folds
@@ -463,21 +500,24 @@ def select_settings(
                 "iterations": res.iterations,
                 "converged": res.converged,
                 "tol": loose_tol,
+                "path_start": path[0],
             }
             rows.append(row)
+            walked.append(row)
             fitted[id(row)] = (res.basis, res.logits, cell_cfg)
             bar.update(1)
             mean = row["cv_loss"]
             if mean < rank_best:
                 rank_best, rising = mean, 0
-                if decay == path[-1] and len(decays) > 1 and len(path) - len(decays) < EDGE_STEPS:
+                at_edge = decay == path[-1] and decay >= decays[-1] and len(decays) > 1
+                if at_edge and len(path) - len([w for w in path if w <= decays[-1]]) < EDGE_STEPS:
                     path.append(float(f"{decay * decays[-1] / decays[-2]:.6g}"))  # best at the edge
                     bar.total = (bar.total or 0) + 1
             else:
                 rising += 1
                 if rising >= 2:  # stronger ridges only shrink more
                     break
-        return rank_best
+        return walked
 
     def refine(row: dict) -> float:
         """Continue a cell's folds to the search's tolerance and score it again; returns how
@@ -496,30 +536,39 @@ def select_settings(
         )
         return bias
 
+    ranks_without_gain = 0
     for space, rank in jobs:
         if rows and rows[-1]["weights"] != space:  # a new weight space: its own rank stop
-            pooled_loss = [r["cv_loss"] for r in rows if r["rank"] == 1]
-            best_loss, ranks_without_gain = min(pooled_loss, default=math.inf), 0
-        elif ranks_without_gain >= 2:
+            ranks_without_gain = 0
+        elif ranks_without_gain >= RANK_PATIENCE:
             continue
-        rank_best = score_rank(space, rank)
-        if rank_best < best_loss - 1e-12:
-            best_loss, ranks_without_gain = rank_best, 0
-        else:
-            ranks_without_gain += 1
-    # refine the cells the choice can fall on, in order of their loose score, until the next
-    # cannot reach the best refined cell's one-standard-error band even if its loose score
-    # overstates its loss twice as much as any refined cell's did
+        score_rank(space, rank)
+        # a rank gains when the one-standard-error rule, on the loose scores so far, takes it
+        gained = rank == 1 or choose_cell(rows, cfg.one_se)[0]["rank"] == rank
+        ranks_without_gain = 0 if gained else ranks_without_gain + 1
+    # refine the cells the choice can fall on, best loose score first, until no unrefined cell
+    # could change the choice among the refined ones even if its loose score overstates its
+    # loss twice as much as any refined cell's did (:func:`may_change_choice`)
     search_tol = max(cfg.tol, SEARCH_TOL)
-    best_refined, band, overstated, n_refined = math.inf, 0.0, 0.0, 0
-    for row in sorted(rows, key=lambda r: r["cv_loss"]):
-        if row["cv_loss"] > best_refined + band + max(REFINE_MARGIN, 2.0 * overstated):
+    overstated, n_refined = 0.0, 0
+    refined: list[dict] = []
+    while True:
+        slack = max(REFINE_MARGIN, 2.0 * overstated)
+        pending = (r for r in rows if r["tol"] > search_tol)
+        row = next(
+            (
+                r
+                for r in sorted(pending, key=lambda r: r["cv_loss"])
+                if may_change_choice(r, refined, slack, cfg.one_se)
+            ),
+            None,
+        )
+        if row is None:
             break
         overstated = max(overstated, refine(row))
+        refined.append(row)
         n_refined += 1
-        if row["cv_loss"] < best_refined:
-            best_refined, band = row["cv_loss"], row["cv_loss_se"] if cfg.one_se else 0.0
-    chosen, rule = choose_cell(rows, cfg.one_se)
+    chosen, rule = choose_cell(refined, cfg.one_se)
     zero = None
     # a given rank (no rank 1 in the grid) with the strength searched: whether personalising
     # pays at all is still the cross-validation's call, the pooled reward its simplest answer
@@ -597,11 +646,37 @@ def select_settings(
         n_fits=n_fits,
         seconds=round(time.perf_counter() - t0, 3),
         refined=n_refined,
+        path_start=chosen["path_start"] if chosen["path_start"] > decays[0] else None,
         pooled=pooled,
         notes=notes,
         holdout=holdout,
         zero_personalization=zero,
     )
+
+
+def _simplicity(row: dict) -> tuple:
+    """The one-standard-error rule's order: lowest rank, simplex before signed, strongest
+    ridge."""
+    return (row["rank"], row["weights"] != "simplex", -row["weight_decay"])
+
+
+def may_change_choice(row: dict, refined: list[dict], slack: float, one_se: bool) -> bool:
+    """Whether an unrefined cell, whose refined loss may be as low as its loose loss less
+    ``slack``, could change :func:`choose_cell`'s choice among the ``refined`` cells.
+
+    A simpler cell than the chosen one changes it by entering the band (the best loss plus
+    its standard error); a more complex one only by becoming the best with a band that
+    leaves the chosen cell out."""
+    if not refined:
+        return True
+    chosen, _ = choose_cell(refined, one_se)
+    best = min(refined, key=lambda r: r["cv_loss"])
+    lowest = row["cv_loss"] - slack
+    if not one_se:
+        return lowest < best["cv_loss"]
+    if _simplicity(row) < _simplicity(chosen):
+        return lowest <= best["cv_loss"] + best["cv_loss_se"]
+    return lowest < best["cv_loss"] and lowest + row["cv_loss_se"] < chosen["cv_loss"]
 
 
 def choose_cell(rows: list[dict], one_se: bool) -> tuple[dict, str]:
@@ -611,10 +686,7 @@ def choose_cell(rows: list[dict], one_se: bool) -> tuple[dict, str]:
     if not one_se:
         return best, "minimum"
     limit = best["cv_loss"] + best["cv_loss_se"]
-    chosen = min(
-        (r for r in rows if r["cv_loss"] <= limit),
-        key=lambda r: (r["rank"], r["weights"] != "simplex", -r["weight_decay"]),
-    )
+    chosen = min((r for r in rows if r["cv_loss"] <= limit), key=_simplicity)
     return chosen, "one standard error"
 
 

@@ -19,7 +19,7 @@ from lore_rm.errors import ConvergenceWarning, DivergenceError, LoreError
 from lore_rm.fit import lbfgs
 from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig
 from lore_rm.fit.link import joint_weights, weights_of
-from lore_rm.fit.objective import JointObjective, reference_penalty
+from lore_rm.fit.objective import JointObjective, newton_logits, reference_penalty
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
 from lore_rm.fit.saddle import escape, spread
 from lore_rm.fit.start import initial_point
@@ -29,7 +29,9 @@ Tensor = torch.Tensor
 CHECK_EVERY = 25  # L-BFGS iterations between convergence / guard checks
 MAX_ESCAPES = 3  # pooled saddles left per solve (lore_rm.fit.saddle)
 MAX_RESTARTS = 3  # fresh L-BFGS memories after a stall above tol
-FEWSHOT_TOL = 1e-7  # the few-shot fit's tolerance on its largest gradient entry
+FEWSHOT_TOL = 1e-7  # the few-shot L-BFGS's tolerance on its largest gradient entry
+#: the few-shot Newton's, on every user's largest gradient entry (of their summed loss)
+FEWSHOT_NEWTON_TOL = 1e-5
 PATH_TOL = 1e-4  # the ridge path's intermediate fits (as the search's cells)
 #: precision of the prior on a user's signed offset (per summed loss over their comparisons).
 #: Fixed, not learned: with the ridge on the basis a learned prior trades the scale of the
@@ -322,16 +324,18 @@ def _check_finite_params(basis: Tensor, logits: Tensor) -> None:
 
 
 def ridge_path(target: float, cfg: FitConfig) -> list[float]:
-    """The ridges a fit at ``target`` passes through: the grid's weaker values, then target.
+    """The ridges a fit at ``target`` passes through: the grid's weaker values (from
+    ``cfg.ridge_path_start`` on, when set), then target.
 
-    The cross-validation scores each ridge warm-started from the weaker one before it; a fit
-    started cold at a strong ridge can instead stop at the pooled saddle (every column alike,
-    every user uniform). Following the same path makes an explicit fit equal to the cell
-    the search scored.
+        The cross-validation scores each ridge warm-started from the weaker one before it; a fit
+        started cold at a strong ridge can instead stop at the pooled saddle (every column alike,
+        every user uniform). Following the same path makes an explicit fit equal to the cell
+        the search scored.
     """
     if not cfg.ridge_path:
         return [target]
-    return [w for w in sorted(cfg.weight_decay_grid) if w < target] + [target]
+    start = -math.inf if cfg.ridge_path_start is None else cfg.ridge_path_start
+    return [w for w in sorted(cfg.weight_decay_grid) if start <= w < target] + [target]
 
 
 def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
@@ -402,14 +406,19 @@ def fit_user_weights(
     *,
     prior: LogitPrior | None = None,
     projected: Tensor | None = None,
+    average_over: float | None = None,
     progress: bool = False,
 ) -> Tensor:
     """Weights (U, K) for every user of ``data.user_ids`` with the basis frozen.
 
     The MAP under ``prior`` (default: the isotropic prior of strength ``cfg.fewshot_prior``,
     or of the fallback strength when that is ``'learned'``, around the population's mean
-    weights). ``projected`` is ``data.project(basis)`` when the caller has it already. Users
-    without comparisons get the population's mean weights.
+    weights; a prior's mean may also be one row per user, (U, K)). ``projected`` is
+    ``data.project(basis)`` when the caller has it already. Users without comparisons get the
+    population's mean weights (``population_weights``: (K,), or (U, K) one per user). The
+    L-BFGS minimises the mean over ``average_over`` users (default all of them) of their
+    objectives: a batch of independent problems passes one problem's count, so the
+    tolerance means for each what it means for one problem alone.
     """
     k = basis.shape[1]
     n_users = data.n_users
@@ -444,10 +453,26 @@ def fit_user_weights(
             bar.update(1)
         bar.close()
         weights = logits.detach().softmax(dim=1)
+    elif cfg.fewshot_solver == "newton":  # float64: a user's summed loss over many rows
+        precision = prior.precision.to(device, torch.float64)
+        mean = prior.mean.to(device, torch.float64)
+
+        def penalty(lg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            diff = lg - mean
+            pd = diff @ precision
+            return 0.5 * (pd * diff).sum(-1), pd, precision.expand(1, 1, k, k)
+
+        z64 = z.double()[:, None, :]
+        logits0 = start.double().expand(n_users, k)[None].contiguous()
+        rows = torch.ones(z.shape[0], 1, dtype=torch.float64, device=device)
+        logits, _ = newton_logits(
+            z64, logits0, u, rows, scale, penalty, FEWSHOT_NEWTON_TOL, cfg.fewshot_n_iter, space
+        )
+        weights = weights_of(logits[0], space).to(z.dtype)
     else:
         precision = prior.precision.to(device, z.dtype)
         mean = prior.mean.to(device, z.dtype)
-        per_user = 1.0 / max(n_users, 1)
+        per_user = 1.0 / max(n_users if average_over is None else average_over, 1)
 
         def fun(x: Tensor) -> tuple[float, Tensor]:
             logits = x.view(n_users, k)
@@ -472,5 +497,6 @@ def fit_user_weights(
         weights = weights_of(logits, space).clone()
     empty = counts == 0
     if empty.any():
-        weights[empty] = population_weights.to(device, weights.dtype)
+        fill = population_weights.to(device, weights.dtype)
+        weights[empty] = fill[empty] if fill.dim() == 2 else fill
     return weights
