@@ -12,6 +12,8 @@ Populations:
   high-d     (d) planted, d = 512, 100 seen users x 40 comparisons: the paper recipe overfits
   personal   (e) PersonalLLM-sized planted problem (d = 4096, 83k texts, 1000 + 500 users);
                  slow on a CPU: only with --populations personal
+  prism      PRISM-sized planted problem (d = 4096, 1000 seen users x 15 comparisons, true
+             rank 4); only with --populations prism (for its time: --default-only)
   shared-text   (f) 200 users over hh-rlhf answers who share one taste (label noise only),
                     15 train / 15 test per seen user, 15 few-shot per new user
   mostly-shared (g) the same with 75% one shared taste + 25% each user's own direction
@@ -46,6 +48,16 @@ import text_populations  # noqa: E402
 PLANTED = {
     "demo": {},
     "high-d": {"d": 512, "n_seen": 100, "train_per_user": 40, "n_prompts": 2000},
+    "prism": {
+        "d": 4096,
+        "true_rank": 4,
+        "n_seen": 1000,
+        "n_unseen": 200,
+        "train_per_user": 15,
+        "test_per_user": 10,
+        "fewshot_per_user": 10,
+        "n_prompts": 4000,
+    },
     "personal": {
         "d": 4096,
         "n_seen": 1000,
@@ -112,7 +124,7 @@ def evaluate_population(
 ) -> dict:
     """Every row of the table for one population, averaged over ``seeds``; ``settings``
     override the default row's fit settings; ``grid_too=False`` fits the default only."""
-    ranks, decays = PERSONAL_GRID if name == "personal" else (GRID_RANKS, GRID_DECAYS)
+    ranks, decays = PERSONAL_GRID if name in ("personal", "prism") else (GRID_RANKS, GRID_DECAYS)
     if not grid_too:
         ranks, decays = (), ()
     per_seed: dict[str, list[dict]] = {}

@@ -11,17 +11,29 @@ End to end: the published loop's whole fit (its per-iteration time times --iters
 lore-rm's default fit at the same rank, its ridge search and refit included.
 
 Few-shot: N new users, the published Adam fit (500 iterations each), vectorised over all users
-vs a Python loop over users; and lore-rm's default (batched L-BFGS MAP fit).
+vs a Python loop over users; and lore-rm's default (batched Newton MAP fit).
+
+Against the published code itself (--published: a checkout of facebookresearch/LoRe, or its
+utils.py): on a planted population (U users x C comparisons, d, true rank K) its joint fit
+``solve_regularized`` (alpha 0, 1000 Adam steps at lr 0.5, as its ``run`` calls it) against
+lore-rm's default fit, the search included (``rank=K`` with the ridge searched, and the whole
+default ``rank="auto"``), with the seen users' test accuracy of each. The published module is
+imported from that path; nothing of it is copied here.
 
     python bench/fit_speed.py            # the issue's setting
     python bench/fit_speed.py --quick    # a smaller one
+    python bench/fit_speed.py --published ../LoRe --more-users 0
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,9 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # naive_published
 from naive_published import naive_fewshot, naive_joint_fit  # noqa: E402
 
-from lore_rm import Comparisons, LowRankReward  # noqa: E402
+from lore_rm import Comparisons, LowRankReward, four_numbers, simulate_population  # noqa: E402
 from lore_rm.fit import fit_user_weights  # noqa: E402
 from lore_rm.fit.config import FitConfig  # noqa: E402
+from lore_rm.metrics import mean_accuracy  # noqa: E402
 
 
 def timed(fn, repeat: int = 1) -> float:
@@ -72,6 +85,58 @@ def joint_row(users: int, per_user: int, d: int, k: int, iters: int, naive_iters
     }
 
 
+def load_published(path: Path):
+    """The published ``utils`` module, imported from a checkout (or the file itself)."""
+    file = path / "utils.py" if path.is_dir() else path
+    if not file.is_file():
+        raise SystemExit(f"--published: no utils.py at {file}")
+    spec = importlib.util.spec_from_file_location("lore_published_utils", file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def published_row(path: Path, users: int, per_user: int, d: int, k: int, iters: int) -> None:
+    """The published joint fit against lore-rm's default fit, end to end, planted data."""
+    published = load_published(path)
+    pop = simulate_population(
+        d=d, true_rank=k, n_seen=users, n_unseen=20, train_per_user=per_user, seed=0
+    )
+    split = pop.split
+    train = split.seen_train
+    x = train.project(torch.eye(d))  # every comparison's feature difference (N, d)
+    per_user_rows = [x[train.user_index == u] for u in range(train.n_users)]
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its weights' statistics
+        w_pub, v_pub = published.solve_regularized(
+            torch.zeros(d), 0.0, per_user_rows, k, num_iterations=iters, learning_rate=0.5
+        )
+    t_pub = time.perf_counter() - t0
+    test = split.seen_test
+    margins = (test.project(v_pub.detach()) * w_pub.detach()[test.user_index]).sum(-1)
+    acc_pub = mean_accuracy(margins, test.user_index, test.n_users)[0]
+    print(
+        f"\nagainst the published code ({path}): planted, {users} users x {per_user} "
+        f"comparisons, d = {d}, true rank {k}; one process, cold"
+    )
+    print(
+        f"  published solve_regularized, {iters} Adam steps: {t_pub:8.2f} s, "
+        f"seen test {acc_pub:.3f}"
+    )
+    for label, kw in ((f"rank {k}, ridge searched", {"rank": k}), ('rank="auto"', {})):
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = LowRankReward(**kw).fit(train)
+        t = time.perf_counter() - t0
+        acc = four_numbers(model, split)["seen_test"]
+        print(
+            f"  lore-rm default, {label:<24}: {t:8.2f} s, seen test {acc:.3f} "
+            f"(rank {model.rank_}): {t_pub / t:.0f}x"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--users", type=int, default=100)
@@ -89,6 +154,11 @@ def main() -> None:
         help="a second joint-fit row with this many users and the same N (0 = skip)",
     )
     p.add_argument("--quick", action="store_true", help="d=256, 200 iterations, 10 new users")
+    p.add_argument(
+        "--published",
+        type=Path,
+        help="a checkout of facebookresearch/LoRe (or its utils.py): time its own joint fit too",
+    )
     args = p.parse_args()
     if args.quick:
         args.d, args.iters, args.naive_iters, args.new_users = 256, 200, 20, 10
@@ -145,9 +215,11 @@ def main() -> None:
     print(f"  published Adam, user loop  : {t_loop:8.3f} s")
     print(f"  speed-up                   : {t_loop / t_vec:8.1f}x")
     print(
-        f"  lore-rm default (L-BFGS MAP, all users at once): {t_map:.3f} s "
+        f"  lore-rm default (Newton MAP, all users at once): {t_map:.3f} s "
         f"({t_loop / t_map:.1f}x faster than the loop)"
     )
+    if args.published is not None:
+        published_row(args.published, args.users, args.per_user, args.d, k, args.iters)
 
 
 if __name__ == "__main__":

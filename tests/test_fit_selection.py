@@ -63,7 +63,7 @@ def test_auto_picks_the_planted_rank(rank2_population):
     assert not any(may_change_choice(r, refined, REFINE_MARGIN, True) for r in loose)
 
 
-def test_the_rank_grid_stops_at_the_first_rank_the_rule_does_not_take(rank2_population):
+def test_the_rank_grid_stops_at_the_first_rank_that_does_not_improve(rank2_population):
     grid = {**SMALL_GRID, "rank_grid": (1, 2, 3, 4, 6)}
     model = LowRankReward(rank="auto", **grid).fit(rank2_population.split.seen_train)
     assert model.rank_ == 2

@@ -26,9 +26,8 @@ docs/measurements.md). Rank 1's path starts at the grid's weakest ridge; a later
 starts ``PATH_BACK`` grid steps weaker than the previous rank's best ridge (and walks the
 weaker ridges too when its best is the first it tried), and the refit of the chosen cell
 walks the same path (``ridge_path_start``). A rank stops early once its held-out loss has
-risen for two stronger ridges in a row. The rank grid stops at the first rank the
-one-standard-error rule (on the loose scores so far) does not take: a larger rank is tried
-only while the last one won. When a rank's best ridge is the grid's strongest, the path goes
+risen for two stronger ridges in a row. The rank grid stops at the first rank whose best
+loose loss does not beat every smaller rank's by ``MIN_GAIN``. When a rank's best ridge is the grid's strongest, the path goes
 on past the grid (same ratio, up to ``EDGE_STEPS`` more values) until the loss rises, so the
 choice is never clipped there.
 
@@ -90,7 +89,7 @@ LOOSE_TOL = 1e-3  # every cell first (see the module doc: scored loose, then ref
 #: a loose score this far above the best refined cell's band may still reach it
 REFINE_MARGIN = 5e-3
 MIN_GAIN = 1e-3  # a log-loss gain over a coin flip smaller than this (or than its SE) is none
-RANK_PATIENCE = 1  # larger ranks tried after one the one-standard-error rule does not take
+RANK_PATIENCE = 1  # larger ranks tried after one that does not gain MIN_GAIN on the best
 PATH_BACK = 2  # a rank's ridge path starts this many steps weaker than the last rank's best
 EDGE_STEPS = 4  # extra, stronger ridges tried when a rank's best sits at the grid's strong end
 
@@ -542,10 +541,11 @@ def select_settings(
             ranks_without_gain = 0
         elif ranks_without_gain >= RANK_PATIENCE:
             continue
+        earlier = min((r["cv_loss"] for r in rows if r["weights"] == space), default=math.inf)
         score_rank(space, rank)
-        # a rank gains when the one-standard-error rule, on the loose scores so far, takes it
-        gained = rank == 1 or choose_cell(rows, cfg.one_se)[0]["rank"] == rank
-        ranks_without_gain = 0 if gained else ranks_without_gain + 1
+        # a rank gains when its best loose loss beats every smaller rank's by MIN_GAIN
+        now = min(r["cv_loss"] for r in rows if r["weights"] == space)
+        ranks_without_gain = 0 if now < earlier - MIN_GAIN else ranks_without_gain + 1
     # refine the cells the choice can fall on, best loose score first, until no unrefined cell
     # could change the choice among the refined ones even if its loose score overstates its
     # loss twice as much as any refined cell's did (:func:`may_change_choice`)
