@@ -27,9 +27,9 @@ starts ``PATH_BACK`` grid steps weaker than the previous rank's best ridge (and 
 weaker ridges too when its best is the first it tried), and the refit of the chosen cell
 walks the same path (``ridge_path_start``). A rank stops early once its held-out loss has
 risen for two stronger ridges in a row. The rank grid stops at the first rank whose best
-loose loss does not beat every smaller rank's by ``MIN_GAIN``. When a rank's best ridge is the grid's strongest, the path goes
-on past the grid (same ratio, up to ``EDGE_STEPS`` more values) until the loss rises, so the
-choice is never clipped there.
+loose loss does not beat every smaller rank's by ``MIN_GAIN``. When a rank's best ridge is
+the grid's strongest, the path goes on past the grid (same ratio, up to ``EDGE_STEPS`` more
+values) until the loss rises, so the choice is never clipped there.
 
 Loose, then refined: every cell of the paths is fitted to ``LOOSE_TOL`` (largest gradient
 entry) and scored. Then cells are continued to ``SEARCH_TOL`` (warm, from their loose fit)
@@ -65,7 +65,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -237,7 +237,7 @@ def _new_user_scores(
         n_virtual = n_users * n_inner  # (user, inner part); a user's fold is user_fold
         fitted_on = Comparisons.from_features(
             zf[rep],
-            (u[rows][rep] * n_inner + part).cpu().numpy(),
+            cast(Sequence, (u[rows][rep] * n_inner + part).cpu().numpy()),
             user_ids=[str(i) for i in range(n_virtual)],
         )
         fold_of = user_fold.repeat_interleave(n_inner)  # every virtual user's fold
