@@ -327,10 +327,10 @@ def ridge_path(target: float, cfg: FitConfig) -> list[float]:
     """The ridges a fit at ``target`` passes through: the grid's weaker values (from
     ``cfg.ridge_path_start`` on, when set), then target.
 
-        The cross-validation scores each ridge warm-started from the weaker one before it; a fit
-        started cold at a strong ridge can instead stop at the pooled saddle (every column alike,
-        every user uniform). Following the same path makes an explicit fit equal to the cell
-        the search scored.
+    The cross-validation scores each ridge warm-started from the weaker one before it; a fit
+    started cold at a strong ridge can instead stop at the pooled saddle (every column alike,
+    every user uniform). Following the same path makes an explicit fit equal to the cell
+    the search scored.
     """
     if not cfg.ridge_path:
         return [target]
@@ -416,9 +416,10 @@ def fit_user_weights(
     weights; a prior's mean may also be one row per user, (U, K)). ``projected`` is
     ``data.project(basis)`` when the caller has it already. Users without comparisons get the
     population's mean weights (``population_weights``: (K,), or (U, K) one per user). The
-    L-BFGS minimises the mean over ``average_over`` users (default all of them) of their
-    objectives: a batch of independent problems passes one problem's count, so the
-    tolerance means for each what it means for one problem alone.
+    'lbfgs' solver minimises the mean over ``average_over`` users (default all of them) of
+    their objectives: a batch of independent problems passes one problem's count, so its
+    tolerance means for each what it means for one problem alone ('newton' stops each user
+    on their own gradient).
     """
     k = basis.shape[1]
     n_users = data.n_users
