@@ -116,9 +116,10 @@ def test_a_strong_ridge_keeps_its_pooled_minimum(planted):
 
 
 @pytest.mark.parametrize("with_prior", [False, True])
-def test_best_logits_zero_every_users_gradient(planted, with_prior):
+def test_best_point_zeroes_every_users_gradient(planted, with_prior):
     """The simplex fit moves the basis alone: every user's logits are solved for it (all users
-    of all problems at once), so the joint gradient w.r.t. the logits vanishes there."""
+    of all problems at once), so the joint gradient w.r.t. the logits vanishes there; the
+    loss and basis gradient read off the users' solve are the objective's own."""
     data, sigma = planted
     gen = torch.Generator().manual_seed(1)
     g, k = 2, 3
@@ -131,7 +132,10 @@ def test_best_logits_zero_every_users_gradient(planted, with_prior):
     )  # fmt: skip
     logits0 = torch.zeros(g, data.n_users, k)
     before = float(objective.value_and_grad(basis, logits0)[0])
-    logits, converged = objective.best_logits(objective.projected(basis), logits0, 1e-5)
-    loss, _, g_logits = objective.value_and_grad(basis, logits)
+    point, converged = objective.best_point(objective.projected(basis), logits0, 1e-5)
+    loss, g_basis, g_logits = objective.value_and_grad(basis, point.logits)
     assert converged and float(g_logits.abs().max()) <= 1e-5  # float32 rounding: ~2e-6
     assert float(loss) < before
+    read_loss, read_basis = objective.basis_value_and_grad(basis, point)
+    assert float(read_loss) == pytest.approx(float(loss), rel=1e-9)
+    torch.testing.assert_close(read_basis, g_basis, rtol=1e-5, atol=1e-7)

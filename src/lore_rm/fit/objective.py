@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lore_rm.comparisons import Comparisons
-from lore_rm.fit.link import joint_weights, weights_of
+from lore_rm.fit.link import joint_weights
 from lore_rm.fit.prior import LogitPrior
 
 Tensor = torch.Tensor
@@ -82,6 +82,7 @@ class JointObjective:
         self.present = present > 0
         self.n_users = max(data.n_users, 1)
         self.prior_mean = self.prior_precision = None
+        self._penalty_hess: Tensor | None = None
         if logit_prior is not None:
             self.prior_mean = logit_prior.mean.to(data.device, torch.float32)
             self.prior_precision = logit_prior.precision.to(data.device, torch.float32)
@@ -174,29 +175,37 @@ class JointObjective:
         return loss, g_basis, g_logits
 
     def _user_penalty(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Every (problem, user)'s logit penalty (G, U) float64, its gradient (G, U, K) and
-        Hessian (G, 1 or U, K, K): the simplex penalty and the learned prior (simplex only)."""
-        g, n_users, k = logits.shape
-        eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
+        """Every (problem, user)'s logit penalty (G, U), its gradient (G, U, K) and Hessian
+        (G, 1, K, K), float64: the simplex penalty and the learned prior (simplex only). The
+        penalty is quadratic, so its Hessian is computed once."""
+        k = logits.shape[2]
+        if self._penalty_hess is None or self._penalty_hess.shape[-1] != k:
+            self._penalty_hess = self._quadratic_hessian(logits.shape[0], k, logits.device)
         rate = self.user_l2 / self.n_users
-        value = 0.5 * rate * (logits.double() ** 2).sum(-1)
-        grad = rate * logits
-        hess = (rate * eye).expand(g, 1, k, k)
+        lg = logits.double()
+        grad = rate * lg
+        value = 0.5 * (grad * lg).sum(-1)
         if self.prior_mean is not None and self.prior_precision is not None:
-            per = (1.0 / self.row_total).to(logits.dtype)[:, None, None]  # (G, 1, 1)
-            diff = logits - self.prior_mean
-            pd = diff @ self.prior_precision
-            value = value + 0.5 * (pd.double() * diff.double()).sum(-1) / self.row_total[:, None]
-            grad = grad + pd * per
-            hess = hess + self.prior_precision * per[..., None]
-        return value, grad, hess
+            diff = lg - self.prior_mean.double()
+            pd = (diff @ self.prior_precision.double()) / self.row_total[:, None, None]
+            value = value + 0.5 * (pd * diff).sum(-1)
+            grad = grad + pd
+        return value, grad, self._penalty_hess
 
-    def best_logits(
+    def _quadratic_hessian(self, g: int, k: int, device: torch.device) -> Tensor:
+        eye = torch.eye(k, dtype=torch.float64, device=device)
+        hess = (self.user_l2 / self.n_users * eye).expand(g, 1, k, k)
+        if self.prior_precision is not None:
+            per = (1.0 / self.row_total)[:, None, None, None]  # (G, 1, 1, 1)
+            hess = hess + self.prior_precision.double() * per
+        return hess.contiguous()
+
+    def best_point(
         self, z: Tensor, logits: Tensor, tol: float, max_iter: int = USER_NEWTON_STEPS
-    ) -> tuple[Tensor, bool]:
+    ) -> tuple[NewtonPoint, bool]:
         """Every (problem, user)'s logits minimising the objective with the basis fixed
-        (``z`` its projection; simplex weights), from ``logits``: :func:`newton_logits`."""
-        return newton_logits(
+        (``z`` its projection; simplex weights), from ``logits``: :func:`newton_point`."""
+        return newton_point(
             z,
             logits,
             self.data.user_index,
@@ -206,6 +215,24 @@ class JointObjective:
             tol,
             max_iter,
         )
+
+    def basis_value_and_grad(self, basis: Tensor, point: NewtonPoint) -> tuple[Tensor, Tensor]:
+        """The summed objective (float64 scalar) and its gradient w.r.t. ``basis`` (G, d, K)
+        at the users' logits of ``point`` (simplex weights; ``point`` evaluated at
+        :meth:`projected` of ``basis``): what :meth:`value_and_grad` gives, from the
+        quantities the users' solve has already computed."""
+        n_problems, d, k = basis.shape
+        loss = (
+            point.loss.sum() + 0.5 * (self.decay.double() * (basis.double() ** 2).sum((1, 2))).sum()
+        )
+        c = -point.s[..., 0] * self.coef_rows * self.scale  # dL/dm times s: (N, G)
+        g_raw = self.data.backproject((c[:, :, None] * point.wr).reshape(-1, n_problems * k))
+        g_raw = g_raw.reshape(d, n_problems, k).permute(1, 0, 2)
+        g_basis = g_raw / self.sigma[None, :, None] + self.decay[:, None, None] * basis
+        if self.reference is not None:
+            extra, g_ref = self._reference(basis)
+            loss, g_basis = loss + extra, g_basis + g_ref
+        return loss, g_basis
 
     def _reference(self, basis: Tensor) -> tuple[Tensor, Tensor]:
         alpha, head, kind = self.reference  # type: ignore[misc]
@@ -224,22 +251,71 @@ class JointObjective:
 Penalty = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
-def _user_losses(
-    z: Tensor,
-    logits: Tensor,
-    u: Tensor,
-    coef_rows: Tensor,
-    scale: float,
-    penalty: Penalty,
-    space: str,
-) -> Tensor:
-    """Every (problem, user)'s objective (G, U), float64: weighted row losses plus penalty."""
-    w = weights_of(logits, space)
-    m = scale * (z * w.permute(1, 0, 2)[u]).sum(-1)  # (N, G)
-    rows = F.softplus(-m).double() * coef_rows
-    per_user = torch.zeros(logits.shape[1], logits.shape[0], dtype=torch.float64)
-    per_user = per_user.to(z.device).index_add_(0, u, rows).T
-    return per_user + penalty(logits)[0]
+class NewtonPoint:
+    """One evaluation of :func:`newton_logits`' objective at ``logits`` (G, U, K): every
+    (problem, user)'s loss (G, U) and gradient (G, U, K), float64, and what the Hessian there
+    needs. A step the backtracking accepts is the next step's point, so no point is evaluated
+    twice."""
+
+    def __init__(
+        self,
+        z: Tensor,
+        logits: Tensor,
+        u: Tensor,
+        coef_rows: Tensor,
+        scale: float,
+        penalty: Penalty,
+        simplex: bool,
+    ) -> None:
+        g_count, n_users, k = logits.shape
+        self.logits = logits
+        self.w = w = logits.softmax(dim=-1) if simplex else logits
+        self.wr = w.permute(1, 0, 2)[u]  # (N, G, K)
+        mz = (z * self.wr).sum(-1, keepdim=True)  # (N, G, 1)
+        self.a = scale * (z - mz) if simplex else scale * z  # simplex: dm/dtheta = w * a
+        m = scale * mz
+        self.s = torch.sigmoid(-m)  # (N, G, 1)
+        coef = coef_rows[..., None]
+        # every user's loss and sum of c_n a_n over their rows (simplex: w * that, the gradient)
+        cols = torch.cat([F.softplus(-m) * coef, (-self.s * coef) * self.a], -1).double()
+        acc = torch.zeros(n_users, g_count, k + 1, dtype=torch.float64, device=z.device)
+        acc = acc.index_add_(0, u, cols).permute(1, 0, 2)  # (G, U, K + 1)
+        pen, pen_grad, self.pen_hess = penalty(logits)
+        self.loss = acc[..., 0] + pen
+        self.spread = acc[..., 1:]
+        self.grad = (w.double() * self.spread if simplex else self.spread) + pen_grad
+
+    def hessian(self, u: Tensor, coef_rows: Tensor, simplex: bool) -> Tensor:
+        """Every (problem, user)'s Hessian (G, U, K, K), float64."""
+        g_count, n_users, k = self.logits.shape
+        dm = self.wr * self.a if simplex else self.a  # (N, G, K)
+        curve = self.s * (1.0 - self.s) * coef_rows[..., None]
+        outer = ((curve * dm)[..., :, None] * dm[..., None, :]).double()
+        hess = torch.zeros(n_users, g_count, k, k, dtype=torch.float64, device=dm.device)
+        hess = hess.index_add_(0, u, outer).permute(1, 0, 2, 3) + self.pen_hess
+        if simplex:
+            # the softmax's own curvature: sum_n c_n d2m_n/dtheta2 = diag(v) - v w^T - w v^T
+            wd = self.w.double()
+            v = wd * self.spread
+            cross = v[..., :, None] * wd[..., None, :]
+            hess = hess + torch.diag_embed(v) - cross - cross.transpose(-1, -2)
+        return hess
+
+
+def _saddle_free_step(hess: Tensor, grad: Tensor) -> Tensor:
+    """``-|H|^-1 g`` for every (problem, user): ``|H|`` has ``H``'s eigenvectors and the
+    absolute values of its eigenvalues, floored at 1e-9. A positive definite ``H`` (most
+    users, most steps) takes a Cholesky solve, the same step at a fraction of an
+    eigendecomposition's cost; only the others are decomposed."""
+    chol, info = torch.linalg.cholesky_ex(hess)
+    step = torch.cholesky_solve(-grad[..., None], chol)[..., 0]
+    indefinite = info != 0
+    if bool(indefinite.any()):
+        vals, vecs = torch.linalg.eigh(hess[indefinite])
+        vals = vals.abs().clamp_min(1e-9)
+        g = grad[indefinite][..., None]
+        step[indefinite] = -(vecs @ ((vecs.transpose(-1, -2) @ g) / vals[..., None]))[..., 0]
+    return step
 
 
 def newton_logits(
@@ -253,6 +329,22 @@ def newton_logits(
     max_iter: int = USER_NEWTON_STEPS,
     space: str = "simplex",
 ) -> tuple[Tensor, bool]:
+    """:func:`newton_point`'s parameters and whether every user converged."""
+    point, converged = newton_point(z, logits, u, coef_rows, scale, penalty, tol, max_iter, space)
+    return point.logits, converged
+
+
+def newton_point(
+    z: Tensor,
+    logits: Tensor,
+    u: Tensor,
+    coef_rows: Tensor,
+    scale: float,
+    penalty: Penalty,
+    tol: float,
+    max_iter: int = USER_NEWTON_STEPS,
+    space: str = "simplex",
+) -> tuple[NewtonPoint, bool]:
     """Every (problem, user)'s parameters minimising their Bradley–Terry loss plus penalty,
     the rows' projections ``z`` (N, G, K) fixed: damped Newton from ``logits`` (G, U, K),
     all users of all problems at once. Row n (user ``u[n]``) weighs ``coef_rows[n, g]`` in
@@ -262,68 +354,43 @@ def newton_logits(
 
     A user whose gradient is within ``tol`` stops; the others' steps are halved, user by
     user, until their own loss goes down (a user whose loss cannot go down stops too).
-    Returns the parameters and whether every user's largest gradient entry is within
-    ``tol``."""
+    Returns the point reached (parameters, losses, gradients) and whether every user's
+    largest gradient entry is within ``tol``."""
     simplex = space == "simplex"
     g_count, n_users, k = logits.shape
     eye = torch.eye(k, dtype=torch.float64, device=z.device)
-    ones = torch.full((k, k), 1.0 / k, dtype=torch.float64, device=z.device)
+    # the all-ones direction (no weight moves, simplex) keeps a tiny curvature
+    tiny = 1e-9 * (eye + torch.full((k, k), 1.0 / k, dtype=torch.float64, device=z.device))
     active = torch.ones(g_count, n_users, dtype=torch.bool, device=z.device)
     converged = False
+    point = NewtonPoint(z, logits, u, coef_rows, scale, penalty, simplex)
     for _ in range(max_iter):
-        w = weights_of(logits, space)
-        wr = w.permute(1, 0, 2)[u]  # (N, G, K)
-        m = (z * wr).sum(-1, keepdim=True)
-        if simplex:
-            a = scale * (z - m)  # dm/dtheta = w * a
-            dm = wr * a
-        else:
-            a = dm = scale * z
-        m = scale * m[..., 0]
-        c = -torch.sigmoid(-m) * coef_rows
-        pen, pen_grad, pen_hess = penalty(logits)
-        # every user's sum of c_n a_n over their rows: their gradient (simplex: w * that)
-        spread = torch.zeros(n_users, g_count, k, dtype=z.dtype, device=z.device)
-        spread = spread.index_add_(0, u, c[..., None] * a).permute(1, 0, 2)  # (G, U, K)
-        grad = (w * spread if simplex else spread) + pen_grad
-        big = grad.abs().amax(-1) > tol
+        big = point.grad.abs().amax(-1) > tol
         converged = not bool(big.any())
         active &= big
         if not bool(active.any()):
             break
-        curve = (torch.sigmoid(m) * torch.sigmoid(-m) * coef_rows)[..., None, None]
-        hess = torch.zeros(n_users, g_count, k, k, dtype=z.dtype, device=z.device)
-        hess = hess.index_add_(0, u, curve * dm[..., :, None] * dm[..., None, :])
-        hess = hess.permute(1, 0, 2, 3).double() + pen_hess.double()
-        if simplex:
-            # the softmax's own curvature: sum_n c_n d2m_n/dtheta2 = diag(v) - v w^T - w v^T
-            v = (w * spread).double()
-            wd = w.double()
-            hess = hess + torch.diag_embed(v) - v[..., :, None] * wd[..., None, :]
-            hess = hess - wd[..., :, None] * v[..., None, :]
-        # a saddle-free Newton step: |eigenvalues|, floored; the all-ones direction (no
-        # weight moves, simplex) keeps a tiny curvature. A step longer than MAX_USER_STEP (a
-        # flat or nearly singular direction) is shortened to it: backtracking alone could
-        # halve such a step to nothing and stop the user above tol
-        vals, vecs = torch.linalg.eigh(hess + 1e-9 * (eye + ones))
-        vals = vals.abs().clamp_min(1e-9)
-        inv_g = vecs.transpose(-1, -2) @ grad.double()[..., None]
-        step = -(vecs @ (inv_g / vals[..., None]))[..., 0]
+        step = _saddle_free_step(point.hessian(u, coef_rows, simplex) + tiny, point.grad)
+        # a step longer than MAX_USER_STEP (a flat or nearly singular direction) is shortened
+        # to it: backtracking alone could halve such a step to nothing and stop the user above
+        # tol
         longest = step.abs().amax(-1, keepdim=True).clamp_min(MAX_USER_STEP)
-        step = (step * (MAX_USER_STEP / longest)).to(logits.dtype) * active[..., None]
-        slope = (grad * step).sum(-1).double()
-        rows = F.softplus(-m).double() * coef_rows
-        before = torch.zeros(n_users, g_count, dtype=torch.float64, device=z.device)
-        before = before.index_add_(0, u, rows).T + pen
+        step = step * (MAX_USER_STEP / longest) * active[..., None]
+        slope = (point.grad * step).sum(-1)
+        step = step.to(logits.dtype)
         t = active.to(logits.dtype)[..., None]
+        trial: NewtonPoint | None = None
         for _ in range(USER_BACKTRACK):
-            after = _user_losses(z, logits + t * step, u, coef_rows, scale, penalty, space)
-            short = (after > before + 1e-4 * t[..., 0].double() * slope) & (t[..., 0] > 0)
+            trial = NewtonPoint(z, point.logits + t * step, u, coef_rows, scale, penalty, simplex)
+            short = (trial.loss > point.loss + 1e-4 * t[..., 0].double() * slope) & (t[..., 0] > 0)
             if not bool(short.any()):
                 break
             t = torch.where(short[..., None], 0.5 * t, t)
         else:
             t = torch.where(short[..., None], torch.zeros_like(t), t)
+            trial = None
         active &= t[..., 0] > 0
-        logits = logits + t * step
-    return logits, converged
+        if trial is None:
+            trial = NewtonPoint(z, point.logits + t * step, u, coef_rows, scale, penalty, simplex)
+        point = trial
+    return point, converged

@@ -32,7 +32,7 @@ MAX_RESTARTS = 3  # fresh L-BFGS memories after a stall above tol
 FEWSHOT_TOL = 1e-7  # the few-shot L-BFGS's tolerance on its largest gradient entry
 #: the few-shot Newton's, on every user's largest gradient entry (of their summed loss)
 FEWSHOT_NEWTON_TOL = 1e-5
-PATH_TOL = 1e-4  # the ridge path's intermediate fits (as the search's cells)
+PATH_TOL = 1e-3  # the ridge path's intermediate fits: the loose tolerance the search walks them at
 #: precision of the prior on a user's signed offset (per summed loss over their comparisons).
 #: Fixed, not learned: with the ridge on the basis a learned prior trades the scale of the
 #: basis columns against the offsets' without end; measured in docs/measurements.md
@@ -262,7 +262,7 @@ def solve_lbfgs(
 
 class _Parameters:
     """What L-BFGS moves. Simplex weights: the basis alone, every user's logits being the best
-    for it (variable projection: :meth:`JointObjective.best_logits`, warm-started from the
+    for it (variable projection: :meth:`JointObjective.best_point`, warm-started from the
     last evaluation's); the loss and the basis' gradient are those at the users' best logits
     (the users' own gradient is within a tenth of ``tol`` there). Signed weights, whose users
     are tied by their pinned mean: the basis and every user's offsets together."""
@@ -296,9 +296,11 @@ class _Parameters:
             return float(loss), torch.cat([g_basis.reshape(-1), g_logits.reshape(-1)])
         self.evaluated = x.clone()
         basis = x.view(self.shape)
-        z = self.objective.projected(basis)
-        self.logits, _ = self.objective.best_logits(z, self.logits, self.user_tol)
-        loss, g_basis, _ = self.objective.value_and_grad(basis, self.logits, z)
+        point, _ = self.objective.best_point(
+            self.objective.projected(basis), self.logits, self.user_tol
+        )
+        self.logits = point.logits
+        loss, g_basis = self.objective.basis_value_and_grad(basis, point)
         return float(loss), g_basis.reshape(-1)
 
 
