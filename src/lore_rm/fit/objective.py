@@ -252,7 +252,7 @@ Penalty = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 class NewtonPoint:
-    """One evaluation of :func:`newton_logits`' objective at ``logits`` (G, U, K): every
+    """One evaluation of :func:`newton_point`' objective at ``logits`` (G, U, K): every
     (problem, user)'s loss (G, U) and gradient (G, U, K), float64, and what the Hessian there
     needs. A step the backtracking accepts is the next step's point, so no point is evaluated
     twice."""
@@ -316,22 +316,6 @@ def _saddle_free_step(hess: Tensor, grad: Tensor) -> Tensor:
         g = grad[indefinite][..., None]
         step[indefinite] = -(vecs @ ((vecs.transpose(-1, -2) @ g) / vals[..., None]))[..., 0]
     return step
-
-
-def newton_logits(
-    z: Tensor,
-    logits: Tensor,
-    u: Tensor,
-    coef_rows: Tensor,
-    scale: float,
-    penalty: Penalty,
-    tol: float,
-    max_iter: int = USER_NEWTON_STEPS,
-    space: str = "simplex",
-) -> tuple[Tensor, bool]:
-    """:func:`newton_point`'s parameters and whether every user converged."""
-    point, converged = newton_point(z, logits, u, coef_rows, scale, penalty, tol, max_iter, space)
-    return point.logits, converged
 
 
 def newton_point(

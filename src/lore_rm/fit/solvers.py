@@ -19,7 +19,7 @@ from lore_rm.errors import ConvergenceWarning, DivergenceError, LoreError
 from lore_rm.fit import lbfgs
 from lore_rm.fit.config import FALLBACK_PRIOR, LEARNED, FitConfig
 from lore_rm.fit.link import joint_weights, weights_of
-from lore_rm.fit.objective import JointObjective, newton_logits, reference_penalty
+from lore_rm.fit.objective import JointObjective, newton_point, reference_penalty
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
 from lore_rm.fit.saddle import escape, spread
 from lore_rm.fit.start import initial_point
@@ -468,10 +468,10 @@ def fit_user_weights(
         z64 = z.double()[:, None, :]
         logits0 = start.double().expand(n_users, k)[None].contiguous()
         rows = torch.ones(z.shape[0], 1, dtype=torch.float64, device=device)
-        logits, _ = newton_logits(
+        point, _ = newton_point(
             z64, logits0, u, rows, scale, penalty, FEWSHOT_NEWTON_TOL, cfg.fewshot_n_iter, space
         )
-        weights = weights_of(logits[0], space).to(z.dtype)
+        weights = weights_of(point.logits[0], space).to(z.dtype)
     else:
         precision = prior.precision.to(device, z.dtype)
         mean = prior.mean.to(device, z.dtype)
