@@ -7,9 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lore_rm import Comparisons, FitConfig
 from lore_rm.fit.link import weights_of
+from lore_rm.fit.objective import saddle_free_step
 from lore_rm.fit.prior import isotropic_prior
 from lore_rm.fit.solvers import fit_user_weights
 
@@ -72,3 +75,25 @@ def test_each_user_may_have_a_prior_mean_of_their_own():
     )  # users b, c, d have no comparisons: each keeps their own population row
     w = fit_user_weights(empty, basis, 1.0, cfg, means, prior=prior)
     torch.testing.assert_close(w[1:], means[1:])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(1, 6),
+    shift=st.floats(-2.0, 2.0),
+    seed=st.integers(0, 2**16),
+)
+def testsaddle_free_step_is_the_absolute_eigenvalue_step(k, shift, seed):
+    """The Cholesky fast path gives the step of ``|H|``: the eigenvectors of ``H`` with the
+    absolute values of its eigenvalues (floored at 1e-9), for positive definite and
+    indefinite Hessians alike, batched."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(2, 7, k, k, generator=g, dtype=torch.float64)
+    hess = a @ a.transpose(-1, -2) / k + shift * torch.eye(k, dtype=torch.float64)
+    grad = torch.randn(2, 7, k, generator=g, dtype=torch.float64)
+    vals, vecs = torch.linalg.eigh(hess)
+    vals = vals.abs().clamp_min(1e-9)
+    expected = -(vecs @ ((vecs.transpose(-1, -2) @ grad[..., None]) / vals[..., None]))[..., 0]
+    step = saddle_free_step(hess, grad)
+    scale = 1.0 + float(expected.abs().max())
+    assert float((step - expected).abs().max()) <= 1e-8 * scale / max(float(vals.min()), 1e-3)

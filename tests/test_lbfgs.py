@@ -62,3 +62,35 @@ def test_a_function_that_cannot_go_down_is_a_stall():
 
     state = lbfgs.start(flat_with_a_lying_gradient, torch.zeros(3))
     assert lbfgs.minimize(flat_with_a_lying_gradient, state, 10, 1e-6) == "stall"
+
+
+def test_a_recalled_memory_is_exact_for_a_changed_ridge_and_saves_iterations():
+    """Pairs measured under ridge 0.01, corrected by the ridge's change, are the pairs of the
+    objective under ridge 0.5; a run started from them needs fewer iterations than a cold one
+    and reaches the same minimum."""
+    gen = torch.Generator().manual_seed(3)
+    p = 30
+    a = torch.randn(p, p, generator=gen, dtype=torch.float64)
+    hessian = a @ a.T / p
+    target = torch.randn(p, generator=gen, dtype=torch.float64)
+
+    def quadratic(ridge: float):
+        def fun(x: torch.Tensor) -> tuple[float, torch.Tensor]:
+            r = x - target
+            return float(0.5 * r @ hessian @ r + 0.5 * ridge * x @ x), hessian @ r + ridge * x
+
+        return fun
+
+    weak = lbfgs.start(quadratic(0.01), torch.zeros(p, dtype=torch.float64))
+    assert lbfgs.minimize(quadratic(0.01), weak, 200, 1e-3) == "tol"
+    assert weak.steps is not None and weak.changes is not None
+    shift = torch.full((p,), 0.49, dtype=torch.float64)
+    warm = lbfgs.start(quadratic(0.5), weak.x)
+    warm.recall(weak.steps, weak.changes, shift)
+    assert warm.steps is not None and warm.changes is not None
+    torch.testing.assert_close(warm.changes, warm.steps @ (hessian + 0.5 * torch.eye(p)).T)
+    cold = lbfgs.start(quadratic(0.5), weak.x)
+    assert lbfgs.minimize(quadratic(0.5), warm, 200, 1e-8) == "tol"
+    assert lbfgs.minimize(quadratic(0.5), cold, 200, 1e-8) == "tol"
+    assert warm.iterations < cold.iterations
+    torch.testing.assert_close(warm.x, cold.x, atol=1e-7, rtol=0)

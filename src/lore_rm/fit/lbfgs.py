@@ -52,6 +52,17 @@ class LbfgsState:
     def forget(self) -> None:
         self.steps = self.changes = None
 
+    def recall(self, steps: Tensor, changes: Tensor, shift: Tensor) -> None:
+        """Take another run's memory as this one's, for an objective that differs from that
+        run's by ``0.5 * sum(shift * x**2)``: its curvature pairs are exact here once every
+        gradient change gains ``shift * s`` (pairs left without positive curvature are
+        dropped)."""
+        changes = changes + shift[None] * steps
+        sy = (steps * changes).sum(1)
+        keep = sy > 1e-10 * (steps.norm(dim=1) * changes.norm(dim=1)).clamp_min(1e-300)
+        if bool(keep.any()):
+            self.steps, self.changes = steps[keep], changes[keep]
+
     def remember(self, s: Tensor, y: Tensor, history: int) -> None:
         if self.steps is None or self.changes is None:
             self.steps, self.changes = s[None], y[None]
@@ -119,7 +130,8 @@ def minimize(
             gtd = float(state.grad.dot(d))
             if not gtd < 0:
                 return "stall"
-        t = lr * min(1.0, 1.0 / float(state.grad.abs().sum())) if state.iterations == 0 else lr
+        cold = state.iterations == 0 and state.steps is None  # no curvature known yet
+        t = lr * min(1.0, 1.0 / float(state.grad.abs().sum())) if cold else lr
         found = _line_search(fun, state, d, gtd, t)
         if found is None:
             if state.steps is not None:  # retry once from a fresh memory before giving up

@@ -276,13 +276,16 @@ class NewtonPoint:
         m = scale * mz
         self.s = torch.sigmoid(-m)  # (N, G, 1)
         coef = coef_rows[..., None]
-        # every user's loss and sum of c_n a_n over their rows (simplex: w * that, the gradient)
-        cols = torch.cat([F.softplus(-m) * coef, (-self.s * coef) * self.a], -1).double()
-        acc = torch.zeros(n_users, g_count, k + 1, dtype=torch.float64, device=z.device)
-        acc = acc.index_add_(0, u, cols).permute(1, 0, 2)  # (G, U, K + 1)
+        # every user's loss (float64: a user's summed loss over many rows) and their sum of
+        # c_n a_n over their rows (simplex: w * that is the gradient)
+        rows = (F.softplus(-m) * coef)[..., 0].double()
+        loss = torch.zeros(n_users, g_count, dtype=torch.float64, device=z.device)
+        loss = loss.index_add_(0, u, rows).T  # (G, U)
+        spread = torch.zeros(n_users, g_count, k, dtype=z.dtype, device=z.device)
+        spread = spread.index_add_(0, u, (-self.s * coef) * self.a).permute(1, 0, 2)
+        self.spread = spread.double()  # (G, U, K)
         pen, pen_grad, self.pen_hess = penalty(logits)
-        self.loss = acc[..., 0] + pen
-        self.spread = acc[..., 1:]
+        self.loss = loss + pen
         self.grad = (w.double() * self.spread if simplex else self.spread) + pen_grad
 
     def hessian(self, u: Tensor, coef_rows: Tensor, simplex: bool) -> Tensor:
@@ -290,9 +293,9 @@ class NewtonPoint:
         g_count, n_users, k = self.logits.shape
         dm = self.wr * self.a if simplex else self.a  # (N, G, K)
         curve = self.s * (1.0 - self.s) * coef_rows[..., None]
-        outer = ((curve * dm)[..., :, None] * dm[..., None, :]).double()
-        hess = torch.zeros(n_users, g_count, k, k, dtype=torch.float64, device=dm.device)
-        hess = hess.index_add_(0, u, outer).permute(1, 0, 2, 3) + self.pen_hess
+        outer = (curve * dm)[..., :, None] * dm[..., None, :]
+        hess = torch.zeros(n_users, g_count, k, k, dtype=dm.dtype, device=dm.device)
+        hess = hess.index_add_(0, u, outer).permute(1, 0, 2, 3).double() + self.pen_hess
         if simplex:
             # the softmax's own curvature: sum_n c_n d2m_n/dtheta2 = diag(v) - v w^T - w v^T
             wd = self.w.double()
@@ -302,7 +305,7 @@ class NewtonPoint:
         return hess
 
 
-def _saddle_free_step(hess: Tensor, grad: Tensor) -> Tensor:
+def saddle_free_step(hess: Tensor, grad: Tensor) -> Tensor:
     """``-|H|^-1 g`` for every (problem, user): ``|H|`` has ``H``'s eigenvectors and the
     absolute values of its eigenvalues, floored at 1e-9. A positive definite ``H`` (most
     users, most steps) takes a Cholesky solve, the same step at a fraction of an
@@ -354,7 +357,7 @@ def newton_point(
         active &= big
         if not bool(active.any()):
             break
-        step = _saddle_free_step(point.hessian(u, coef_rows, simplex) + tiny, point.grad)
+        step = saddle_free_step(point.hessian(u, coef_rows, simplex) + tiny, point.grad)
         # a step longer than MAX_USER_STEP (a flat or nearly singular direction) is shortened
         # to it: backtracking alone could halve such a step to nothing and stop the user above
         # tol

@@ -77,7 +77,13 @@ from lore_rm.fit.config import AUTO, FALLBACK_PRIOR, LEARNED, FitConfig
 from lore_rm.fit.link import joint_weights
 from lore_rm.fit.posterior import covariance_from_hessian, linear_std, logit_hessian
 from lore_rm.fit.prior import isotropic_prior
-from lore_rm.fit.solvers import LbfgsResult, fit_user_weights, signed_prior, solve_lbfgs
+from lore_rm.fit.solvers import (
+    LbfgsMemory,
+    LbfgsResult,
+    fit_user_weights,
+    signed_prior,
+    solve_lbfgs,
+)
 from lore_rm.fit.start import initial_point
 from lore_rm.metrics import user_hits
 from lore_rm.progress import progress_bar
@@ -407,7 +413,14 @@ def select_settings(
     bar = progress_bar(len(jobs) * len(decays), "selecting rank and ridge", progress)
     loose_tol = max(cfg.tol, LOOSE_TOL)
 
-    def fit_cell(basis0: Tensor, logits0: Tensor, decay: float, cell_cfg: FitConfig, tol: float):
+    def fit_cell(
+        basis0: Tensor,
+        logits0: Tensor,
+        decay: float,
+        cell_cfg: FitConfig,
+        tol: float,
+        memory: LbfgsMemory | None = None,
+    ):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             return solve_lbfgs(
@@ -419,6 +432,7 @@ def select_settings(
                 replace(cell_cfg, tol=tol),
                 reference_head,
                 train_weights,
+                memory=memory,
                 desc=f"cv rank {basis0.shape[2]}",
             )
 
@@ -486,10 +500,12 @@ def select_settings(
         logits0 = torch.stack([lg for _, lg in starts])
         rank_best, rising = math.inf, 0
         walked: list[dict] = []
+        memory = None
         for decay in path:  # a list iterator also yields the values appended below
-            res = fit_cell(basis0, logits0, decay, cell_cfg, loose_tol)
+            res = fit_cell(basis0, logits0, decay, cell_cfg, loose_tol, memory)
             n_fits += n_folds
-            basis0, logits0 = res.basis, res.logits  # warm start for the next, stronger ridge
+            # warm start (point and curvature pairs) for the next, stronger ridge
+            basis0, logits0, memory = res.basis, res.logits, res.memory
             numbers, _ = score_cell(res, cell_cfg)
             row = {
                 "rank": rank,

@@ -151,6 +151,18 @@ class LbfgsResult:
     loss: list[float]
     escapes: int = 0  # pooled saddles left (lore_rm.fit.saddle)
     restarts: int = 0  # stalls above tol after which L-BFGS restarted its memory
+    memory: LbfgsMemory | None = None  # its last curvature pairs, for a warm-started next fit
+
+
+@dataclass
+class LbfgsMemory:
+    """L-BFGS curvature pairs (m, P) float64 and the ridges (G,) they were measured under: a
+    fit of the same problems at other ridges starts from them (:meth:`lbfgs.LbfgsState.recall`
+    corrects them exactly, the ridge being a quadratic on the basis alone)."""
+
+    steps: Tensor
+    changes: Tensor
+    decay: Tensor
 
 
 def solve_lbfgs(
@@ -165,6 +177,7 @@ def solve_lbfgs(
     *,
     stop_rows: Tensor | None = None,
     logit_prior: LogitPrior | None = None,
+    memory: LbfgsMemory | None = None,
     progress: bool = False,
     desc: str = "joint fit",
 ) -> LbfgsResult:
@@ -177,7 +190,9 @@ def solve_lbfgs(
     ``stop_rows`` (G == 1 only) are held out for the optional early-stopping guard.
     ``logit_prior`` adds every user's negative log prior ``0.5 (theta_u - mu)^T P (theta_u -
     mu)`` to the summed row losses (both divided by the rows' total weight): the joint MAP of
-    a hierarchical model whose users are drawn from that prior.
+    a hierarchical model whose users are drawn from that prior. ``memory``: the curvature
+    pairs of a fit of the same problems (same parameters, other ridges) warm-started from,
+    as a ridge path's next fit is.
     """
     n_problems, d, rank = basis0.shape
     device = data.device
@@ -205,6 +220,9 @@ def solve_lbfgs(
     fun = params.fun
     with torch.no_grad():
         state = lbfgs.start(fun, params.x0)
+        if memory is not None and memory.steps.shape[1] == state.x.numel():
+            shift = _ridge_shift(decay - memory.decay, basis0, state.x.numel())
+            state.recall(memory.steps, memory.changes, shift)
         losses: list[float] = []
         done, converged, stale, escapes, restarts = 0, False, 0, 0, 0
         best_val, best = math.inf, (*params.split(state.point), 0)
@@ -257,7 +275,20 @@ def solve_lbfgs(
             ConvergenceWarning,
             stacklevel=3,
         )
-    return LbfgsResult(basis_out, logits_out, done, converged, losses, escapes, restarts)
+    kept = None
+    if state.steps is not None and state.changes is not None:
+        kept = LbfgsMemory(state.steps, state.changes, decay)
+    return LbfgsResult(basis_out, logits_out, done, converged, losses, escapes, restarts, kept)
+
+
+def _ridge_shift(change: Tensor, basis: Tensor, n_params: int) -> Tensor:
+    """Every parameter's change of curvature (``n_params``,) float64 when problem g's ridge
+    changes by ``change[g]``: the basis' entries (problem-major, as :class:`_Parameters` lays
+    them out) get it; the signed weights' offsets, after them, none."""
+    shift = torch.zeros(n_params, dtype=torch.float64, device=basis.device)
+    per_basis = change.double().repeat_interleave(basis[0].numel())
+    shift[: per_basis.numel()] = per_basis
+    return shift
 
 
 class _Parameters:
@@ -354,6 +385,7 @@ def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
         raise LoreError("weight_decay='auto' is resolved by LowRankReward.fit before fitting")
     path = ridge_path(float(weight_decay), cfg)
     iterations = 0
+    memory: LbfgsMemory | None = None
     if len(path) > 1:
         fit_rows = torch.ones(1, data.n, device=data.device)
         if stop_rows is not None:
@@ -364,9 +396,11 @@ def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 step = solve_lbfgs(
-                    data, sigma, basis, logits, [decay], step_cfg, v_ref, fit_rows, desc="path"
-                )
+                    data, sigma, basis, logits, [decay], step_cfg, v_ref, fit_rows,
+                    memory=memory, desc="path",
+                )  # fmt: skip
             basis, logits, iterations = step.basis, step.logits, iterations + step.iterations
+            memory = step.memory
             bar.update(1)
         bar.close()
     res = solve_lbfgs(
@@ -378,6 +412,7 @@ def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
         cfg,
         v_ref,
         stop_rows=stop_rows,
+        memory=memory,
         progress=progress,
     )
     history = {
