@@ -178,3 +178,41 @@ def test_moment_prior_is_centred_positive_definite_and_offset_free(rows, offset)
     assert bool((torch.linalg.eigvalsh(a.precision) > 0).all())
     torch.testing.assert_close(a.mean, b.mean, atol=1e-9, rtol=0)
     torch.testing.assert_close(a.precision, b.precision, atol=1e-6, rtol=1e-6)
+
+
+def _em_step(data, basis, cfg, prior, population):
+    """One plain EM step (E: the users' MAPs and Laplace covariances; M: their moments)."""
+    from lore_rm.fit.link import params_of
+    from lore_rm.fit.posterior import logit_hessian
+    from lore_rm.fit.solvers import fit_user_weights
+
+    w = fit_user_weights(data, basis, 3.0, cfg, population, prior=prior)
+    z = data.project(basis).double()
+    h = logit_hessian(z, w.double(), data.user_index, 3.0, prior.precision, space="simplex")
+    post = torch.linalg.inv(0.5 * (h + h.transpose(1, 2)))
+    return moment_prior(params_of(w, "simplex"), post.mean(0), "simplex")
+
+
+def test_em_stops_at_its_fixed_point_where_plain_steps_crawl():
+    """Users who nearly agree, with few comparisons each: a plain EM step moves the prior by
+    a few percent of what is left, so a stop on a short step is far from the fixed point. The
+    accelerated EM stops where one more step no longer moves the prior."""
+    data, basis, true_w = planted(
+        [0.3, 0.0, -0.3], [[0.3, 0, 0], [0, 0.3, 0], [0, 0, 0.3]], n_users=200, per_user=8
+    )
+    cfg = FitConfig.for_recipe("default", scale=3.0)
+    population = true_w.mean(0)
+    # a start far wider than the users' spread
+    wide = moment_prior(torch.randn(200, 3, generator=torch.Generator().manual_seed(1)))
+    prior, history = learn_prior(data, basis, 3.0, cfg, true_w, population, start=wide)
+    assert history["em_converged"] and history["em_iterations"] < 20
+    nxt = _em_step(data, basis, cfg, prior, population)
+    c = torch.eye(3, dtype=torch.float64) - 1 / 3
+    moved = torch.linalg.norm(c @ (nxt.covariance() - prior.covariance()) @ c)
+    assert float(moved / torch.linalg.norm(c @ prior.covariance() @ c)) < 5e-3
+    # plain steps from the same start are still far from there after as many steps
+    plain = wide
+    for _ in range(history["em_iterations"]):
+        plain = _em_step(data, basis, cfg, plain, population)
+    gap = torch.linalg.norm(c @ (plain.covariance() - prior.covariance()) @ c)
+    assert float(gap / torch.linalg.norm(c @ prior.covariance() @ c)) > 0.05
