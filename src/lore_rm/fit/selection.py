@@ -93,7 +93,7 @@ LN2 = math.log(2.0)
 SEARCH_TOL = 1e-4  # the cells the choice can fall on; the final refit converges to cfg.tol
 LOOSE_TOL = 1e-3  # every cell first (see the module doc: scored loose, then refined)
 #: a loose score this far above the best refined cell's band may still reach it
-REFINE_MARGIN = 5e-3
+REFINE_MARGIN = 1e-3
 MIN_GAIN = 1e-3  # a log-loss gain over a coin flip smaller than this (or than its SE) is none
 RANK_PATIENCE = 1  # larger ranks tried after one that does not gain MIN_GAIN on the best
 PATH_BACK = 2  # a rank's ridge path starts this many steps weaker than the last rank's best
@@ -566,24 +566,29 @@ def select_settings(
     # could change the choice among the refined ones even if its loose score overstates its
     # loss twice as much as any refined cell's did (:func:`may_change_choice`)
     search_tol = max(cfg.tol, SEARCH_TOL)
-    overstated, n_refined = 0.0, 0
-    refined: list[dict] = []
-    while True:
-        slack = max(REFINE_MARGIN, 2.0 * overstated)
-        pending = (r for r in rows if r["tol"] > search_tol)
-        row = next(
-            (
-                r
-                for r in sorted(pending, key=lambda r: r["cv_loss"])
-                if may_change_choice(r, refined, slack, cfg.one_se)
-            ),
-            None,
-        )
-        if row is None:
-            break
-        overstated = max(overstated, refine(row))
-        refined.append(row)
-        n_refined += 1
+    overstated = 0.0
+
+    def settle(candidates: list[dict]) -> list[dict]:
+        """Refine ``candidates`` until the choice among them is settled; returns the refined."""
+        nonlocal overstated
+        refined = [r for r in candidates if r["tol"] <= search_tol]
+        while True:
+            slack = max(REFINE_MARGIN, 2.0 * overstated)
+            pending = (r for r in candidates if r["tol"] > search_tol)
+            row = next(
+                (
+                    r
+                    for r in sorted(pending, key=lambda r: r["cv_loss"])
+                    if may_change_choice(r, refined, slack, cfg.one_se)
+                ),
+                None,
+            )
+            if row is None:
+                return refined
+            overstated = max(overstated, refine(row))
+            refined.append(row)
+
+    refined = settle(rows)
     chosen, rule = choose_cell(refined, cfg.one_se)
     zero = None
     # a given rank (no rank 1 in the grid) with the strength searched: whether personalising
@@ -593,11 +598,7 @@ def select_settings(
         # the pooled reward is the best rank-1 cell (scored now if the grid had no rank 1)
         if not any(r["rank"] == 1 for r in rows):
             score_rank("simplex", 1)
-        pooled_rows = [r for r in rows if r["rank"] == 1]
-        for r in pooled_rows:
-            if r["tol"] > search_tol:
-                refine(r)
-        pooled_row, _ = choose_cell(pooled_rows, cfg.one_se)
+        pooled_row, _ = choose_cell(settle([r for r in rows if r["rank"] == 1]), cfg.one_se)
         band = chosen["cv_loss_se"] if cfg.one_se else 0.0
         at = f"at rank {chosen['rank']} (ridge {chosen['weight_decay']:g})"
         pooled_at = f"the pooled reward (rank 1, ridge {pooled_row['weight_decay']:g})"
@@ -661,7 +662,7 @@ def select_settings(
         folds=n_folds,
         n_fits=n_fits,
         seconds=round(time.perf_counter() - t0, 3),
-        refined=n_refined,
+        refined=sum("loose_cv_loss" in r for r in rows),
         path_start=chosen["path_start"] if chosen["path_start"] > decays[0] else None,
         pooled=pooled,
         notes=notes,
