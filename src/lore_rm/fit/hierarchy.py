@@ -89,6 +89,8 @@ def shrink_seen_users(
         return fit, None, {"rounds": rounds, "why": str(exc)}
     history = {
         "rounds": rounds,
+        # False: the round cap stopped it while the prior still moved by ROUND_TOL or more
+        "converged": rounds < ROUNDS or moved < ROUND_TOL,
         "iterations": iterations,
         "last_change": None if moved != moved else round(moved, 4),
         "prior": prior_history,
