@@ -96,6 +96,33 @@ def test_a_loose_cell_is_refined_only_when_it_could_change_the_choice():
     assert may_change_choice(_row(3, 0.1, 9.0, 0.0), [], 0.005, True)  # nothing refined yet
 
 
+def test_kept_fold_sums_give_the_same_search_as_recomputing_them(rank2_population, monkeypatch):
+    """Every rank's start reads its fold's per-user feature sums; kept between ranks (where
+    small) they give the very search that recomputing them gives."""
+    import lore_rm.fit.selection as selection
+    import lore_rm.fit.start as start
+
+    calls = []
+    real = start.user_feature_sums
+    monkeypatch.setattr(
+        selection, "user_feature_sums", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    split = rank2_population.split
+    kept = LowRankReward(rank="auto", seed=1, **SMALL_GRID).fit(split.seen_train)
+    assert len(calls) == SMALL_GRID["cv_folds"]  # once per fold, whatever the ranks walked
+    monkeypatch.setattr(selection, "FOLD_SUMS_BYTES", 0)
+    again = LowRankReward(rank="auto", seed=1, **SMALL_GRID).fit(split.seen_train)
+    assert len(calls) == SMALL_GRID["cv_folds"]  # not kept: the start computes its own
+    rows = [
+        (r["rank"], r["weight_decay"], r["cv_loss"]) for r in kept.history_["selection"]["rows"]
+    ]
+    assert len({r[0] for r in rows}) >= 2
+    assert rows == [
+        (r["rank"], r["weight_decay"], r["cv_loss"]) for r in again.history_["selection"]["rows"]
+    ]
+    torch.testing.assert_close(kept.basis_, again.basis_, rtol=0, atol=0)
+
+
 def test_a_later_rank_walks_its_ridges_from_near_the_last_ranks_best():
     pop = simulate_population(
         d=64, true_rank=2, n_seen=40, n_unseen=20, train_per_user=10, n_prompts=400, seed=5

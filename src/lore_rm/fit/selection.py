@@ -84,7 +84,7 @@ from lore_rm.fit.solvers import (
     signed_prior,
     solve_lbfgs,
 )
-from lore_rm.fit.start import initial_point
+from lore_rm.fit.start import initial_point, user_feature_sums
 from lore_rm.metrics import user_hits
 from lore_rm.progress import progress_bar
 
@@ -97,6 +97,8 @@ REFINE_MARGIN = 1e-3
 MIN_GAIN = 1e-3  # a log-loss gain over a coin flip smaller than this (or than its SE) is none
 RANK_PATIENCE = 1  # larger ranks tried after one that does not gain MIN_GAIN on the best
 PATH_BACK = 2  # a rank's ridge path starts this many steps weaker than the last rank's best
+#: the most memory the folds' per-user feature sums may keep between ranks (else recomputed)
+FOLD_SUMS_BYTES = 256 * 2**20
 EDGE_STEPS = 4  # extra, stronger ridges tried when a rank's best sits at the grid's strong end
 
 
@@ -412,6 +414,9 @@ def select_settings(
     jobs = [(w, k) for w in spaces for k in ranks if k > 1 or w == spaces[0]]
     bar = progress_bar(len(jobs) * len(decays), "selecting rank and ridge", progress)
     loose_tol = max(cfg.tol, LOOSE_TOL)
+    # the folds' users' feature sums, kept for the next rank's start where they are small
+    fold_sums: dict[int, Tensor] = {}
+    keep_sums = n_folds * data.n_users * data.d * 4 <= FOLD_SUMS_BYTES
 
     def fit_cell(
         basis0: Tensor,
@@ -484,18 +489,19 @@ def select_settings(
         stops once the loss has risen for two stronger ridges in a row, and goes on past the
         grid's strongest value while that one is the best. Returns its rows."""
         nonlocal n_fits
-        starts = [
-            initial_point(
-                data,
-                sigma,
-                rank,
-                cfg.init,
-                gen,
-                rows=(train_weights[f] > 0).nonzero()[:, 0],
-                space=cell_cfg.space,
+        starts = []
+        for f in range(n_folds):
+            rows_f = (train_weights[f] > 0).nonzero()[:, 0]
+            sums = None
+            if cfg.init != "random" and keep_sums:  # every rank's start reads the same sums
+                if f not in fold_sums:
+                    fold_sums[f] = user_feature_sums(data, rows_f)
+                sums = fold_sums[f]
+            starts.append(
+                initial_point(
+                    data, sigma, rank, cfg.init, gen, rows=rows_f, space=cell_cfg.space, sums=sums
+                )
             )
-            for f in range(n_folds)
-        ]
         basis0 = torch.stack([b for b, _ in starts])
         logits0 = torch.stack([lg for _, lg in starts])
         rank_best, rising = math.inf, 0

@@ -76,6 +76,7 @@ def initial_point(
     generator: torch.Generator | None = None,
     rows: Tensor | None = None,
     space: str = "simplex",
+    sums: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Basis (d, K) in standardised units and user logits (U, K) to start the joint fit from.
 
@@ -86,18 +87,21 @@ def initial_point(
       start), signed so the pooled sum projects positively.
     * ``"random"``: ``V ~ N(0, 1/d)``, logits ``N(0, 0.01^2)`` from ``generator``.
 
-    ``rows`` restricts the data the start looks at (a cross-validation fold's training rows).
+    ``rows`` restricts the data the start looks at (a cross-validation fold's training rows);
+    ``sums`` is :func:`user_feature_sums` of those rows where the caller already has it.
     ``space="signed"`` returns the users' offsets from the first unit vector, all 0, and
     (spectral) the pooled direction as the first column with the users' spread
     directions after it, so every user starts on the pooled reward.
     """
-    basis, logits = _initial_point(data, sigma, rank, kind, generator, rows, space)
+    basis, logits = _initial_point(data, sigma, rank, kind, generator, rows, space, sums)
     if space == "signed":  # offsets from the first unit vector (lore_rm.fit.link)
         logits = torch.zeros_like(logits)
     return basis, logits
 
 
-def _initial_point(data, sigma, rank, kind, generator, rows, space) -> tuple[Tensor, Tensor]:
+def _initial_point(
+    data, sigma, rank, kind, generator, rows, space, sums=None
+) -> tuple[Tensor, Tensor]:
     d, n_users = data.d, data.n_users
     device = data.device
     if kind not in INITS:
@@ -107,7 +111,7 @@ def _initial_point(data, sigma, rank, kind, generator, rows, space) -> tuple[Ten
         basis = torch.randn(d, rank, generator=gen) / math.sqrt(d)
         logits = 0.01 * torch.randn(n_users, rank, generator=gen)
         return basis.to(device), logits.to(device)
-    sums = user_feature_sums(data, rows) / sigma[None, :]
+    sums = (user_feature_sums(data, rows) if sums is None else sums) / sigma[None, :]
     logits = torch.zeros(n_users, rank, device=device)
     pooled = sums.sum(0)
     if float(pooled.norm()) == 0.0:
