@@ -38,8 +38,8 @@ from lore_rm.fit.solvers import fit_user_weights
 
 Tensor = torch.Tensor
 EM_MAX_ITER = 20  # EM steps (E and M), the extrapolations' stabilising steps included
-#: stop once the distance to the fixed point in (mu, log Sigma), estimated from the last two
-#: steps and their rate of contraction, is below this
+#: stop once the covariance's distance to its fixed point in log Sigma, estimated from the last
+#: two steps and their rate of contraction, is below this
 EM_TOL = 1e-2
 MAX_CONTRACTION = 0.95  # a rate estimate above this is taken as this (noise, not a stall)
 
