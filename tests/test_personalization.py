@@ -44,33 +44,6 @@ def _one_and_many(pop):
     return data.subset(torch.cat([keep, extra]))
 
 
-def test_the_shrinkage_starts_from_the_fits_curvature_pairs_and_ends_where_a_cold_start_does(
-    differ, monkeypatch
-):
-    """The refit under the learned prior is warm-started from the joint fit's L-BFGS pairs
-    (no longer exact under the prior, only a start): it reaches the model a cold memory
-    reaches."""
-    import lore_rm.fit.hierarchy as hierarchy
-
-    real = hierarchy.solve_lbfgs
-    given = []
-
-    def spy(*args, cold=False, **kw):
-        given.append(kw.get("memory"))
-        return real(*args, **{**kw, "memory": None} if cold else kw)
-
-    data = differ.split.seen_train
-    cfg = dict(rank=3, weight_decay=0.01, personalization=1.0, n_iter=500, tol=1e-6)
-    monkeypatch.setattr(hierarchy, "solve_lbfgs", spy)
-    warm = LowRankReward(**cfg).fit(data)
-    assert given and given[0] is not None  # the fit's pairs reach the first round
-    monkeypatch.setattr(hierarchy, "solve_lbfgs", lambda *a, **k: spy(*a, cold=True, **k))
-    cold = LowRankReward(**cfg).fit(data)
-    assert warm.history_["hierarchy"]["rounds"] == cold.history_["hierarchy"]["rounds"]
-    torch.testing.assert_close(warm.user_weights_, cold.user_weights_, atol=2e-3, rtol=0)
-    torch.testing.assert_close(warm.margins(data), cold.margins(data), atol=2e-2, rtol=0)
-
-
 def test_one_comparison_stays_near_the_population_and_a_thousand_keep_their_own(differ):
     data = _one_and_many(differ)
     ids = list(data.user_ids)

@@ -66,6 +66,29 @@ def test_one_and_two_threads_give_the_same_accuracies(restore_threads):
             assert abs(value - numbers[1][key]) <= 1e-6, key
 
 
+def test_the_seen_users_shrinkage_gives_the_same_basis_with_one_and_two_threads(restore_threads):
+    """Rank 4 with three rounds of shrinkage: float noise from the thread count must stay
+    noise. An extrapolated prior EM and a refit started from carried curvature pairs each
+    turned it into a different stopping point (basis 1e-4 apart, relative; docs/measurements.md,
+    fourth pass)."""
+    split = simulate_population(
+        PopulationConfig(seed=0, d=32, n_seen=200, n_unseen=20, train_per_user=15)
+    ).split
+    fits = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        fits.append(
+            LowRankReward(rank=4, weight_decay=0.003, personalization=1.0, threads=n).fit(
+                split.seen_train
+            )
+        )
+    one, two = fits
+    assert one.history_["hierarchy"]["rounds"] >= 2
+    assert one.history_["hierarchy"]["iterations"] == two.history_["hierarchy"]["iterations"]
+    gap = float((one.basis_ - two.basis_).norm() / one.basis_.norm())
+    assert gap < 1e-5, gap
+
+
 def test_the_library_fit_applies_the_auto_rule_and_restores_torchs_setting(
     monkeypatch, restore_threads, easy_population
 ):

@@ -8,8 +8,9 @@ new users get, learned from them by empirical Bayes, inside the joint fit:
 1. from the joint fit's basis, learn the prior ``N(mu, Sigma)`` by Laplace EM
    (:func:`lore_rm.fit.empirical_bayes.learn_prior`);
 2. refit basis and logits jointly with every user's negative log prior added to the loss (the
-   joint MAP, warm-started from the last fit's point and its L-BFGS curvature pairs: the
-   prior changes the users' part of the objective, so the pairs are a start, not exact);
+   joint MAP, warm-started from the last fit's point; not from its L-BFGS curvature pairs,
+   which saved a third of the iterations but made the result depend on the thread count,
+   docs/measurements.md);
 3. repeat while the prior's covariance still moves (at most ``ROUNDS`` refits).
 
 A user with a handful of comparisons ends near ``mu``; one with a thousand keeps their own
@@ -81,11 +82,10 @@ def shrink_seen_users(
                     reference_head,
                     logit_prior=prior,
                     desc="joint fit under the learned prior",
-                    memory=fit.memory,
                 )
             iterations += res.iterations
             weights = joint_weights(res.logits[0], cfg.space)
-            fit = JointFit(res.basis[0] / sigma[:, None], weights, fit.history, res.memory)
+            fit = JointFit(res.basis[0] / sigma[:, None], weights, fit.history)
     except LoreError as exc:  # the users' logits do not vary: nothing to shrink toward
         return fit, None, {"rounds": rounds, "why": str(exc)}
     history = {

@@ -388,9 +388,7 @@ def _prior_card(history: FitHistory) -> str:
     return (
         "\n## New users\n\nFitted under a prior learned from the "
         f"{counted(prior['users'], 'seen user')} (empirical Bayes, "
-        f"{counted(prior['em_iterations'], 'EM iteration')}"
-        f"{'' if prior.get('em_converged', True) else ', stopped before converging'}): "
-        "a logistic normal whose "
+        f"{counted(prior['em_iterations'], 'EM iteration')}): a logistic normal whose "
         f"standard deviations along its principal axes are {axes} (logit units).\n"
     )
 

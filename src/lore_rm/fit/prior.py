@@ -89,7 +89,7 @@ def isotropic_prior(
     return LogitPrior(mean, float(strength) * eye, "isotropic", space)
 
 
-def centred_basis(k: int) -> Tensor:
+def _centred_basis(k: int) -> Tensor:
     """An orthonormal basis (K, K - 1) of the centred subspace (vectors summing to 0)."""
     q, _ = torch.linalg.qr(_centring(k))
     return q[:, : k - 1]
@@ -101,7 +101,7 @@ def precision_from_covariance(sigma: Tensor, space: str = "simplex") -> Tensor:
     times the largest, plus the all-ones direction (see the module's docstring). Signed
     weights have no such direction: the whole space, with the same cap and floor."""
     k = sigma.shape[0]
-    b = centred_basis(k) if space == "simplex" else torch.eye(k, dtype=torch.float64)
+    b = _centred_basis(k) if space == "simplex" else torch.eye(k, dtype=torch.float64)
     inner = b.T @ (0.5 * (sigma + sigma.T)).to(torch.float64) @ b  # (K - 1, K - 1)
     vals, vecs = torch.linalg.eigh(inner)
     vals = vals.clamp(max=MAX_VARIANCE)

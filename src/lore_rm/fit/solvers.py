@@ -44,9 +44,6 @@ class JointFit:
     basis: Tensor  # (d, K) in raw embedding units: reward = scale * e @ basis @ w
     user_weights: Tensor  # (U, K), rows on the simplex (sub-simplex after pruning)
     history: dict = field(default_factory=dict)
-    #: the last L-BFGS curvature pairs (standardised units): a refit of the same basis under
-    #: another user penalty (the seen users' shrinkage) starts from them
-    memory: LbfgsMemory | None = None
 
 
 def bt_margins(z: Tensor, weights: Tensor, user_index: Tensor, scale: float) -> Tensor:
@@ -195,8 +192,7 @@ def solve_lbfgs(
     mu)`` to the summed row losses (both divided by the rows' total weight): the joint MAP of
     a hierarchical model whose users are drawn from that prior. ``memory``: the curvature
     pairs of a fit of the same problems (same parameters, other ridges) warm-started from,
-    as a ridge path's next fit is; under another ``logit_prior`` they are no longer exact,
-    only a start that the line search and the new pairs correct.
+    as a ridge path's next fit is.
     """
     n_problems, d, rank = basis0.shape
     device = data.device
@@ -429,7 +425,7 @@ def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
         "init": cfg.init,
     }
     weights = joint_weights(res.logits[0], cfg.space)
-    return JointFit(res.basis[0] / sigma[:, None], weights, history, res.memory)
+    return JointFit(res.basis[0] / sigma[:, None], weights, history)
 
 
 def signed_prior(population_weights: Tensor) -> LogitPrior:
