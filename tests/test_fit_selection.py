@@ -123,6 +123,56 @@ def test_kept_fold_sums_give_the_same_search_as_recomputing_them(rank2_populatio
     torch.testing.assert_close(kept.basis_, again.basis_, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kind", ["spectral", "svd"])
+def test_a_kept_spectrum_gives_every_rank_the_same_start_from_one_decomposition(
+    rank2_population, monkeypatch, kind
+):
+    data = rank2_population.split.seen_train
+    sigma = feature_scale(data, True)
+    fresh = [initial_point(data, sigma, k, kind) for k in (2, 3, 4)]
+    calls = []
+    real = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda *a, **k: calls.append(1) or real(*a, **k))
+    spectra: dict = {}
+    kept = [initial_point(data, sigma, k, kind, spectra=spectra) for k in (2, 3, 4)]
+    assert len(calls) == 1 and len(spectra) == 1
+    for (b0, l0), (b1, l1) in zip(fresh, kept, strict=True):
+        torch.testing.assert_close(b1, b0, rtol=0, atol=0)
+        torch.testing.assert_close(l1, l0, rtol=0, atol=0)
+
+
+def test_a_rank_sweep_walks_rank_one_once_and_fits_what_separate_searches_fit(rank2_population):
+    """Every given rank's search walks rank 1 for its pooled fallback; inside
+    shared_searches() the later searches take that walk (and its refinements) from the
+    first, and every model is the one a search of its own fits."""
+    from lore_rm.fit.search_memo import shared_searches
+
+    data = rank2_population.split.seen_train
+    grid = {k: v for k, v in SMALL_GRID.items() if k != "rank_grid"}
+
+    def fit(rank):
+        return LowRankReward(rank=rank, seed=1, **grid).fit(data)
+
+    alone = {k: fit(k) for k in (1, 2, 3)}
+    with shared_searches():
+        swept = {k: fit(k) for k in (1, 2, 3)}
+    for k in (1, 2, 3):
+        a, s = alone[k].history_["selection"], swept[k].history_["selection"]
+        assert a["rows"] == s["rows"]
+        torch.testing.assert_close(swept[k].basis_, alone[k].basis_, rtol=0, atol=0)
+        assert s["n_fits"] + s["reused_fits"] == a["n_fits"]
+    assert swept[1].history_["selection"]["reused_fits"] == 0  # the first walks it
+    for k in (2, 3):
+        assert swept[k].history_["selection"]["reused_fits"] > 0
+        assert any(r["rank"] == 1 for r in swept[k].history_["selection"]["rows"])
+    # different data: nothing is reused
+    other = rank2_population.split.seen_test
+    with shared_searches():
+        fit(2)
+        again = LowRankReward(rank=2, seed=1, **grid).fit(other)
+    assert again.history_["selection"]["reused_fits"] == 0
+
+
 def test_a_later_rank_walks_its_ridges_from_near_the_last_ranks_best():
     pop = simulate_population(
         d=64, true_rank=2, n_seen=40, n_unseen=20, train_per_user=10, n_prompts=400, seed=5

@@ -150,7 +150,9 @@ def print_model_summary(s: dict) -> None:
                 "selection",
                 f"rank {sel['rank']}, weight_decay {sel['weight_decay']:g} "
                 f"({sel['folds']}-fold CV holding out {sel.get('holdout', 'comparisons')}, "
-                f"{sel['n_fits']} fits, {sel['seconds']:.1f} s, "
+                f"{sel['n_fits']} fits"
+                + (f" + {sel['reused_fits']} reused" if sel.get("reused_fits") else "")
+                + f", {sel['seconds']:.1f} s, "
                 f"{sel['rule']} rule)",
             )
         dg = tr["diagnostics"]

@@ -15,6 +15,7 @@ from lore_rm.evaluate.rank_choice import cross_validated_rank
 from lore_rm.evaluate.shots import plan_shots, sample_shots
 from lore_rm.fit.config import Recipe
 from lore_rm.fit.model import LowRankReward
+from lore_rm.fit.search_memo import shared_searches
 from lore_rm.metrics import METRICS, FourNumbers, mean_accuracy
 from lore_rm.progress import progress_bar
 from lore_rm.protocol import ProtocolSplit
@@ -95,18 +96,19 @@ def _sweep(
         )
     }
     bar = progress_bar(len(jobs), "rank sweep", progress)
-    for rank, alpha in jobs:
-        t0 = time.perf_counter()
-        model = LowRankReward(
-            rank=rank, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
-        ).fit(split.seen_train, split.reference_head)
-        row = {"rank": rank, "alpha": alpha, "recipe": recipe}
-        row.update(four_numbers(model, split))
-        row.update(users)  # for intervals over users: std / sqrt(users)
-        row["fit_seconds"] = round(time.perf_counter() - t0, 3)
-        rows.append(row)
-        models[(rank, alpha)] = model
-        bar.update(1)
+    with shared_searches():  # every rank's search walks rank 1 too: once for the sweep
+        for rank, alpha in jobs:
+            t0 = time.perf_counter()
+            model = LowRankReward(
+                rank=rank, recipe=recipe, seed=seed, device=device, alpha=alpha, **settings
+            ).fit(split.seen_train, split.reference_head)
+            row = {"rank": rank, "alpha": alpha, "recipe": recipe}
+            row.update(four_numbers(model, split))
+            row.update(users)  # for intervals over users: std / sqrt(users)
+            row["fit_seconds"] = round(time.perf_counter() - t0, 3)
+            rows.append(row)
+            models[(rank, alpha)] = model
+            bar.update(1)
     bar.close()
     return rows, models
 

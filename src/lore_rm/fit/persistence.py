@@ -393,6 +393,13 @@ def _prior_card(history: FitHistory) -> str:
     )
 
 
+def _fits_words(sel: dict) -> str:
+    """How many fold fits the search ran, and how many it took from an earlier search."""
+    reused = int(sel.get("reused_fits", 0))
+    more = f" (and {reused} reused from an earlier search over the same data)" if reused else ""
+    return f"{sel['n_fits']} fits{more}"
+
+
 def _holdout_words(sel: dict) -> str:
     """What the folds held out, in words (selections saved before ``holdout`` existed held
     out comparisons)."""
@@ -409,7 +416,7 @@ def _selection_card(history: FitHistory) -> str:
     lines = [
         "\n## How the rank and ridge were chosen\n",
         f"{sel['folds']}-fold cross-validation over the seen users' comparisons "
-        f"({_holdout_words(sel)}), {sel['n_fits']} fits in {sel['seconds']:.1f} s, rule: "
+        f"({_holdout_words(sel)}), {_fits_words(sel)} in {sel['seconds']:.1f} s, rule: "
         f"{sel['rule']}. Chosen: rank {sel['rank']}, weight_decay {sel['weight_decay']:g}.\n",
         "| rank | weight_decay | CV log-loss | ± se | CV accuracy | chosen |",
         "|---|---|---|---|---|---|",

@@ -77,6 +77,7 @@ from lore_rm.fit.config import AUTO, FALLBACK_PRIOR, LEARNED, FitConfig
 from lore_rm.fit.link import joint_weights
 from lore_rm.fit.posterior import covariance_from_hessian, linear_std, logit_hessian
 from lore_rm.fit.prior import isotropic_prior
+from lore_rm.fit.search_memo import memo_for
 from lore_rm.fit.solvers import (
     LbfgsMemory,
     LbfgsResult,
@@ -120,6 +121,8 @@ class Selection:
     #: the cell that found no personalisation paying, when the pooled reward replaced it
     zero_personalization: dict | None = None
     refined: int = 0  # cells continued from the loose tolerance to the search's
+    #: fold fits taken from an earlier search over the same data (search_memo), not run again
+    reused_fits: int = 0
     #: where the chosen cell's ridge path started, when later than the grid's weakest value
     path_start: float | None = None
 
@@ -414,8 +417,11 @@ def select_settings(
     jobs = [(w, k) for w in spaces for k in ranks if k > 1 or w == spaces[0]]
     bar = progress_bar(len(jobs) * len(decays), "selecting rank and ridge", progress)
     loose_tol = max(cfg.tol, LOOSE_TOL)
+    memo = memo_for(data, sigma, cfg, reference_head)
+    reuse = memo.shared and cfg.init != "random"  # a random start draws from gen: not reused
+    reused_fits = 0
     # the folds' users' feature sums, kept for the next rank's start where they are small
-    fold_sums: dict[int, Tensor] = {}
+    fold_sums = memo.fold_sums
     keep_sums = n_folds * data.n_users * data.d * 4 <= FOLD_SUMS_BYTES
 
     def fit_cell(
@@ -488,7 +494,19 @@ def select_settings(
         """One warm-started ridge path, weak to strong, from the folds' informed starts:
         stops once the loss has risen for two stronger ridges in a row, and goes on past the
         grid's strongest value while that one is the best. Returns its rows."""
-        nonlocal n_fits
+        nonlocal n_fits, reused_fits
+        key = (cell_cfg.space, rank, tuple(path))
+        if reuse and key in memo.walks:  # the same walk in an earlier search: its rows again
+            done, count = memo.walks[key]
+            copies = []
+            for loose, basis, logits, row_cfg in done:
+                row = dict(loose)
+                rows.append(row)
+                copies.append(row)
+                fitted[id(row)] = (basis, logits, row_cfg)
+            reused_fits += count
+            bar.update(len(copies))
+            return copies
         starts = []
         for f in range(n_folds):
             rows_f = (train_weights[f] > 0).nonzero()[:, 0]
@@ -497,9 +515,18 @@ def select_settings(
                 if f not in fold_sums:
                     fold_sums[f] = user_feature_sums(data, rows_f)
                 sums = fold_sums[f]
+            spectra = memo.spectra.setdefault(f, {}) if sums is not None else None
             starts.append(
                 initial_point(
-                    data, sigma, rank, cfg.init, gen, rows=rows_f, space=cell_cfg.space, sums=sums
+                    data,
+                    sigma,
+                    rank,
+                    cfg.init,
+                    gen,
+                    rows=rows_f,
+                    space=cell_cfg.space,
+                    sums=sums,
+                    spectra=spectra,
                 )
             )
         basis0 = torch.stack([b for b, _ in starts])
@@ -538,20 +565,34 @@ def select_settings(
                 rising += 1
                 if rising >= 2:  # stronger ridges only shrink more
                     break
+        if reuse:
+            memo.walks[key] = ([(dict(r), *fitted[id(r)]) for r in walked], n_folds * len(walked))
         return walked
 
     def refine(row: dict) -> float:
         """Continue a cell's folds to the search's tolerance and score it again; returns how
         much its loose score overstated its loss (negative: understated)."""
         basis, logits, cell_cfg = fitted[id(row)]
-        res = fit_cell(basis, logits, row["weight_decay"], cell_cfg, search_tol)
-        fitted[id(row)] = (res.basis, res.logits, cell_cfg)
-        numbers, _ = score_cell(res, cell_cfg)
+        key = (row["weights"], row["rank"], row["weight_decay"], row["path_start"])
+        if reuse and key in memo.refined:
+            numbers, basis, logits, iterations, converged = memo.refined[key]
+        else:
+            res = fit_cell(basis, logits, row["weight_decay"], cell_cfg, search_tol)
+            numbers, _ = score_cell(res, cell_cfg)
+            basis, logits, iterations, converged = (
+                res.basis,
+                res.logits,
+                res.iterations,
+                res.converged,
+            )
+            if reuse:
+                memo.refined[key] = (numbers, basis, logits, iterations, converged)
+        fitted[id(row)] = (basis, logits, cell_cfg)
         bias = row["cv_loss"] - numbers["cv_loss"]
         row.update(numbers)
         row.update(
-            iterations=row["iterations"] + res.iterations,
-            converged=res.converged,
+            iterations=row["iterations"] + iterations,
+            converged=converged,
             tol=search_tol,
             loose_cv_loss=row["cv_loss"] + bias,
         )
@@ -667,6 +708,7 @@ def select_settings(
         rule=rule,
         folds=n_folds,
         n_fits=n_fits,
+        reused_fits=reused_fits,
         seconds=round(time.perf_counter() - t0, 3),
         refined=sum("loose_cv_loss" in r for r in rows),
         path_start=chosen["path_start"] if chosen["path_start"] > decays[0] else None,

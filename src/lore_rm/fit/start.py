@@ -40,13 +40,20 @@ def user_feature_sums(data: Comparisons, rows: Tensor | None = None) -> Tensor:
     return sums
 
 
-def _top_right_singular(m: Tensor, k: int) -> Tensor:
-    """(d, k) top right singular vectors of ``m`` (U, d), deterministic signs."""
+def _top_right_singular(m: Tensor, k: int, cache: dict | None = None, key: str = "") -> Tensor:
+    """(d, k) top right singular vectors of ``m`` (U, d), deterministic signs. ``cache`` keeps
+    the Gram matrix's eigendecomposition under ``key`` for a later call on the same ``m``
+    (another rank's start on the same fold): the same vectors, one decomposition."""
     if k == 0:
         return m.new_zeros(m.shape[1], 0)
     gram_small = m.shape[0] <= m.shape[1]
-    g = (m @ m.T) if gram_small else (m.T @ m)
-    vals, vecs = torch.linalg.eigh(g.double())
+    if cache is not None and key in cache:
+        vals, vecs = cache[key]
+    else:
+        g = (m @ m.T) if gram_small else (m.T @ m)
+        vals, vecs = torch.linalg.eigh(g.double())
+        if cache is not None:
+            cache[key] = (vals, vecs)
     vecs = vecs[:, torch.argsort(vals, descending=True)[:k]]
     top = (m.double().T @ vecs) if gram_small else vecs
     total = float(vals.clamp_min(0).sum())
@@ -77,6 +84,7 @@ def initial_point(
     rows: Tensor | None = None,
     space: str = "simplex",
     sums: Tensor | None = None,
+    spectra: dict | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Basis (d, K) in standardised units and user logits (U, K) to start the joint fit from.
 
@@ -88,19 +96,21 @@ def initial_point(
     * ``"random"``: ``V ~ N(0, 1/d)``, logits ``N(0, 0.01^2)`` from ``generator``.
 
     ``rows`` restricts the data the start looks at (a cross-validation fold's training rows);
-    ``sums`` is :func:`user_feature_sums` of those rows where the caller already has it.
+    ``sums`` is :func:`user_feature_sums` of those rows where the caller already has it;
+    ``spectra``, a dict kept per ``rows`` (and ``sums``), keeps the decomposition the start
+    needs for the next rank's start on the same rows.
     ``space="signed"`` returns the users' offsets from the first unit vector, all 0, and
     (spectral) the pooled direction as the first column with the users' spread
     directions after it, so every user starts on the pooled reward.
     """
-    basis, logits = _initial_point(data, sigma, rank, kind, generator, rows, space, sums)
+    basis, logits = _initial_point(data, sigma, rank, kind, generator, rows, space, sums, spectra)
     if space == "signed":  # offsets from the first unit vector (lore_rm.fit.link)
         logits = torch.zeros_like(logits)
     return basis, logits
 
 
 def _initial_point(
-    data, sigma, rank, kind, generator, rows, space, sums=None
+    data, sigma, rank, kind, generator, rows, space, sums=None, spectra=None
 ) -> tuple[Tensor, Tensor]:
     d, n_users = data.d, data.n_users
     device = data.device
@@ -117,7 +127,7 @@ def _initial_point(
     if float(pooled.norm()) == 0.0:
         pooled = torch.ones(d, device=device)
     if kind == "svd":
-        basis = _top_right_singular(sums, rank)
+        basis = _top_right_singular(sums, rank, spectra, "sums")
         if basis.shape[1] < rank:  # fewer users than columns: complete with axes
             eye = torch.eye(d, dtype=torch.float64, device=device)
             basis = torch.linalg.qr(torch.cat([basis.double(), eye], 1))[0][:, :rank].float()
@@ -131,7 +141,8 @@ def _initial_point(
     means = sums / counts[:, None]
     spread = means - means.mean(0)
     spread = spread - (spread @ unit)[:, None] * unit[None, :]
-    directions = _complete(_top_right_singular(spread, rank - 1), unit, rank - 1)  # (d, K-1)
+    top = _top_right_singular(spread, rank - 1, spectra, "spread")
+    directions = _complete(top, unit, rank - 1)  # (d, K-1)
     coords = spread @ directions  # users' positions in those directions
     pooled_mean = float(pooled.norm()) / float(counts.sum())
     radius = float(coords.norm(dim=1).quantile(0.9)) / max(pooled_mean, 1e-12)
