@@ -424,3 +424,23 @@ def test_same_seed_same_accuracy_with_one_and_two_threads():
     assert outs[0][:2] == outs[1][:2]  # the same rank and ridge chosen
     for a, b in zip(outs[0][2:], outs[1][2:], strict=True):
         assert abs(float(a) - float(b)) <= 1e-6
+
+
+def test_a_default_fit_measures_the_feature_scale_once(rank2_population, monkeypatch):
+    """The search, the refit and the seen users' shrinkage share one pass over the rows."""
+    import lore_rm.fit.auto as auto
+    import lore_rm.fit.hierarchy as hierarchy
+    import lore_rm.fit.model as model
+    import lore_rm.fit.solvers as solvers
+
+    calls = []
+    real = solvers.feature_scale
+    for module in (auto, hierarchy, model, solvers):
+        monkeypatch.setattr(
+            module, "feature_scale", lambda *a, **k: calls.append(1) or real(*a, **k)
+        )
+    fitted = LowRankReward(rank="auto", seed=1, **SMALL_GRID).fit(
+        rank2_population.split.seen_train
+    )
+    assert fitted.rank_ > 1 and fitted.history_["hierarchy"]["rounds"] >= 1
+    assert len(calls) == 1

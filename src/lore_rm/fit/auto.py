@@ -24,11 +24,13 @@ def resolve_auto(
     reference_head: Tensor | None = None,
     *,
     progress: bool = False,
+    sigma: Tensor | None = None,
 ) -> tuple[int, FitConfig, Selection | None]:
     """The rank and config to fit with; runs the cross-validated search when either is auto.
 
     With ``rank="auto"`` the grid includes rank 1, so the chosen model is also checked against
-    the pooled reward; with an explicit rank only the coin-flip check applies.
+    the pooled reward; with an explicit rank only the coin-flip check applies. ``sigma`` is
+    :func:`feature_scale` of ``data`` where the caller already has it.
     """
     auto_rank = rank == AUTO
     if not auto_rank and not cfg.auto_weight_decay and cfg.weights != AUTO:
@@ -44,7 +46,7 @@ def resolve_auto(
     ranks = [k for k in cfg.rank_grid if k <= data.d] if auto_rank else [int(rank)]
     if not ranks:
         raise LoreError(f"rank_grid {cfg.rank_grid} has no rank <= d = {data.d}")
-    sigma = feature_scale(data, cfg.standardize)
+    sigma = feature_scale(data, cfg.standardize) if sigma is None else sigma
     selection = select_settings(data, sigma, ranks, decays, cfg, reference_head, progress=progress)
     chosen = replace(
         cfg,

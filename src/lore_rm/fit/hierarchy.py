@@ -43,17 +43,22 @@ ROUND_TOL = 0.05
 
 
 def shrink_seen_users(
-    data: Comparisons, fit: JointFit, cfg: FitConfig, reference_head: Tensor | None = None
+    data: Comparisons,
+    fit: JointFit,
+    cfg: FitConfig,
+    reference_head: Tensor | None = None,
+    sigma: Tensor | None = None,
 ) -> tuple[JointFit, LogitPrior | None, dict]:
     """Alternate prior (EM) and joint MAP from ``fit``; returns the new fit, the prior learned
-    on its basis (None where none can be learned) and a history entry."""
+    on its basis (None where none can be learned) and a history entry. ``sigma`` is
+    :func:`feature_scale` of ``data`` where the caller already has it."""
     k = fit.basis.shape[1]
     fitted = data.counts_per_user() > 0
     if k < 2 or int(fitted.sum()) < 2:
         return fit, None, {"rounds": 0, "why": "one basis column or fewer than 2 users"}
     if cfg.space == "signed":
         return fit, None, {"rounds": 0, "why": SIGNED_WHY}
-    sigma = feature_scale(data, cfg.standardize)
+    sigma = feature_scale(data, cfg.standardize) if sigma is None else sigma
     weight_decay = float(cfg.weight_decay)  # resolved by the caller
     prior: LogitPrior | None = None
     rounds, iterations, moved = 0, 0, float("nan")

@@ -33,7 +33,13 @@ from lore_rm.fit.posterior import (
     probit_proba,
 )
 from lore_rm.fit.prior import LogitPrior, isotropic_prior
-from lore_rm.fit.solvers import bt_margins, fit_joint, fit_user_weights, signed_prior
+from lore_rm.fit.solvers import (
+    bt_margins,
+    feature_scale,
+    fit_joint,
+    fit_user_weights,
+    signed_prior,
+)
 from lore_rm.fit.user_table import UserTable
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
 from lore_rm.ranking import LEVEL, Ranking, candidate_groups, rank_groups
@@ -272,7 +278,11 @@ class LowRankReward:
         if data.is_table:
             data = data.compact(centre=True).with_user_ids(comparisons.user_ids)
         ref_dev = ref.to(device) if ref is not None else None
-        rank, cfg, selection = resolve_auto(data, self.rank, cfg, ref_dev, progress=progress)
+        # the fit's units, for the search, the fit and the shrinkage: one pass over the rows
+        sigma = feature_scale(data, cfg.standardize) if self.rank != 0 else None
+        rank, cfg, selection = resolve_auto(
+            data, self.rank, cfg, ref_dev, progress=progress, sigma=sigma
+        )
         if rank <= 1:  # one column, weight 1 for everyone: no weight space to speak of
             cfg = replace(cfg, weights="simplex")
         self.weight_space_ = cfg.space
@@ -289,9 +299,9 @@ class LowRankReward:
             self.scale_ = 1.0
             self.history_ = {}
         else:
-            result = fit_joint(data, rank, cfg, ref_dev, progress=progress)
+            result = fit_joint(data, rank, cfg, ref_dev, progress=progress, sigma=sigma)
             if cfg.hierarchical and cfg.solver == "lbfgs" and rank > 1:
-                result, learned, shrunk = shrink_seen_users(data, result, cfg, ref_dev)
+                result, learned, shrunk = shrink_seen_users(data, result, cfg, ref_dev, sigma)
             self.basis_ = result.basis.detach().cpu()
             weights = result.user_weights.detach().cpu()
             self.scale_ = float(cfg.scale)

@@ -70,14 +70,16 @@ def fit_joint(
     reference_head: Tensor | None = None,
     *,
     progress: bool = False,
+    sigma: Tensor | None = None,
 ) -> JointFit:
-    """Fit a rank-``rank`` basis and the weights of every user in ``data.user_ids``."""
+    """Fit a rank-``rank`` basis and the weights of every user in ``data.user_ids``;
+    ``sigma`` is :func:`feature_scale` of ``data`` where the caller already has it."""
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     n_users = data.n_users
     if cfg.solver == "adam-alternating":
         fit = _fit_adam_alternating(data, rank, cfg, reference_head, gen, progress)
     else:
-        fit = _fit_lbfgs(data, rank, cfg, reference_head, gen, progress)
+        fit = _fit_lbfgs(data, rank, cfg, reference_head, gen, progress, sigma)
     if cfg.prune_threshold is not None and rank > 1:
         keep = fit.user_weights.max(dim=0).values >= cfg.prune_threshold
         if not keep.any():
@@ -371,9 +373,9 @@ def ridge_path(target: float, cfg: FitConfig) -> list[float]:
     return [w for w in sorted(cfg.weight_decay_grid) if start <= w < target] + [target]
 
 
-def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress) -> JointFit:
+def _fit_lbfgs(data, rank, cfg, v_ref, gen, progress, sigma=None) -> JointFit:
     """Joint L-BFGS on (V, W) over standardised features from an informed start."""
-    sigma = feature_scale(data, cfg.standardize)
+    sigma = feature_scale(data, cfg.standardize) if sigma is None else sigma
     basis, logits = initial_point(data, sigma, rank, cfg.init, gen, space=cfg.space)
     basis, logits = basis[None], logits[None]
     stop_rows = None
