@@ -439,8 +439,6 @@ def test_a_default_fit_measures_the_feature_scale_once(rank2_population, monkeyp
         monkeypatch.setattr(
             module, "feature_scale", lambda *a, **k: calls.append(1) or real(*a, **k)
         )
-    fitted = LowRankReward(rank="auto", seed=1, **SMALL_GRID).fit(
-        rank2_population.split.seen_train
-    )
+    fitted = LowRankReward(rank="auto", seed=1, **SMALL_GRID).fit(rank2_population.split.seen_train)
     assert fitted.rank_ > 1 and fitted.history_["hierarchy"]["rounds"] >= 1
     assert len(calls) == 1

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from lore_rm.comparisons import Comparisons
 from lore_rm.fit.link import joint_weights
 from lore_rm.fit.prior import LogitPrior
+from lore_rm.fit.user_layout import RowLayout, user_layout
 
 Tensor = torch.Tensor
 USER_NEWTON_STEPS = 20  # at most, per evaluation of the users' best logits
@@ -83,6 +84,7 @@ class JointObjective:
         self.n_users = max(data.n_users, 1)
         self.prior_mean = self.prior_precision = None
         self._penalty_hess: Tensor | None = None
+        self._layout: RowLayout | None = None  # the users' solve's (lore_rm.fit.user_layout)
         if logit_prior is not None:
             self.prior_mean = logit_prior.mean.to(data.device, torch.float32)
             self.prior_precision = logit_prior.precision.to(data.device, torch.float32)
@@ -205,6 +207,8 @@ class JointObjective:
     ) -> tuple[NewtonPoint, bool]:
         """Every (problem, user)'s logits minimising the objective with the basis fixed
         (``z`` its projection; simplex weights), from ``logits``: :func:`newton_point`."""
+        if self._layout is None:
+            self._layout = user_layout(self.data.user_index, self.data.n_users)
         return newton_point(
             z,
             logits,
@@ -214,6 +218,7 @@ class JointObjective:
             self._user_penalty,
             tol,
             max_iter,
+            layout=self._layout,
         )
 
     def basis_value_and_grad(self, basis: Tensor, point: NewtonPoint) -> tuple[Tensor, Tensor]:
@@ -225,8 +230,9 @@ class JointObjective:
         loss = (
             point.loss.sum() + 0.5 * (self.decay.double() * (basis.double() ** 2).sum((1, 2))).sum()
         )
-        c = -point.s[..., 0] * self.coef_rows * self.scale  # dL/dm times s: (N, G)
-        g_raw = self.data.backproject((c[:, :, None] * point.wr).reshape(-1, n_problems * k))
+        s, wr = point.row_terms()
+        c = -s[..., 0] * self.coef_rows * self.scale  # dL/dm times s: (N, G)
+        g_raw = self.data.backproject((c[:, :, None] * wr).reshape(-1, n_problems * k))
         g_raw = g_raw.reshape(d, n_problems, k).permute(1, 0, 2)
         g_basis = g_raw / self.sigma[None, :, None] + self.decay[:, None, None] * basis
         if self.reference is not None:
@@ -254,48 +260,50 @@ Penalty = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
 class NewtonPoint:
     """One evaluation of :func:`newton_point`' objective at ``logits`` (G, U, K): every
     (problem, user)'s loss (G, U) and gradient (G, U, K), float64, and what the Hessian there
-    needs. A step the backtracking accepts is the next step's point, so no point is evaluated
-    twice."""
+    needs. ``z`` (rows, G, K) and ``coef_rows`` (rows, G) come in ``layout``'s arrangement of
+    the rows (:mod:`lore_rm.fit.user_layout`). A step the backtracking accepts is the next
+    step's point, so no point is evaluated twice."""
 
     def __init__(
         self,
         z: Tensor,
         logits: Tensor,
-        u: Tensor,
+        layout: RowLayout,
         coef_rows: Tensor,
         scale: float,
         penalty: Penalty,
         simplex: bool,
     ) -> None:
-        g_count, n_users, k = logits.shape
         self.logits = logits
+        self.layout = layout
         self.w = w = logits.softmax(dim=-1) if simplex else logits
-        self.wr = w.permute(1, 0, 2)[u]  # (N, G, K)
-        mz = (z * self.wr).sum(-1, keepdim=True)  # (N, G, 1)
+        self.wr = layout.per_row(w.permute(1, 0, 2))  # every row's user's weights
+        mz = (z * self.wr).sum(-1, keepdim=True)  # (rows, G, 1)
         self.a = scale * (z - mz) if simplex else scale * z  # simplex: dm/dtheta = w * a
         m = scale * mz
-        self.s = torch.sigmoid(-m)  # (N, G, 1)
+        self.s = torch.sigmoid(-m)  # (rows, G, 1)
         coef = coef_rows[..., None]
         # every user's loss (float64: a user's summed loss over many rows) and their sum of
         # c_n a_n over their rows (simplex: w * that is the gradient)
         rows = (F.softplus(-m) * coef)[..., 0].double()
-        loss = torch.zeros(n_users, g_count, dtype=torch.float64, device=z.device)
-        loss = loss.index_add_(0, u, rows).T  # (G, U)
-        spread = torch.zeros(n_users, g_count, k, dtype=z.dtype, device=z.device)
-        spread = spread.index_add_(0, u, (-self.s * coef) * self.a).permute(1, 0, 2)
+        loss = layout.user_sum(rows).T  # (G, U)
+        spread = layout.user_sum((-self.s * coef) * self.a).permute(1, 0, 2)
         self.spread = spread.double()  # (G, U, K)
         pen, pen_grad, self.pen_hess = penalty(logits)
         self.loss = loss + pen
         self.grad = (w.double() * self.spread if simplex else self.spread) + pen_grad
 
-    def hessian(self, u: Tensor, coef_rows: Tensor, simplex: bool) -> Tensor:
+    def row_terms(self) -> tuple[Tensor, Tensor]:
+        """``sigmoid(-m)`` (N, G, 1) and the users' weights (N, G, K) on every row, in the
+        rows' own order."""
+        return self.layout.to_rows(self.s), self.layout.to_rows(self.wr)
+
+    def hessian(self, coef_rows: Tensor, simplex: bool) -> Tensor:
         """Every (problem, user)'s Hessian (G, U, K, K), float64."""
-        g_count, n_users, k = self.logits.shape
-        dm = self.wr * self.a if simplex else self.a  # (N, G, K)
+        dm = self.wr * self.a if simplex else self.a  # (rows, G, K)
         curve = self.s * (1.0 - self.s) * coef_rows[..., None]
-        outer = (curve * dm)[..., :, None] * dm[..., None, :]
-        hess = torch.zeros(n_users, g_count, k, k, dtype=dm.dtype, device=dm.device)
-        hess = hess.index_add_(0, u, outer).permute(1, 0, 2, 3).double() + self.pen_hess
+        hess = self.layout.user_outer_sum(curve * dm, dm)
+        hess = hess.permute(1, 0, 2, 3).double() + self.pen_hess
         if simplex:
             # the softmax's own curvature: sum_n c_n d2m_n/dtheta2 = diag(v) - v w^T - w v^T
             wd = self.w.double()
@@ -331,6 +339,7 @@ def newton_point(
     tol: float,
     max_iter: int = USER_NEWTON_STEPS,
     space: str = "simplex",
+    layout: RowLayout | None = None,
 ) -> tuple[NewtonPoint, bool]:
     """Every (problem, user)'s parameters minimising their Bradley–Terry loss plus penalty,
     the rows' projections ``z`` (N, G, K) fixed: damped Newton from ``logits`` (G, U, K),
@@ -342,22 +351,25 @@ def newton_point(
     A user whose gradient is within ``tol`` stops; the others' steps are halved, user by
     user, until their own loss goes down (a user whose loss cannot go down stops too).
     Returns the point reached (parameters, losses, gradients) and whether every user's
-    largest gradient entry is within ``tol``."""
+    largest gradient entry is within ``tol``. ``layout`` is :func:`user_layout` of ``u``
+    where the caller keeps one."""
     simplex = space == "simplex"
     g_count, n_users, k = logits.shape
+    layout = user_layout(u, n_users) if layout is None else layout
+    z, coef_rows = layout.rows(z), layout.rows(coef_rows)
     eye = torch.eye(k, dtype=torch.float64, device=z.device)
     # the all-ones direction (no weight moves, simplex) keeps a tiny curvature
     tiny = 1e-9 * (eye + torch.full((k, k), 1.0 / k, dtype=torch.float64, device=z.device))
     active = torch.ones(g_count, n_users, dtype=torch.bool, device=z.device)
     converged = False
-    point = NewtonPoint(z, logits, u, coef_rows, scale, penalty, simplex)
+    point = NewtonPoint(z, logits, layout, coef_rows, scale, penalty, simplex)
     for _ in range(max_iter):
         big = point.grad.abs().amax(-1) > tol
         converged = not bool(big.any())
         active &= big
         if not bool(active.any()):
             break
-        step = saddle_free_step(point.hessian(u, coef_rows, simplex) + tiny, point.grad)
+        step = saddle_free_step(point.hessian(coef_rows, simplex) + tiny, point.grad)
         # a step longer than MAX_USER_STEP (a flat or nearly singular direction) is shortened
         # to it: backtracking alone could halve such a step to nothing and stop the user above
         # tol
@@ -368,7 +380,9 @@ def newton_point(
         t = active.to(logits.dtype)[..., None]
         trial: NewtonPoint | None = None
         for _ in range(USER_BACKTRACK):
-            trial = NewtonPoint(z, point.logits + t * step, u, coef_rows, scale, penalty, simplex)
+            trial = NewtonPoint(
+                z, point.logits + t * step, layout, coef_rows, scale, penalty, simplex
+            )
             short = (trial.loss > point.loss + 1e-4 * t[..., 0].double() * slope) & (t[..., 0] > 0)
             if not bool(short.any()):
                 break
@@ -378,6 +392,8 @@ def newton_point(
             trial = None
         active &= t[..., 0] > 0
         if trial is None:
-            trial = NewtonPoint(z, point.logits + t * step, u, coef_rows, scale, penalty, simplex)
+            trial = NewtonPoint(
+                z, point.logits + t * step, layout, coef_rows, scale, penalty, simplex
+            )
         point = trial
     return point, converged

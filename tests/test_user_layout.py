@@ -1,0 +1,75 @@
+"""The users' Newton solve in its two row layouts: the same sums, the same solution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lore_rm.fit.objective import newton_point
+from lore_rm.fit.user_layout import MAX_PADDING, PaddedLayout, RowLayout, user_layout
+
+
+def _rows(counts: list[int], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
+    return u[torch.randperm(u.numel(), generator=g)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 6), min_size=1, max_size=8),
+    seed=st.integers(0, 10_000),
+)
+def test_padded_sums_equal_the_rows_sums(counts, seed):
+    u = _rows(counts, seed)
+    n_users = len(counts)
+    total = torch.tensor(counts)
+    padded = PaddedLayout(u, n_users, total, max(max(counts), 1))
+    rows = RowLayout(u, n_users)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(u.numel(), 2, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(u.numel(), 2, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(padded.user_sum(padded.rows(x)), rows.user_sum(x))
+    torch.testing.assert_close(
+        padded.user_outer_sum(padded.rows(x), padded.rows(y)), rows.user_outer_sum(x, y)
+    )
+    torch.testing.assert_close(padded.to_rows(padded.rows(x)), x, rtol=0, atol=0)
+    per_user = torch.randn(n_users, 2, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(padded.to_rows(padded.per_row(per_user)), per_user[u])
+
+
+def test_the_padded_layout_is_taken_only_where_padding_is_cheap():
+    assert isinstance(user_layout(_rows([10] * 20, 0), 20), PaddedLayout)
+    skewed = [1] * 19 + [int(MAX_PADDING * 40)]
+    assert type(user_layout(_rows(skewed, 0), 20)) is RowLayout
+    assert type(user_layout(torch.zeros(0, dtype=torch.int64), 3)) is RowLayout
+
+
+@pytest.mark.parametrize(("problems", "k", "space"), [(5, 4, "simplex"), (1, 3, "signed")])
+def test_both_layouts_reach_the_same_users_solution(problems, k, space):
+    g = torch.Generator().manual_seed(3)
+    counts = torch.randint(8, 13, (40,), generator=g).tolist()
+    u = _rows(counts, 1)
+    n = u.numel()
+    z = torch.randn(n, problems, k, generator=g)
+    coef = torch.rand(n, problems, generator=g) / n
+    logits = 0.3 * torch.randn(problems, 40, k, generator=g)
+    eye = torch.eye(k, dtype=torch.float64)
+
+    def penalty(lg):
+        lg = lg.double()
+        return 0.005 * (lg**2).sum(-1), 0.01 * lg, 0.01 * eye.expand(lg.shape[0], 1, k, k)
+
+    layouts = (RowLayout(u, 40), user_layout(u, 40))
+    assert isinstance(layouts[1], PaddedLayout)
+    (a, ok_a), (b, ok_b) = (
+        newton_point(z, logits, u, coef, 1.0, penalty, 1e-6, 30, space, layout=lay)
+        for lay in layouts
+    )
+    assert ok_a and ok_b
+    torch.testing.assert_close(b.logits, a.logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(b.loss, a.loss, rtol=1e-6, atol=1e-9)
+    for x, y in zip(b.row_terms(), a.row_terms(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-4)
