@@ -69,7 +69,7 @@ def fingerprint(*tensors: Tensor | None) -> str:
         h.update(f"{tuple(t.shape)}{t.dtype};".encode())
         flat = t.detach().reshape(-1).contiguous().cpu()
         if flat.numel():  # the buffer itself: no copy of a large table
-            h.update(flat.view(torch.uint8).numpy())
+            h.update(flat.view(torch.uint8).numpy().data)
     return h.hexdigest()
 
 
