@@ -4,11 +4,14 @@ For every population of the accuracy suite (``bench/accuracy.py``) and seed: the
 (``rank="auto"``, ridge, weight space and personalisation strength searched) is timed, then
 one fit of the cell it chose (``rank=K, weight_decay=w, weights=..., personalization=...``:
 no search) on the same data. The ratio ``default / chosen cell`` is what the search costs in
-units of the fit it chose. The one-minute load average is printed beside every timing (the
-machine may be shared): compare ratios, which are measured side by side.
+units of the fit it chose. Each of the two times is the median of ``--repeats`` fits in the
+same process (a single fit of the chosen cell takes 0.1-1 s, so one timing is noisy;
+``search_seconds`` in the JSON is the last default fit's own). The one-minute load average is
+printed beside every timing (the machine may be shared): compare ratios, which are measured
+side by side.
 
     python bench/search_cost.py [--populations demo,small-text,...] [--seeds 0,1,2]
-                                [--threads 1] [--out runs/search_cost.json]
+                                [--repeats 3] [--threads 1] [--out runs/search_cost.json]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -42,9 +46,15 @@ def timed_fit(split, seed: int, **kw) -> tuple[LowRankReward, float, float]:
     return model, time.perf_counter() - t0, os.getloadavg()[0]
 
 
-def measure(name: str, seed: int) -> dict:
+def median_fit(split, seed: int, repeats: int, **kw) -> tuple[LowRankReward, float, float]:
+    """:func:`timed_fit` ``repeats`` times: the last model, the median time, the last load."""
+    runs = [timed_fit(split, seed, **kw) for _ in range(repeats)]
+    return runs[-1][0], statistics.median(r[1] for r in runs), runs[-1][2]
+
+
+def measure(name: str, seed: int, repeats: int = 1) -> dict:
     split, _ = population(name, seed)
-    auto, t_auto, load_auto = timed_fit(split, seed)
+    auto, t_auto, load_auto = median_fit(split, seed, repeats)
     sel = auto.history_["selection"]
     cell = {
         "rank": auto.rank_,
@@ -52,7 +62,7 @@ def measure(name: str, seed: int) -> dict:
         "weights": auto.weight_space_,
         "personalization": auto.personalization_,
     }
-    one, t_one, load_one = timed_fit(split, seed, **cell)
+    one, t_one, load_one = median_fit(split, seed, repeats, **cell)
     return {
         "population": name,
         "seed": seed,
@@ -74,13 +84,19 @@ def main() -> None:
     p.add_argument("--populations", default=SUITE)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="fits per timing; the median is shown (default 3)"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/search_cost.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pin_threads(args.threads)  # the fits' threads='auto' keeps it
     rows: list[dict] = []
     fmt = "{:13s} {:>4s} {:>5s} {:>8s} {:>8s} {:>7s} {:>6s} {:>11s} {:28s} {:>7s}"
-    print(f"torch threads {args.threads}; load = one-minute load average after each fit")
+    print(
+        f"torch threads {args.threads}; times are medians of {args.repeats} fits; load = "
+        "one-minute load average after the last of each"
+    )
     print(
         fmt.format(
             "population",
@@ -98,7 +114,7 @@ def main() -> None:
     for name in args.populations.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             try:
-                r = measure(name, seed)
+                r = measure(name, seed, args.repeats)
             except text_populations.DataUnavailable as exc:
                 print(f"{name:13s} skipped: {exc}")
                 break
