@@ -8,9 +8,9 @@ gradient and Hessian (an outer product per row). Two layouts give the same sums:
 * :class:`PaddedLayout`: the rows regrouped user by user, every user padded with zero-weight
   rows to the largest user's count, as a (users, count, ...) tensor: a user's weights
   broadcast over their rows, the sums are reductions over the count axis and the Hessian one
-  batched product. 1.5-2.8x faster per step where users have about as many rows each (measured in
-  docs/measurements.md); :func:`user_layout` takes it while the padding adds at most half the
-  rows again.
+  batched product: 1.3-1.8x faster per step where users have about as many rows each
+  (``bench/users_solve.py``); :func:`user_layout` takes it while the padding adds at most half
+  the rows again.
 
 The two add in another order, so their sums agree to float32 rounding, not bit for bit.
 """
