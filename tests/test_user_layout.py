@@ -73,3 +73,45 @@ def test_both_layouts_reach_the_same_users_solution(problems, k, space):
     torch.testing.assert_close(b.loss, a.loss, rtol=1e-6, atol=1e-9)
     for x, y in zip(b.row_terms(), a.row_terms(), strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-4)
+
+
+def test_a_step_of_the_users_still_moving_reaches_what_a_step_of_all_users_reaches(
+    monkeypatch,
+):
+    """Once most users have stopped, a Newton step computes the others alone (padded
+    layout); every user ends where the whole-population steps take them."""
+    import lore_rm.fit.objective as objective
+
+    g = torch.Generator().manual_seed(5)
+    counts = torch.randint(8, 13, (60,), generator=g).tolist()
+    u = _rows(counts, 2)
+    z = torch.randn(u.numel(), 5, 4, generator=g)
+    coef = torch.rand(u.numel(), 5, generator=g) / u.numel()
+    logits = 0.3 * torch.randn(5, 60, 4, generator=g)
+    mean = 0.1 * torch.randn(60, 4, generator=g, dtype=torch.float64)  # a prior per user
+    precision = 0.02 * torch.eye(4, dtype=torch.float64)
+
+    def penalty(lg):
+        diff = lg.double() - mean
+        pd = diff @ precision
+        return 0.5 * (pd * diff).sum(-1), pd, precision.expand(lg.shape[0], 1, 4, 4)
+
+    steps = []
+    real = objective.saddle_free_step
+    monkeypatch.setattr(
+        objective, "saddle_free_step", lambda h, gr: steps.append(h.shape[1]) or real(h, gr)
+    )
+    solved, _ = newton_point(z, logits, u, coef, 1.0, penalty, 1e-5, 30)
+    logits = solved.logits.clone()
+    logits[:, :8] += 0.5 * torch.randn(5, 8, 4, generator=g)  # 8 users moved off their best
+    steps.clear()
+    restricted, ok = newton_point(z, logits, u, coef, 1.0, penalty, 1e-5, 30)
+    assert ok and steps and max(steps) == 8  # every step computed those 8 users alone
+    steps.clear()
+    monkeypatch.setattr(objective, "RESTRICT_USERS", 0.0)
+    whole, ok_whole = newton_point(z, logits, u, coef, 1.0, penalty, 1e-5, 30)
+    assert ok_whole and set(steps) == {60}
+    torch.testing.assert_close(restricted.logits, whole.logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(restricted.loss, whole.loss, rtol=1e-9, atol=1e-12)
+    for x, y in zip(restricted.row_terms(), whole.row_terms(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)

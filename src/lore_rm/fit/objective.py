@@ -16,6 +16,7 @@ flat stretch of the objective still shows its changes to the optimiser.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +24,14 @@ import torch.nn.functional as F
 from lore_rm.comparisons import Comparisons
 from lore_rm.fit.link import joint_weights
 from lore_rm.fit.prior import LogitPrior
-from lore_rm.fit.user_layout import RowLayout, user_layout
+from lore_rm.fit.user_layout import PaddedLayout, RowLayout, user_layout
 
 Tensor = torch.Tensor
 USER_NEWTON_STEPS = 20  # at most, per evaluation of the users' best logits
 USER_BACKTRACK = 10  # step halvings per user and Newton step
 MAX_USER_STEP = 2.0  # the largest change of one logit in one Newton step
+#: a Newton step computes the users still moving alone while they are at most this share
+RESTRICT_USERS = 0.5
 
 
 def reference_penalty(basis: Tensor, v_ref: Tensor, kind: str) -> Tensor:
@@ -293,6 +296,38 @@ class NewtonPoint:
         self.loss = loss + pen
         self.grad = (w.double() * self.spread if simplex else self.spread) + pen_grad
 
+    def of_users(self, users: Tensor) -> NewtonPoint:
+        """This point for ``users`` alone (padded layout: a user's rows are one index)."""
+        layout = cast(PaddedLayout, self.layout)
+        sub = NewtonPoint.__new__(NewtonPoint)
+        sub.logits, sub.w = self.logits[:, users], self.w[:, users]
+        sub.layout = layout.of_users(users)
+        sub.wr = sub.layout.per_row(sub.w.permute(1, 0, 2))
+        sub.a, sub.s = self.a[users], self.s[users]
+        sub.spread, sub.loss, sub.grad = (
+            self.spread[:, users],
+            self.loss[:, users],
+            self.grad[:, users],
+        )
+        sub.pen_hess = self.pen_hess if self.pen_hess.shape[1] == 1 else self.pen_hess[:, users]
+        return sub
+
+    def with_users(self, users: Tensor, sub: NewtonPoint) -> NewtonPoint:
+        """This point with ``users``' values replaced by ``sub``'s (a point of
+        :meth:`of_users`)."""
+        out = NewtonPoint.__new__(NewtonPoint)
+        out.layout = self.layout
+        out.logits = self.logits.index_copy(1, users, sub.logits)
+        out.w = self.w.index_copy(1, users, sub.w)
+        out.wr = self.layout.per_row(out.w.permute(1, 0, 2))
+        out.a, out.s = self.a.index_copy(0, users, sub.a), self.s.index_copy(0, users, sub.s)
+        out.spread = self.spread.index_copy(1, users, sub.spread)
+        out.loss = self.loss.index_copy(1, users, sub.loss)
+        out.grad = self.grad.index_copy(1, users, sub.grad)
+        same = self.pen_hess.shape[1] == 1
+        out.pen_hess = self.pen_hess if same else self.pen_hess.index_copy(1, users, sub.pen_hess)
+        return out
+
     def row_terms(self) -> tuple[Tensor, Tensor]:
         """``sigmoid(-m)`` (N, G, 1) and the users' weights (N, G, K) on every row, in the
         rows' own order."""
@@ -362,13 +397,10 @@ def newton_point(
     tiny = 1e-9 * (eye + torch.full((k, k), 1.0 / k, dtype=torch.float64, device=z.device))
     active = torch.ones(g_count, n_users, dtype=torch.bool, device=z.device)
     converged = False
-    point = NewtonPoint(z, logits, layout, coef_rows, scale, penalty, simplex)
-    for _ in range(max_iter):
-        big = point.grad.abs().amax(-1) > tol
-        converged = not bool(big.any())
-        active &= big
-        if not bool(active.any()):
-            break
+
+    def newton_step(point: NewtonPoint, active: Tensor, z, coef_rows, layout, penalty):
+        """One damped Newton step of the ``active`` (problem, user) pairs: the point
+        reached and which pairs moved."""
         step = saddle_free_step(point.hessian(coef_rows, simplex) + tiny, point.grad)
         # a step longer than MAX_USER_STEP (a flat or nearly singular direction) is shortened
         # to it: backtracking alone could halve such a step to nothing and stop the user above
@@ -390,10 +422,40 @@ def newton_point(
         else:
             t = torch.where(short[..., None], torch.zeros_like(t), t)
             trial = None
-        active &= t[..., 0] > 0
         if trial is None:
             trial = NewtonPoint(
                 z, point.logits + t * step, layout, coef_rows, scale, penalty, simplex
             )
-        point = trial
+        return trial, t[..., 0] > 0
+
+    point = NewtonPoint(z, logits, layout, coef_rows, scale, penalty, simplex)
+    for _ in range(max_iter):
+        big = point.grad.abs().amax(-1) > tol
+        converged = not bool(big.any())
+        active &= big
+        if not bool(active.any()):
+            break
+        users = active.any(0).nonzero()[:, 0]
+        if isinstance(layout, PaddedLayout) and users.numel() <= RESTRICT_USERS * n_users:
+            # the users still moving alone: the others' values stay as they are
+            full = point.logits
+
+            def penalty_of(lg: Tensor, full=full, users=users) -> tuple[Tensor, Tensor, Tensor]:
+                value, grad, hess = penalty(full.index_copy(1, users, lg))
+                hess = hess if hess.shape[1] == 1 else hess[:, users]
+                return value[:, users], grad[:, users], hess
+
+            sub, moved = newton_step(
+                point.of_users(users),
+                active[:, users],
+                z[users],
+                coef_rows[users],
+                layout.of_users(users),
+                penalty_of,
+            )
+            point = point.with_users(users, sub)
+            active[:, users] &= moved
+        else:
+            point, moved = newton_step(point, active, z, coef_rows, layout, penalty)
+            active &= moved
     return point, converged

@@ -86,6 +86,14 @@ class PaddedLayout(RowLayout):
         b = b.movedim(1, -2)  # (U, ..., C, K)
         return a @ b
 
+    def of_users(self, users: Tensor) -> PaddedLayout:
+        """This layout's sums for the padded rows of ``users`` alone (``x[users]`` of a padded
+        tensor): :meth:`per_row`, :meth:`user_sum` and :meth:`user_outer_sum`, not the rows'
+        order (:meth:`rows`, :meth:`to_rows`)."""
+        sub = PaddedLayout.__new__(PaddedLayout)
+        sub.u, sub.slot, sub.width, sub.n_users = self.u, self.slot, self.width, users.numel()
+        return sub
+
 
 def user_layout(u: Tensor, n_users: int) -> RowLayout:
     """The padded layout where padding adds at most half the rows again, else the rows'."""
