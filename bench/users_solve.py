@@ -13,23 +13,17 @@ each and the largest difference of their gradients and Hessians.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from scale import median_time  # noqa: E402  (bench/ is the script's folder)
 
 from lore_rm.fit.objective import NewtonPoint
 from lore_rm.fit.user_layout import RowLayout, user_layout
 
 
 def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    fn()  # warm up
+    return median_time(fn, repeats)
 
 
 def main() -> None:
