@@ -6,10 +6,15 @@ process per CPU running alongside (--burners). Threads, conditions and repeats a
 interleaved; the table shows wall-time medians and the ratio 2 threads / 1 thread. The
 four numbers of every fit are compared across thread counts (max absolute difference).
 
-Populations (planted, from bench/accuracy.py): demo (d = 32, 200 + 100 users), high-d
-(d = 512, 100 users x 40 comparisons), wide (d = 4096, 300 users x 47 comparisons, 16k texts).
+Populations: every one of bench/accuracy.py (planted: demo, d = 32, 200 + 100 users; high-d,
+d = 512, 100 users x 40 comparisons; real text: small-text, large-text, shared-text,
+mostly-shared, which need the hh-rlhf file, see bench/text_populations.py), and wide (planted,
+d = 4096, 300 users x 47 comparisons, 16k texts). --seed picks the population's seed (and the
+fit's). Besides the four numbers, the chosen cell (rank, ridge, strength) must be the same.
 
     python bench/threads.py [--populations demo,high-d,wide] [--repeats 3] [--rank auto]
+    python bench/threads.py --populations small-text,large-text,shared-text,mostly-shared \
+        --repeats 1 --burners 0
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +38,7 @@ from lore_rm import LowRankReward, PopulationConfig, four_numbers, simulate_popu
 from lore_rm.threads import pin_threads, resolve_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import PLANTED  # noqa: E402
+from accuracy import PLANTED, population  # noqa: E402
 
 POPULATIONS = {
     **PLANTED,
@@ -62,9 +68,12 @@ def burning(n: int) -> Iterator[None]:
             p.wait()
 
 
-def fit_once(name: str, rank: int | str, threads: int, cap: float) -> tuple[float, dict | None]:
-    """Wall time and four numbers of one fit in a fresh process; (cap, None) past ``cap`` s."""
-    cmd = [sys.executable, __file__, "--child", name, str(rank), str(threads)]
+def fit_once(
+    name: str, rank: int | str, threads: int, cap: float, seed: int
+) -> tuple[float, dict | None]:
+    """Wall time, four numbers and chosen cell of one fit in a fresh process; (cap, None) past
+    ``cap`` s."""
+    cmd = [sys.executable, __file__, "--child", name, str(rank), str(threads), str(seed)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=cap, check=True)
     except subprocess.TimeoutExpired:
@@ -73,14 +82,20 @@ def fit_once(name: str, rank: int | str, threads: int, cap: float) -> tuple[floa
     return seconds, numbers
 
 
-def child(name: str, rank: int | str, threads: int) -> None:
+def child(name: str, rank: int | str, threads: int, seed: int) -> None:
     torch.set_num_threads(threads)
     pin_threads(threads)  # the fit's threads='auto' keeps it
-    split = simulate_population(PopulationConfig(seed=0, **POPULATIONS[name])).split
+    if name in POPULATIONS:
+        split = simulate_population(PopulationConfig(seed=seed, **POPULATIONS[name])).split
+    else:
+        split, _ = population(name, seed)
     t0 = time.perf_counter()
-    model = LowRankReward(rank=rank).fit(split.seen_train, split.reference_head)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = LowRankReward(rank=rank, seed=seed).fit(split.seen_train, split.reference_head)
     seconds = time.perf_counter() - t0
-    print(json.dumps([seconds, dict(four_numbers(model, split))]))
+    cell = f"K={model.rank_} wd={model.config_.weight_decay:g} s={model.personalization_:g}"
+    print(json.dumps([seconds, {**four_numbers(model, split), "cell": cell}]))
 
 
 def main() -> None:
@@ -90,11 +105,12 @@ def main() -> None:
     p.add_argument("--rank", default="auto", help="'auto' (the default fit) or a fixed rank")
     p.add_argument("--burners", type=int, default=os.cpu_count() or 1, help="busy processes")
     p.add_argument("--cap", type=float, default=120, help="seconds before a fit is cut off")
-    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help="the population's seed and the fit's")
+    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        name, r, t = args.child
-        return child(name, r if r == "auto" else int(r), int(t))
+        name, r, t, seed = args.child
+        return child(name, r if r == "auto" else int(r), int(t), int(seed))
     rank: int | str = args.rank if args.rank == "auto" else int(args.rank)
     cpus = len(os.sched_getaffinity(0))
     print(
@@ -104,8 +120,8 @@ def main() -> None:
         f"processes; rank {args.rank}; {args.repeats} repeats, interleaved"
     )
     header = (
-        f"\n{'population':>10} {'condition':>9} {'1 thread s':>11} {'2 threads s':>12} "
-        f"{'2t / 1t':>8} {'max |Δ acc|':>12}"
+        f"\n{'population':>13} {'condition':>9} {'1 thread s':>11} {'2 threads s':>12} "
+        f"{'2t / 1t':>8} {'max |Δ acc|':>12}  chosen cell(s)"
     )
     rows: list[str] = []
     for name in args.populations.split(","):
@@ -113,10 +129,11 @@ def main() -> None:
         numbers: dict[int, list[dict]] = defaultdict(list)
         for rep in range(args.repeats):
             conditions = ("quiet", "busy") if rep % 2 == 0 else ("busy", "quiet")
+            conditions = conditions if args.burners else ("quiet",)
             for cond in conditions:
                 with burning(args.burners if cond == "busy" else 0):
                     for threads in (1, 2) if rep % 2 == 0 else (2, 1):
-                        seconds, acc = fit_once(name, rank, threads, args.cap)
+                        seconds, acc = fit_once(name, rank, threads, args.cap, args.seed)
                         times[cond, threads].append(seconds)
                         shown = f"{seconds:.2f} s" if acc else f"cut off at {seconds:.0f} s"
                         print(f"  {name} {cond} {threads} thread(s): {shown}", flush=True)
@@ -132,15 +149,18 @@ def main() -> None:
             ),
             default=float("nan"),
         )
-        for cond in ("quiet", "busy"):
+        cells = sorted({a["cell"] for t in (1, 2) for a in numbers[t]})
+        for cond in ("quiet", "busy") if args.burners else ("quiet",):
             one, two = (statistics.median(times[cond, t]) for t in (1, 2))
             rows.append(
-                f"{name:>10} {cond:>9} {one:>11.2f} {two:>12.2f} {two / one:>7.2f}x {diff:>12.1e}"
+                f"{name:>13} {cond:>9} {one:>11.2f} {two:>12.2f} {two / one:>7.2f}x {diff:>12.1e}"
+                f"  {' | '.join(cells)}"
             )
     print(header, *rows, sep="\n")
     print(
         "times: wall-clock medians of the whole fit, each in a fresh process (a fit cut off at "
-        "--cap counts as --cap: a lower bound); Δ acc: over the four numbers, all runs"
+        "--cap counts as --cap: a lower bound); Δ acc: over the four numbers, all runs; one cell "
+        "listed: every run chose it"
     )
 
 

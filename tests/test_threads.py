@@ -140,3 +140,45 @@ def test_one_and_two_threads_give_the_same_answer_on_real_text(minilm_backbone, 
     assert abs(scale - scale_2) <= 1e-6
     for key in ("train", "seen_test", "fewshot_train", "unseen_test"):
         assert abs(numbers[key] - numbers_2[key]) <= 1e-6, key
+
+
+def _quartic(x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """A separable, badly scaled objective whose value and gradient are the same bits on any
+    thread count (elementwise products only; the sum on one thread)."""
+    a = torch.linspace(0.01, 10.0, x.numel(), dtype=x.dtype)
+    with th.one_thread(x.device):
+        loss = float((0.5 * a * x * x + 0.25 * x**4 - x).double().sum())
+    return loss, a * x + x**3 - 1.0
+
+
+def test_lbfgs_iterates_are_the_same_bits_on_one_and_two_threads(restore_threads):
+    """The direction's products and the step's dot products run on one thread: BLAS splits a
+    long float64 dot product among threads, and a last-bit difference in the iterate sometimes
+    rounds to another float32 point (docs/recipes.md)."""
+    from lore_rm.fit import lbfgs
+
+    x0 = torch.zeros(200_000)
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        state = lbfgs.start(_quartic, x0)
+        why = lbfgs.minimize(_quartic, state, 40, 1e-6)
+        runs.append((state.x, state.iterations, why))
+    assert runs[0][1] == runs[1][1] and runs[0][2] == runs[1][2]
+    assert torch.equal(runs[0][0], runs[1][0])
+
+
+def test_the_spectral_start_is_the_same_bits_on_one_and_two_threads(restore_threads):
+    from lore_rm.fit.start import initial_point
+
+    pop = simulate_population(
+        PopulationConfig(d=384, n_seen=300, n_unseen=1, train_per_user=20, true_rank=3, seed=0)
+    )
+    data = pop.split.seen_train
+    sigma = torch.ones(data.d)
+    starts = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        starts.append([initial_point(data, sigma, 4, kind) for kind in ("spectral", "svd")])
+    for (b1, l1), (b2, l2) in zip(*starts, strict=True):
+        assert torch.equal(b1, b2) and torch.equal(l1, l2)

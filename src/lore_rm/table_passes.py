@@ -13,9 +13,10 @@ storing the table in bf16).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
+
+from lore_rm.threads import one_thread
 
 Tensor = torch.Tensor
 
@@ -31,22 +32,6 @@ def block_rows(d: int, device: torch.device) -> int:
 
 def _blocked(table: Tensor, dtype: torch.dtype, offset: Tensor | None) -> bool:
     return table.dtype != dtype or offset is not None
-
-
-@contextmanager
-def one_thread(device: torch.device, active: bool = True) -> Iterator[None]:
-    """One torch thread for a loop of small ops on the CPU: on two threads of a shared machine
-    each block's parallel region waits for a descheduled thread (bench/table_passes.py: the
-    bf16 block loop 8-40x slower on 2 threads at load 5 than on 1)."""
-    threads = torch.get_num_threads()
-    if not active or device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def blocks(table: Tensor, dtype: torch.dtype, offset: Tensor | None = None) -> Iterator[Tensor]:

@@ -85,3 +85,24 @@ def torch_threads(spec: str | int | None) -> Iterator[int]:
         yield n
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def one_thread(device, active: bool = True) -> Iterator[None]:
+    """One torch thread for the block on the CPU (``device`` a torch device), restoring the
+    count afterwards. For a loop of small ops (on two threads of a shared machine each
+    parallel region waits for a descheduled thread: bench/table_passes.py measured a bf16
+    block loop 8-40x slower on 2 threads at load 5 than on 1) and for reductions whose
+    rounding must not depend on the thread count (BLAS and torch split a long sum among the
+    threads, and the partial sums add in another order)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if not active or device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lore_rm.threads import one_thread
+
 Tensor = torch.Tensor
 Function = Callable[[Tensor], tuple[float, Tensor]]
 ARMIJO = 1e-4
@@ -58,8 +60,9 @@ class LbfgsState:
         gradient change gains ``shift * s`` (pairs left without positive curvature are
         dropped)."""
         changes = changes + shift[None] * steps
-        sy = (steps * changes).sum(1)
-        keep = sy > 1e-10 * (steps.norm(dim=1) * changes.norm(dim=1)).clamp_min(1e-300)
+        with one_thread(steps.device):
+            sy = (steps * changes).sum(1)
+            keep = sy > 1e-10 * (steps.norm(dim=1) * changes.norm(dim=1)).clamp_min(1e-300)
         if bool(keep.any()):
             self.steps, self.changes = steps[keep], changes[keep]
 
@@ -89,11 +92,16 @@ def _call(fun: Function, x: Tensor, dtype: torch.dtype) -> tuple[float, Tensor]:
 def _direction(state: LbfgsState) -> Tensor:
     """``-H g`` for the L-BFGS inverse Hessian ``H`` of the stored pairs, in the compact form
     ``H = gamma I + [S, gamma Y] M [S^T; gamma Y^T]`` (Byrd, Nocedal and Schnabel, 1994):
-    a few matrix products instead of the two-loop recursion's 4m small ones."""
+    a few matrix products instead of the two-loop recursion's 4m small ones, on one thread
+    (see :func:`_dot`)."""
     g = state.grad
     if state.steps is None or state.changes is None:
         return -g
-    s_mat, y_mat = state.steps, state.changes
+    with one_thread(g.device):
+        return _compact_direction(g, state.steps, state.changes)
+
+
+def _compact_direction(g: Tensor, s_mat: Tensor, y_mat: Tensor) -> Tensor:
     sy = s_mat @ y_mat.T  # (m, m): s_i . y_j
     yy = y_mat @ y_mat.T
     gamma = float(sy[-1, -1] / yy[-1, -1])
@@ -123,15 +131,19 @@ def minimize(
         if float(state.grad.abs().max()) <= tol:
             return "tol"
         d = _direction(state)
-        gtd = float(state.grad.dot(d))
+        gtd = _dot(state.grad, d)
         if not gtd < 0:  # not a descent direction: forget the memory, go downhill
             state.forget()
             d = -state.grad
-            gtd = float(state.grad.dot(d))
+            gtd = _dot(state.grad, d)
             if not gtd < 0:
                 return "stall"
         cold = state.iterations == 0 and state.steps is None  # no curvature known yet
-        t = lr * min(1.0, 1.0 / float(state.grad.abs().sum())) if cold else lr
+        if cold:
+            with one_thread(d.device):
+                t = lr * min(1.0, 1.0 / float(state.grad.abs().sum()))
+        else:
+            t = lr
         found = _line_search(fun, state, d, gtd, t)
         if found is None:
             if state.steps is not None:  # retry once from a fresh memory before giving up
@@ -141,8 +153,10 @@ def minimize(
         t, loss, grad = found
         s = t * d
         y = grad - state.grad
-        sy = float(s.dot(y))
-        if sy > 1e-10 * max(float(s.norm() * y.norm()), 1e-300):
+        with one_thread(s.device):
+            sy = float(s.dot(y))
+            sy_floor = 1e-10 * max(float(s.norm() * y.norm()), 1e-300)
+        if sy > sy_floor:
             state.remember(s, y, history)
         state.x = state.x + s
         changed = loss != state.loss
@@ -151,6 +165,17 @@ def minimize(
         if not changed:
             return "tol" if float(grad.abs().max()) <= tol else "stall"
     return "tol" if float(state.grad.abs().max()) <= tol else "max_iter"
+
+
+def _dot(a: Tensor, b: Tensor) -> float:
+    """``a . b`` on one thread: BLAS splits a long dot product among the threads, and the
+    partial sums then add in another order. The direction and the step's products are kept
+    to one thread so that, from the same gradients, the iterates are the same bits whatever
+    the thread count (float64 does not make the orders agree: a last-bit difference in the
+    iterate sometimes rounds to another float32 basis, and a flat objective carries that
+    far)."""
+    with one_thread(a.device):
+        return float(a.dot(b))
 
 
 def _line_search(
@@ -174,7 +199,7 @@ def _line_search(
     else:
         return None
     for _ in range(MAX_GROW):  # a short step on a long downhill stretch: try twice as far
-        if float(grad.dot(d)) > CURVATURE * gtd:
+        if _dot(grad, d) > CURVATURE * gtd:
             break
         longer, longer_grad = _call(fun, state.x + 2.0 * t * d, state.dtype)
         state.evaluations += 1

@@ -16,6 +16,7 @@ import torch
 from lore_rm.comparisons import Comparisons, DifferenceRows
 from lore_rm.errors import LoreError
 from lore_rm.fit.config import INITS
+from lore_rm.threads import one_thread
 
 Tensor = torch.Tensor
 
@@ -103,7 +104,16 @@ def initial_point(
     (spectral) the pooled direction as the first column with the users' spread
     directions after it, so every user starts on the pooled reward.
     """
-    basis, logits = _initial_point(data, sigma, rank, kind, generator, rows, space, sums, spectra)
+    if kind not in INITS:
+        raise LoreError(f"init must be one of {', '.join(INITS)}; got {kind!r}")
+    if kind != "random" and sums is None:
+        sums = user_feature_sums(data, rows)
+    # the Gram matrices, eigendecompositions and QRs on one thread: threads split their sums
+    # and the start would differ in its last bits with the thread count (docs/recipes.md)
+    with one_thread(sigma.device):
+        basis, logits = _initial_point(
+            data, sigma, rank, kind, generator, rows, space, sums, spectra
+        )
     if space == "signed":  # offsets from the first unit vector (lore_rm.fit.link)
         logits = torch.zeros_like(logits)
     return basis, logits
