@@ -1,6 +1,9 @@
 """``--threads``: the rule behind 'auto', the CLI option, and fits equal across thread counts."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -182,3 +185,31 @@ def test_the_spectral_start_is_the_same_bits_on_one_and_two_threads(restore_thre
         starts.append([initial_point(data, sigma, 4, kind) for kind in ("spectral", "svd")])
     for (b1, l1), (b2, l2) in zip(*starts, strict=True):
         assert torch.equal(b1, b2) and torch.equal(l1, l2)
+
+
+_PRODUCT_BITS = """
+import sys
+import lore_rm, torch
+g = torch.Generator().manual_seed(0)
+x, h = torch.randn(60_000, 32, generator=g), torch.randn(60_000, 20, generator=g)
+out = []
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    out.append(h.T @ x)
+print(torch.equal(*out), __import__("os").environ["MKL_CBWR"])
+"""
+
+
+def test_importing_lore_rm_asks_mkl_for_thread_independent_products():
+    """A shape where MKL splits the reduction among threads (60,000 x 32): the same bits on 1
+    and 2 threads once lore_rm is imported first; a value the user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    run = subprocess.run(
+        [sys.executable, "-c", _PRODUCT_BITS], capture_output=True, text=True, env=env
+    )
+    assert run.stdout.split() == ["True", "AUTO,STRICT"], run.stderr
+    env["MKL_CBWR"] = "COMPATIBLE"
+    run = subprocess.run(
+        [sys.executable, "-c", _PRODUCT_BITS], capture_output=True, text=True, env=env
+    )
+    assert run.stdout.split()[1] == "COMPATIBLE", run.stderr

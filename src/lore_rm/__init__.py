@@ -1,5 +1,6 @@
 """lore-rm: personalised reward models with a shared low-rank reward basis (LoRe)."""
 
+import lore_rm.reproducible_blas  # noqa: F401  (first: before any matrix product runs)
 from lore_rm.comparisons import Comparisons
 from lore_rm.embed.split import load_split
 from lore_rm.errors import DataError, LoreError, ModelFormatError, UnknownUserError

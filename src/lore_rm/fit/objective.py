@@ -25,6 +25,7 @@ from lore_rm.comparisons import Comparisons
 from lore_rm.fit.link import joint_weights
 from lore_rm.fit.prior import LogitPrior
 from lore_rm.fit.user_layout import PaddedLayout, RowLayout, user_layout
+from lore_rm.thread_invariant import sigmoid, softplus, total
 
 Tensor = torch.Tensor
 USER_NEWTON_STEPS = 20  # at most, per evaluation of the users' best logits
@@ -111,7 +112,7 @@ class JointObjective:
     def values(self, basis: Tensor, logits: Tensor) -> Tensor:
         """Every problem's objective (G,), float64 (no gradient)."""
         m = self.margins(basis, logits)
-        out = (F.softplus(-m) * self.coef).sum(1, dtype=torch.float64)
+        out = (softplus(-m) * self.coef).sum(1, dtype=torch.float64)
         out = out + 0.5 * self.decay.double() * (basis.double() ** 2).sum((1, 2))
         lg = logits.double()
         if self.space == "simplex":
@@ -136,7 +137,7 @@ class JointObjective:
         """``s * dL/dm`` of every problem's rows (G, N): the weight of each row in the
         gradient of a new basis direction."""
         m = self.margins(basis, logits)
-        return -torch.sigmoid(-m) * self.coef * self.scale
+        return -sigmoid(-m) * self.coef * self.scale
 
     def value_and_grad(
         self, basis: Tensor, logits: Tensor, z: Tensor | None = None
@@ -149,8 +150,8 @@ class JointObjective:
         w, wr = self._user_rows(logits)  # (G, U, K), (N, G, K)
         m = self.scale * (z * wr).sum(-1)  # (N, G)
         coef = self.coef_rows
-        loss = (F.softplus(-m) * coef).sum(dtype=torch.float64)
-        c = -torch.sigmoid(-m) * coef * self.scale  # dL/dm times s: (N, G)
+        loss = total(softplus(-m) * coef, torch.float64)
+        c = -sigmoid(-m) * coef * self.scale  # dL/dm times s: (N, G)
         g_raw = self.data.backproject((c[:, :, None] * wr).reshape(-1, n_problems * k))
         g_raw = g_raw.reshape(d, n_problems, k).permute(1, 0, 2)
         g_basis = g_raw / self.sigma[None, :, None] + self.decay[:, None, None] * basis
@@ -284,11 +285,11 @@ class NewtonPoint:
         mz = (z * self.wr).sum(-1, keepdim=True)  # (rows, G, 1)
         self.a = scale * (z - mz) if simplex else scale * z  # simplex: dm/dtheta = w * a
         m = scale * mz
-        self.s = torch.sigmoid(-m)  # (rows, G, 1)
+        self.s = sigmoid(-m)  # (rows, G, 1)
         coef = coef_rows[..., None]
         # every user's loss (float64: a user's summed loss over many rows) and their sum of
         # c_n a_n over their rows (simplex: w * that is the gradient)
-        rows = (F.softplus(-m) * coef)[..., 0].double()
+        rows = (softplus(-m) * coef)[..., 0].double()
         loss = layout.user_sum(rows).T  # (G, U)
         spread = layout.user_sum((-self.s * coef) * self.a).permute(1, 0, 2)
         self.spread = spread.double()  # (G, U, K)
