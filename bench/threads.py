@@ -10,7 +10,8 @@ Populations: every one of bench/accuracy.py (planted: demo, d = 32, 200 + 100 us
 d = 512, 100 users x 40 comparisons; real text: small-text, large-text, shared-text,
 mostly-shared, which need the hh-rlhf file, see bench/text_populations.py), and wide (planted,
 d = 4096, 300 users x 47 comparisons, 16k texts). --seed picks the population's seed (and the
-fit's). Besides the four numbers, the chosen cell (rank, ridge, strength) must be the same.
+fit's). Besides the four numbers it compares the chosen cell (rank, ridge, strength) and the
+fitted model's bits (basis, user weights, margin scale).
 
     python bench/threads.py [--populations demo,high-d,wide] [--repeats 3] [--rank auto]
     python bench/threads.py --populations small-text,large-text,shared-text,mostly-shared \
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import statistics
@@ -95,7 +97,11 @@ def child(name: str, rank: int | str, threads: int, seed: int) -> None:
         model = LowRankReward(rank=rank, seed=seed).fit(split.seen_train, split.reference_head)
     seconds = time.perf_counter() - t0
     cell = f"K={model.rank_} wd={model.config_.weight_decay:g} s={model.personalization_:g}"
-    print(json.dumps([seconds, {**four_numbers(model, split), "cell": cell}]))
+    digest = hashlib.sha256(model.basis_.numpy().tobytes())
+    digest.update(model.user_weights_.numpy().tobytes())
+    digest.update(repr(model.margin_scale_).encode())
+    bits = digest.hexdigest()[:12]
+    print(json.dumps([seconds, {**four_numbers(model, split), "cell": cell, "bits": bits}]))
 
 
 def main() -> None:
@@ -121,7 +127,7 @@ def main() -> None:
     )
     header = (
         f"\n{'population':>13} {'condition':>9} {'1 thread s':>11} {'2 threads s':>12} "
-        f"{'2t / 1t':>8} {'max |Δ acc|':>12}  chosen cell(s)"
+        f"{'2t / 1t':>8} {'max |Δ acc|':>12} {'same bits':>9}  chosen cell(s)"
     )
     rows: list[str] = []
     for name in args.populations.split(","):
@@ -150,17 +156,18 @@ def main() -> None:
             default=float("nan"),
         )
         cells = sorted({a["cell"] for t in (1, 2) for a in numbers[t]})
+        same = len({a["bits"] for t in (1, 2) for a in numbers[t]}) == 1
         for cond in ("quiet", "busy") if args.burners else ("quiet",):
             one, two = (statistics.median(times[cond, t]) for t in (1, 2))
             rows.append(
                 f"{name:>13} {cond:>9} {one:>11.2f} {two:>12.2f} {two / one:>7.2f}x {diff:>12.1e}"
-                f"  {' | '.join(cells)}"
+                f" {'yes' if same else 'no':>9}  {' | '.join(cells)}"
             )
     print(header, *rows, sep="\n")
     print(
         "times: wall-clock medians of the whole fit, each in a fresh process (a fit cut off at "
-        "--cap counts as --cap: a lower bound); Δ acc: over the four numbers, all runs; one cell "
-        "listed: every run chose it"
+        "--cap counts as --cap: a lower bound); Δ acc: over the four numbers, all runs; same bits: "
+        "every run's basis, user weights and margin scale; one cell listed: every run chose it"
     )
 
 
