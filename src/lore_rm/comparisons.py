@@ -144,8 +144,12 @@ class DenseRows:
         return int(self.features.shape[1])
 
     def project(self, weight: Tensor) -> Tensor:
-        """``X @ weight.T`` for a contiguous (K, d) ``weight``."""
-        return F.linear(self.features.to(weight.dtype), weight)
+        """``X @ weight.T`` for a contiguous (K, d) ``weight`` (on the CPU as ``(weight @ X.T).T``,
+        see :func:`lore_rm.table_passes.table_times`)."""
+        x = self.features.to(weight.dtype)
+        if x.device.type == "cpu":
+            return torch.mm(weight, x.T).T.contiguous()
+        return F.linear(x, weight)
 
     def backproject(self, grad: Tensor) -> Tensor:
         return (grad.T @ self.features.to(grad.dtype)).T

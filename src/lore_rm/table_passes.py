@@ -52,7 +52,13 @@ def blocks(table: Tensor, dtype: torch.dtype, offset: Tensor | None = None) -> I
 
 
 def table_times(table: Tensor, weight: Tensor, offset: Tensor | None = None) -> Tensor:
-    """``(table - offset) @ weight.T`` (T x K) for a (K, d) ``weight``, in weight's dtype."""
+    """``(table - offset) @ weight.T`` (T x K) for a (K, d) ``weight``, in weight's dtype.
+
+    A float32 table on the CPU is one ``weight @ table.T`` (its (T, K) transpose returned as a
+    view): in MKL's strict reproducible mode (``lore_rm.reproducible_blas``) that orientation
+    of the skinny product took 0.4-0.7 of the time of ``table @ weight.T``, the same bits."""
+    if table.device.type == "cpu" and not _blocked(table, weight.dtype, offset):
+        return torch.mm(weight, table.T).T
     out = torch.empty(table.shape[0], weight.shape[0], dtype=weight.dtype, device=weight.device)
     start = 0
     with one_thread(table.device, _blocked(table, weight.dtype, offset)):
