@@ -213,3 +213,30 @@ def test_importing_lore_rm_asks_mkl_for_thread_independent_products():
         [sys.executable, "-c", _PRODUCT_BITS], capture_output=True, text=True, env=env
     )
     assert run.stdout.split()[1] == "COMPATIBLE", run.stderr
+
+
+_PRODUCT_FIRST = """
+import warnings
+import torch
+if {first}:
+    torch.ones(4, 4) @ torch.ones(4, 4)  # MKL starts here, before lore_rm sets MKL_CBWR
+from lore_rm import LowRankReward, simulate_population
+split = simulate_population(d=8, n_seen=20, n_unseen=2, train_per_user=10, seed=0).split
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    model = LowRankReward(rank=2, weight_decay=0.1, personalization=1.0).fit(split.seen_train)
+print(model.history_["threads"]["reproducible_products"])
+print(sum("reproducible mode" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_a_fit_records_whether_mkl_was_strict_and_warns_when_it_came_too_late(first):
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    code = _PRODUCT_FIRST.format(first=first)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    strict, warned = run.stdout.split()
+    if strict == "None":  # no MKL in this torch build: nothing to record or warn about
+        return
+    assert (strict, warned) == (("False", "1") if first else ("True", "0"))

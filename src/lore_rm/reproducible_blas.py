@@ -16,8 +16,57 @@ guarantee for that time. Other BLAS libraries ignore it.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 MKL_REPRODUCIBLE = "AUTO,STRICT"
 
 os.environ.setdefault("MKL_CBWR", MKL_REPRODUCIBLE)
+
+_STRICT_BIT = 0x10000  # MKL_CBWR_STRICT in the mode MKL reports
+_warned = False
+
+
+@functools.cache
+def _mkl_mode_reader() -> Callable[[int], int] | None:
+    """MKL's own report of its mode (``mkl_cbwr_get``), from the torch library it is linked
+    into; None without MKL (another BLAS, another platform)."""
+    import torch
+
+    folder = Path(torch.__file__).parent / "lib"
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        try:
+            reader = ctypes.CDLL(str(folder / name)).mkl_serv_cbwr_get
+        except (OSError, AttributeError):
+            continue
+        reader.restype, reader.argtypes = ctypes.c_int, [ctypes.c_int]
+        return reader
+    return None
+
+
+def strict_products() -> bool | None:
+    """Whether MKL runs in its strict reproducible mode (None: no MKL to ask)."""
+    reader = _mkl_mode_reader()
+    return None if reader is None else bool(reader(-1) & _STRICT_BIT)
+
+
+def check_strict_products() -> bool | None:
+    """:func:`strict_products`, warning once per process when lore_rm asked for the strict
+    mode and MKL did not take it (a matrix product ran before ``import lore_rm``)."""
+    global _warned
+    strict = strict_products()
+    asked = os.environ.get("MKL_CBWR") == MKL_REPRODUCIBLE
+    if strict is False and asked and not _warned:
+        _warned = True
+        warnings.warn(
+            "MKL is not in its reproducible mode: a torch matrix product ran before lore_rm "
+            "was imported, and MKL reads MKL_CBWR at its first one. Fits may then differ in "
+            "their last bits with the thread count; import lore_rm first, or start Python "
+            "with MKL_CBWR=AUTO,STRICT (docs/recipes.md, 'Threads').",
+            stacklevel=3,
+        )
+    return strict

@@ -34,6 +34,9 @@ class FitHistory(TypedDict, total=False):
     calibration: dict[str, Any]
     #: the few-shot prior: kind, strength or what was learned, and why
     prior: dict[str, Any]
+    #: torch's thread count during the fit, and whether MKL's products were in their
+    #: thread-count-independent mode (None: no MKL; :mod:`lore_rm.reproducible_blas`)
+    threads: dict[str, Any]
     #: set by ``lore fit``: the personalisation report and the population's summary
     personalization: dict[str, Any]
     population: dict[str, Any]

@@ -43,6 +43,7 @@ from lore_rm.fit.solvers import (
 from lore_rm.fit.user_table import UserTable
 from lore_rm.metrics import mean_accuracy, per_user_accuracy
 from lore_rm.ranking import LEVEL, Ranking, candidate_groups, rank_groups
+from lore_rm.reproducible_blas import check_strict_products
 from lore_rm.threads import torch_threads
 
 Tensor = torch.Tensor
@@ -252,8 +253,13 @@ class LowRankReward:
         held out it also learns ``margin_scale_`` (``history_["calibration"]``). Runs with
         ``threads`` torch threads (see the class docstring).
         """
-        with torch_threads(self.threads):
-            return self._fit(comparisons, reference_head, progress)
+        with torch_threads(self.threads) as count:
+            self._fit(comparisons, reference_head, progress)
+        self.history_["threads"] = {
+            "count": count,
+            "reproducible_products": check_strict_products(),
+        }
+        return self
 
     def _fit(
         self, comparisons: Comparisons, reference_head: Tensor | np.ndarray | None, progress: bool
