@@ -144,11 +144,11 @@ class DenseRows:
         return int(self.features.shape[1])
 
     def project(self, weight: Tensor) -> Tensor:
-        """``X @ weight.T`` for a contiguous (K, d) ``weight`` (on the CPU as ``(weight @ X.T).T``,
-        see :func:`lore_rm.table_passes.table_times`)."""
+        """``X @ weight.T`` for a contiguous (K, d) ``weight`` (on the CPU as
+        :func:`lore_rm.table_passes.table_times` computes it)."""
         x = self.features.to(weight.dtype)
         if x.device.type == "cpu":
-            return torch.mm(weight, x.T).T.contiguous()
+            return table_times(x, weight).contiguous()
         return F.linear(x, weight)
 
     def backproject(self, grad: Tensor) -> Tensor:

@@ -6,8 +6,8 @@ another order: a fit on 1 and 2 threads differed in its last bits, and a flat ob
 carried that into another stopping point. The thread count of a fit with ``threads="auto"``
 follows the machine's load, so two runs of one command could differ. MKL's strict conditional
 numerical reproducibility (``MKL_CBWR=AUTO,STRICT``) gives the same bits on any thread count;
-some of its products are slower, and default fits took 3-10 % longer (docs/measurements.md,
-sixth pass). MKL reads the setting at its first call, so this module sets it (unless the
+some of its products are slower, and the default search took 3 % longer (PersonalLLM size,
+with ``table_times``' blocks, 10 % less; docs/measurements.md, sixth pass). MKL reads the setting at its first call, so this module sets it (unless the
 environment already has a value) when lore_rm is imported: it takes effect when that is
 before any torch matrix product has run (the CLI, a script that imports lore_rm first);
 otherwise start Python with ``MKL_CBWR=AUTO,STRICT``. ``MKL_CBWR=AUTO`` trades the

@@ -23,6 +23,8 @@ Tensor = torch.Tensor
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 BLOCK_BYTES = 4 << 20  # float32 rows per block: 256 at d = 4096 (bench/table_passes.py)
 GPU_BLOCK_BYTES = 128 << 20  # on a GPU, blocks only bound the upcast buffer
+WIDE_ROW = 2048  # float32 columns from which table_times works in row blocks on the CPU
+PRODUCT_BLOCK_BYTES = 1 << 20
 
 
 def block_rows(d: int, device: torch.device) -> int:
@@ -54,11 +56,19 @@ def blocks(table: Tensor, dtype: torch.dtype, offset: Tensor | None = None) -> I
 def table_times(table: Tensor, weight: Tensor, offset: Tensor | None = None) -> Tensor:
     """``(table - offset) @ weight.T`` (T x K) for a (K, d) ``weight``, in weight's dtype.
 
-    A float32 table on the CPU is one ``weight @ table.T`` (its (T, K) transpose returned as a
-    view): in MKL's strict reproducible mode (``lore_rm.reproducible_blas``) that orientation
-    of the skinny product took 0.5-0.95 of the time of ``table @ weight.T``, the same bits."""
+    A float32 table on the CPU is ``weight @ table.T`` (its (T, K) transpose returned as a
+    view; in 1 MB row blocks from ``WIDE_ROW`` columns): in MKL's strict reproducible mode
+    (``lore_rm.reproducible_blas``) that orientation of the skinny product took 0.5-0.95 of
+    the time of ``table @ weight.T`` and, at d = 4096, the blocks 0.65-0.8 of the one
+    product's, the same bits (docs/measurements.md, sixth pass)."""
     if table.device.type == "cpu" and not _blocked(table, weight.dtype, offset):
-        return torch.mm(weight, table.T).T
+        if table.shape[1] < WIDE_ROW:
+            return torch.mm(weight, table.T).T
+        out = torch.empty(table.shape[0], weight.shape[0], dtype=weight.dtype)
+        rows = max(1, PRODUCT_BLOCK_BYTES // (4 * table.shape[1]))
+        for start in range(0, table.shape[0], rows):
+            out[start : start + rows] = torch.mm(weight, table[start : start + rows].T).T
+        return out
     out = torch.empty(table.shape[0], weight.shape[0], dtype=weight.dtype, device=weight.device)
     start = 0
     with one_thread(table.device, _blocked(table, weight.dtype, offset)):
