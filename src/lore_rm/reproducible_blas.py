@@ -7,11 +7,12 @@ carried that into another stopping point. The thread count of a fit with ``threa
 follows the machine's load, so two runs of one command could differ. MKL's strict conditional
 numerical reproducibility (``MKL_CBWR=AUTO,STRICT``) gives the same bits on any thread count;
 some of its products are slower, and the default search took 3 % longer (PersonalLLM size,
-with ``table_times``' blocks, 10 % less; docs/measurements.md, sixth pass). MKL reads the setting at its first call, so this module sets it (unless the
-environment already has a value) when lore_rm is imported: it takes effect when that is
-before any torch matrix product has run (the CLI, a script that imports lore_rm first);
-otherwise start Python with ``MKL_CBWR=AUTO,STRICT``. ``MKL_CBWR=AUTO`` trades the
-guarantee for that time. Other BLAS libraries ignore it.
+with ``table_times``' blocks, 10 % less; docs/measurements.md, sixth pass). MKL reads the
+setting at its first call, so this module sets it (unless the environment already has a
+value) when lore_rm is imported: it takes effect when that is before any torch matrix
+product has run (the CLI, a script that imports lore_rm first); otherwise start Python with
+``MKL_CBWR=AUTO,STRICT``. ``MKL_CBWR=AUTO`` trades the guarantee for that time. Other BLAS
+libraries ignore it.
 """
 
 from __future__ import annotations
