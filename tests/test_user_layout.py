@@ -111,7 +111,44 @@ def test_a_step_of_the_users_still_moving_reaches_what_a_step_of_all_users_reach
     monkeypatch.setattr(objective, "RESTRICT_USERS", 0.0)
     whole, ok_whole = newton_point(z, logits, u, coef, 1.0, penalty, 1e-5, 30)
     assert ok_whole and set(steps) == {60}
-    torch.testing.assert_close(restricted.logits, whole.logits, rtol=0, atol=1e-6)
-    torch.testing.assert_close(restricted.loss, whole.loss, rtol=1e-9, atol=1e-12)
+    # the same bits: every element's softplus and sigmoid are those of the whole tensor
+    assert torch.equal(restricted.logits, whole.logits)
+    assert torch.equal(restricted.loss, whole.loss)
     for x, y in zip(restricted.row_terms(), whole.row_terms(), strict=True):
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+        assert torch.equal(x, y)
+
+
+def test_a_backtracking_step_evaluates_only_the_users_whose_step_was_too_long(monkeypatch):
+    """A trial whose loss went up for a few users is evaluated again for those users alone,
+    and the point reached is the one evaluating everyone would reach, bit for bit."""
+    import lore_rm.fit.objective as objective
+
+    g = torch.Generator().manual_seed(7)
+    n_users, k = 50, 3
+    u = _rows([10] * n_users, 4)
+    z = torch.randn(u.numel(), 2, k, generator=g)
+    coef = torch.rand(u.numel(), 2, generator=g) / u.numel()
+    logits = 2.0 * torch.randn(2, n_users, k, generator=g)
+    eye = torch.eye(k, dtype=torch.float64)
+
+    def penalty(lg):
+        lg = lg.double()
+        return 0.005 * (lg**2).sum(-1), 0.01 * lg, 0.01 * eye.expand(lg.shape[0], 1, k, k)
+
+    sizes = []
+    real = objective.NewtonPoint.__init__
+
+    def counted(self, z, *args):
+        sizes.append(z.shape[0])
+        real(self, z, *args)
+
+    monkeypatch.setattr(objective.NewtonPoint, "__init__", counted)
+    monkeypatch.setattr(objective, "RESTRICT_USERS", 1.0)  # the moving users alone, always
+    restricted, ok = newton_point(z, logits, u, coef, 1.0, penalty, 1e-6, 30)
+    assert ok and min(sizes) < 5  # trials re-evaluated for a few users
+    sizes.clear()
+    monkeypatch.setattr(objective, "RESTRICT_USERS", -1.0)
+    whole, ok_whole = newton_point(z, logits, u, coef, 1.0, penalty, 1e-6, 30)
+    assert ok_whole and set(sizes) == {n_users}  # every evaluation of every user
+    assert torch.equal(restricted.logits, whole.logits)
+    assert torch.equal(restricted.loss, whole.loss)

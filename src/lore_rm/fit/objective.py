@@ -365,6 +365,17 @@ def saddle_free_step(hess: Tensor, grad: Tensor) -> Tensor:
     return step
 
 
+def _restricted(penalty: Penalty, full: Tensor, users: Tensor) -> Penalty:
+    """``penalty`` of ``users``' logits alone, every other user's staying as in ``full``."""
+
+    def of_users(lg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        value, grad, hess = penalty(full.index_copy(1, users, lg))
+        hess = hess if hess.shape[1] == 1 else hess[:, users]
+        return value[:, users], grad[:, users], hess
+
+    return of_users
+
+
 def newton_point(
     z: Tensor,
     logits: Tensor,
@@ -411,22 +422,36 @@ def newton_point(
         slope = (point.grad * step).sum(-1)
         step = step.to(logits.dtype)
         t = active.to(logits.dtype)[..., None]
-        trial: NewtonPoint | None = None
-        for _ in range(USER_BACKTRACK):
-            trial = NewtonPoint(
-                z, point.logits + t * step, layout, coef_rows, scale, penalty, simplex
-            )
+        n = point.logits.shape[1]
+
+        def at(t: Tensor, last: NewtonPoint | None, redo: Tensor | None) -> NewtonPoint:
+            """The point at step lengths ``t``: whole, or ``last`` with the users of the
+            ``redo`` pairs evaluated again (padded layout, while they are few)."""
+            target = point.logits + t * step
+            if last is not None and redo is not None and isinstance(layout, PaddedLayout):
+                users = redo.any(0).nonzero()[:, 0]
+                if users.numel() <= RESTRICT_USERS * n:
+                    sub = NewtonPoint(
+                        z[users],
+                        target[:, users],
+                        layout.of_users(users),
+                        coef_rows[users],
+                        scale,
+                        _restricted(penalty, target, users),
+                        simplex,
+                    )
+                    return last.with_users(users, sub)
+            return NewtonPoint(z, target, layout, coef_rows, scale, penalty, simplex)
+
+        trial = at(t, None, None)
+        for attempt in range(USER_BACKTRACK):
             short = (trial.loss > point.loss + 1e-4 * t[..., 0].double() * slope) & (t[..., 0] > 0)
             if not bool(short.any()):
                 break
-            t = torch.where(short[..., None], 0.5 * t, t)
-        else:
-            t = torch.where(short[..., None], torch.zeros_like(t), t)
-            trial = None
-        if trial is None:
-            trial = NewtonPoint(
-                z, point.logits + t * step, layout, coef_rows, scale, penalty, simplex
-            )
+            # halve the short pairs' steps (the last time: no step for them)
+            cut = 0.0 if attempt == USER_BACKTRACK - 1 else 0.5
+            t = torch.where(short[..., None], cut * t, t)
+            trial = at(t, trial, short)
         return trial, t[..., 0] > 0
 
     point = NewtonPoint(z, logits, layout, coef_rows, scale, penalty, simplex)
@@ -439,20 +464,13 @@ def newton_point(
         users = active.any(0).nonzero()[:, 0]
         if isinstance(layout, PaddedLayout) and users.numel() <= RESTRICT_USERS * n_users:
             # the users still moving alone: the others' values stay as they are
-            full = point.logits
-
-            def penalty_of(lg: Tensor, full=full, users=users) -> tuple[Tensor, Tensor, Tensor]:
-                value, grad, hess = penalty(full.index_copy(1, users, lg))
-                hess = hess if hess.shape[1] == 1 else hess[:, users]
-                return value[:, users], grad[:, users], hess
-
             sub, moved = newton_step(
                 point.of_users(users),
                 active[:, users],
                 z[users],
                 coef_rows[users],
                 layout.of_users(users),
-                penalty_of,
+                _restricted(penalty, point.logits, users),
             )
             point = point.with_users(users, sub)
             active[:, users] &= moved
