@@ -17,6 +17,9 @@ Populations:
   shared-text   (f) 200 users over hh-rlhf answers who share one taste (label noise only),
                     15 train / 15 test per seen user, 15 few-shot per new user
   mostly-shared (g) the same with 75% one shared taste + 25% each user's own direction
+  uneven-text   large-text with the seen users' training comparisons thinned to uneven
+                counts (a few users keep all 60, most keep 5-20; mean 20), as real
+                data sets have: the users' Newton solve takes its row layout
 
 (b), (c), (f) and (g) need ../shared/data (the hh-rlhf file) and MiniLM; they are skipped with a
 message when absent. The first run embeds 4,606 texts (about 6 minutes on 2 cores) into
@@ -36,6 +39,7 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -86,8 +90,25 @@ def population(name: str, seed: int):
         "shared-text": text_populations.shared_real_text,
         "mostly-shared": text_populations.mostly_shared_real_text,
     }
+    if name == "uneven-text":
+        pop = text_populations.large_real_text(seed)
+        return replace(pop.split, seen_train=uneven_counts(pop.split.seen_train, seed)), pop.oracle
     pop = build[name](seed)
     return pop.split, pop.oracle
+
+
+def uneven_counts(data, seed: int, least: int = 5):
+    """``data`` with user i keeping ``max(least, round(C_i * r_i**2))`` of their C_i
+    comparisons (the first ones; r_i uniform, seeded): skewed counts, as real users have."""
+    g = torch.Generator().manual_seed(seed + 7)
+    u = data.user_index
+    counts = torch.bincount(u, minlength=data.n_users)
+    keep = (counts * torch.rand(data.n_users, generator=g) ** 2).round().clamp_min(least)
+    order = torch.argsort(u, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    place = torch.empty_like(u)
+    place[order] = torch.arange(u.numel()) - first[u[order]]  # a row's place in its user's
+    return data.subset(place < keep[u])
 
 
 def run(split, seed: int, **kw) -> dict:

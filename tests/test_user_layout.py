@@ -40,6 +40,31 @@ def test_padded_sums_equal_the_rows_sums(counts, seed):
     torch.testing.assert_close(padded.to_rows(padded.per_row(per_user)), per_user[u])
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 6), min_size=1, max_size=8),
+    seed=st.integers(0, 10_000),
+    data=st.data(),
+)
+def test_a_layout_of_some_users_sums_their_rows_as_the_whole_layout_does(counts, seed, data):
+    u = _rows(counts, seed)
+    n_users = len(counts)
+    users = torch.tensor(
+        sorted(data.draw(st.sets(st.integers(0, n_users - 1), min_size=1))), dtype=torch.int64
+    )
+    g = torch.Generator().manual_seed(seed + 1)
+    per_user = torch.randn(n_users, 2, 3, generator=g, dtype=torch.float64)
+    wide = max(max(counts), 1)
+    for layout in (RowLayout(u, n_users), PaddedLayout(u, n_users, torch.tensor(counts), wide)):
+        x = layout.rows(torch.randn(u.numel(), 2, 3, generator=g))
+        sub = layout.of_users(users)
+        assert sub.n_users == users.numel()
+        assert torch.equal(sub.user_sum(x[sub.index]), layout.user_sum(x)[users])
+        part = x[sub.index]
+        assert torch.equal(sub.user_outer_sum(part, part), layout.user_outer_sum(x, x)[users])
+        assert torch.equal(sub.per_row(per_user[users]), layout.per_row(per_user)[sub.index])
+
+
 def test_the_padded_layout_is_taken_only_where_padding_is_cheap():
     assert isinstance(user_layout(_rows([10] * 20, 0), 20), PaddedLayout)
     skewed = [1] * 19 + [int(MAX_PADDING * 40)]
@@ -75,10 +100,11 @@ def test_both_layouts_reach_the_same_users_solution(problems, k, space):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows_layout", [False, True])
 def test_a_step_of_the_users_still_moving_reaches_what_a_step_of_all_users_reaches(
-    monkeypatch,
+    monkeypatch, rows_layout
 ):
-    """Once most users have stopped, a Newton step computes the others alone (padded
+    """Once most users have stopped, a Newton step computes the others alone (either
     layout); every user ends where the whole-population steps take them."""
     import lore_rm.fit.objective as objective
 
@@ -101,15 +127,16 @@ def test_a_step_of_the_users_still_moving_reaches_what_a_step_of_all_users_reach
     monkeypatch.setattr(
         objective, "saddle_free_step", lambda h, gr: steps.append(h.shape[1]) or real(h, gr)
     )
-    solved, _ = newton_point(z, logits, u, coef, 1.0, penalty, 1e-5, 30)
+    layout = RowLayout(u, 60) if rows_layout else None
+    solved, _ = newton_point(z, logits, u, coef, 1.0, penalty, 1e-5, 30, layout=layout)
     logits = solved.logits.clone()
     logits[:, :8] += 0.5 * torch.randn(5, 8, 4, generator=g)  # 8 users moved off their best
     steps.clear()
-    restricted, ok = newton_point(z, logits, u, coef, 1.0, penalty, 1e-5, 30)
+    restricted, ok = newton_point(z, logits, u, coef, 1.0, penalty, 1e-5, 30, layout=layout)
     assert ok and steps and max(steps) == 8  # every step computed those 8 users alone
     steps.clear()
     monkeypatch.setattr(objective, "RESTRICT_USERS", 0.0)
-    whole, ok_whole = newton_point(z, logits, u, coef, 1.0, penalty, 1e-5, 30)
+    whole, ok_whole = newton_point(z, logits, u, coef, 1.0, penalty, 1e-5, 30, layout=layout)
     assert ok_whole and set(steps) == {60}
     # the same bits: every element's softplus and sigmoid are those of the whole tensor
     assert torch.equal(restricted.logits, whole.logits)
@@ -118,7 +145,10 @@ def test_a_step_of_the_users_still_moving_reaches_what_a_step_of_all_users_reach
         assert torch.equal(x, y)
 
 
-def test_a_backtracking_step_evaluates_only_the_users_whose_step_was_too_long(monkeypatch):
+@pytest.mark.parametrize("rows_layout", [False, True])
+def test_a_backtracking_step_evaluates_only_the_users_whose_step_was_too_long(
+    monkeypatch, rows_layout
+):
     """A trial whose loss went up for a few users is evaluated again for those users alone,
     and the point reached is the one evaluating everyone would reach, bit for bit."""
     import lore_rm.fit.objective as objective
@@ -138,17 +168,18 @@ def test_a_backtracking_step_evaluates_only_the_users_whose_step_was_too_long(mo
     sizes = []
     real = objective.NewtonPoint.__init__
 
-    def counted(self, z, *args):
-        sizes.append(z.shape[0])
-        real(self, z, *args)
+    def counted(self, z, logits, *args):
+        sizes.append(logits.shape[1])
+        real(self, z, logits, *args)
 
     monkeypatch.setattr(objective.NewtonPoint, "__init__", counted)
     monkeypatch.setattr(objective, "RESTRICT_USERS", 1.0)  # the moving users alone, always
-    restricted, ok = newton_point(z, logits, u, coef, 1.0, penalty, 1e-6, 30)
+    layout = RowLayout(u, n_users) if rows_layout else None
+    restricted, ok = newton_point(z, logits, u, coef, 1.0, penalty, 1e-6, 30, layout=layout)
     assert ok and min(sizes) < 5  # trials re-evaluated for a few users
     sizes.clear()
     monkeypatch.setattr(objective, "RESTRICT_USERS", -1.0)
-    whole, ok_whole = newton_point(z, logits, u, coef, 1.0, penalty, 1e-6, 30)
+    whole, ok_whole = newton_point(z, logits, u, coef, 1.0, penalty, 1e-6, 30, layout=layout)
     assert ok_whole and set(sizes) == {n_users}  # every evaluation of every user
     assert torch.equal(restricted.logits, whole.logits)
     assert torch.equal(restricted.loss, whole.loss)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from lore_rm.comparisons import Comparisons
 from lore_rm.fit.link import joint_weights
 from lore_rm.fit.prior import LogitPrior
-from lore_rm.fit.user_layout import PaddedLayout, RowLayout, user_layout
+from lore_rm.fit.user_layout import RowLayout, user_layout
 from lore_rm.thread_invariant import sigmoid, softplus, total
 
 Tensor = torch.Tensor
@@ -298,13 +298,13 @@ class NewtonPoint:
         self.grad = (w.double() * self.spread if simplex else self.spread) + pen_grad
 
     def of_users(self, users: Tensor) -> NewtonPoint:
-        """This point for ``users`` alone (padded layout: a user's rows are one index)."""
-        layout = cast(PaddedLayout, self.layout)
+        """This point for ``users`` (ascending) alone, in ``layout.of_users(users)``."""
         sub = NewtonPoint.__new__(NewtonPoint)
         sub.logits, sub.w = self.logits[:, users], self.w[:, users]
-        sub.layout = layout.of_users(users)
+        sub.layout = self.layout.of_users(users)
+        rows = cast(Tensor, sub.layout.index)
         sub.wr = sub.layout.per_row(sub.w.permute(1, 0, 2))
-        sub.a, sub.s = self.a[users], self.s[users]
+        sub.a, sub.s = self.a[rows], self.s[rows]
         sub.spread, sub.loss, sub.grad = (
             self.spread[:, users],
             self.loss[:, users],
@@ -318,10 +318,11 @@ class NewtonPoint:
         :meth:`of_users`)."""
         out = NewtonPoint.__new__(NewtonPoint)
         out.layout = self.layout
+        rows = cast(Tensor, sub.layout.index)
         out.logits = self.logits.index_copy(1, users, sub.logits)
         out.w = self.w.index_copy(1, users, sub.w)
         out.wr = self.layout.per_row(out.w.permute(1, 0, 2))
-        out.a, out.s = self.a.index_copy(0, users, sub.a), self.s.index_copy(0, users, sub.s)
+        out.a, out.s = self.a.index_copy(0, rows, sub.a), self.s.index_copy(0, rows, sub.s)
         out.spread = self.spread.index_copy(1, users, sub.spread)
         out.loss = self.loss.index_copy(1, users, sub.loss)
         out.grad = self.grad.index_copy(1, users, sub.grad)
@@ -428,14 +429,16 @@ def newton_point(
             """The point at step lengths ``t``: whole, or ``last`` with the users of the
             ``redo`` pairs evaluated again (padded layout, while they are few)."""
             target = point.logits + t * step
-            if last is not None and redo is not None and isinstance(layout, PaddedLayout):
+            if last is not None and redo is not None:
                 users = redo.any(0).nonzero()[:, 0]
                 if users.numel() <= RESTRICT_USERS * n:
+                    part = layout.of_users(users)
+                    rows = cast(Tensor, part.index)
                     sub = NewtonPoint(
-                        z[users],
+                        z[rows],
                         target[:, users],
-                        layout.of_users(users),
-                        coef_rows[users],
+                        part,
+                        coef_rows[rows],
                         scale,
                         _restricted(penalty, target, users),
                         simplex,
@@ -462,14 +465,16 @@ def newton_point(
         if not bool(active.any()):
             break
         users = active.any(0).nonzero()[:, 0]
-        if isinstance(layout, PaddedLayout) and users.numel() <= RESTRICT_USERS * n_users:
+        if users.numel() <= RESTRICT_USERS * n_users:
             # the users still moving alone: the others' values stay as they are
+            part = point.of_users(users)
+            rows = cast(Tensor, part.layout.index)
             sub, moved = newton_step(
-                point.of_users(users),
+                part,
                 active[:, users],
-                z[users],
-                coef_rows[users],
-                layout.of_users(users),
+                z[rows],
+                coef_rows[rows],
+                part.layout,
                 _restricted(penalty, point.logits, users),
             )
             point = point.with_users(users, sub)

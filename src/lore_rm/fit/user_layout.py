@@ -13,6 +13,9 @@ gradient and Hessian (an outer product per row). Two layouts give the same sums:
   the rows again.
 
 The two add in another order, so their sums agree to float32 rounding, not bit for bit.
+Either gives the layout of some users alone (``of_users``): once most users have stopped, a
+Newton step, or a backtracked trial, evaluates the others there and gets the sums the whole
+layout gives them, bit for bit.
 """
 
 from __future__ import annotations
@@ -30,6 +33,21 @@ class RowLayout:
     def __init__(self, u: Tensor, n_users: int) -> None:
         self.u = u
         self.n_users = n_users
+        #: a sub-layout's entries in its parent's tensors (:meth:`of_users`)
+        self.index: Tensor | None = None
+
+    def of_users(self, users: Tensor) -> RowLayout:
+        """The layout of ``users``' rows alone (ascending ``users``, renumbered from 0): its
+        entries are ``x[sub.index]`` of this layout's tensors, in their order, so every user's
+        sums add the same rows in the same order. Its :meth:`rows` and :meth:`to_rows` are
+        not defined."""
+        number = torch.full((self.n_users,), -1, dtype=self.u.dtype, device=self.u.device)
+        number[users] = torch.arange(users.numel(), dtype=self.u.dtype, device=self.u.device)
+        renumbered = number[self.u]
+        index = (renumbered >= 0).nonzero()[:, 0]
+        sub = RowLayout(renumbered[index], users.numel())
+        sub.index = index
+        return sub
 
     def rows(self, x: Tensor) -> Tensor:
         """A per-row tensor (N, ...) in this layout."""
@@ -64,6 +82,7 @@ class PaddedLayout(RowLayout):
         slot = torch.empty_like(u)
         slot[order] = u[order] * width + torch.arange(u.numel(), device=u.device) - first[u[order]]
         self.slot = slot  # every row's place in the (U * C) padded rows
+        self.index = None
 
     def rows(self, x: Tensor) -> Tensor:
         out = torch.zeros(self.n_users * self.width, *x.shape[1:], dtype=x.dtype, device=x.device)
@@ -87,11 +106,12 @@ class PaddedLayout(RowLayout):
         return a @ b
 
     def of_users(self, users: Tensor) -> PaddedLayout:
-        """This layout's sums for the padded rows of ``users`` alone (``x[users]`` of a padded
-        tensor): :meth:`per_row`, :meth:`user_sum` and :meth:`user_outer_sum`, not the rows'
-        order (:meth:`rows`, :meth:`to_rows`)."""
+        """This layout's sums for the padded rows of ``users`` alone (``x[sub.index]``, i.e.
+        ``x[users]``, of a padded tensor): :meth:`per_row`, :meth:`user_sum` and
+        :meth:`user_outer_sum`, not the rows' order (:meth:`rows`, :meth:`to_rows`)."""
         sub = PaddedLayout.__new__(PaddedLayout)
         sub.u, sub.slot, sub.width, sub.n_users = self.u, self.slot, self.width, users.numel()
+        sub.index = users
         return sub
 
 
