@@ -33,3 +33,10 @@ def test_the_shape_and_values_are_the_plain_functions():
     torch.testing.assert_close(softplus(x), torch.nn.functional.softplus(x), rtol=1e-15, atol=0)
     torch.testing.assert_close(sigmoid(x), torch.sigmoid(x), rtol=1e-15, atol=0)
     assert softplus(x[:, :, 0]).shape == (3, 7)  # a non-contiguous input keeps its shape
+
+
+@pytest.mark.parametrize("fn", [softplus, sigmoid])
+def test_a_transposed_tensor_gets_the_bits_of_its_contiguous_copy(fn):
+    x = 20.0 * torch.randn(37, 11, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(fn(x.T), fn(x.T.contiguous()))
+    assert torch.equal(fn(x.T)[3:5], fn(x.T.contiguous()[3:5]))
