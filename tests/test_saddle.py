@@ -139,3 +139,30 @@ def test_best_point_zeroes_every_users_gradient(planted, with_prior):
     read_loss, read_basis = objective.basis_value_and_grad(basis, point)
     assert float(read_loss) == pytest.approx(float(loss), rel=1e-9)
     torch.testing.assert_close(read_basis, g_basis, rtol=1e-5, atol=1e-7)
+
+
+def test_the_point_lbfgs_stands_on_evaluates_to_the_loss_it_holds(planted):
+    """Every evaluation's users start from the logits of the lowest loss evaluated so far:
+    after a far trial the line search rejects (its users settled elsewhere), the basis L-BFGS
+    stands on gives the loss L-BFGS holds, so a short enough step along a descent direction
+    verifies its decrease."""
+    from lore_rm.fit.solvers import _Parameters
+
+    data, sigma = planted
+    gen = torch.Generator().manual_seed(1)
+    k = 3
+    basis0, logits0 = initial_point(data, sigma, k, "spectral")
+    objective = JointObjective(
+        data, sigma, torch.ones(1, data.n), torch.tensor([0.01]), 1.0, "simplex"
+    )
+    params = _Parameters(objective, basis0[None], logits0[None], 1e-5)
+    x = params.x0
+    held, grad = params.fun(x)
+    far = x + 50.0 * torch.randn(x.shape, generator=gen)  # a trial far away, rejected
+    far_loss, _ = params.fun(far)
+    assert far_loss > held
+    again, grad_again = params.fun(x.clone())
+    assert again == held
+    assert torch.equal(grad_again, grad)
+    step = -1e-3 * grad / grad.abs().max()
+    assert params.fun(x + step)[0] < held

@@ -295,10 +295,14 @@ def _ridge_shift(change: Tensor, basis: Tensor, n_params: int) -> Tensor:
 
 class _Parameters:
     """What L-BFGS moves. Simplex weights: the basis alone, every user's logits being the best
-    for it (variable projection: :meth:`JointObjective.best_point`, warm-started from the
-    last evaluation's); the loss and the basis' gradient are those at the users' best logits
-    (the users' own gradient is within a tenth of ``tol`` there). Signed weights, whose users
-    are tied by their pinned mean: the basis and every user's offsets together."""
+    for it (variable projection: :meth:`JointObjective.best_point`); the loss and the basis'
+    gradient are those at the users' best logits (the users' own gradient is within a tenth
+    of ``tol`` there). Every evaluation's users start from the logits of the lowest loss
+    evaluated so far, the point L-BFGS stands on (it only moves downhill): from a rejected
+    trial's logits, some users can settle elsewhere, and the loss at the current basis is no
+    longer the one L-BFGS holds, so no step verifies a decrease (measured in
+    docs/measurements.md, seventh pass). Signed weights, whose users are tied by their
+    pinned mean: the basis and every user's offsets together."""
 
     def __init__(self, objective: JointObjective, basis0: Tensor, logits0: Tensor, tol: float):
         self.objective = objective
@@ -307,11 +311,16 @@ class _Parameters:
         self.logits = logits0.float().clone()
         self.user_tol = 0.1 * tol
         self.evaluated: Tensor | None = None  # the basis the logits are best for
+        self.anchor = self.logits  # the users' logits at the lowest loss evaluated
+        self.anchor_loss = math.inf
         self.x0 = self.join(basis0.float(), self.logits)
 
     def join(self, basis: Tensor, logits: Tensor) -> Tensor:
+        """The vector L-BFGS moves, from ``basis`` and the users' ``logits`` (simplex: the
+        next evaluation's users start from these, the point L-BFGS starts from)."""
         if self.reduced:
             self.logits = logits.clone()
+            self.anchor, self.anchor_loss = self.logits, math.inf
             return basis.reshape(-1).clone()
         return torch.cat([basis.reshape(-1), logits.reshape(-1)])
 
@@ -330,11 +339,14 @@ class _Parameters:
         self.evaluated = x.clone()
         basis = x.view(self.shape)
         point, _ = self.objective.best_point(
-            self.objective.projected(basis), self.logits, self.user_tol
+            self.objective.projected(basis), self.anchor, self.user_tol
         )
         self.logits = point.logits
         loss, g_basis = self.objective.basis_value_and_grad(basis, point)
-        return float(loss), g_basis.reshape(-1)
+        value = float(loss)
+        if value <= self.anchor_loss:
+            self.anchor, self.anchor_loss = self.logits, value
+        return value, g_basis.reshape(-1)
 
 
 def _leave_saddle(
