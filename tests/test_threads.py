@@ -240,3 +240,33 @@ def test_a_fit_records_whether_mkl_was_strict_and_warns_when_it_came_too_late(fi
     if strict == "None":  # no MKL in this torch build: nothing to record or warn about
         return
     assert (strict, warned) == (("False", "1") if first else ("True", "0"))
+
+
+@pytest.mark.parametrize("rows_layout", [False, True])
+def test_the_users_solve_is_the_same_bits_on_one_and_two_threads(restore_threads, rows_layout):
+    """Uneven users take the row layout (gathers, ``index_add_``), even ones the padded
+    layout; either solve, restricted steps and trials included, is the same bits."""
+    from lore_rm.fit.objective import newton_point
+    from lore_rm.fit.user_layout import RowLayout
+
+    g = torch.Generator().manual_seed(11)
+    counts = torch.randint(5, 60, (150,), generator=g) if rows_layout else torch.full((150,), 30)
+    u = torch.arange(150).repeat_interleave(counts)
+    u = u[torch.randperm(u.numel(), generator=g)]
+    z = torch.randn(u.numel(), 5, 4, generator=g)
+    coef = torch.rand(u.numel(), 5, generator=g) / u.numel()
+    logits = 2.0 * torch.randn(5, 150, 4, generator=g)
+    eye = torch.eye(4, dtype=torch.float64)
+
+    def penalty(lg):
+        lg = lg.double()
+        return 0.005 * (lg**2).sum(-1), 0.01 * lg, 0.01 * eye.expand(lg.shape[0], 1, 4, 4)
+
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        layout = RowLayout(u, 150) if rows_layout else None
+        point, _ = newton_point(z, logits, u, coef, 1.0, penalty, 1e-6, 30, layout=layout)
+        runs.append((point.logits, point.loss, *point.row_terms()))
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
