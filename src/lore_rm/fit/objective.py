@@ -31,7 +31,8 @@ Tensor = torch.Tensor
 USER_NEWTON_STEPS = 20  # at most, per evaluation of the users' best logits
 USER_BACKTRACK = 10  # step halvings per user and Newton step
 MAX_USER_STEP = 2.0  # the largest change of one logit in one Newton step
-#: a Newton step computes the users still moving alone while they are at most this share
+#: a Newton step (and a trial halved for some users) computes those users alone while they
+#: are at most this share
 RESTRICT_USERS = 0.5
 
 
@@ -427,7 +428,7 @@ def newton_point(
 
         def at(t: Tensor, last: NewtonPoint | None, redo: Tensor | None) -> NewtonPoint:
             """The point at step lengths ``t``: whole, or ``last`` with the users of the
-            ``redo`` pairs evaluated again (padded layout, while they are few)."""
+            ``redo`` pairs evaluated again (while they are at most ``RESTRICT_USERS``)."""
             target = point.logits + t * step
             if last is not None and redo is not None:
                 users = redo.any(0).nonzero()[:, 0]

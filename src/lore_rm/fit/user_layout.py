@@ -82,7 +82,6 @@ class PaddedLayout(RowLayout):
         slot = torch.empty_like(u)
         slot[order] = u[order] * width + torch.arange(u.numel(), device=u.device) - first[u[order]]
         self.slot = slot  # every row's place in the (U * C) padded rows
-        self.index = None
 
     def rows(self, x: Tensor) -> Tensor:
         out = torch.zeros(self.n_users * self.width, *x.shape[1:], dtype=x.dtype, device=x.device)
